@@ -1,0 +1,21 @@
+"""sympad: convolutions with even-sized kernels and symmetric padding in JAX/Flax.
+
+Importing ``sympad`` gives the pure ops; the Flax modules live in
+``sympad.linen`` and ``sympad.nnx``.
+"""
+
+from sympad.kinds import KINDS, KernelKind, parse_kind
+from sympad.ops import IMPLEMENTATIONS, channel_pads, shift_directions, sym_pad_conv, symmetric_pad
+
+__all__ = [
+    "IMPLEMENTATIONS",
+    "KINDS",
+    "KernelKind",
+    "channel_pads",
+    "parse_kind",
+    "shift_directions",
+    "sym_pad_conv",
+    "symmetric_pad",
+]
+
+__version__ = "0.1.0"

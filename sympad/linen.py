@@ -1,0 +1,141 @@
+"""flax.linen modules: :class:`SymPadConv` and the :func:`conv` factory every model uses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax.linen.dtypes import promote_dtype
+
+from sympad.kinds import parse_kind
+from sympad.ops import Implementation, sym_pad_conv
+
+__all__ = ["SymPadConv", "conv"]
+
+
+def _kernel_tuple(kernel_size: int | Sequence[int]) -> tuple[int, ...]:
+    # Same convention as flax: an int means a 1D kernel.
+    return (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
+
+
+def flatten_batch(inputs: jax.Array, num_spatial: int) -> tuple[jax.Array, tuple[int, ...] | None]:
+    """Reshapes ``(*batch, *spatial, C)`` to one batch axis, as flax's Conv does.
+
+    Returns the reshaped input and the original batch shape (None if unchanged).
+    """
+    num_batch = inputs.ndim - (num_spatial + 1)
+    if num_batch < 0:
+        raise ValueError(
+            f"inputs must have shape (*batch, *spatial, C) with {num_spatial} spatial dims, got {inputs.shape}"
+        )
+    if num_batch == 1:
+        return inputs, None
+    batch_shape = inputs.shape[:num_batch]
+    return jnp.reshape(inputs, (-1,) + inputs.shape[num_batch:]), batch_shape
+
+
+def restore_batch(y: jax.Array, batch_shape: tuple[int, ...] | None) -> jax.Array:
+    if batch_shape is None:
+        return y
+    return jnp.reshape(y, batch_shape + y.shape[1:])
+
+
+class SymPadConv(nn.Module):
+    """Drop-in for ``flax.linen.Conv`` with symmetric padding (C2sp, C4sp).
+
+    Parameters are ``kernel`` of shape ``(*kernel_size, C // feature_group_count,
+    features)`` and ``bias`` of shape ``(features,)``, exactly as in
+    ``nn.Conv``, so weights move unchanged between a C2 and a C2sp model. For
+    odd kernels the result equals ``nn.Conv(..., padding='SAME')``.
+
+    Attributes:
+      features: number of output channels ``F``.
+      kernel_size: kernel extent per spatial axis; an int means 1D (as in flax).
+      strides: int or one per spatial axis; output size is ``ceil(in / stride)``.
+      kernel_dilation: int or one per spatial axis.
+      feature_group_count: grouped convolution (``C`` for depthwise).
+      use_bias: add a learned bias.
+      dtype: computation dtype (default: inferred from inputs and params).
+      param_dtype: parameter dtype.
+      precision: passed to ``lax.conv_general_dilated``.
+      kernel_init: kernel initializer (flax's default: LeCun normal).
+      bias_init: bias initializer.
+      implementation: formulation of the op (see ``sympad.ops.IMPLEMENTATIONS``).
+
+    Input ``(*batch, *spatial, C)``; output ``(*batch, *ceil(spatial / strides), F)``.
+    """
+
+    features: int
+    kernel_size: int | Sequence[int]
+    strides: int | Sequence[int] = 1
+    kernel_dilation: int | Sequence[int] = 1
+    feature_group_count: int = 1
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+    implementation: Implementation = "auto"
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        kernel_size = _kernel_tuple(self.kernel_size)
+        inputs, batch_shape = flatten_batch(jnp.asarray(inputs), len(kernel_size))
+        in_features = inputs.shape[-1]
+        if in_features % self.feature_group_count:
+            raise ValueError(
+                f"input channels ({in_features}) must be divisible by feature_group_count ({self.feature_group_count})"
+            )
+        kernel = self.param(
+            "kernel",
+            self.kernel_init,
+            kernel_size + (in_features // self.feature_group_count, self.features),
+            self.param_dtype,
+        )
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        y = sym_pad_conv(
+            inputs,
+            kernel,
+            self.strides,
+            kernel_dilation=self.kernel_dilation,
+            feature_group_count=self.feature_group_count,
+            precision=self.precision,
+            implementation=self.implementation,
+        )
+        if bias is not None:
+            y = y + bias
+        return restore_batch(y, batch_shape)
+
+
+def conv(kind: str, features: int, *, spatial_dims: int = 2, **kwargs: Any) -> nn.Module:
+    """The one factory for spatial convolutions, in the paper's notation.
+
+    Args:
+      kind: ``'C3'`` (3x3 'SAME'), ``'C2'``/``'C4'`` (even kernel, XLA's
+        asymmetric 'SAME': the extra zero goes bottom/right), ``'C2sp'``/
+        ``'C4sp'`` (symmetric padding); generally ``'C<k>'`` or ``'C<k>sp'``.
+      features: output channels.
+      spatial_dims: number of spatial axes (2 for images).
+      **kwargs: passed to the module (strides, use_bias, kernel_init, dtype,
+        feature_group_count, name, ...).
+
+    Returns:
+      ``nn.Conv`` for ``C<k>`` and :class:`SymPadConv` for ``C<k>sp``, both
+      with parameters ``kernel`` ``(k,)*spatial_dims + (C/groups, features)``
+      and ``bias``.
+
+    Raises:
+      ValueError: for an unknown kind (the message gives the valid form).
+    """
+    parsed = parse_kind(kind)
+    kernel_size = (parsed.size,) * spatial_dims
+    if parsed.symmetric:
+        return SymPadConv(features, kernel_size, **kwargs)
+    if "padding" in kwargs:
+        raise ValueError(f"conv(kind={kind!r}) fixes padding='SAME'; pass no padding argument")
+    return nn.Conv(features, kernel_size, padding="SAME", **kwargs)

@@ -1,0 +1,446 @@
+"""Convolution with even-sized kernels and symmetric padding (the paper's C2sp, C4sp).
+
+The op is a thin layer over :func:`jax.lax.conv_general_dilated`:
+
+* Per spatial axis the total zero padding is ``k_eff - 1`` with
+  ``k_eff = dilation * (k - 1) + 1``, so the output has ``ceil(in / stride)``
+  positions, like ``'SAME'``. A strided output is the stride-1 output sampled at
+  ``0, s, 2s, ...``.
+* Where that total is even (odd kernels, or even kernels with even dilation) it
+  is split evenly: plain symmetric ``'SAME'``.
+* Where it is odd on ``m`` of the axes, the input channels of every feature
+  group are split into ``2**m`` *direction groups*; each direction group gets
+  the one extra zero on its own side of each such axis, so that the half-pixel
+  shifts cancel when the convolution sums over input channels.
+
+Direction groups (see :func:`shift_directions`), for the paper's 2D case,
+follow the authors' released TensorFlow code (pads as [top, bottom, left, right]):
+
+====== ============== =========================
+group  pads           extra zero goes
+====== ============== =========================
+0      [0, 1, 0, 1]   bottom and right
+1      [1, 0, 1, 0]   top and left
+2      [0, 1, 1, 0]   bottom and left
+3      [1, 0, 0, 1]   top and right
+====== ============== =========================
+
+In general, group ``2j`` puts the extra zero on the high side (bottom/right) of
+the first odd axis and, for the ``i``-th further odd axis, on the low side when
+bit ``i - 1`` of ``j`` is set; group ``2j + 1`` is its mirror image. So in 1D
+group 0 pads right and group 1 pads left; every consecutive pair cancels.
+
+Channel assignment within a feature group of ``c`` channels and ``G`` direction
+groups:
+
+* ``c >= G``: contiguous blocks; sizes ``c // G`` with the first ``c % G``
+  groups one channel larger (the authors' code only warns in that case).
+* ``c < G`` (for example depthwise convs, ``c == 1``): channel ``j`` of feature
+  group ``f`` takes direction ``(f * c + j) % G``, so directions rotate from one
+  feature group to the next and every direction holds an equal share (+-1) of
+  the layer's channels.
+
+Several formulations compute the same result (see :data:`IMPLEMENTATIONS`); the
+tests run every one of them against a NumPy reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+__all__ = [
+    "IMPLEMENTATIONS",
+    "channel_pads",
+    "shift_directions",
+    "sym_pad_conv",
+    "symmetric_pad",
+]
+
+Implementation = Literal["auto", "pad_select", "pad_concat", "group_sum"]
+#: Formulations of :func:`sym_pad_conv`; ``'auto'`` picks one per call.
+IMPLEMENTATIONS: tuple[str, ...] = ("auto", "pad_select", "pad_concat", "group_sum")
+
+_CHANNELS_LAST = {
+    1: ("NWC", "WIO", "NWC"),
+    2: ("NHWC", "HWIO", "NHWC"),
+    3: ("NDHWC", "DHWIO", "NDHWC"),
+}
+
+
+# ----------------------------------------------------------------------------
+# Argument handling.
+# ----------------------------------------------------------------------------
+
+
+def _as_tuple(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
+    """Broadcasts an int to ``ndim`` positive ints and validates a sequence."""
+    if isinstance(value, (int, np.integer)):
+        values = (int(value),) * ndim
+    else:
+        try:
+            values = tuple(int(v) for v in value)
+        except TypeError:
+            raise ValueError(f"{name} must be an int or a sequence of {ndim} ints, got {value!r}") from None
+        if len(values) != ndim:
+            raise ValueError(
+                f"{name} must have one entry per spatial dimension ({ndim}), got {value!r}"
+            )
+    if any(v < 1 for v in values):
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return values
+
+
+def _total_pads(kernel_size: Sequence[int], dilation: Sequence[int]) -> tuple[int, ...]:
+    """Total zero padding per axis: ``k_eff - 1``."""
+    return tuple(d * (k - 1) for k, d in zip(kernel_size, dilation))
+
+
+def _direction_table(num_odd_axes: int) -> np.ndarray:
+    """Sides of the extra zero per direction group, shape ``(2**m, m)``.
+
+    Entries are ``+1`` (high side: bottom/right) or ``-1`` (low side: top/left).
+    """
+    if num_odd_axes == 0:
+        return np.zeros((1, 0), np.int8)
+    rows = []
+    for j in range(2 ** (num_odd_axes - 1)):
+        row = [1] + [(-1 if (j >> (i - 1)) & 1 else 1) for i in range(1, num_odd_axes)]
+        rows.append(row)
+        rows.append([-s for s in row])
+    return np.asarray(rows, np.int8)
+
+
+def _group_of_channel(channels: int, num_groups: int, feature_group_count: int) -> np.ndarray:
+    """Direction group index of every input channel, shape ``(channels,)``."""
+    per_group = channels // feature_group_count
+    if num_groups == 1:
+        return np.zeros(channels, np.int64)
+    if per_group >= num_groups:
+        base, extra = divmod(per_group, num_groups)
+        sizes = [base + (1 if g < extra else 0) for g in range(num_groups)]
+        within = np.repeat(np.arange(num_groups), sizes)
+        return np.tile(within, feature_group_count)
+    # Fewer channels than directions (depthwise): rotate over feature groups.
+    return np.arange(channels) % num_groups
+
+
+@functools.lru_cache(maxsize=None)
+def _shift_directions_cached(
+    channels: int, total_pads: tuple[int, ...], feature_group_count: int
+) -> np.ndarray:
+    odd_axes = [i for i, t in enumerate(total_pads) if t % 2 == 1]
+    table = _direction_table(len(odd_axes))
+    groups = _group_of_channel(channels, table.shape[0], feature_group_count)
+    out = np.zeros((channels, len(total_pads)), np.int8)
+    out[:, odd_axes] = table[groups]
+    out.setflags(write=False)
+    return out
+
+
+def shift_directions(
+    channels: int,
+    kernel_size: Sequence[int],
+    *,
+    kernel_dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
+) -> np.ndarray:
+    """Which side of each spatial axis gets the extra zero, for every input channel.
+
+    Args:
+      channels: number of input channels ``C``.
+      kernel_size: kernel extent per spatial axis, e.g. ``(2, 2)``.
+      kernel_dilation: dilation per spatial axis (int or sequence).
+      feature_group_count: feature groups of the convolution; directions are
+        assigned within each group (see the module docstring).
+
+    Returns:
+      Read-only int8 array of shape ``(C, len(kernel_size))``: ``+1`` where the
+      extra zero goes on the high side (bottom/right), ``-1`` on the low side
+      (top/left), ``0`` on axes whose padding is even (no extra zero).
+    """
+    ndim = len(kernel_size)
+    kernel_size = _as_tuple(kernel_size, ndim, "kernel_size")
+    dilation = _as_tuple(kernel_dilation, ndim, "kernel_dilation")
+    _check_groups(channels, feature_group_count)
+    return _shift_directions_cached(int(channels), _total_pads(kernel_size, dilation), int(feature_group_count))
+
+
+def channel_pads(
+    channels: int,
+    kernel_size: Sequence[int],
+    *,
+    kernel_dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
+) -> np.ndarray:
+    """Zero padding ``(low, high)`` per channel and axis, shape ``(C, ndim, 2)``."""
+    kernel_size = tuple(kernel_size)
+    dilation = _as_tuple(kernel_dilation, len(kernel_size), "kernel_dilation")
+    totals = np.asarray(_total_pads(kernel_size, dilation))
+    dirs = shift_directions(
+        channels, kernel_size, kernel_dilation=dilation, feature_group_count=feature_group_count
+    ).astype(np.int64)
+    low = totals // 2 + (dirs < 0)
+    high = totals // 2 + (dirs > 0)
+    return np.stack([low, high], axis=-1)
+
+
+def _check_groups(channels: int, feature_group_count: int) -> None:
+    if not isinstance(feature_group_count, (int, np.integer)) or feature_group_count < 1:
+        raise ValueError(f"feature_group_count must be a positive int, got {feature_group_count!r}")
+    if channels < 1:
+        raise ValueError(f"the input must have at least one channel, got {channels}")
+    if channels % feature_group_count:
+        raise ValueError(
+            f"input channels ({channels}) must be divisible by feature_group_count ({feature_group_count})"
+        )
+
+
+# ----------------------------------------------------------------------------
+# Padding.
+# ----------------------------------------------------------------------------
+
+
+def symmetric_pad(
+    x: jax.typing.ArrayLike,
+    kernel_size: Sequence[int],
+    *,
+    kernel_dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
+) -> jax.Array:
+    """Pads a channels-last input so that a ``'VALID'`` conv gives the C*sp result.
+
+    Every channel is padded ``k_eff - 1`` zeros per spatial axis, the odd extra
+    zero on the side given by :func:`shift_directions`.
+
+    Args:
+      x: input of shape ``(N, *spatial, C)``.
+      kernel_size: kernel extent per spatial axis.
+      kernel_dilation: dilation per spatial axis.
+      feature_group_count: feature groups of the convolution that follows.
+
+    Returns:
+      Array of shape ``(N, *(spatial + k_eff - 1), C)`` and the dtype of ``x``.
+    """
+    x = jnp.asarray(x)
+    ndim = len(kernel_size)
+    if x.ndim != ndim + 2:
+        raise ValueError(
+            f"x must have shape (N, *spatial, C) with {ndim} spatial dims for "
+            f"kernel_size={tuple(kernel_size)}, got shape {x.shape}"
+        )
+    return _pad_select(x, kernel_size, _as_tuple(kernel_dilation, ndim, "kernel_dilation"), feature_group_count)
+
+
+def _pad_select(x: jax.Array, kernel_size, dilation, feature_group_count) -> jax.Array:
+    """Pads by ``ceil(t/2)`` on both sides, then slices per channel with a select.
+
+    Works for any channel-to-direction assignment; the select is elementwise,
+    so XLA fuses it into the pad instead of materializing one copy per group.
+    """
+    totals = _total_pads(kernel_size, dilation)
+    channels = x.shape[-1]
+    dirs = shift_directions(channels, kernel_size, kernel_dilation=dilation, feature_group_count=feature_group_count)
+    pads = [(0, 0)] + [((t + 1) // 2, (t + 1) // 2) for t in totals] + [(0, 0)]
+    x = jnp.pad(x, pads)
+    for axis, t in enumerate(totals):
+        if t % 2 == 0:
+            continue
+        ax = axis + 1
+        length = x.shape[ax] - 1
+        # A channel padded extra on the low side keeps the window starting at 0.
+        low_window = lax.slice_in_dim(x, 0, length, axis=ax)
+        high_window = lax.slice_in_dim(x, 1, length + 1, axis=ax)
+        take_low = jnp.asarray(dirs[:, axis] < 0)
+        x = jnp.where(take_low, low_window, high_window)
+    return x
+
+
+def _pad_concat(x: jax.Array, kernel_size, dilation, feature_group_count) -> jax.Array:
+    """The paper's Figure 1: pad each contiguous channel group, concatenate."""
+    pads = channel_pads(x.shape[-1], kernel_size, kernel_dilation=dilation, feature_group_count=feature_group_count)
+    # Runs of channels with the same pads (contiguous groups, or single channels
+    # when directions rotate).
+    pieces = []
+    start = 0
+    for key, run in itertools.groupby(range(x.shape[-1]), key=lambda c: pads[c].tobytes()):
+        size = len(list(run))
+        p = pads[start]
+        piece = lax.slice_in_dim(x, start, start + size, axis=x.ndim - 1)
+        pieces.append(jnp.pad(piece, [(0, 0)] + [tuple(int(v) for v in p[a]) for a in range(len(kernel_size))] + [(0, 0)]))
+        start += size
+    return jnp.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
+
+
+# ----------------------------------------------------------------------------
+# The op.
+# ----------------------------------------------------------------------------
+
+
+def _parse_dimension_numbers(dimension_numbers, ndim: int) -> tuple[str, str, str]:
+    if dimension_numbers is None:
+        return _CHANNELS_LAST[ndim]
+    if (
+        not isinstance(dimension_numbers, (tuple, list))
+        or len(dimension_numbers) != 3
+        or not all(isinstance(s, str) for s in dimension_numbers)
+    ):
+        raise ValueError(
+            "dimension_numbers must be None (channels-last) or a tuple of three layout "
+            f"strings such as ('NCHW', 'OIHW', 'NCHW'), got {dimension_numbers!r}"
+        )
+    lhs, rhs, out = dimension_numbers
+    if not (len(lhs) == len(rhs) == len(out) == ndim + 2):
+        raise ValueError(
+            f"dimension_numbers strings must have {ndim + 2} letters for rank-{ndim + 2} "
+            f"inputs, got {dimension_numbers!r}"
+        )
+    try:
+        lax.conv_dimension_numbers((1,) * (ndim + 2), (1,) * (ndim + 2), (lhs, rhs, out))
+    except Exception as err:  # lax raises TypeError/AssertionError with terse text.
+        raise ValueError(f"unsupported dimension_numbers {dimension_numbers!r}: {err}") from None
+    spatial = [c for c in lhs if c not in "NC"]
+    if sorted(spatial) != sorted(c for c in rhs if c not in "IO") or sorted(spatial) != sorted(
+        c for c in out if c not in "NC"
+    ):
+        raise ValueError(f"dimension_numbers must use the same spatial letters in all three strings, got {dimension_numbers!r}")
+    return lhs, rhs, out
+
+
+def _to_layout(a: jax.Array, src: str, dst: str) -> jax.Array:
+    if src == dst:
+        return a
+    return jnp.transpose(a, [src.index(c) for c in dst])
+
+
+def sym_pad_conv(
+    x: jax.typing.ArrayLike,
+    kernel: jax.typing.ArrayLike,
+    strides: int | Sequence[int] = 1,
+    *,
+    kernel_dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
+    dimension_numbers: tuple[str, str, str] | None = None,
+    precision: lax.PrecisionLike = None,
+    preferred_element_type: jax.typing.DTypeLike | None = None,
+    implementation: Implementation = "auto",
+) -> jax.Array:
+    """Convolution with symmetric padding, output size ``ceil(in / stride)``.
+
+    Drop-in for ``lax.conv_general_dilated(x, kernel, strides, 'SAME', ...)``:
+    identical for odd kernels, and for even kernels the half-pixel shift of
+    ``'SAME'`` cancels over the input channels (C2sp, C4sp; see the module
+    docstring for the exact channel-to-direction rule).
+
+    Args:
+      x: input, ``(N, *spatial, C)`` by default; 1, 2 or 3 spatial dims.
+      kernel: ``(*k, C // feature_group_count, F)`` by default.
+      strides: window strides, an int or one per spatial axis.
+      kernel_dilation: kernel (atrous) dilation, an int or one per spatial axis.
+      feature_group_count: grouped convolution; ``C`` and ``F`` must be
+        divisible by it (``C`` for depthwise).
+      dimension_numbers: ``None`` for channels-last, or three layout strings
+        ``(lhs, rhs, out)`` as in ``lax.conv_general_dilated``, e.g.
+        ``('NCHW', 'OIHW', 'NCHW')``.
+      precision: passed to ``lax.conv_general_dilated``.
+      preferred_element_type: accumulation/output dtype, passed through.
+      implementation: formulation, one of :data:`IMPLEMENTATIONS`; all give
+        the same result within float tolerance. ``'auto'`` picks per call.
+
+    Returns:
+      Output of shape ``(N, *ceil(spatial / strides), F)`` in the layout of
+      ``dimension_numbers[2]``.
+
+    Raises:
+      ValueError: on inconsistent shapes, bad strides/dilation/groups, or
+        unsupported ``dimension_numbers``; the message names the argument.
+    """
+    x = jnp.asarray(x)
+    kernel = jnp.asarray(kernel)
+    if x.ndim not in (3, 4, 5):
+        raise ValueError(f"x must have 1, 2 or 3 spatial dims (rank 3-5), got shape {x.shape}")
+    if kernel.ndim != x.ndim:
+        raise ValueError(f"kernel must have the rank of x ({x.ndim}), got kernel shape {kernel.shape} for x shape {x.shape}")
+    ndim = x.ndim - 2
+    lhs, rhs, out_spec = _parse_dimension_numbers(dimension_numbers, ndim)
+    strides = _as_tuple(strides, ndim, "strides")
+    dilation = _as_tuple(kernel_dilation, ndim, "kernel_dilation")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+
+    # Work channels-last; XLA folds these transposes into the conv.
+    canon_lhs, canon_rhs, canon_out = _canonical_specs(lhs, rhs, out_spec)
+    x = _to_layout(x, lhs, canon_lhs)
+    kernel = _to_layout(kernel, rhs, canon_rhs)
+    channels = x.shape[-1]
+    _check_groups(channels, feature_group_count)
+    if kernel.shape[-2] * feature_group_count != channels:
+        raise ValueError(
+            f"kernel input channels ({kernel.shape[-2]}) times feature_group_count "
+            f"({feature_group_count}) must equal the channels of x ({channels})"
+        )
+    if kernel.shape[-1] % feature_group_count:
+        raise ValueError(
+            f"kernel output features ({kernel.shape[-1]}) must be divisible by "
+            f"feature_group_count ({feature_group_count})"
+        )
+    kernel_size = kernel.shape[:-2]
+    if any(k < 1 for k in kernel_size):
+        raise ValueError(f"kernel spatial size must be positive, got {kernel.shape}")
+
+    conv = functools.partial(
+        lax.conv_general_dilated,
+        window_strides=strides,
+        rhs_dilation=dilation,
+        dimension_numbers=(canon_lhs, canon_rhs, canon_out),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    totals = _total_pads(kernel_size, dilation)
+    if all(t % 2 == 0 for t in totals):
+        y = conv(x, kernel, padding=[(t // 2, t // 2) for t in totals], feature_group_count=feature_group_count)
+    else:
+        impl = _choose(implementation, feature_group_count)
+        if impl == "group_sum":
+            y = _group_sum_conv(x, kernel, kernel_size, dilation, conv)
+        else:
+            pad = _pad_concat if impl == "pad_concat" else _pad_select
+            xp = pad(x, kernel_size, dilation, feature_group_count)
+            y = conv(xp, kernel, padding="VALID", feature_group_count=feature_group_count)
+    return _to_layout(y, canon_out, out_spec)
+
+
+def _canonical_specs(lhs: str, rhs: str, out: str) -> tuple[str, str, str]:
+    """Channels-last specs with the spatial letters in the order of ``lhs``."""
+    spatial = "".join(c for c in lhs if c not in "NC")
+    return "N" + spatial + "C", spatial + "IO", "N" + spatial + "C"
+
+
+def _choose(implementation: str, feature_group_count: int) -> str:
+    if implementation == "group_sum" and feature_group_count != 1:
+        raise ValueError("implementation='group_sum' supports feature_group_count=1 only")
+    if implementation != "auto":
+        return implementation
+    return "pad_select"
+
+
+def _group_sum_conv(x, kernel, kernel_size, dilation, conv) -> jax.Array:
+    """One conv per direction group with its own padding, summed."""
+    pads = channel_pads(x.shape[-1], kernel_size, kernel_dilation=dilation)
+    y = None
+    start = 0
+    for _, run in itertools.groupby(range(x.shape[-1]), key=lambda c: pads[c].tobytes()):
+        size = len(list(run))
+        xs = lax.slice_in_dim(x, start, start + size, axis=x.ndim - 1)
+        ks = lax.slice_in_dim(kernel, start, start + size, axis=kernel.ndim - 2)
+        part = conv(xs, ks, padding=[tuple(int(v) for v in p) for p in pads[start]])
+        y = part if y is None else y + part
+        start += size
+    return y
