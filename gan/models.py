@@ -1,0 +1,294 @@
+"""ResNet generators and discriminators of the paper's GAN experiments (section 4.4).
+
+Two families, both following google/compare_gan (Kurach et al., 2018), which the
+paper follows:
+
+* SNGAN ResNet for 32x32 (compare_gan ``resnet_cifar``, Miyato et al. 2018):
+  G: z (128) -> linear 4*4*256 -> 3 up-blocks of 256 -> [BN] ReLU -> conv -> 3 -> tanh;
+  D: 4 blocks of 128 (the first two downsample) -> ReLU -> spatial mean -> linear -> 1.
+* ResNet19 for 128x128 (compare_gan ``resnet5``): G: linear 4*4*512 -> 5 up-blocks
+  512, 512, 256, 256, 128, 64; D: 6 down-blocks 64, 128, 256, 256, 512, 512.
+
+Only the generator's spatial convs change kind (every one of them, shortcut and
+output conv included, through :func:`sympad.linen.conv`); its widths scale by
+``3 / k`` for even ``k`` (1.5 for C2/C2sp, 0.75 for C4/C4sp) so that its
+parameter count stays close to C3's. The discriminator is always C3 with
+spectral normalization (one power iteration; ``u`` and ``sigma`` live in the
+``batch_stats`` collection and change only when ``update_stats=True``).
+
+Residual shortcuts are k x k convolutions as in compare_gan (not the 1x1 of
+SNGAN's own code): that is what gives the paper's G ~6M / D ~1.5M (1x1
+shortcuts give G ~4.3M, D ~1.1M).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+import sympad.linen
+from sympad.kinds import parse_kind
+
+__all__ = [
+    "NORMS",
+    "UPSAMPLES",
+    "INITS",
+    "Generator",
+    "Discriminator",
+    "SNGANGenerator",
+    "SNGANDiscriminator",
+    "ResNet19Generator",
+    "ResNet19Discriminator",
+    "ARCHS",
+    "default_width_multiplier",
+    "scaled_width",
+    "count_params",
+    "upsample",
+]
+
+NORMS: tuple[str, ...] = ("none", "batch")
+UPSAMPLES: tuple[str, ...] = ("nearest", "unpool")
+INITS: tuple[str, ...] = ("sngan", "normal")
+
+# The discriminator never changes kind (paper 4.4: "we remain all discriminators as the same").
+DISCRIMINATOR_KIND = "C3"
+
+
+def default_width_multiplier(kind: str) -> float:
+    """Generator width factor that keeps ``k*k*width**2`` close to C3's ``9*width**2``.
+
+    Even ``k``: ``3 / k`` (1.5 for C2/C2sp, 0.75 for C4/C4sp, as in the paper);
+    odd ``k``: 1.0 (odd kernels are the baseline the paper compares against).
+
+    Raises:
+      ValueError: if ``kind`` is not a kernel kind.
+    """
+    size = parse_kind(kind).size
+    return 1.0 if size % 2 else 3.0 / size
+
+
+def scaled_width(channels: int, multiplier: float) -> int:
+    """``round(channels * multiplier)``, at least 1."""
+    if multiplier <= 0:
+        raise ValueError(f"width multiplier must be positive, got {multiplier}")
+    return max(1, int(round(channels * multiplier)))
+
+
+def count_params(params: Any) -> int:
+    """Number of scalars in a parameter pytree (arrays or ShapeDtypeStructs)."""
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))
+
+
+def upsample(x: jax.Array, *, method: str = "nearest") -> jax.Array:
+    """Doubles the spatial size of ``x`` (B, H, W, C) -> (B, 2H, 2W, C).
+
+    ``'nearest'`` repeats each pixel (SNGAN, the default); ``'unpool'`` puts each
+    pixel top-left of a 2x2 block of zeros (compare_gan's ``unpool``).
+    """
+    if method == "nearest":
+        return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    if method == "unpool":
+        b, h, w, c = x.shape
+        out = jnp.zeros((b, h, 2, w, 2, c), x.dtype).at[:, :, 0, :, 0, :].set(x)
+        return out.reshape(b, 2 * h, 2 * w, c)
+    raise ValueError(f"upsample method must be one of {UPSAMPLES}, got {method!r}")
+
+
+def _initializers(init: str) -> tuple[nn.initializers.Initializer, nn.initializers.Initializer]:
+    """(residual-branch init, shortcut/linear/output init).
+
+    'sngan': Glorot uniform with gain sqrt(2) in the residual branch and gain 1
+    elsewhere (Miyato's chainer code, Mimicry); 'normal': N(0, 0.02) everywhere
+    (compare_gan's default).
+    """
+    if init == "sngan":
+        return (nn.initializers.variance_scaling(2.0, "fan_avg", "uniform"),
+                nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"))
+    if init == "normal":
+        return nn.initializers.normal(0.02), nn.initializers.normal(0.02)
+    raise ValueError(f"init must be one of {INITS}, got {init!r}")
+
+
+class _Norm(nn.Module):
+    """Batch norm in training/eval mode, or the identity for ``kind='none'``."""
+
+    kind: str
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        if self.kind == "none":
+            return x
+        if self.kind == "batch":
+            # momentum 0.9: short runs (runlocal) still get usable running averages.
+            return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+        raise ValueError(f"norm must be one of {NORMS}, got {self.kind!r}")
+
+
+class GeneratorBlock(nn.Module):
+    """Pre-activation up-block: ``[BN] ReLU up conv [BN] ReLU conv`` + ``conv(up(x))``.
+
+    Input (B, H, W, C_in) -> output (B, 2H, 2W, features).
+    """
+
+    features: int
+    kind: str
+    norm: str = "none"
+    upsample: str = "nearest"
+    weight_init: str = "sngan"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        branch_init, skip_init = _initializers(self.weight_init)
+        conv = functools.partial(sympad.linen.conv, self.kind, self.features)
+        shortcut = conv(kernel_init=skip_init, name="shortcut")(upsample(x, method=self.upsample))
+        h = nn.relu(_Norm(self.norm, name="norm1")(x, train=train))
+        h = conv(kernel_init=branch_init, name="conv1")(upsample(h, method=self.upsample))
+        h = nn.relu(_Norm(self.norm, name="norm2")(h, train=train))
+        h = conv(kernel_init=branch_init, name="conv2")(h)
+        return h + shortcut
+
+
+class Generator(nn.Module):
+    """ResNet generator: z -> linear -> up-blocks -> [BN] ReLU -> conv -> tanh.
+
+    Attributes:
+      channels: C3 widths; ``channels[0]`` is the ``bottom_size``-square seed,
+        ``channels[i + 1]`` the output of up-block ``i`` (so ``len(channels) - 1``
+        blocks and output size ``bottom_size * 2**(len(channels) - 1)``).
+      kernel: kind of every spatial conv ('C3', 'C2', 'C2sp', 'C4', 'C4sp', ...).
+      width_multiplier: factor on every width; None derives it from ``kernel``
+        (:func:`default_width_multiplier`).
+      norm: 'none' (the paper) or 'batch' (compare_gan).
+      upsample: 'nearest' (SNGAN, default) or 'unpool' (compare_gan).
+      bottom_size: spatial size of the seed.
+      out_channels: image channels.
+      weight_init: 'sngan' or 'normal' (see ``_initializers``).
+
+    Call: ``z`` (B, z_dim) -> images (B, S, S, out_channels) in (-1, 1); ``train``
+    selects batch statistics for BN (and makes its running averages mutable).
+    """
+
+    channels: Sequence[int]
+    kernel: str = "C3"
+    width_multiplier: float | None = None
+    norm: str = "none"
+    upsample: str = "nearest"
+    bottom_size: int = 4
+    out_channels: int = 3
+    weight_init: str = "sngan"
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        multiplier = self.width_multiplier
+        if multiplier is None or multiplier <= 0:
+            multiplier = default_width_multiplier(self.kernel)
+        return tuple(scaled_width(c, multiplier) for c in self.channels)
+
+    @nn.compact
+    def __call__(self, z: jax.Array, *, train: bool = False) -> jax.Array:
+        if z.ndim != 2:
+            raise ValueError(f"z must have shape (batch, z_dim), got {z.shape}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        widths = self.widths
+        _, skip_init = _initializers(self.weight_init)
+        h = nn.Dense(self.bottom_size**2 * widths[0], kernel_init=skip_init, name="dense")(z)
+        h = h.reshape(z.shape[0], self.bottom_size, self.bottom_size, widths[0])
+        for i, features in enumerate(widths[1:]):
+            h = GeneratorBlock(features, self.kernel, self.norm, self.upsample, self.weight_init,
+                               name=f"block{i + 1}")(h, train=train)
+        h = nn.relu(_Norm(self.norm, name="final_norm")(h, train=train))
+        h = sympad.linen.conv(self.kernel, self.out_channels, kernel_init=skip_init, name="final_conv")(h)
+        return jnp.tanh(h)
+
+
+class _SNConv(nn.Module):
+    """C3 conv with spectral normalization (one power iteration)."""
+
+    features: int
+    kernel_init: nn.initializers.Initializer
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, update_stats: bool) -> jax.Array:
+        layer = sympad.linen.conv(DISCRIMINATOR_KIND, self.features, kernel_init=self.kernel_init, name="conv")
+        return nn.SpectralNorm(layer, n_steps=1, name="sn")(x, update_stats=update_stats)
+
+
+class DiscriminatorBlock(nn.Module):
+    """``[ReLU] conv ReLU conv [pool]`` + ``[pool](conv(x))``, convs C3 with SN.
+
+    The first block of a discriminator gets ``preactivate=False``: images are
+    in [-1, 1] here (compare_gan feeds [0, 1], where its ReLU is the identity),
+    so a ReLU on the image would drop half of it (SNGAN's "optimized block"
+    also has none). Downsampling is 2x2 average pooling after the convs.
+    """
+
+    features: int
+    downsample: bool
+    preactivate: bool = True
+    weight_init: str = "sngan"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, update_stats: bool) -> jax.Array:
+        branch_init, skip_init = _initializers(self.weight_init)
+        pool = (lambda t: nn.avg_pool(t, (2, 2), strides=(2, 2))) if self.downsample else (lambda t: t)
+        shortcut = pool(_SNConv(self.features, skip_init, name="shortcut")(x, update_stats=update_stats))
+        h = nn.relu(x) if self.preactivate else x
+        h = _SNConv(self.features, branch_init, name="conv1")(h, update_stats=update_stats)
+        h = _SNConv(self.features, branch_init, name="conv2")(nn.relu(h), update_stats=update_stats)
+        return pool(h) + shortcut
+
+
+class Discriminator(nn.Module):
+    """ResNet discriminator with spectral norm: blocks -> ReLU -> spatial mean -> linear.
+
+    Attributes:
+      channels: width of each block.
+      downsample: per block, whether it halves the spatial size.
+      weight_init: 'sngan' or 'normal'.
+
+    Call: images (B, H, W, 3) in [-1, 1] -> logits (B,). ``update_stats=True``
+    (training steps only) advances the power iteration; it needs
+    ``mutable=['batch_stats']``.
+    """
+
+    channels: Sequence[int]
+    downsample: Sequence[bool]
+    weight_init: str = "sngan"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, update_stats: bool = False) -> jax.Array:
+        if len(self.channels) != len(self.downsample):
+            raise ValueError(f"channels ({len(self.channels)}) and downsample ({len(self.downsample)}) "
+                             "must have the same length")
+        if x.ndim != 4:
+            raise ValueError(f"images must have shape (batch, H, W, C), got {x.shape}")
+        _, skip_init = _initializers(self.weight_init)
+        h = x
+        for i, (features, down) in enumerate(zip(self.channels, self.downsample)):
+            h = DiscriminatorBlock(features, down, preactivate=i > 0, weight_init=self.weight_init,
+                                   name=f"block{i + 1}")(h, update_stats=update_stats)
+        h = jnp.mean(nn.relu(h), axis=(1, 2))
+        dense = nn.Dense(1, kernel_init=skip_init, name="dense")
+        return nn.SpectralNorm(dense, n_steps=1, name="sn_dense")(h, update_stats=update_stats)[:, 0]
+
+
+# The paper's two architectures (C3 widths; the generator rescales them by kind).
+SNGANGenerator = functools.partial(Generator, channels=(256, 256, 256, 256))
+SNGANDiscriminator = functools.partial(Discriminator, channels=(128, 128, 128, 128),
+                                       downsample=(True, True, False, False))
+ResNet19Generator = functools.partial(Generator, channels=(512, 512, 256, 256, 128, 64))
+ResNet19Discriminator = functools.partial(Discriminator, channels=(64, 128, 256, 256, 512, 512),
+                                          downsample=(True,) * 6)
+
+#: arch name -> (generator factory, discriminator factory, output size, paper's (G, D) params).
+ARCHS: dict[str, tuple[Any, Any, int, tuple[float, float]]] = {
+    "sngan": (SNGANGenerator, SNGANDiscriminator, 32, (6e6, 1.5e6)),
+    "resnet19": (ResNet19Generator, ResNet19Discriminator, 128, (14e6, 14e6)),
+}

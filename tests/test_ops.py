@@ -1,0 +1,270 @@
+"""sym_pad_conv against an independent NumPy reference, and its properties."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from jax.test_util import check_grads
+
+import sympad
+from tests.reference import TABLES, reference_conv, reference_pads
+
+FORMULATIONS = ["pad_select", "pad_concat", "group_sum"]
+
+
+def _random(shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _check(x, w, strides, dilation, groups=1, implementation="auto", tol=1e-5):
+    ndim = x.ndim - 2
+    strides_t = (strides,) * ndim if isinstance(strides, int) else strides
+    dilation_t = (dilation,) * ndim if isinstance(dilation, int) else dilation
+    expected = reference_conv(x, w, strides_t, dilation_t, groups)
+    got = jax.jit(
+        lambda a, b: sympad.sym_pad_conv(
+            a, b, strides, kernel_dilation=dilation, feature_group_count=groups, implementation=implementation
+        )
+    )(x, w)
+    assert got.shape == expected.shape
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(np.asarray(got), expected, atol=tol * scale, rtol=tol)
+
+
+# The grid of the issue: k {2,4} x strides {1,2} x dilation {1,2} x channels {3,4,5,8,13} x odd/even size.
+GRID_2D = list(itertools.product([2, 4], [1, 2], [1, 2], [3, 4, 5, 8, 13], [7, 8]))
+
+
+@pytest.mark.parametrize("k,stride,dilation,channels,size", GRID_2D)
+def test_2d_matches_numpy_reference(k, stride, dilation, channels, size):
+    x = _random((2, size, size + 1, channels), seed=channels * 31 + size)
+    w = _random((k, k, channels, 3), seed=k * 7 + stride)
+    _check(x, w, stride, dilation)
+
+
+@pytest.mark.parametrize("implementation", FORMULATIONS)
+@pytest.mark.parametrize("k,stride,dilation,channels", [(2, 1, 1, 5), (4, 2, 1, 13), (2, 2, 1, 8), (4, 1, 2, 3), (3, 1, 1, 4), (2, 1, (1, 2), 6)])
+def test_every_formulation_matches_reference(implementation, k, stride, dilation, channels):
+    x = _random((2, 9, 8, channels), seed=3)
+    w = _random((k, k, channels, 4), seed=4)
+    _check(x, w, stride, dilation, implementation=implementation)
+
+
+@pytest.mark.parametrize("k,stride,dilation,channels,size", list(itertools.product([2, 4], [1, 2], [1, 2], [3, 4, 5], [9, 10])))
+def test_1d_matches_numpy_reference(k, stride, dilation, channels, size):
+    x = _random((3, size, channels), seed=size)
+    w = _random((k, channels, 2), seed=k)
+    _check(x, w, stride, dilation)
+
+
+@pytest.mark.parametrize("k,stride,channels", [(2, 1, 8), (2, 2, 13), (4, 1, 5), (4, 2, 3)])
+def test_3d_matches_numpy_reference(k, stride, channels):
+    x = _random((1, 6, 5, 7, channels), seed=k + channels)
+    w = _random((k, k, k, channels, 2), seed=stride)
+    _check(x, w, stride, 1)
+
+
+@pytest.mark.parametrize("implementation", ["pad_select", "pad_concat"])
+@pytest.mark.parametrize("channels,groups,features", [(8, 2, 4), (12, 3, 6), (13 * 2, 2, 4), (6, 6, 6), (5, 5, 10), (12, 4, 8)])
+def test_grouped_and_depthwise_match_reference(implementation, channels, groups, features):
+    x = _random((2, 8, 7, channels), seed=channels)
+    w = _random((2, 2, channels // groups, features), seed=groups)
+    _check(x, w, 1, 1, groups=groups, implementation=implementation)
+    w4 = _random((4, 4, channels // groups, features), seed=groups + 1)
+    _check(x, w4, 2, 1, groups=groups, implementation=implementation)
+
+
+def test_depthwise_directions_are_balanced_over_the_layer():
+    # 10 depthwise channels over 4 directions: 3, 3, 2, 2 channels.
+    dirs = sympad.shift_directions(10, (2, 2), feature_group_count=10)
+    rows = [tuple(r) for r in dirs.tolist()]
+    counts = [rows.count(tuple(t)) for t in TABLES[2]]
+    assert sorted(counts) == [2, 2, 3, 3]
+    assert np.abs(dirs.sum(axis=0)).max() <= 2
+
+
+def test_rgb_stem_three_channels():
+    # 3 channels over 4 direction groups: groups 0, 1, 2 get one channel each.
+    assert reference_pads(3, (2, 2), (1, 1), 1) == [[(0, 1), (0, 1)], [(1, 0), (1, 0)], [(0, 1), (1, 0)]]
+    x = _random((1, 32, 32, 3), seed=0)
+    w = _random((2, 2, 3, 16), seed=1)
+    _check(x, w, 1, 1)
+
+
+def test_channel_pads_follow_authors_table():
+    # C = 8: two channels per group, in the authors' order [top, bottom, left, right].
+    pads = sympad.channel_pads(8, (2, 2))
+    as_tblr = [[p[0][0], p[0][1], p[1][0], p[1][1]] for p in pads.tolist()]
+    assert as_tblr == [[0, 1, 0, 1]] * 2 + [[1, 0, 1, 0]] * 2 + [[0, 1, 1, 0]] * 2 + [[1, 0, 0, 1]] * 2
+    assert pads.tolist() == [[list(a) for a in row] for row in reference_pads(8, (2, 2), (1, 1), 1)]
+
+
+def test_equals_four_convolutions_summed():
+    """The per-group formulation written here with lax directly (paper eq. 10)."""
+    channels = 12
+    x = _random((2, 10, 10, channels), seed=5)
+    w = _random((2, 2, channels, 6), seed=6)
+    table_pads = [[(0, 1), (0, 1)], [(1, 0), (1, 0)], [(0, 1), (1, 0)], [(1, 0), (0, 1)]]
+    total = 0
+    for g, pads in enumerate(table_pads):
+        sl = slice(3 * g, 3 * g + 3)
+        total = total + lax.conv_general_dilated(
+            x[..., sl], w[:, :, sl], (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    got = sympad.sym_pad_conv(x, w)
+    np.testing.assert_allclose(got, total, atol=1e-5)
+
+
+def test_symmetric_pad_then_valid_conv():
+    x = _random((2, 8, 8, 5), seed=8)
+    w = _random((2, 2, 5, 3), seed=9)
+    xp = sympad.symmetric_pad(x, (2, 2))
+    assert xp.shape == (2, 9, 9, 5)
+    valid = lax.conv_general_dilated(xp, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(valid, sympad.sym_pad_conv(x, w), atol=1e-5)
+    # Channel 0 (group 0) has its extra zero at the bottom and right.
+    assert float(jnp.abs(xp[:, -1, :, 0]).max()) == 0.0 and float(jnp.abs(xp[:, :-1, -1, 0]).max()) == 0.0
+    assert float(jnp.abs(xp[:, 0, :-1, 0]).min()) > 0 and float(jnp.abs(xp[:, :-1, 0, 0]).min()) > 0
+
+
+@pytest.mark.parametrize("k,dilation", [(3, 1), (5, 1), (3, 2), (2, 2), (4, 2)])
+def test_even_total_padding_is_plain_same(k, dilation):
+    x = _random((2, 9, 8, 6), seed=k)
+    w = _random((k, k, 6, 4), seed=dilation)
+    expected = lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    np.testing.assert_allclose(sympad.sym_pad_conv(x, w, kernel_dilation=dilation), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("size,stride", [(7, 2), (8, 2), (9, 3), (1, 2), (5, 1)])
+def test_output_size_is_ceil(size, stride):
+    x = jnp.ones((1, size, size, 4))
+    y = sympad.sym_pad_conv(x, jnp.ones((2, 2, 4, 1)), stride)
+    assert y.shape[1:3] == (-(-size // stride),) * 2
+
+
+def test_strided_output_is_subsampled_stride_one_output():
+    x = _random((1, 11, 11, 8), seed=1)
+    w = _random((4, 4, 8, 3), seed=2)
+    full = sympad.sym_pad_conv(x, w, 1)
+    np.testing.assert_allclose(sympad.sym_pad_conv(x, w, 2), full[:, ::2, ::2], atol=1e-5)
+
+
+def test_channels_first_dimension_numbers():
+    x = _random((2, 9, 8, 7), seed=11)
+    w = _random((2, 2, 7, 5), seed=12)
+    expected = sympad.sym_pad_conv(x, w, 2)
+    got = sympad.sym_pad_conv(
+        jnp.transpose(x, (0, 3, 1, 2)),
+        jnp.transpose(w, (3, 2, 0, 1)),
+        2,
+        dimension_numbers=("NCHW", "OIHW", "NCHW"),
+    )
+    np.testing.assert_allclose(got, jnp.transpose(expected, (0, 3, 1, 2)), atol=1e-5)
+
+
+@pytest.mark.parametrize("implementation", FORMULATIONS)
+def test_gradients(implementation):
+    x = _random((1, 5, 6, 5), seed=13)
+    w = _random((2, 2, 5, 3), seed=14)
+    f = lambda a, b: sympad.sym_pad_conv(a, b, 2, implementation=implementation)  # noqa: E731
+    check_grads(f, (x.astype(np.float64), w.astype(np.float64)), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
+    # The gradient wrt x is the reference's adjoint: <conv(x), g> = <x, conv^T(g)>.
+    g = _random((1, 3, 3, 3), seed=15)
+    grad_x = jax.grad(lambda a: jnp.vdot(f(a, w), g))(x)
+    eps_dir = _random(x.shape, seed=16)
+    lhs = float(jnp.vdot(grad_x, eps_dir))
+    rhs = float(np.vdot(reference_conv(eps_dir, w, (2, 2), (1, 1)), g))
+    assert abs(lhs - rhs) < 1e-3 * max(1.0, abs(rhs))
+
+
+def test_vmap_matches_batched_call():
+    x = _random((3, 2, 6, 6, 5), seed=17)
+    w = _random((2, 2, 5, 4), seed=18)
+    mapped = jax.vmap(lambda a: sympad.sym_pad_conv(a, w))(x)
+    direct = sympad.sym_pad_conv(x.reshape(6, 6, 6, 5), w).reshape(3, 2, 6, 6, 4)
+    np.testing.assert_allclose(mapped, direct, atol=1e-5)
+    # vmap over kernels too.
+    ws = _random((3, 2, 2, 5, 4), seed=19)
+    per_kernel = jax.vmap(lambda b: sympad.sym_pad_conv(x[0], b))(ws)
+    for i in range(3):
+        np.testing.assert_allclose(per_kernel[i], reference_conv(x[0], ws[i], (1, 1), (1, 1)), atol=1e-4)
+
+
+def test_bfloat16_close_to_float32():
+    x = _random((2, 8, 8, 8), seed=20)
+    w = _random((2, 2, 8, 8), seed=21)
+    y16 = jax.jit(sympad.sym_pad_conv)(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+    assert y16.dtype == jnp.bfloat16
+    expected = reference_conv(x, w, (1, 1), (1, 1))
+    np.testing.assert_allclose(np.asarray(y16, np.float32), expected, atol=0.1, rtol=0.05)
+    y32 = sympad.sym_pad_conv(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+    assert y32.dtype == jnp.float32
+
+
+def _impulse_centroid(kind: str, layers: int, channels: int = 8, size: int = 41) -> np.ndarray:
+    """Centroid (row, col) of the response of a stack of all-ones linear layers to a centre impulse."""
+    k = sympad.parse_kind(kind)
+    x = np.zeros((1, size, size, channels), np.float32)
+    x[0, size // 2, size // 2, :] = 1.0
+    w = jnp.ones((k.size, k.size, channels, channels)) / (k.size**2 * channels)
+    y = jnp.asarray(x)
+    for _ in range(layers):
+        if k.symmetric:
+            y = sympad.sym_pad_conv(y, w)
+        else:
+            y = lax.conv_general_dilated(y, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    m = np.asarray(y, np.float64).sum(axis=(0, 3))
+    rows, cols = np.indices(m.shape)
+    return np.array([(m * rows).sum() / m.sum(), (m * cols).sum() / m.sum()]) - size // 2
+
+
+@pytest.mark.parametrize("kind", ["C2", "C4"])
+@pytest.mark.parametrize("layers", [1, 4, 7])
+def test_asymmetric_same_shifts_half_pixel_per_layer(kind, layers):
+    # Paper eq. 6: XLA's extra bottom/right zero moves the map n/2 px toward the top-left.
+    np.testing.assert_allclose(_impulse_centroid(kind, layers), [-layers / 2, -layers / 2], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["C2sp", "C4sp"])
+@pytest.mark.parametrize("layers,channels", [(1, 4), (4, 8), (7, 12)])
+def test_symmetric_padding_keeps_centroid(kind, layers, channels):
+    np.testing.assert_allclose(_impulse_centroid(kind, layers, channels), [0.0, 0.0], atol=1e-6)
+
+
+# --- Bad input: ValueError naming the argument. ---
+
+
+@pytest.mark.parametrize(
+    "x_shape,w_shape,kwargs,match",
+    [
+        ((2, 8, 8, 4), (2, 2, 4), {}, "kernel must have the rank"),
+        ((8, 4), (2, 4, 4), {}, "spatial dims"),
+        ((2, 8, 8, 4), (2, 2, 3, 4), {}, "kernel input channels"),
+        ((2, 8, 8, 6), (2, 2, 3, 4), {"feature_group_count": 4}, "divisible by feature_group_count"),
+        ((2, 8, 8, 6), (2, 2, 3, 5), {"feature_group_count": 2}, "output features"),
+        ((2, 8, 8, 4), (2, 2, 4, 4), {"strides": 0}, "strides"),
+        ((2, 8, 8, 4), (2, 2, 4, 4), {"strides": (1, 2, 3)}, "strides"),
+        ((2, 8, 8, 4), (2, 2, 4, 4), {"kernel_dilation": -1}, "kernel_dilation"),
+        ((2, 8, 8, 4), (2, 2, 4, 4), {"feature_group_count": 0}, "feature_group_count"),
+        ((2, 8, 8, 4), (2, 2, 4, 4), {"dimension_numbers": "NHWC"}, "dimension_numbers"),
+        ((2, 8, 8, 4), (2, 2, 4, 4), {"dimension_numbers": ("NHWC", "HWIO")}, "dimension_numbers"),
+        ((2, 8, 8, 4), (2, 2, 4, 4), {"dimension_numbers": ("NHWC", "HWIOX", "NHWC")}, "dimension_numbers"),
+        ((2, 8, 8, 4), (2, 2, 4, 4), {"dimension_numbers": ("NHWC", "HWII", "NHWC")}, "dimension_numbers"),
+        ((2, 8, 8, 4), (2, 2, 4, 4), {"implementation": "fast"}, "implementation"),
+    ],
+)
+def test_bad_input_raises_value_error(x_shape, w_shape, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sympad.sym_pad_conv(jnp.ones(x_shape), jnp.ones(w_shape), **kwargs)
+
+
+def test_symmetric_pad_rank_error():
+    with pytest.raises(ValueError, match="spatial dims"):
+        sympad.symmetric_pad(jnp.ones((8, 8, 4)), (2, 2))
