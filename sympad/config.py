@@ -1,0 +1,243 @@
+"""Config system shared by the suites: big_vision-style config arguments and the absl entry point.
+
+A config file is a module with ``get_config(arg=None)`` returning an ``ml_collections.ConfigDict``;
+its docstring is the command that runs it. Runs are launched as::
+
+    python -m gan.main --config=configs/gan/sngan_cifar10.py:kernel=C2sp,data=digits,runlocal \\
+        --workdir=/tmp/sngan --config.train.steps=100
+
+Everything after the colon is handed to ``get_config`` and parsed with ``parse_config_arg``
+(comma-separated ``key=value`` pairs or bare flags meaning True). ``--config.a.b=value`` overrides
+go through absl ``config_flags``; the config is locked, so a misspelt key fails instead of being
+ignored. The resolved config lands in ``workdir/config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+__all__ = ["lock_and_validate", "parse_config_arg", "run_main", "write_config"]
+
+_TRUE = ("true", "1", "yes", "y", "on")
+_FALSE = ("false", "0", "no", "n", "off")
+
+
+def _cast(key: str, value: str, default: Any) -> Any:
+    """``value`` (text from the command line) as the type of ``default``."""
+    if isinstance(default, bool):
+        lowered = value.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ValueError(f"config arg {key}={value!r}: expected a bool (true/false/1/0)")
+    if isinstance(default, int):
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"config arg {key}={value!r}: expected an int") from None
+    if isinstance(default, float):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"config arg {key}={value!r}: expected a float") from None
+    if default is None or isinstance(default, str):
+        return value
+    raise ValueError(
+        f"config arg {key!r}: its default {default!r} is a {type(default).__name__}; only bool, int, "
+        "float and str arguments can be set after the colon (use --config.<field>=... instead)"
+    )
+
+
+def parse_config_arg(
+    arg: str | None,
+    defaults: Mapping[str, Any],
+    *,
+    choices: Mapping[str, Collection[Any]] | None = None,
+) -> ml_collections.ConfigDict:
+    """Parses the part of ``--config=file.py:ARG`` after the colon, big_vision style.
+
+    ``'kernel=C2sp,data=digits,runlocal'`` with defaults ``{'kernel': 'C3', 'data': 'cifar10',
+    'runlocal': False}`` gives ``kernel='C2sp', data='digits', runlocal=True``. Each value is cast
+    to the type of its default: bool from true/false/1/0 (yes/no/on/off too), int, float, str
+    (a default of None takes the text as is). A bare key sets a bool to True.
+
+    Args:
+      arg: the text after the colon; None or '' gives the defaults.
+      defaults: every accepted key and its default value.
+      choices: optional allowed values per key, e.g. ``{'kernel': sympad.KINDS}``.
+
+    Returns:
+      A ConfigDict with exactly the keys of ``defaults``.
+
+    Raises:
+      ValueError: for a key not in ``defaults`` (the message lists the valid keys), a value that
+        does not parse as the default's type, a bare non-bool key, a repeated key, or a value
+        outside ``choices``.
+    """
+    values = dict(defaults)
+    seen: set[str] = set()
+    for item in (arg or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, has_value, text = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"unknown config arg {key!r} in {arg!r}; valid keys: {', '.join(sorted(defaults))}")
+        if key in seen:
+            raise ValueError(f"config arg {key!r} given twice in {arg!r}")
+        seen.add(key)
+        if has_value:
+            values[key] = _cast(key, text.strip(), defaults[key])
+        elif isinstance(defaults[key], bool):
+            values[key] = True
+        else:
+            raise ValueError(f"config arg {key!r} needs a value ({key}=...); only bool keys can be bare flags")
+    for key, allowed in (choices or {}).items():
+        if key not in values:
+            raise ValueError(f"choices names {key!r}, which is not one of the defaults' keys")
+        if values[key] not in allowed:
+            raise ValueError(f"config arg {key}={values[key]!r}: must be one of {', '.join(map(str, allowed))}")
+    return ml_collections.ConfigDict(values)
+
+
+def lock_and_validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Locks ``config`` (new keys raise; values stay editable) and checks the shared fields.
+
+    Checked when present at the top level: ``kernel`` is one of ``sympad.KINDS``; ``runlocal`` is
+    a bool; ``data`` is a non-empty string.
+
+    Returns:
+      The same config, locked.
+
+    Raises:
+      ValueError: naming the offending field.
+    """
+    from sympad.kinds import KINDS
+
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(f"config must be an ml_collections.ConfigDict, got {type(config).__name__}")
+    if "kernel" in config and config.kernel not in KINDS:
+        raise ValueError(f"config.kernel={config.kernel!r}: must be one of {', '.join(KINDS)}")
+    if "runlocal" in config and not isinstance(config.runlocal, bool):
+        raise ValueError(f"config.runlocal={config.runlocal!r}: must be a bool")
+    if "data" in config and (not isinstance(config.data, str) or not config.data):
+        raise ValueError(f"config.data={config.data!r}: must be a dataset name")
+    config.lock()
+    return config
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike[str]) -> Path:
+    """Writes the resolved config to ``workdir/config.json`` (atomically) and returns the path.
+
+    Values JSON cannot hold (tuples become lists; other objects their repr) are written as
+    ``ConfigDict.to_json_best_effort`` does. Only process 0 writes in a multi-host run.
+    """
+    workdir = Path(workdir)
+    path = workdir / "config.json"
+    if _process_index() != 0:
+        return path
+    workdir.mkdir(parents=True, exist_ok=True)
+    if isinstance(config, ml_collections.ConfigDict):
+        text = config.to_json_best_effort(indent=2, sort_keys=True)
+    else:
+        text = json.dumps(config, indent=2, sort_keys=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text + "\n", encoding="utf-8")
+    os.replace(tmp, path)  # a reader never sees half a file
+    return path
+
+
+def _process_index() -> int:
+    import jax
+
+    return jax.process_index()
+
+
+_CONFIG_FLAG = "config"
+_WORKDIR_FLAG = "workdir"
+
+
+def _define_flags(flag_values: Any, sys_argv: list[str] | None) -> None:
+    from absl import flags
+    from ml_collections import config_flags
+
+    if _CONFIG_FLAG not in flag_values:
+        config_flags.DEFINE_config_file(
+            _CONFIG_FLAG,
+            None,
+            "Config file (a module with get_config), optionally with args after a colon: "
+            "configs/gan/sngan_cifar10.py:kernel=C2sp,runlocal. Fields: --config.a.b=value.",
+            flag_values=flag_values,
+            lock_config=True,  # Overriding a key that does not exist is an error.
+            sys_argv=sys_argv,
+        )
+    if _WORKDIR_FLAG not in flag_values:
+        flags.DEFINE_string(
+            _WORKDIR_FLAG, None, "Directory for checkpoints, metrics and config.json.", flag_values=flag_values
+        )
+
+
+def run_main(
+    train_and_evaluate: Callable[[ml_collections.ConfigDict, str], Any],
+    *,
+    argv: list[str] | None = None,
+) -> Any:
+    """The whole of a suite's ``main.py``: flags → config → workdir → ``train_and_evaluate``.
+
+    Defines ``--config`` (absl ``config_flags.DEFINE_config_file``: ``path.py[:args]`` plus
+    ``--config.a.b=value`` overrides) and ``--workdir``; initialises multi-host JAX when launched
+    that way; creates the workdir, validates and locks the config, writes ``config.json`` and
+    calls ``train_and_evaluate(config, workdir)``.
+
+    Args:
+      train_and_evaluate: the suite's entry point.
+      argv: None for the real command line (runs under ``absl.app.run``, which exits the
+        process); a list (``argv[0]`` is the program name) parses that instead, in-process, on a
+        private flag registry, and returns what ``train_and_evaluate`` returns (for tests).
+
+    Raises:
+      ValueError (list argv): missing flags or an invalid config. absl flag errors
+        (``flags.Error``) for unknown override keys or values of the wrong type.
+    """
+    from absl import app, flags, logging
+
+    def main(flag_values: Any, extra: list[str]) -> Any:
+        if len(extra) > 1:
+            raise app.UsageError(f"unexpected arguments: {' '.join(extra[1:])}")
+        if flag_values[_CONFIG_FLAG].value is None:
+            raise app.UsageError("--config is required, e.g. --config=configs/gan/sngan_cifar10.py:runlocal")
+        if not flag_values[_WORKDIR_FLAG].value:
+            raise app.UsageError("--workdir is required")
+        from sympad.runtime import maybe_initialize_distributed
+
+        maybe_initialize_distributed()  # before anything touches a device
+        config = lock_and_validate(flag_values[_CONFIG_FLAG].value)
+        workdir = os.path.abspath(os.path.expanduser(flag_values[_WORKDIR_FLAG].value))
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        path = write_config(config, workdir)
+        logging.info("Config written to %s", path)
+        return train_and_evaluate(config, workdir)
+
+    if argv is None:
+        _define_flags(flags.FLAGS, None)
+
+        def app_main(args: list[str]) -> None:
+            main(flags.FLAGS, args)  # app.run passes a return value to sys.exit: drop it
+
+        app.run(app_main)
+        return None
+    flag_values = flags.FlagValues()
+    _define_flags(flag_values, list(argv))
+    extra = flag_values(list(argv))
+    try:
+        return main(flag_values, extra)
+    except app.UsageError as e:
+        raise ValueError(str(e)) from e

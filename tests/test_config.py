@@ -1,0 +1,184 @@
+"""Tests for sympad.config: big_vision-style config args, absl entry point, config.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import ml_collections
+import pytest
+from absl import flags
+
+from sympad.config import lock_and_validate, parse_config_arg, run_main, write_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+DEFAULTS = dict(kernel="C3", data="cifar10", runlocal=False, steps=100, lr=0.1, note=None)
+
+
+# ----------------------------------------------------------------------------------------------
+# parse_config_arg
+
+
+def test_defaults_when_no_arg():
+    for arg in (None, "", " , "):
+        assert parse_config_arg(arg, DEFAULTS).to_dict() == DEFAULTS
+
+
+def test_big_vision_style_arg_with_casting():
+    c = parse_config_arg("kernel=C2sp,data=folder:/a/b=c,runlocal,steps=7,lr=3,note=hi", DEFAULTS)
+    assert c.to_dict() == dict(kernel="C2sp", data="folder:/a/b=c", runlocal=True, steps=7, lr=3.0, note="hi")
+    assert type(c.steps) is int and type(c.lr) is float and type(c.runlocal) is bool
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("true", True), ("True", True), ("1", True), ("yes", True), ("false", False), ("FALSE", False), ("0", False), ("no", False)],
+)
+def test_bool_values(text, value):
+    assert parse_config_arg(f"runlocal={text}", {**DEFAULTS, "runlocal": not value}).runlocal is value
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ValueError) as info:
+        parse_config_arg("kernal=C2", DEFAULTS)
+    message = str(info.value)
+    assert "'kernal'" in message
+    assert "valid keys: data, kernel, lr, note, runlocal, steps" in message
+
+
+@pytest.mark.parametrize(
+    "arg, needle",
+    [
+        ("steps=1.5", "steps='1.5': expected an int"),
+        ("lr=fast", "lr='fast': expected a float"),
+        ("runlocal=maybe", "expected a bool"),
+        ("steps", "'steps' needs a value"),
+        ("kernel=C2,kernel=C4", "given twice"),
+    ],
+)
+def test_bad_values(arg, needle):
+    with pytest.raises(ValueError, match=needle):
+        parse_config_arg(arg, DEFAULTS)
+
+
+def test_choices_and_unsupported_default_types():
+    assert parse_config_arg("kernel=C4sp", DEFAULTS, choices={"kernel": ("C3", "C4sp")}).kernel == "C4sp"
+    with pytest.raises(ValueError, match="must be one of C3, C4sp"):
+        parse_config_arg("kernel=C5", DEFAULTS, choices={"kernel": ("C3", "C4sp")})
+    with pytest.raises(ValueError, match="only bool, int, float and str"):
+        parse_config_arg("widths=1", {"widths": (1, 2)})
+
+
+# ----------------------------------------------------------------------------------------------
+# lock_and_validate, write_config
+
+
+def test_lock_and_validate():
+    config = ml_collections.ConfigDict(dict(kernel="C2sp", data="digits", runlocal=True, train=dict(steps=3)))
+    assert lock_and_validate(config) is config
+    config.train.steps = 5  # values stay editable
+    with pytest.raises(AttributeError):
+        config.train.stepz = 5  # but a misspelt key fails
+    for bad, needle in [(dict(kernel="C5"), "config.kernel='C5'"), (dict(runlocal="yes"), "runlocal"), (dict(data=""), "config.data")]:
+        with pytest.raises(ValueError, match=needle):
+            lock_and_validate(ml_collections.ConfigDict(bad))
+
+
+def test_write_config_round_trips(tmp_path):
+    config = ml_collections.ConfigDict(dict(kernel="C2", model=dict(widths=(16, 32), dropout=0.0), name=None))
+    path = write_config(config, tmp_path / "run")
+    assert path == tmp_path / "run" / "config.json"
+    assert json.loads(path.read_text()) == dict(kernel="C2", model=dict(widths=[16, 32], dropout=0.0), name=None)
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+# ----------------------------------------------------------------------------------------------
+# run_main
+
+CONFIG_FILE = '''
+"""python -m suite.main --config=this.py:kernel=C2sp,runlocal --workdir=/tmp/x"""
+import ml_collections
+from sympad.config import parse_config_arg
+
+
+def get_config(arg=None):
+    arg = parse_config_arg(arg, dict(kernel="C3", data="cifar10", runlocal=False))
+    config = ml_collections.ConfigDict()
+    config.kernel = arg.kernel
+    config.data = arg.data
+    config.runlocal = arg.runlocal
+    config.train = ml_collections.ConfigDict(dict(steps=10 if arg.runlocal else 1000, lr=0.1))
+    return config
+'''
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "cfg.py"
+    path.write_text(CONFIG_FILE)
+    return path
+
+
+def test_run_main_with_args_and_overrides(tmp_path, config_file):
+    calls = []
+    workdir = tmp_path / "work" / "run1"
+    result = run_main(
+        lambda config, wd: calls.append((config, wd)) or "done",
+        argv=["main", f"--config={config_file}:kernel=C2sp,runlocal", f"--workdir={workdir}", "--config.train.lr=0.5"],
+    )
+    assert result == "done" and len(calls) == 1
+    config, wd = calls[0]
+    assert wd == str(workdir) and workdir.is_dir()
+    expected = dict(kernel="C2sp", data="cifar10", runlocal=True, train=dict(steps=10, lr=0.5))
+    assert config.to_dict() == expected
+    assert json.loads((workdir / "config.json").read_text()) == expected
+
+
+def test_run_main_rejects_unknown_override_key(tmp_path, config_file):
+    with pytest.raises(AttributeError, match="lrr"):
+        run_main(lambda c, w: None, argv=["main", f"--config={config_file}", f"--workdir={tmp_path}", "--config.train.lrr=1"])
+    with pytest.raises(flags.IllegalFlagValueError, match="abc"):
+        run_main(lambda c, w: None, argv=["main", f"--config={config_file}", f"--workdir={tmp_path}", "--config.train.lr=abc"])
+    # absl wraps errors raised inside get_config into its flag error, message intact.
+    with pytest.raises(flags.IllegalFlagValueError, match="valid keys: data, kernel, runlocal"):
+        run_main(lambda c, w: None, argv=["main", f"--config={config_file}:kernal=C2", f"--workdir={tmp_path}"])
+    with pytest.raises(ValueError, match="--workdir is required"):
+        run_main(lambda c, w: None, argv=["main", f"--config={config_file}"])
+    assert not (tmp_path / "config.json").exists()
+
+
+_MAIN = textwrap.dedent(
+    """
+    from sympad.config import run_main
+
+    def train_and_evaluate(config, workdir):
+        print("TRAIN", config.kernel, config.train.steps, config.train.lr, workdir)
+        return {"not": "an exit code"}
+
+    run_main(train_and_evaluate)
+    """
+)
+
+
+def test_run_main_command_line(tmp_path, config_file):
+    """The real path: absl app.run parsing sys.argv, as `python -m <suite>.main` does."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    ok = subprocess.run(
+        [sys.executable, "-c", _MAIN, f"--config={config_file}:kernel=C4sp", f"--workdir={tmp_path / 'w'}", "--config.train.steps=3"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert f"TRAIN C4sp 3 0.1 {tmp_path / 'w'}" in ok.stdout
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["train"]["steps"] == 3
+
+    bad = subprocess.run(
+        [sys.executable, "-c", _MAIN, f"--config={config_file}", f"--workdir={tmp_path / 'bad'}", "--config.trian.steps=3"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode != 0
+    assert "trian" in bad.stderr and "TRAIN" not in bad.stdout
