@@ -1,0 +1,161 @@
+"""Input-pipeline throughput (images/s) for CIFAR-sized data; prints JSON.
+
+    python -m benchmarks.data [--steps=50] [--batch_size=128] [--cifar_dir=DIR]
+
+Measures, on the default JAX backend (CPU here):
+
+* ``device_get_batch``: :func:`sympad.data.get_batch` under jit on a 50,000 x
+  32 x 32 x 3 uint8 split held on the device, plain and with pad-4 crop + flip
+  (+ cutout), compile time excluded;
+* ``host_loader``: :class:`sympad.data.HostLoader` batches from a host array
+  (gather + ``device_put``), consumed as fast as possible;
+* ``folder_decode``: :func:`sympad.data.load` of an image folder, first load
+  (decode + cache write, per thread count) and cached reload. Uses the shared
+  CIFAR-10 JPEG archives (extracted to a temporary folder, train + test =
+  60,000 files) when present, else 10,000 generated 32 x 32 JPEGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sympad import data
+
+_SHARED = [
+    Path(__file__).resolve().parents[1].parent / "shared" / "data",
+    Path("/work/shared/data"),
+]
+
+
+def _device_get_batch(images, labels, *, batch_size, steps, **kwargs) -> float:
+    key = jax.random.key(0)
+    fn = jax.jit(lambda s: data.get_batch(images, labels, key, s, batch_size=batch_size, **kwargs))
+    jax.block_until_ready(fn(0))  # Compile.
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        out = fn(step)
+    jax.block_until_ready(out)
+    return batch_size * steps / (time.perf_counter() - start)
+
+
+def _host_loader(images, labels, *, batch_size, steps) -> float:
+    key = jax.random.key(0)
+    with data.HostLoader(images, labels, batch_size=batch_size, key=key, num_steps=steps + 1) as it:
+        jax.block_until_ready(next(it))  # Compile the permutation, fill the queue.
+        start = time.perf_counter()
+        for batch in it:
+            jax.block_until_ready(batch)
+    return batch_size * steps / (time.perf_counter() - start)
+
+
+def _prepare_folder(tmp: Path, cifar_dir: str | None) -> tuple[Path, str]:
+    if cifar_dir:
+        return Path(cifar_dir), f"cifar10 folder {cifar_dir}"
+    archives = [d for d in _SHARED if (d / "cifar10-train.tar.gz").exists()]
+    if archives:
+        for split in ("train", "test"):
+            with tarfile.open(archives[0] / f"cifar10-{split}.tar.gz") as archive:
+                archive.extractall(tmp, filter="data")
+        # Both splits as one folder of class subfolders: 60,000 JPEGs.
+        root = tmp / "all"
+        for split in ("train", "test"):
+            for cls in (tmp / "cifar10-jpeg" / split).iterdir():
+                target = root / cls.name
+                target.mkdir(parents=True, exist_ok=True)
+                for f in cls.iterdir():
+                    f.rename(target / f"{split}-{f.name}")
+        return root, "cifar10 train+test JPEGs (shared archives)"
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp / "generated"
+    for i in range(10_000):
+        path = root / f"c{i % 10}" / f"{i}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path, quality=90)
+    return root, "10,000 generated 32x32 JPEGs"
+
+
+def _folder_decode(cifar_dir: str | None, thread_counts: list[int]) -> dict:
+    result = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        root, what = _prepare_folder(tmp, cifar_dir)
+        result["source"] = what
+        default_threads = data._num_threads()
+        try:
+            for threads in thread_counts:
+                data._num_threads = lambda threads=threads: threads
+                cache = tmp / f"cache-{threads}"
+                start = time.perf_counter()
+                ds = data.load(f"folder:{root}", cache_dir=cache)
+                seconds = time.perf_counter() - start
+                result[f"first_load_threads_{threads}"] = {
+                    "images": len(ds),
+                    "seconds": round(seconds, 2),
+                    "images_per_s": round(len(ds) / seconds),
+                }
+            start = time.perf_counter()
+            ds = data.load(f"folder:{root}", cache_dir=cache)
+            seconds = time.perf_counter() - start
+            result["cached_load"] = {
+                "images": len(ds),
+                "seconds": round(seconds, 3),
+                "images_per_s": round(len(ds) / seconds),
+            }
+        finally:
+            data._num_threads = lambda: default_threads
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--cifar_dir", default=None, help="an extracted class-folder split")
+    parser.add_argument("--threads", default="1,2", help="thread counts for the folder decode")
+    parser.add_argument("--skip_folder", action="store_true")
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    host_images = rng.integers(0, 256, (50_000, 32, 32, 3), dtype=np.uint8)
+    host_labels = rng.integers(0, 10, 50_000).astype(np.int32)
+    images, labels = jnp.asarray(host_images), jnp.asarray(host_labels)
+    b, steps = args.batch_size, args.steps
+    report = {
+        "device": str(jax.devices()[0]),
+        "batch_size": b,
+        "steps": steps,
+        "device_get_batch_images_per_s": {
+            "plain": round(_device_get_batch(images, labels, batch_size=b, steps=steps)),
+            "crop_flip": round(
+                _device_get_batch(images, labels, batch_size=b, steps=steps, augment=True)
+            ),
+            "crop_flip_cutout16": round(
+                _device_get_batch(
+                    images, labels, batch_size=b, steps=steps, augment=True, cutout_size=16
+                )
+            ),
+        },
+        "host_loader_images_per_s": round(
+            _host_loader(host_images, host_labels, batch_size=b, steps=steps)
+        ),
+    }
+    if not args.skip_folder:
+        report["folder_decode"] = _folder_decode(
+            args.cifar_dir, [int(t) for t in args.threads.split(",")]
+        )
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
