@@ -27,6 +27,7 @@ Geometry conventions (what the tests pin down):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -35,15 +36,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from sympad.kinds import parse_kind
 from sympad.linen import conv
 
 __all__ = [
+    "DOWNSAMPLE_MODES",
     "PlainStack",
     "center_of_mass",
     "centroid",
     "extent",
     "feature_map_shift",
     "impulse_response",
+    "init_key",
     "mean_maps",
     "module_outputs",
     "plain_resnet",
@@ -54,6 +58,8 @@ __all__ = [
     "unit_position",
 ]
 
+Downsample = Literal["stride", "pool", "auto"]
+DOWNSAMPLE_MODES: tuple[str, ...] = ("stride", "pool", "auto")
 ApplyFn = Callable[[Any, jax.Array], Sequence[jax.Array]]
 Transform = Literal["abs", "relu"]
 
@@ -77,13 +83,16 @@ class PlainStack(nn.Module):
       stage_sizes: number of convs per stage; every stage after the first
         starts by halving the map.
       widths: output channels of the convs of each stage.
-      downsample: ``'stride'``: the first conv of a stage has stride 2, as in
-        the CIFAR ResNet (output ``ceil(in / 2)``); ``'pool'``: 2x2 average
-        pooling (``'VALID'``) then a stride-1 conv, as the authors' C2sp code
-        does its stride-2 blocks.
+      downsample: ``'stride'`` (default): the first conv of a stage has
+        stride 2, as in the CIFAR ResNet (output ``ceil(in / 2)``), so every
+        kind downsamples the same way and only the kernel differs;
+        ``'pool'``: 2x2 average pooling then a stride-1 conv, as the authors'
+        C2sp code does its stride-2 blocks; ``'auto'``: ``'pool'`` for even
+        kernels, ``'stride'`` for odd ones (the default of ``classify.models``).
       activation: ReLU between convs; False gives a linear stack.
-      kernel_init: kernel initializer; default He normal, variance
-        ``2 / fan_in`` (He et al., 2015).
+      kernel_init: kernel initializer; default flax's ``he_normal``: variance
+        ``2 / fan_in`` with ``fan_in = k * k * C_in`` (He et al., 2015; drawn
+        from a normal truncated at 2 sigma and rescaled to that variance).
       use_bias: add a (zero-initialized) bias to every conv.
 
     Call: ``x (N, H, W, C)`` -> tuple of the ``sum(stage_sizes)`` conv outputs
@@ -93,7 +102,7 @@ class PlainStack(nn.Module):
     kind: str
     stage_sizes: Sequence[int] = (19, 18, 18)
     widths: Sequence[int] = (16, 32, 64)
-    downsample: Literal["stride", "pool"] = "stride"
+    downsample: Downsample = "stride"
     activation: bool = True
     kernel_init: nn.initializers.Initializer = nn.initializers.he_normal()
     use_bias: bool = False
@@ -104,17 +113,21 @@ class PlainStack(nn.Module):
             raise ValueError(
                 f"stage_sizes {tuple(self.stage_sizes)} and widths {tuple(self.widths)} must have the same length"
             )
-        if self.downsample not in ("stride", "pool"):
-            raise ValueError(f"downsample must be 'stride' or 'pool', got {self.downsample!r}")
+        if self.downsample not in DOWNSAMPLE_MODES:
+            raise ValueError(f"downsample must be one of {DOWNSAMPLE_MODES}, got {self.downsample!r}")
+        mode = self.downsample
+        if mode == "auto":
+            mode = "pool" if parse_kind(self.kind).size % 2 == 0 else "stride"
         outputs = []
         for stage, (size, width) in enumerate(zip(self.stage_sizes, self.widths)):
             for i in range(size):
                 strides = 1
                 if stage > 0 and i == 0:
-                    if self.downsample == "stride":
+                    if mode == "stride":
                         strides = 2
                     else:
-                        x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+                        # 'SAME' keeps ceil(in / 2) like a stride-2 conv; even maps get no padding.
+                        x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="SAME")
                 y = conv(
                     self.kind,
                     width,
@@ -133,7 +146,7 @@ def plain_resnet(
     *,
     depth: int = 56,
     widths: Sequence[int] = (16, 32, 64),
-    downsample: Literal["stride", "pool"] = "stride",
+    downsample: Downsample = "stride",
     activation: bool = True,
 ) -> PlainStack:
     """The CIFAR ResNet of ``depth = 6n + 2`` with shortcuts and batch norm removed.
@@ -341,6 +354,14 @@ def _batches(images: np.ndarray, batch_size: int):
         yield batch, valid
 
 
+# apply_fn is static: jax caches one compilation per network object (all its inits reuse it).
+@functools.partial(jax.jit, static_argnames=("apply_fn", "transform"))
+def _per_image_maps(params: Any, x: jax.Array, *, apply_fn: ApplyFn, transform: Transform) -> list[jax.Array]:
+    # Per-image maps (channel means) so a padded last batch can be trimmed on the host.
+    fn = jnp.abs if transform == "abs" else jax.nn.relu
+    return [jnp.mean(fn(m), axis=-1) for m in apply_fn(params, x)]
+
+
 def mean_maps(
     apply_fn: ApplyFn,
     params: Any,
@@ -368,16 +389,10 @@ def mean_maps(
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"images must have shape (N, H, W, C), got {images.shape}")
-    fn = jnp.abs if transform == "abs" else jax.nn.relu
-
-    @jax.jit
-    def per_image(params, x):
-        # Per-image sums so a padded last batch can be trimmed on the host.
-        return [jnp.mean(fn(m), axis=-1) for m in apply_fn(params, x)]
-
     totals = None
     for batch, valid in _batches(images, batch_size):
-        out = [np.asarray(m[:valid], np.float64).sum(axis=0) for m in per_image(params, jnp.asarray(batch))]
+        maps = _per_image_maps(params, jnp.asarray(batch), apply_fn=apply_fn, transform=transform)
+        out = [np.asarray(m[:valid], np.float64).sum(axis=0) for m in maps]
         totals = out if totals is None else [t + o for t, o in zip(totals, out)]
     return [t / images.shape[0] for t in totals]
 
@@ -397,6 +412,17 @@ def q_values(apply_fn: ApplyFn, params: Any, images: np.ndarray, *, batch_size: 
     return np.array([m.mean() for m in mean_maps(apply_fn, params, images, transform="abs", batch_size=batch_size)])
 
 
+def init_key(seed: int, index: int) -> jax.Array:
+    """The key of initialization ``index``: ``fold_in(key(seed), index)``.
+
+    It uses the ``'rbg'`` PRNG implementation: on a CPU, initializing a
+    55-layer network with it compiles several times faster than with the
+    default threefry, and the statistics of a random initialization are all
+    the analyses need.
+    """
+    return jax.random.fold_in(jax.random.key(seed, impl="rbg"), index)
+
+
 def q_curves(
     images: np.ndarray,
     *,
@@ -413,7 +439,7 @@ def q_curves(
       images: ``(N, H, W, C)`` float inputs.
       kinds: kernel kinds.
       num_inits: random initializations ``R`` per kind (keys
-        ``fold_in(PRNGKey(seed), r)``, the same for every kind).
+        :func:`init_key` ``(seed, r)``, the same for every kind).
       seed: base seed.
       model_fn: ``kind -> module`` whose call returns the conv outputs
         (default :func:`plain_resnet`, the paper's setting).
@@ -430,9 +456,10 @@ def q_curves(
     results = {}
     for kind in kinds:
         model = model_fn(kind)
+        init = jax.jit(model.init)
         qs, map_sums = [], None
         for r in range(num_inits):
-            params = model.init(jax.random.fold_in(jax.random.PRNGKey(seed), r), jnp.asarray(images[:1]))
+            params = init(init_key(seed, r), jnp.asarray(images[:1]))
             maps = mean_maps(model.apply, params, images, transform="abs", batch_size=batch_size)
             qs.append([m.mean() for m in maps])
             map_sums = maps if map_sums is None else [a + b for a, b in zip(map_sums, maps)]
@@ -449,6 +476,12 @@ def q_curves(
 
 def _centre_index(size: int) -> int:
     return size // 2
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn",))
+def _respond(params: Any, x: jax.Array, tangent: jax.Array, *, apply_fn: ApplyFn) -> list[jax.Array]:
+    _, out = jax.jvp(lambda x: apply_fn(params, x), (x,), (tangent,))
+    return [jnp.mean(jnp.abs(t), axis=(0, -1)) for t in out]
 
 
 def impulse_response(
@@ -484,13 +517,7 @@ def impulse_response(
     if not (0 <= position[0] < height and 0 <= position[1] < width):
         raise ValueError(f"position {position} is outside the {height}x{width} input")
     tangent = jnp.zeros_like(x).at[:, position[0], position[1], :].set(1.0)
-
-    @jax.jit
-    def respond(params, x, tangent):
-        _, out = jax.jvp(lambda x: apply_fn(params, x), (x,), (tangent,))
-        return [jnp.mean(jnp.abs(t), axis=(0, -1)) for t in out]
-
-    maps = [np.asarray(m, np.float64) for m in respond(params, x, tangent)]
+    maps = [np.asarray(m, np.float64) for m in _respond(params, x, tangent, apply_fn=apply_fn)]
     offsets = []
     for m in maps:
         com = center_of_mass(m)
@@ -499,6 +526,20 @@ def impulse_response(
         )
         offsets.append(where - np.asarray(position, np.float64))
     return maps, np.stack(offsets)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn",))
+def _centre_gradient(params: Any, x: jax.Array, scale: jax.Array, *, apply_fn: ApplyFn) -> jax.Array:
+    # One compilation for every layer: the cotangent of layer l is the centre
+    # one-hot times scale[l], so only the selected layer contributes.
+    maps, vjp = jax.vjp(lambda x: apply_fn(params, x), x)
+    cotangent = []
+    for i, m in enumerate(maps):
+        h, w = m.shape[1:3]
+        centre = jnp.zeros((h, w), m.dtype).at[_centre_index(h), _centre_index(w)].set(1.0)
+        cotangent.append(jnp.broadcast_to((centre * scale[i])[None, :, :, None], m.shape))
+    (g,) = vjp(type(maps)(cotangent))
+    return jnp.mean(jnp.abs(g), axis=(0, -1))
 
 
 def receptive_field(
@@ -538,22 +579,9 @@ def receptive_field(
     for l in layers:
         if not 0 <= l < len(shapes):
             raise ValueError(f"layers must index the {len(shapes)} maps, got {l}")
-    centres = [jnp.zeros(s[1:3]).at[_centre_index(s[1]), _centre_index(s[2])].set(1.0) for s in shapes]
-
-    @jax.jit
-    def gradient(params, x, scale):
-        # One compiled function for every layer: the cotangent of layer l is the
-        # centre one-hot times scale[l], so only the selected layer contributes.
-        _, vjp = jax.vjp(lambda x: apply_fn(params, x), x)
-        cotangent = tuple(
-            jnp.broadcast_to((c * scale[i])[None, :, :, None], s) for i, (c, s) in enumerate(zip(centres, shapes))
-        )
-        (g,) = vjp(cotangent)
-        return jnp.mean(jnp.abs(g), axis=(0, -1))
-
     maps, offsets = [], []
     for l in layers:
-        m = np.asarray(gradient(params, x, jnp.zeros(len(shapes)).at[l].set(1.0)), np.float64)
+        m = np.asarray(_centre_gradient(params, x, jnp.zeros(len(shapes)).at[l].set(1.0), apply_fn=apply_fn), np.float64)
         maps.append(m)
         h, w = shapes[l][1:3]
         unit = np.array(
@@ -563,3 +591,10 @@ def receptive_field(
     if not maps:
         return [], np.zeros((0, 2)), np.zeros((0, 2))
     return maps, np.stack(offsets), extent(np.stack(maps))
+
+
+if __name__ == "__main__":
+    # `python -m sympad.analysis <command>`; the command line lives in its own module.
+    from sympad.analysis_cli import main
+
+    main()
