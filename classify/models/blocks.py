@@ -10,9 +10,9 @@ Choices where the paper is silent (each is a field of the modules below):
   stride-2 spatial conv; ``'pool'`` is 2x2 average pooling followed by a
   stride-1 spatial conv (what the authors' released ``resnet50_c2sp.py`` does
   for C2sp); ``'auto'`` (default) picks ``'pool'`` for even kernels and
-  ``'stride'`` for odd ones. A stride-2 2x2 conv on an even-sized map needs no
-  padding at all, so without pooling a C2sp downsampling layer would not be
-  symmetric-padded and would sample only a quarter of the positions.
+  ``'stride'`` for odd ones. A stride-2 2x2 (or 4x4) conv on an even-sized map
+  needs no odd padding at all, so C2 and C2sp would be the same layer there;
+  pooling first keeps the conv stride-1 and symmetric-padded.
 * Shortcuts: identity when shape is kept; otherwise the projection follows the
   authors' code ("Bag of Tricks" ResNet-D): 2x2 average pooling for the stride,
   then a 1x1 conv for the channels, applied to the pre-activated input.
@@ -24,8 +24,7 @@ Choices where the paper is silent (each is a field of the modules below):
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,12 +43,12 @@ __all__ = [
     "ShiftBlock",
     "batch_norm",
     "conv1x1",
+    "head",
     "resolve_downsample",
     "shift2d",
     "spatial_conv",
 ]
 
-Downsample = Literal["auto", "pool", "stride"]
 DOWNSAMPLE_MODES: tuple[str, ...] = ("auto", "pool", "stride")
 ModuleDef = Any
 
@@ -236,10 +235,14 @@ class BottleneckBlock(_ResidualBase):
 class ShiftBlock(_ResidualBase):
     """ShiftNet block (Wu et al. 2017), expansion 1-3-1: 1x1 expand, 3x3 shift, 1x1 project.
 
-    Parameters ~ ``6 n^2``. The shift has no parameters and is not a
-    convolution, so ``kind`` does not apply to it (it still sets the stem of
-    the model); a stride-2 block shifts and then subsamples (``'stride'``) or
-    pools first (``'pool'``); ``'auto'`` means ``'stride'`` here.
+    Parameters ~ ``6 n^2``. The hidden width is ``expansion * features`` (the
+    output width, so a downsampling block expands to ``3 * 2 n``) and a
+    downsampling block reduces its input first (2x2 average pool for
+    ``'auto'``/``'pool'``, strided subsampling for ``'stride'``), then expands:
+    this reproduces both Table 1 columns for Shift (0.49/1.48/2.97M parameters,
+    70.0/213.4/428.3M multiply-adds). The shift has no parameters and is not a
+    convolution, so ``kind`` does not apply to it (it still sets the model's
+    stem if asked to).
     """
 
     expansion: int = 3
@@ -248,12 +251,12 @@ class ShiftBlock(_ResidualBase):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         y, shortcut = self.preact_and_shortcut(x, train)
-        y = conv1x1(self.expansion * x.shape[-1], dtype=self.dtype, name="expand")(y)
+        if self.strides == 2:
+            resolve_downsample("C3", self.downsample)  # validates the name
+            y = y[:, ::2, ::2] if self.downsample == "stride" else avg_pool2(y)
+        y = conv1x1(self.expansion * self.features, dtype=self.dtype, name="expand")(y)
         y = self.bn_relu(y, train, "bn1")
-        if self.strides == 2 and self.downsample == "pool":
-            y = shift2d(avg_pool2(y), kernel_size=self.shift_size)
-        else:
-            y = shift2d(y, kernel_size=self.shift_size)[:, :: self.strides, :: self.strides]
+        y = shift2d(y, kernel_size=self.shift_size)
         return conv1x1(self.features, dtype=self.dtype, name="project")(y) + shortcut
 
 
@@ -307,5 +310,3 @@ def head(x: jax.Array, train: bool, *, num_classes: int, dtype: Any, preact: boo
     x = nn.Dense(num_classes, dtype=dtype, name="classifier")(x)
     return jnp.asarray(x, jnp.float32)
 
-
-BlockFactory = Callable[..., nn.Module]

@@ -1,0 +1,47 @@
+r"""MobileNet-v2 1.0x / 1.4x on ImageNet, the compact baseline of Table 3 (paper 4.3).
+
+    python -m classify.main --config=configs/classify/mobilenetv2_imagenet.py:width=1.4 --workdir=runs/mnv2_14
+
+Args: width (1.0 | 1.4), kernel (kind of the depthwise convs; default C3), data (default
+imagenet2012), runlocal (width 0.25, three short stages, 20 steps on 32 px digits unless data is
+given). Paper 4.5: 100 epochs, batch 256, cosine from 0.1, weight decay 4e-5 for the compact
+models (never on depthwise kernels). Parameters: 3.50M / 6.11M.
+
+Data: TFDS 'imagenet2012' (see configs/classify/resnet50_imagenet.py): put
+ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in <data_dir>/downloads/manual/ and run once,
+with TensorFlow installed, `tfds build imagenet2012 --data_dir=<data_dir> --file_format=array_record`
+(data_dir: --config.input.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets).
+"""
+
+from sympad.config import parse_config_arg
+from sympad.kinds import KINDS
+
+
+def get_config(arg=None):
+    from classify.train import default_config, shrink_for_local_run
+
+    args = parse_config_arg(
+        arg,
+        dict(width=1.0, kernel="C3", data="", mixup=0.0, cutout=0, runlocal=False),
+        choices={"kernel": KINDS},
+    )
+    data = args.data or ("digits" if args.runlocal else "imagenet2012")
+    config = default_config(
+        model=dict(name="mobilenetv2", width=args.width, stem_kernel="C3", downsample="auto", dropout_rate=0.2),
+        kernel=args.kernel,
+        data=data,
+        runlocal=args.runlocal,
+    )
+    config.input.image_size = 224 if data == "imagenet2012" else 0
+    config.input.crop_pad = 16 if data == "imagenet2012" else 4
+    config.batch_size = 256
+    config.num_epochs = 100
+    config.optimizer.weight_decay = 4e-5
+    config.log_every_steps = 500
+    config.mixup_alpha = args.mixup
+    config.cutout = args.cutout
+    if args.runlocal:
+        shrink_for_local_run(
+            config, tiny_model=dict(width=0.25, stages=((1, 8, 1, 1), (6, 16, 2, 2), (6, 24, 1, 2)))
+        )
+    return config

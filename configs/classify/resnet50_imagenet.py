@@ -1,0 +1,47 @@
+r"""ResNet-50 on ImageNet with C3, C2 or C2sp, full or 0.5x width (paper 4.3, Table 3).
+
+    python -m classify.main --config=configs/classify/resnet50_imagenet.py:kernel=C2sp,width=0.5 --workdir=runs/r50x05_c2sp
+
+Args: kernel, width (1.0 | 0.5), data (default imagenet2012), runlocal (one block per stage, 1/8
+width, 20 steps on 32 px digits unless data is given). Paper 4.5: 100 epochs, batch 256, cosine
+from 0.1, weight decay 1e-4. Parameters: C3 25.5M, C2sp 19.3M; 0.5x: C3 6.9M, C2/C2sp 5.35M.
+
+Data: TFDS 'imagenet2012' read with tfds.data_source, decoded once at 224 px (shorter side
+resized, centre crop) into sympad's cache (--config.input.cache_dir). ImageNet cannot be
+downloaded automatically: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in
+<data_dir>/downloads/manual/ (data_dir: --config.input.data_dir, else $TFDS_DATA_DIR, else
+~/tensorflow_datasets), then once, with TensorFlow installed:
+    tfds build imagenet2012 --data_dir=<data_dir> --file_format=array_record
+The test split is ImageNet's validation set. Augmentation here is the CIFAR-style pad-and-crop +
+flip on the cached 224 px images, not the paper's Inception-style crops (Silberman & Guadarrama).
+"""
+
+from sympad.config import parse_config_arg
+from sympad.kinds import KINDS
+
+
+def get_config(arg=None):
+    from classify.train import default_config, shrink_for_local_run
+
+    args = parse_config_arg(
+        arg,
+        dict(kernel="C3", width=1.0, data="", mixup=0.0, cutout=0, runlocal=False),
+        choices={"kernel": KINDS},
+    )
+    data = args.data or ("digits" if args.runlocal else "imagenet2012")
+    config = default_config(
+        model=dict(name="resnet_imagenet", width=args.width, stem_kernel="C7", downsample="auto"),
+        kernel=args.kernel,
+        data=data,
+        runlocal=args.runlocal,
+    )
+    config.input.image_size = 224 if data == "imagenet2012" else 0
+    config.input.crop_pad = 16 if data == "imagenet2012" else 4
+    config.batch_size = 256
+    config.num_epochs = 100
+    config.log_every_steps = 500
+    config.mixup_alpha = args.mixup
+    config.cutout = args.cutout
+    if args.runlocal:
+        shrink_for_local_run(config, tiny_model=dict(stage_sizes=(1, 1, 1, 1), width=args.width / 8, stem_width=16))
+    return config
