@@ -1,0 +1,37 @@
+"""GAN sample-quality metrics: FID, Inception Score, KID, precision/recall.
+
+Feature networks: the FID Inception-v3 port (``inception``; weights from a local pytorch-fid file,
+never downloaded) and a small offline CIFAR-10 classifier shipped with the project (``offline``).
+Every metric key names the network that produced it (``fid_inception``, ``fid_offline_cifar10``).
+
+    from gan.metrics import build_evaluator
+    evaluate = build_evaluator(config)          # config.eval fields: see gan.metrics.evaluator
+    metrics = evaluate(samples_uint8)           # {'fid_offline_cifar10': ..., ...}
+"""
+
+from gan.metrics.evaluator import PROTOCOLS, Evaluator, build_evaluator, default_eval_config, eval_settings
+from gan.metrics.features import FeatureNetwork, extract_features, get_feature_network, reference_features
+from gan.metrics.scores import (
+    feature_statistics,
+    frechet_distance,
+    inception_score,
+    kernel_inception_distance,
+    precision_recall,
+)
+
+__all__ = [
+    "PROTOCOLS",
+    "Evaluator",
+    "FeatureNetwork",
+    "build_evaluator",
+    "default_eval_config",
+    "eval_settings",
+    "extract_features",
+    "feature_statistics",
+    "frechet_distance",
+    "get_feature_network",
+    "inception_score",
+    "kernel_inception_distance",
+    "precision_recall",
+    "reference_features",
+]

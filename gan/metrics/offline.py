@@ -10,12 +10,15 @@ trained. Features are the penultimate layer: the global average of the last conv
 
 Reproduce the shipped weights (``gan/metrics/weights/offline_cifar10.npz``)::
 
-    tar xzf ../shared/data/cifar10-train.tar.gz -C /tmp/cifar10
+    mkdir -p /tmp/cifar10 && tar xzf ../shared/data/cifar10-train.tar.gz -C /tmp/cifar10
     tar xzf ../shared/data/cifar10-test.tar.gz -C /tmp/cifar10
     python -m gan.metrics.offline --data_dir=/tmp/cifar10/cifar10-jpeg \\
-        --out=gan/metrics/weights/offline_cifar10.npz --epochs=6
+        --out=gan/metrics/weights/offline_cifar10.npz --epochs=5
 
-The file records its own test accuracy, epochs and command (``load_offline_weights`` returns them).
+Shipped file: 576k parameters (2.15 MB), 81.4% top-1 on the 10k CIFAR-10 test JPEGs after 5 epochs
+(69 min wall-clock on a shared, heavily loaded 2-core CPU). The file records its own test accuracy, epochs
+and command (``load_offline_weights`` returns them). Images of other sizes are resized to 32 px
+(antialiased) first, so for non-CIFAR data the features are only a rough, offline proxy.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ __all__ = [
     "load_image_folder",
     "load_offline_weights",
     "offline_apply_fn",
+    "random_variables",
     "save_offline_weights",
     "train_offline",
 ]
@@ -97,12 +101,33 @@ def offline_apply_fn(variables: Any, *, model: OfflineCNN | None = None):
     """Returns ``f(uint8 (B,H,W,3)) -> {'pool': (B, D), 'logits': (B, 10)}`` (jit-compiled, eval mode)."""
     model = model or OfflineCNN()
 
-    @jax.jit
-    def apply(images: jax.Array) -> dict[str, jax.Array]:
+    @jax.jit  # variables as an argument so they are not baked into the program as constants
+    def apply(variables: Any, images: jax.Array) -> dict[str, jax.Array]:
         features, logits = model.apply(variables, preprocess(images), train=False)
         return {"pool": features, "logits": logits}
 
-    return apply
+    return functools.partial(apply, variables)
+
+
+def random_variables(seed: int = 0, *, model: OfflineCNN | None = None) -> dict:
+    """Untrained variables drawn with NumPy (He-normal kernels, random BN statistics).
+
+    For tests and smoke runs: no XLA compilation (flax's jitted ``init`` of this network takes
+    seconds on a small CPU), and activations keep unit scale through the layers.
+    """
+    model = model or OfflineCNN()
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            return rng.normal(0.0, np.sqrt(2.0 / np.prod(leaf.shape[:-1])), leaf.shape).astype(np.float32)
+        if name in ("scale", "var"):
+            return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+        return rng.normal(0.0, 0.1, leaf.shape).astype(np.float32)  # bias, mean
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 # ---------------------------------------------------------------- weights file
@@ -172,7 +197,7 @@ def train_offline(
     train: tuple[np.ndarray, np.ndarray],
     test: tuple[np.ndarray, np.ndarray],
     *,
-    epochs: int = 6,
+    epochs: int = 5,
     batch_size: int = 128,
     learning_rate: float = 0.1,
     weight_decay: float = 5e-4,
@@ -251,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train the offline CIFAR-10 feature network.")
     parser.add_argument("--data_dir", required=True, help="folder holding train/<class>/*.jpg and test/...")
     parser.add_argument("--out", default=str(OFFLINE_WEIGHTS))
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--learning_rate", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)

@@ -1,0 +1,130 @@
+"""Evaluates saved GAN samples and writes every metric to JSON.
+
+    python -m gan.evaluate --workdir=DIR                      # DIR/samples.npz, settings from DIR/config.json
+    python -m gan.evaluate --samples=FILE.npz --reference=cifar10 --protocol=test10k
+    python -m gan.evaluate --workdir=DIR --inception_weights=pt_inception-2015-12-05-6726825d.pth
+
+Samples: an .npz with key 'images', uint8 (N, H, W, 3), as ``python -m gan.sample --workdir=DIR
+--num=10000 --out=DIR/samples.npz`` writes (its --out defaults to the current directory). Reference:
+a ``sympad.data`` dataset name, or ``npz:PATH`` for an .npz of uint8 'images'. Settings come from
+the run's config.json (its ``eval`` and ``data`` blocks, see ``gan.metrics.evaluator``); flags
+override them. Without Inception weights the shipped offline CIFAR-10 network is used, and the
+JSON says so (keys ``*_offline_cifar10``).
+
+Output (default ``<samples dir>/eval_<network>_<protocol>.json``, also printed): ``metrics``,
+``feature_network`` (name, weights, sha256), ``protocol``, ``num_samples``, ``num_reference``,
+``reference``, ``settings``, ``notes``, ``samples_file``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gan.metrics.evaluator import PROTOCOLS, Evaluator, default_eval_config, eval_settings
+from gan.metrics.features import FEATURE_NETWORKS
+
+__all__ = ["evaluate_samples", "find_samples", "load_samples", "main"]
+
+
+def find_samples(workdir: str | Path) -> Path:
+    """``workdir/samples.npz``, else the newest ``samples*.npz`` below ``workdir``."""
+    workdir = Path(workdir)
+    if (workdir / "samples.npz").is_file():
+        return workdir / "samples.npz"
+    found = sorted(workdir.rglob("samples*.npz"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"workdir: no samples*.npz under {workdir}; write them with `python -m gan.sample`")
+    return found[-1]
+
+
+def load_samples(path: str | Path) -> np.ndarray:
+    """uint8 (N, H, W, 3) images from the .npz's 'images' key."""
+    with np.load(path, allow_pickle=False) as f:
+        if "images" not in f.files:
+            raise ValueError(f"samples: {path} has no 'images' array (keys: {f.files})")
+        images = f["images"]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"samples: 'images' must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+    return images
+
+
+def _load_config(workdir: Path | None) -> dict[str, Any]:
+    if workdir is not None and (workdir / "config.json").is_file():
+        return json.loads((workdir / "config.json").read_text())
+    return {}
+
+
+def evaluate_samples(
+    images: np.ndarray, *, config: dict[str, Any], reference: str | None = None,
+) -> dict[str, Any]:
+    """Runs the evaluator configured by ``config`` ({'eval': ..., 'data': ...}) on ``images``.
+
+    ``reference``: a ``sympad.data`` name, or ``npz:PATH`` (uint8 'images'), overriding the config.
+    """
+    reference_images, reference_name = None, None
+    if reference and reference.startswith("npz:"):
+        path = Path(reference[4:])
+        reference_images = load_samples(path)
+        # Name the set by content so a changed file never hits a stale cache entry.
+        digest = hashlib.sha256(reference_images.tobytes()).hexdigest()[:12]
+        reference_name = f"npz-{path.stem}-{digest}"
+    elif reference:
+        config = {**config, "eval": {**config.get("eval", {}), "reference_dataset": reference}}
+    evaluator = Evaluator(eval_settings(config), reference_images=reference_images, reference_name=reference_name)
+    return evaluator.report(images)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Evaluate GAN samples (FID, IS, KID, precision/recall) → JSON.")
+    p.add_argument("--workdir", help="run directory (samples.npz, config.json)")
+    p.add_argument("--samples", help="samples .npz (key 'images', uint8 NHWC); default: found in --workdir")
+    p.add_argument("--out", help="output JSON (default: next to the samples)")
+    p.add_argument("--reference", help="sympad.data dataset name or npz:PATH (default: config data.name / cifar10)")
+    p.add_argument("--feature_network", choices=FEATURE_NETWORKS)
+    p.add_argument("--inception_weights", help="pytorch-fid .pth or converted .npz/.safetensors")
+    p.add_argument("--offline_weights", help="offline network .npz (default: the shipped one)")
+    p.add_argument("--protocol", choices=tuple(PROTOCOLS))
+    for name in ("num_reference", "batch_size", "is_splits", "kid_subsets", "kid_subset_size", "pr_k",
+                 "pr_num_samples"):
+        p.add_argument(f"--{name}", type=int)
+    p.add_argument("--reference_split", choices=("train", "test"))
+    p.add_argument("--cache_dir", help="reference-statistics cache directory")
+    p.add_argument("--precision_recall", type=lambda s: s.lower() in ("1", "true", "yes"),
+                   help="true/false (default true)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = _parser().parse_args(argv)
+    if not args.workdir and not args.samples:
+        raise SystemExit("gan.evaluate: give --workdir=DIR or --samples=FILE.npz")
+    workdir = Path(args.workdir) if args.workdir else None
+    samples_path = Path(args.samples) if args.samples else find_samples(workdir)
+    config = _load_config(workdir)
+    eval_block = {**default_eval_config().to_dict(), **(config.get("eval") or {})}
+    for key in eval_block:
+        value = getattr(args, key, None)
+        if value is not None:
+            eval_block[key] = value
+    config = {**config, "eval": eval_block}
+    images = load_samples(samples_path)
+    report = evaluate_samples(images, config=config, reference=args.reference)
+    report["samples_file"] = str(samples_path)
+    out = Path(args.out) if args.out else (
+        samples_path.parent / f"eval_{report['feature_network']['name']}_{report['protocol']['name']}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Converts pytorch-fid's Inception weights (.pth) to .npz or .safetensors, so torch is not needed.
+
+    python -m gan.metrics.convert --pth=pt_inception-2015-12-05-6726825d.pth --out=inception_fid.npz
+
+The .pth is read with ``torch.load(weights_only=True)`` (no arbitrary unpickling). The output
+keeps pytorch-fid's parameter names and layouts; the flax mapping happens at load time, in one
+place (``gan.metrics.inception.variables_from_state_dict``). The output records the sha256 of the
+source file, which names the weights in reports and reference-statistics caches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from gan.metrics.inception import (
+    WEIGHTS_HELP,
+    load_state_dict,
+    variables_from_state_dict,
+    write_safetensors,
+)
+
+__all__ = ["convert", "main"]
+
+
+def convert(pth: str | Path, out: str | Path) -> dict[str, str]:
+    """Writes ``out`` (.npz or .safetensors) from the .pth at ``pth``. Returns the metadata written."""
+    out = Path(out)
+    if out.suffix not in (".npz", ".safetensors"):
+        raise ValueError(f"out: must end in .npz or .safetensors, got {out.name!r}")
+    state, meta = load_state_dict(pth)
+    variables_from_state_dict(state)  # fail now, not at evaluation time, if it is not the FID Inception
+    state = {k: np.asarray(v) for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    meta = {**meta, "format": "pytorch-fid state dict (torch names and layouts)"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npz":
+        np.savez(out, __metadata__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **state)
+    else:
+        write_safetensors(out, state, metadata=meta)
+    return meta
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=WEIGHTS_HELP)
+    parser.add_argument("--pth", required=True, help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
+    parser.add_argument("--out", required=True, help="output .npz or .safetensors")
+    args = parser.parse_args(argv)
+    meta = convert(args.pth, args.out)
+    print(f"wrote {args.out} (source sha256 {meta.get('sha256', '?')})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""``build_evaluator(config)``: the GAN suite's one entry point to sample-quality metrics.
+
+Config fields (``config.eval``; every field optional, defaults from :func:`default_eval_config`):
+
+  feature_network   'auto' | 'inception' | 'offline'. 'auto': Inception when inception_weights is
+                    set, else the shipped offline CIFAR-10 network.
+  inception_weights path to pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or an .npz /
+                    .safetensors from ``python -m gan.metrics.convert``; '' = none.
+  offline_weights   '' = the shipped gan/metrics/weights/offline_cifar10.npz.
+  protocol          'test10k': 10k samples vs the 10k test split (compare_gan, which the paper
+                    follows); 'train50k': 50k samples vs 50k training images (SNGAN IS, mimicry,
+                    most PyTorch papers). Sets the reference split/size and num_samples.
+  num_samples       samples the trainer should generate; 0 = the protocol's (10000 / 50000).
+  num_reference     reference images; 0 = the protocol's.
+  reference_dataset '' = ``config.data`` when it is a string (the GAN configs), else
+                    ``config.data.name`` / ``config.data.dataset``; 'cifar10' if none. A sympad.data
+                    name ('cifar10', 'folder:PATH', ...).
+  reference_split   '' = the protocol's ('test' / 'train').
+  cache_dir         reference-statistics cache; '' = $SYMPAD_CACHE/reference_stats or
+                    ~/.cache/sympad/reference_stats.
+  batch_size        feature-extraction batch (200).
+  is_splits         Inception Score splits (10); a 1-split score is reported too (compare_gan).
+  kid_subsets, kid_subset_size   KID subsets (100 of 1000, torch-fidelity's defaults).
+  precision_recall  compute improved precision/recall (k-NN, k = pr_k) on up to pr_num_samples.
+
+The returned callable maps uint8 samples (N, H, W, 3) to ``dict[str, float]`` whose keys name the
+network: ``fid_<net>``, ``kid_<net>``, ``kid_<net>_std``, ``is_<net>``, ``is_<net>_std``,
+``is_<net>_1split``, ``precision_<net>``, ``recall_<net>`` with ``<net>`` = 'inception' or
+'offline_cifar10'. Reference images are loaded at the samples' resolution on first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from gan.metrics import offline
+from gan.metrics.features import FeatureNetwork, extract_features, get_feature_network, reference_features
+from gan.metrics.scores import (
+    feature_statistics,
+    frechet_distance,
+    inception_score,
+    kernel_inception_distance,
+    precision_recall,
+)
+
+__all__ = ["PROTOCOLS", "EvalSettings", "Evaluator", "build_evaluator", "default_eval_config", "eval_settings"]
+
+# name → (reference split, reference images, samples, description)
+PROTOCOLS: dict[str, tuple[str, int, int, str]] = {
+    "test10k": ("test", 10_000, 10_000,
+                "10k samples vs the 10k-image test split (compare_gan / Kurach et al., followed by the paper)"),
+    "train50k": ("train", 50_000, 50_000,
+                 "50k samples vs 50k training images (SNGAN IS protocol, mimicry, pytorch-fid common use)"),
+}
+
+
+def default_eval_config() -> ml_collections.ConfigDict:
+    """The ``config.eval`` block with every field and its default (see the module docstring)."""
+    return ml_collections.ConfigDict(dict(
+        feature_network="auto", inception_weights="", offline_weights="", protocol="test10k",
+        num_samples=0, num_reference=0, reference_dataset="", reference_split="", cache_dir="",
+        batch_size=200, is_splits=10, kid_subsets=100, kid_subset_size=1000,
+        precision_recall=True, pr_k=3, pr_num_samples=5000,
+    ))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """Resolved evaluation settings (protocol defaults filled in)."""
+
+    feature_network: str
+    inception_weights: str
+    offline_weights: str
+    protocol: str
+    num_samples: int
+    num_reference: int
+    reference_dataset: str
+    reference_split: str
+    cache_dir: str
+    batch_size: int
+    is_splits: int
+    kid_subsets: int
+    kid_subset_size: int
+    precision_recall: bool
+    pr_k: int
+    pr_num_samples: int
+
+
+def _get(cfg: Any, name: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    try:
+        value = cfg[name] if isinstance(cfg, dict) else getattr(cfg, name)
+    except (AttributeError, KeyError):
+        return default
+    return default if value is None else value
+
+
+def eval_settings(config: Any) -> EvalSettings:
+    """Reads ``config.eval`` (and ``config.data`` for the reference dataset) into EvalSettings."""
+    defaults = default_eval_config()
+    ev = _get(config, "eval")
+    values = {k: type(defaults[k])(_get(ev, k, defaults[k])) for k in defaults}
+    if values["protocol"] not in PROTOCOLS:
+        raise ValueError(f"eval.protocol must be one of {tuple(PROTOCOLS)}, got {values['protocol']!r}")
+    split, num_ref, num_samples, _ = PROTOCOLS[values["protocol"]]
+    values["reference_split"] = values["reference_split"] or split
+    values["num_reference"] = values["num_reference"] or num_ref
+    values["num_samples"] = values["num_samples"] or num_samples
+    if not values["reference_dataset"]:
+        data = _get(config, "data")
+        if not isinstance(data, str):  # the GAN configs hold the dataset name itself in config.data
+            data = _get(data, "name", "") or _get(data, "dataset", "")
+        values["reference_dataset"] = str(data or "cifar10")
+    values["offline_weights"] = values["offline_weights"] or str(offline.OFFLINE_WEIGHTS)
+    for key in ("batch_size", "is_splits", "kid_subsets", "kid_subset_size", "pr_k", "pr_num_samples"):
+        if values[key] < 1:
+            raise ValueError(f"eval.{key} must be >= 1, got {values[key]}")
+    return EvalSettings(**values)
+
+
+class Evaluator:
+    """Callable ``images uint8 (N,H,W,3) -> dict[str, float]``; :meth:`report` adds provenance.
+
+    Args:
+      settings: resolved settings.
+      network: feature network (default: from the settings).
+      reference_images: optional uint8 reference set overriding ``sympad.data`` loading; with it,
+        ``reference_name`` names the set in cache keys and reports.
+    """
+
+    def __init__(self, settings: EvalSettings, *, network: FeatureNetwork | None = None,
+                 reference_images: np.ndarray | None = None, reference_name: str | None = None):
+        self.settings = settings
+        self.network = network or get_feature_network(
+            settings.feature_network, inception_weights=settings.inception_weights,
+            offline_weights=settings.offline_weights,
+        )
+        self._reference_images = reference_images
+        self.reference_name = reference_name or settings.reference_dataset
+        self._reference: dict[int, dict[str, Any]] = {}
+
+    def reference(self, image_size: int) -> dict[str, Any]:
+        """Reference features/statistics at ``image_size`` (cached in memory and on disk)."""
+        if image_size not in self._reference:
+            s = self.settings
+            self._reference[image_size] = reference_features(
+                self.network, dataset=self.reference_name, split=s.reference_split, image_size=image_size,
+                num_examples=s.num_reference, cache_dir=s.cache_dir or None,
+                images=self._reference_images, batch_size=s.batch_size,
+            )
+        return self._reference[image_size]
+
+    def __call__(self, images: np.ndarray) -> dict[str, float]:
+        return self.report(images)["metrics"]
+
+    def report(self, images: np.ndarray) -> dict[str, Any]:
+        """All metrics plus protocol, sample counts and the network's identity (JSON-able)."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[1] != images.shape[2]:
+            raise ValueError(f"images must be uint8 (N, H, H, 3), got {images.shape}")
+        s, net = self.settings, self.network.name
+        ref = self.reference(images.shape[1])
+        feats = extract_features(self.network, images, batch_size=s.batch_size,
+                                 keys=("pool", self.network.is_logits))
+        fake, logits = feats["pool"], feats[self.network.is_logits]
+        mu, sigma = feature_statistics(fake)
+        metrics = {f"fid_{net}": frechet_distance(mu, sigma, ref["mu"], ref["sigma"])}
+        kid, kid_std = kernel_inception_distance(ref["pool"], fake, num_subsets=s.kid_subsets,
+                                                 subset_size=s.kid_subset_size)
+        metrics[f"kid_{net}"], metrics[f"kid_{net}_std"] = kid, kid_std
+        splits = min(s.is_splits, len(images))
+        metrics[f"is_{net}"], metrics[f"is_{net}_std"] = inception_score(logits, splits=splits)
+        metrics[f"is_{net}_1split"] = inception_score(logits, splits=1)[0]
+        if s.precision_recall:
+            rng = np.random.default_rng(0)
+            m = min(s.pr_num_samples, len(fake), ref["pool"].shape[0])
+            real_sub = ref["pool"][rng.choice(ref["pool"].shape[0], m, replace=False)]
+            fake_sub = fake[rng.choice(len(fake), m, replace=False)]
+            metrics[f"precision_{net}"], metrics[f"recall_{net}"] = precision_recall(real_sub, fake_sub, k=s.pr_k)
+        notes = []
+        if len(images) != s.num_samples:
+            notes.append(f"{len(images)} samples instead of the protocol's {s.num_samples}: FID/IS are biased "
+                         "by sample count, so these numbers are not comparable with published ones")
+        if net != "inception":
+            notes.append("computed with the offline CIFAR-10 network, not Inception: not comparable with "
+                         "published FID/IS")
+        split_name, _, _, description = PROTOCOLS[s.protocol]
+        return {
+            "metrics": {k: float(v) for k, v in metrics.items()},
+            "feature_network": self.network.identity,
+            "protocol": {"name": s.protocol, "description": description},
+            "num_samples": int(len(images)),
+            "num_reference": int(ref["num_examples"]),
+            "reference": {"dataset": self.reference_name, "split": s.reference_split,
+                          "image_size": int(images.shape[1]), "cache_file": ref["cache_file"]},
+            "settings": {"is_splits": splits, "is_logits": self.network.is_logits,
+                         "kid_subsets": s.kid_subsets, "kid_subset_size": s.kid_subset_size,
+                         "precision_recall_k": s.pr_k if s.precision_recall else None,
+                         "precision_recall_samples": (min(s.pr_num_samples, len(images))
+                                                      if s.precision_recall else None),
+                         "fid_sqrtm": "scipy.linalg.sqrtm, float64"},
+            "notes": notes,
+        }
+
+
+def build_evaluator(config: Any, **kwargs: Any) -> Callable[[np.ndarray], dict[str, float]]:
+    """Evaluator for a training config: ``f(uint8 samples (N,H,W,3)) -> dict[str, float]``.
+
+    Loads the feature network now (a missing weights file fails at start-up, not at the first
+    evaluation); reference statistics are computed or read from the cache on first call.
+    ``kwargs`` go to :class:`Evaluator` (``network``, ``reference_images``, ``reference_name``).
+    """
+    return Evaluator(eval_settings(config), **kwargs)

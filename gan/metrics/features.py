@@ -1,0 +1,194 @@
+"""Feature networks (registry), batched feature extraction and the reference-statistics cache.
+
+A :class:`FeatureNetwork` maps uint8 images (B, H, W, 3) to ``{'pool': (B, D), 'logits': (B, K)}``
+and carries an identity (name, weights file, sha256) that every report and cache key repeats.
+Two are registered:
+
+- ``'inception'``: the FID Inception-v3 (``gan.metrics.inception``), weights from a local file;
+  metric keys ``*_inception``. IS uses its unbiased logits (OpenAI IS code, torch-fidelity).
+- ``'offline'``: the small CIFAR-10 classifier shipped in ``gan/metrics/weights``
+  (``gan.metrics.offline``); metric keys ``*_offline_cifar10``. Numbers are NOT Inception FID.
+
+``'auto'`` picks Inception when a weights path is given and the offline network otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gan.metrics import inception, offline
+from gan.metrics.scores import feature_statistics
+
+__all__ = [
+    "FEATURE_NETWORKS",
+    "FeatureNetwork",
+    "default_cache_dir",
+    "extract_features",
+    "get_feature_network",
+    "reference_features",
+]
+
+FEATURE_NETWORKS = ("auto", "inception", "offline")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureNetwork:
+    """A feature extractor and what it is.
+
+    Attributes:
+      name: short name used in metric keys ('inception', 'offline_cifar10').
+      apply: ``f(uint8 (B,H,W,3)) -> {'pool': (B, D), 'logits': (B, K), ...}``.
+      identity: JSON-able description (network, weights path, sha256, accuracy, ...).
+      is_logits: output key the Inception Score uses.
+    """
+
+    name: str
+    apply: Callable[[jax.Array], dict[str, jax.Array]]
+    identity: dict[str, Any]
+    is_logits: str = "logits"
+
+    @property
+    def cache_id(self) -> str:
+        """Name plus weights hash: reference statistics never mix networks or weights."""
+        return f"{self.name}-{str(self.identity.get('sha256', 'unknown'))[:12]}"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def get_feature_network(
+    kind: str = "auto", *, inception_weights: str | os.PathLike = "",
+    offline_weights: str | os.PathLike = offline.OFFLINE_WEIGHTS,
+) -> FeatureNetwork:
+    """Builds a registered feature network.
+
+    Args:
+      kind: 'auto' (Inception if ``inception_weights`` is set, else offline), 'inception', 'offline'.
+      inception_weights: pytorch-fid .pth or a converted .npz/.safetensors; required for 'inception'.
+      offline_weights: the offline network's .npz (default: the shipped file).
+    """
+    if kind not in FEATURE_NETWORKS:
+        raise ValueError(f"feature_network must be one of {FEATURE_NETWORKS}, got {kind!r}")
+    if kind == "auto":
+        kind = "inception" if str(inception_weights) else "offline"
+    if kind == "inception":
+        if not str(inception_weights):
+            raise ValueError(f"inception_weights: feature_network='inception' needs a weights file. "
+                             f"{inception.WEIGHTS_HELP}")
+        path = Path(inception_weights).expanduser()
+        variables, meta = inception.load_inception_weights(path)
+        identity = {
+            "name": "inception",
+            "description": "FID Inception-v3 (TF 2015-12-05 graph, pytorch-fid port): 2048-d pool3, "
+                           "1008 logits; inputs bilinearly resized to 299",
+            "weights": str(path),
+            "sha256": meta.get("sha256") or _sha256(path),
+            "feature_dim": 2048,
+            "is_logits": "logits_unbiased",
+        }
+        return FeatureNetwork("inception", inception.inception_apply_fn(variables), identity,
+                              is_logits="logits_unbiased")
+    path = Path(offline_weights).expanduser()
+    variables, meta = offline.load_offline_weights(path)
+    identity = {
+        "name": offline.OFFLINE_NAME,
+        "description": "offline CIFAR-10 classifier shipped with sympad (penultimate 256-d features); "
+                       "NOT comparable with Inception FID/IS",
+        "weights": str(path),
+        "sha256": _sha256(path),
+        **{k: meta[k] for k in ("architecture", "feature_dim", "test_accuracy", "command") if k in meta},
+    }
+    return FeatureNetwork(offline.OFFLINE_NAME, offline.offline_apply_fn(variables), identity)
+
+
+def extract_features(
+    network: FeatureNetwork, images: np.ndarray, *, batch_size: int = 200, keys: tuple[str, ...] = ("pool", "logits"),
+) -> dict[str, np.ndarray]:
+    """Runs the network over uint8 images (N, H, W, 3) in fixed-size batches → float32 host arrays.
+
+    The last batch is padded to ``batch_size`` (and trimmed) so one compiled program serves all
+    batches; results do not depend on ``batch_size`` (inference mode, no cross-sample ops).
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = images.shape[0]
+    out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    for start in range(0, n, batch_size):
+        batch = images[start : start + batch_size]
+        valid = batch.shape[0]
+        if valid < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - valid, *batch.shape[1:]), np.uint8)])
+        result = network.apply(jnp.asarray(batch))
+        for k in keys:
+            out[k].append(np.asarray(jax.device_get(result[k]), np.float32)[:valid])
+    return {k: np.concatenate(v) if v else np.zeros((0,), np.float32) for k, v in out.items()}
+
+
+def default_cache_dir() -> Path:
+    """``$SYMPAD_CACHE/reference_stats`` or ``~/.cache/sympad/reference_stats``."""
+    root = os.environ.get("SYMPAD_CACHE") or Path.home() / ".cache" / "sympad"
+    return Path(root) / "reference_stats"
+
+
+def _cache_path(cache_dir: Path, *, dataset: str, split: str, image_size: int, num_examples: int,
+                network: FeatureNetwork) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset).strip("_")
+    return cache_dir / f"{safe}-{split}-{image_size}px-n{num_examples}-{network.cache_id}.npz"
+
+
+def load_reference_images(dataset: str, split: str, *, image_size: int, num_examples: int) -> np.ndarray:
+    """Reference images via ``sympad.data.load`` (uint8 (N, image_size, image_size, 3))."""
+    from sympad import data  # the shared data module; imported late so metrics work without it
+
+    ds = data.load(dataset, split, image_size=image_size, max_examples=num_examples)
+    return np.asarray(ds.images[:num_examples])
+
+
+def reference_features(
+    network: FeatureNetwork, *, dataset: str, split: str, image_size: int, num_examples: int,
+    cache_dir: str | os.PathLike | None = None, images: np.ndarray | None = None, batch_size: int = 200,
+) -> dict[str, Any]:
+    """Reference-set features and Gaussian statistics, cached to .npz.
+
+    The cache file is keyed by dataset, split, image size, requested example count and the
+    network (name + weights sha256). ``images`` overrides loading through ``sympad.data`` (the
+    caller then names them via ``dataset``).
+
+    Returns ``{'pool': (N, D) float32, 'mu': (D,), 'sigma': (D, D), 'num_examples': N,
+    'cache_file': str | None}``.
+    """
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    path = _cache_path(cache_dir, dataset=dataset, split=split, image_size=image_size,
+                       num_examples=num_examples, network=network)
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as f:
+            return {"pool": f["pool"], "mu": f["mu"], "sigma": f["sigma"],
+                    "num_examples": int(f["pool"].shape[0]), "cache_file": str(path)}
+    if images is None:
+        images = load_reference_images(dataset, split, image_size=image_size, num_examples=num_examples)
+    images = np.asarray(images)[:num_examples]
+    if images.shape[1:3] != (image_size, image_size):
+        raise ValueError(f"reference images are {images.shape[1:3]}, expected {image_size}px")
+    pool = extract_features(network, images, batch_size=batch_size, keys=("pool",))["pool"]
+    mu, sigma = feature_statistics(pool)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    info = {"dataset": dataset, "split": split, "image_size": image_size, "network": network.identity}
+    np.savez(tmp, pool=pool, mu=mu, sigma=sigma, info=np.frombuffer(json.dumps(info).encode(), np.uint8))
+    os.replace(tmp, path)  # atomic: a killed run never leaves a truncated cache file
+    return {"pool": pool, "mu": mu, "sigma": sigma, "num_examples": int(pool.shape[0]), "cache_file": str(path)}

@@ -1,0 +1,1 @@
+"""Shipped weights (.npz) of the offline feature network; see gan.metrics.offline."""
