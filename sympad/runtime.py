@@ -23,6 +23,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import logging as pylogging
 import math
 import os
 import sys
@@ -35,6 +36,17 @@ import jax
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+
+class _QuietOrbax(pylogging.Filter):
+    """Drops orbax's INFO chatter (dozens of lines per save); its warnings and errors still show."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
+
+
+# absl routes every library's messages through the one 'absl' logger, so filter by source file.
+pylogging.getLogger("absl").addFilter(_QuietOrbax())
 
 __all__ = [
     "DATA_AXIS",
