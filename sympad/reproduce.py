@@ -46,6 +46,7 @@ class Budget:
     description: str
     q_images: int
     q_inits: int
+    q_depth: int  # plain ResNet depth of the Q-curve and shift networks (the paper: 56)
     classify_depths: tuple[int, ...]
     classify_args: str  # appended to the config argument (after the colon)
     classify_overrides: tuple[str, ...]  # --config.* flags
@@ -61,6 +62,7 @@ BUDGETS: dict[str, Budget] = {
         description="CPU smoke run: tiny models for a handful of steps on the bundled digits; checks the pipelines, not the claims",
         q_images=32,
         q_inits=1,
+        q_depth=20,
         classify_depths=(8,),
         classify_args="runlocal",
         classify_overrides=("--config.num_train_steps=4", "--config.eval_every_steps=4", "--config.checkpoint_every_steps=4"),
@@ -74,6 +76,7 @@ BUDGETS: dict[str, Budget] = {
         description="about ten minutes on one H100/H200-class GPU: ResNet-20 for 10 epochs, SNGAN for 2k G steps, CIFAR-10 folders",
         q_images=1000,
         q_inits=3,
+        q_depth=56,
         classify_depths=(20,),
         classify_args="",
         classify_overrides=("--config.num_epochs=10",),
@@ -87,6 +90,7 @@ BUDGETS: dict[str, Budget] = {
         description="the paper's settings: ResNet depths 20-146 for 300 epochs, SNGAN 200k D steps, 10k samples vs the test split",
         q_images=10000,
         q_inits=10,
+        q_depth=56,
         classify_depths=(20, 38, 56, 74, 92, 110, 128, 146),
         classify_args="",
         classify_overrides=(),
@@ -148,7 +152,7 @@ def cifar10_folder(cache_dir: Path) -> Path | None:
 def run_q_curves(budget: Budget, out: Path, *, data: str, kinds: Sequence[str]) -> dict[str, Any]:
     """Figure 3: Q of every conv output of an untrained plain ResNet-56."""
     argv = [sys.executable, "-m", "sympad.analysis", "q-curves", f"--out={out / 'q_curves'}", f"--kinds={','.join(kinds)}",
-            f"--num_images={budget.q_images}", f"--inits={budget.q_inits}", f"--data={data}"]
+            f"--num_images={budget.q_images}", f"--inits={budget.q_inits}", f"--depth={budget.q_depth}", f"--data={data}"]
     command, seconds = _run(argv, log=out / "logs" / "q_curves.log")
     payload = json.loads((out / "q_curves" / "q_curves.json").read_text())
     return {
@@ -163,7 +167,8 @@ def run_q_curves(budget: Budget, out: Path, *, data: str, kinds: Sequence[str]) 
 def run_shift(budget: Budget, out: Path, *, data: str, kinds: Sequence[str]) -> dict[str, Any]:
     """Figure 2: centroid drift of the mean post-ReLU maps, untrained plain ResNet-56."""
     argv = [sys.executable, "-m", "sympad.analysis", "shift", f"--out={out / 'shift'}", f"--kinds={','.join(kinds)}",
-            f"--num_images={budget.q_images}", f"--inits={max(1, min(budget.q_inits, 3))}", f"--data={data}"]
+            f"--num_images={budget.q_images}", f"--inits={max(1, min(budget.q_inits, 3))}", f"--depth={budget.q_depth}",
+            f"--data={data}"]
     command, seconds = _run(argv, log=out / "logs" / "shift.log")
     payload = json.loads((out / "shift" / "shift.json").read_text())
     stages = {k: [list(map(float, o)) for o in v["stage_offsets_mean"]] for k, v in payload["kinds"].items()}
@@ -345,7 +350,7 @@ def render_report(results: dict[str, dict[str, Any]]) -> str:
     lines.append("")
     lines += _claims_section(results)
 
-    lines += ["## Figure 3: Q of the last conv over Q of the first (untrained plain ResNet-56)", "",
+    lines += ["## Figure 3: Q of the last conv over Q of the first (untrained plain ResNet; depth 56 except smoke: 20)", "",
               "Paper: C2 and C4 attenuate fastest, C2sp and C4sp slower, C2sp above C3 (figure only, no numbers).", "",
               "| budget | data | " + " | ".join(ALL_KINDS) + " | command |", "|---|---|" + "---|" * len(ALL_KINDS) + "---|"]
     for name, r in results.items():
