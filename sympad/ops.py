@@ -41,20 +41,38 @@ groups:
   the layer's channels.
 
 Several formulations compute the same result (see :data:`IMPLEMENTATIONS`); the
-tests run every one of them against a NumPy reference.
+tests run every one of them against a NumPy reference, values and gradients:
+
+=============== ==============================================================
+``pad_select``  pad every channel on its own sides (one fused select), then
+                one VALID conv.
+``pad_concat``  the paper's Figure 1: pad each direction group, concatenate,
+                one VALID conv.
+``group_sum``   one conv per direction group, each padding exactly; summed.
+                No padded copy; feature_group_count=1 only.
+``select_crop`` ``pad_select`` whose conv pads one axis itself (one extra
+                output row, cropped): XLA:CPU's unpadded convs are slow.
+``split_grad``  ``group_sum`` forward and kernel gradient, ``select_crop``
+                input gradient (a ``custom_jvp``; forward mode works).
+=============== ==============================================================
+
+``'auto'`` picks by backend, rank, dtype, channels and feature groups (see
+``_choose``; the measurements are in BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 __all__ = [
     "IMPLEMENTATIONS",
@@ -64,9 +82,18 @@ __all__ = [
     "symmetric_pad",
 ]
 
-Implementation = Literal["auto", "pad_select", "pad_concat", "group_sum"]
+Implementation = Literal[
+    "auto", "pad_select", "pad_concat", "group_sum", "select_crop", "split_grad"
+]
 #: Formulations of :func:`sym_pad_conv`; ``'auto'`` picks one per call.
-IMPLEMENTATIONS: tuple[str, ...] = ("auto", "pad_select", "pad_concat", "group_sum")
+IMPLEMENTATIONS: tuple[str, ...] = (
+    "auto",
+    "pad_select",
+    "pad_concat",
+    "group_sum",
+    "select_crop",
+    "split_grad",
+)
 
 _CHANNELS_LAST = {
     1: ("NWC", "WIO", "NWC"),
@@ -240,43 +267,37 @@ def symmetric_pad(
 
 
 def _pad_select(x: jax.Array, kernel_size, dilation, feature_group_count) -> jax.Array:
-    """Pads by ``ceil(t/2)`` on both sides, then slices per channel with a select.
-
-    Works for any channel-to-direction assignment; the select is elementwise,
-    so XLA fuses it into the pad instead of materializing one copy per group.
-    """
+    """Pads every spatial axis; the odd extra zero per channel by a select."""
     totals = _total_pads(kernel_size, dilation)
-    channels = x.shape[-1]
-    dirs = shift_directions(channels, kernel_size, kernel_dilation=dilation, feature_group_count=feature_group_count)
-    pads = [(0, 0)] + [((t + 1) // 2, (t + 1) // 2) for t in totals] + [(0, 0)]
-    x = jnp.pad(x, pads)
-    for axis, t in enumerate(totals):
+    dirs = shift_directions(x.shape[-1], kernel_size, kernel_dilation=dilation, feature_group_count=feature_group_count)
+    return _select_pad(x, totals, dirs, range(len(totals)))
+
+
+def _pad_axis(x: jax.Array, axis: int, low: int, high: int) -> jax.Array:
+    if low == high == 0:
+        return x
+    pads = [(0, 0)] * x.ndim
+    pads[axis] = (low, high)
+    return jnp.pad(x, pads)
+
+
+def _select_pad(x: jax.Array, totals: Sequence[int], dirs: np.ndarray, axes: Sequence[int]) -> jax.Array:
+    """Pads the spatial ``axes`` (0-based) of a channels-last ``x`` by ``totals``.
+
+    On an odd axis each channel takes one of two padded copies, ``(h+1, h)`` or
+    ``(h, h+1)``, by a select on its direction. Written as pads and a select
+    (no slices) so that XLA fuses it into one pass and its transpose, under
+    reverse-mode autodiff, is two slices and a select of the cotangent.
+    """
+    for a in axes:
+        t = totals[a]
+        half = t // 2
         if t % 2 == 0:
+            x = _pad_axis(x, a + 1, half, half)
             continue
-        ax = axis + 1
-        length = x.shape[ax] - 1
-        # A channel padded extra on the low side keeps the window starting at 0.
-        low_window = lax.slice_in_dim(x, 0, length, axis=ax)
-        high_window = lax.slice_in_dim(x, 1, length + 1, axis=ax)
-        take_low = jnp.asarray(dirs[:, axis] < 0)
-        x = jnp.where(take_low, low_window, high_window)
+        take_low = jnp.asarray(dirs[:, a] < 0)
+        x = jnp.where(take_low, _pad_axis(x, a + 1, half + 1, half), _pad_axis(x, a + 1, half, half + 1))
     return x
-
-
-def _pad_concat(x: jax.Array, kernel_size, dilation, feature_group_count) -> jax.Array:
-    """The paper's Figure 1: pad each contiguous channel group, concatenate."""
-    pads = channel_pads(x.shape[-1], kernel_size, kernel_dilation=dilation, feature_group_count=feature_group_count)
-    # Runs of channels with the same pads (contiguous groups, or single channels
-    # when directions rotate).
-    pieces = []
-    start = 0
-    for key, run in itertools.groupby(range(x.shape[-1]), key=lambda c: pads[c].tobytes()):
-        size = len(list(run))
-        p = pads[start]
-        piece = lax.slice_in_dim(x, start, start + size, axis=x.ndim - 1)
-        pieces.append(jnp.pad(piece, [(0, 0)] + [tuple(int(v) for v in p[a]) for a in range(len(kernel_size))] + [(0, 0)]))
-        start += size
-    return jnp.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
 
 
 # ----------------------------------------------------------------------------
@@ -407,13 +428,17 @@ def sym_pad_conv(
     if all(t % 2 == 0 for t in totals):
         y = conv(x, kernel, padding=[(t // 2, t // 2) for t in totals], feature_group_count=feature_group_count)
     else:
-        impl = _choose(implementation, feature_group_count)
-        if impl == "group_sum":
-            y = _group_sum_conv(x, kernel, kernel_size, dilation, conv)
-        else:
-            pad = _pad_concat if impl == "pad_concat" else _pad_select
-            xp = pad(x, kernel_size, dilation, feature_group_count)
-            y = conv(xp, kernel, padding="VALID", feature_group_count=feature_group_count)
+        impl = _choose(implementation, x, kernel, feature_group_count)
+        geometry = _Geometry(
+            totals=totals,
+            strides=strides,
+            dirs=shift_directions(
+                channels, kernel_size, kernel_dilation=dilation, feature_group_count=feature_group_count
+            ),
+            feature_group_count=feature_group_count,
+            preferred_element_type=preferred_element_type,
+        )
+        y = _FORMULATIONS[impl](x, kernel, geometry, conv)
     return _to_layout(y, canon_out, out_spec)
 
 
@@ -423,24 +448,191 @@ def _canonical_specs(lhs: str, rhs: str, out: str) -> tuple[str, str, str]:
     return "N" + spatial + "C", spatial + "IO", "N" + spatial + "C"
 
 
-def _choose(implementation: str, feature_group_count: int) -> str:
-    if implementation == "group_sum" and feature_group_count != 1:
-        raise ValueError("implementation='group_sum' supports feature_group_count=1 only")
+# ----------------------------------------------------------------------------
+# Formulations. Each maps channels-last (x, kernel) to the C*sp output; the
+# tests run every one against a NumPy reference, values and gradients.
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Geometry:
+    """What a formulation needs besides the operands (stride-1 pads per axis)."""
+
+    totals: tuple[int, ...]  # k_eff - 1 per spatial axis
+    strides: tuple[int, ...]
+    dirs: np.ndarray  # shift_directions: (C, ndim) in {-1, 0, +1}
+    feature_group_count: int
+    preferred_element_type: Any = None
+
+
+_Conv = Callable[..., jax.Array]  # lax.conv_general_dilated with all but (lhs, rhs, padding, groups) bound
+
+
+def _conv_pad_select(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) -> jax.Array:
+    """Pad every channel on its own sides (one fused select), then a VALID conv."""
+    xp = _select_pad(x, geo.totals, geo.dirs, range(len(geo.totals)))
+    return conv(xp, kernel, padding="VALID", feature_group_count=geo.feature_group_count)
+
+
+def _conv_pad_concat(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) -> jax.Array:
+    """The paper's Figure 1: pad each channel group, concatenate, a VALID conv."""
+    pads = _channel_pads_from(geo)
+    pieces = []
+    for start, stop in _runs(pads):
+        piece = lax.slice_in_dim(x, start, stop, axis=x.ndim - 1)
+        pieces.append(jnp.pad(piece, [(0, 0)] + [tuple(int(v) for v in p) for p in pads[start]] + [(0, 0)]))
+    xp = jnp.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
+    return conv(xp, kernel, padding="VALID", feature_group_count=geo.feature_group_count)
+
+
+def _conv_group_sum(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) -> jax.Array:
+    """One conv per run of channels with equal pads, each padding itself; summed.
+
+    Partial sums of 16-bit inputs are kept in float32 (unless an output type
+    was asked for), so the result is rounded once, as a single conv's is.
+    """
+    pads = _channel_pads_from(geo)
+    wide = (
+        geo.preferred_element_type is None
+        and jnp.issubdtype(x.dtype, jnp.floating)
+        and jnp.finfo(x.dtype).bits < 32
+    )
+    extra = {"preferred_element_type": jnp.float32} if wide else {}
+    y = None
+    for start, stop in _runs(pads):
+        xs = lax.slice_in_dim(x, start, stop, axis=x.ndim - 1)
+        ks = lax.slice_in_dim(kernel, start, stop, axis=kernel.ndim - 2)
+        part = conv(xs, ks, padding=[tuple(int(v) for v in p) for p in pads[start]], feature_group_count=1, **extra)
+        y = part if y is None else y + part
+    return y.astype(x.dtype) if wide else y
+
+
+def _conv_select_crop(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) -> jax.Array:
+    """Like ``pad_select``, but the conv itself pads one axis.
+
+    XLA:CPU's convolution runs several times slower with no padding at all
+    than with some (same output), so when no axis has an even non-zero pad to
+    leave to the conv, the conv appends zeros to the high end of one odd axis
+    (the one that wastes least), which adds at most one output row there; it
+    is cropped. The low side is untouched, so the kept outputs are exact.
+    """
+    ndim = len(geo.totals)
+    odd = [a for a, t in enumerate(geo.totals) if t % 2]
+    even = [a for a, t in enumerate(geo.totals) if t % 2 == 0 and t > 0]
+    if even:
+        xp = _select_pad(x, geo.totals, geo.dirs, odd)
+        padding = [(t // 2, t // 2) if a in even else (0, 0) for a, t in enumerate(geo.totals)]
+        return conv(xp, kernel, padding=padding, feature_group_count=geo.feature_group_count)
+    xp = _select_pad(x, geo.totals, geo.dirs, range(ndim))
+    sizes = x.shape[1:-1]
+    # Least waste first, then the longest axis (smallest relative overhang).
+    _, extra, axis = min((_overhang(sizes[a], geo.strides[a]) + (a,) for a in odd), key=lambda r: (r[0], -sizes[r[2]]))
+    padding = [(0, 0)] * ndim
+    padding[axis] = (0, extra)
+    y = conv(xp, kernel, padding=padding, feature_group_count=geo.feature_group_count)
+    keep = -(-sizes[axis] // geo.strides[axis])
+    return lax.slice_in_dim(y, 0, keep, axis=axis + 1)
+
+
+def _overhang(size: int, stride: int) -> tuple[float, int]:
+    """(wasted fraction, zeros to append) for padding one axis at its high end.
+
+    Appending ``e`` zeros adds ``floor((size-1+e)/stride) - floor((size-1)/stride)``
+    outputs; ``e = stride - 1 - (size-1) % stride`` adds none when positive.
+    """
+    room = stride - 1 - (size - 1) % stride
+    if room > 0:
+        return 0.0, room
+    return 1.0 / (-(-size // stride)), 1
+
+
+def _hybrid(primal: str, tangent_x: str, tangent_w: str) -> Callable[[jax.Array, jax.Array, _Geometry, _Conv], jax.Array]:
+    """A formulation whose forward, input gradient and kernel gradient each use their own.
+
+    A ``custom_jvp`` (not ``custom_vjp``, so forward mode still works): the
+    primal is computed by ``primal``; the tangent is ``tangent_x(dx, kernel) +
+    tangent_w(x, dkernel)``. Reverse mode transposes the tangent, so the input
+    gradient is the transpose of ``tangent_x`` and the kernel gradient that of
+    ``tangent_w``. Grouped convs fall back to ``select_crop`` where a part
+    supports feature_group_count=1 only.
+    """
+
+    def formulation(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) -> jax.Array:
+        def part(name: str) -> Callable[..., jax.Array]:
+            if name in _UNGROUPED_ONLY and geo.feature_group_count != 1:
+                name = "select_crop"
+            return _FORMULATIONS[name]
+
+        @jax.custom_jvp
+        def op(a, b):
+            return part(primal)(a, b, geo, conv)
+
+        def op_jvp(primals, tangents):
+            a, b = primals
+            da, db = tangents
+            y = op(a, b)
+            dy = None
+            if not isinstance(da, SymbolicZero):
+                dy = part(tangent_x)(da, b, geo, conv)
+            if not isinstance(db, SymbolicZero):
+                dw_part = part(tangent_w)(a, db, geo, conv)
+                dy = dw_part if dy is None else dy + dw_part
+            if dy is None:
+                dy = jnp.zeros_like(y)
+            return y, dy
+
+        op.defjvp(op_jvp, symbolic_zeros=True)
+        return op(x, kernel)
+
+    return formulation
+
+
+def _channel_pads_from(geo: _Geometry) -> np.ndarray:
+    """``(low, high)`` per channel and axis, shape ``(C, ndim, 2)``."""
+    totals = np.asarray(geo.totals)
+    dirs = geo.dirs.astype(np.int64)
+    return np.stack([totals // 2 + (dirs < 0), totals // 2 + (dirs > 0)], axis=-1)
+
+
+def _runs(pads: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, stop)`` of the maximal runs of channels with equal pads."""
+    runs, start = [], 0
+    for _, run in itertools.groupby(range(len(pads)), key=lambda c: pads[c].tobytes()):
+        stop = start + len(list(run))
+        runs.append((start, stop))
+        start = stop
+    return runs
+
+
+_FORMULATIONS: dict[str, Callable[[jax.Array, jax.Array, _Geometry, _Conv], jax.Array]] = {
+    "pad_select": _conv_pad_select,
+    "pad_concat": _conv_pad_concat,
+    "group_sum": _conv_group_sum,
+    "select_crop": _conv_select_crop,
+}
+# Forward by group_sum (exact convs); input gradient as select_crop's transpose
+# (one padded conv and a select); kernel gradient as group_sum's.
+_FORMULATIONS["split_grad"] = _hybrid("group_sum", "select_crop", "group_sum")
+
+_UNGROUPED_ONLY = ("group_sum",)
+
+
+def _choose(implementation: str, x: jax.Array, kernel: jax.Array, feature_group_count: int) -> str:
+    """The formulation for one call: the explicit one, or the measured best.
+
+    Uses only static facts (backend, shapes, dtype); see BENCHMARKS.md for the
+    measurements behind each branch.
+    """
+    if implementation in _UNGROUPED_ONLY and feature_group_count != 1:
+        raise ValueError(f"implementation={implementation!r} supports feature_group_count=1 only")
     if implementation != "auto":
         return implementation
+    if jax.default_backend() == "cpu" and len(x.shape) == 4 and feature_group_count == 1:
+        # XLA:CPU runs 2D convs through YNNPACK, 2-3x slower when the conv
+        # itself pads nothing (pad_select's VALID conv): select_crop lets the
+        # conv pad one axis. For 2x2 kernels on few channels pad_concat's VALID
+        # conv measured faster still.
+        if max(kernel.shape[:2]) <= 2 and x.shape[-1] <= 32:
+            return "pad_concat"
+        return "select_crop"
     return "pad_select"
-
-
-def _group_sum_conv(x, kernel, kernel_size, dilation, conv) -> jax.Array:
-    """One conv per direction group with its own padding, summed."""
-    pads = channel_pads(x.shape[-1], kernel_size, kernel_dilation=dilation)
-    y = None
-    start = 0
-    for _, run in itertools.groupby(range(x.shape[-1]), key=lambda c: pads[c].tobytes()):
-        size = len(list(run))
-        xs = lax.slice_in_dim(x, start, start + size, axis=x.ndim - 1)
-        ks = lax.slice_in_dim(kernel, start, start + size, axis=kernel.ndim - 2)
-        part = conv(xs, ks, padding=[tuple(int(v) for v in p) for p in pads[start]])
-        y = part if y is None else y + part
-        start += size
-    return y

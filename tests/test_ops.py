@@ -14,7 +14,7 @@ from jax.test_util import check_grads
 import sympad
 from tests.reference import TABLES, reference_conv, reference_pads
 
-FORMULATIONS = ["pad_select", "pad_concat", "group_sum"]
+FORMULATIONS = ["pad_select", "pad_concat", "group_sum", "select_crop", "split_grad"]
 
 
 def _random(shape, seed):

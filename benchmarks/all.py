@@ -1,0 +1,132 @@
+"""Every benchmark in one command, most important first, inside a wall-clock budget.
+
+    python -m benchmarks.all --gpu --out results/ --deadline 240   # H100/H200: see benchmarks/gpu.sh
+    python -m benchmarks.all --out /tmp/bench                        # CPU-sized
+    python -m benchmarks.all --tiny --out /tmp/bench                 # smoke test
+
+Writes ``results.jsonl`` (one environment record, then one record per
+measurement, ``{"record": "skipped", ...}`` for what the budget left out) and
+``results.md`` (the markdown tables of every step) under ``--out``.
+
+Steps, in order (GPU set; the CPU and tiny sets shrink the same steps):
+
+1. layer, float32, every kind, the suites' shapes;
+2. layer, float32, C3 / C2 / C2sp under each formulation (picks the automatic choice);
+3. ResNet-56 CIFAR train step, batch 128 and 512 float32 (C2sp also per formulation), 512 bfloat16;
+4. SNGAN G+D step (C2sp generator at 384 channels vs C3 at 256);
+5. Table 1 networks at depths 20/56/110;
+6. ResNet-20 and ResNet-110 train steps, batch 128;
+7. ResNet19 (128 px) G+D step;
+8. layer, bfloat16, every kind, and its formulation comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks import common, conv, models
+
+#: Formulations compared in steps 2, 3 and 8 (the automatic choice is always measured too).
+FORMULATIONS = ("pad_select", "pad_concat", "group_sum", "select_crop", "split_grad")
+
+
+def steps(size: str) -> list[tuple[str, dict]]:
+    """(title, spec) of every step for size 'gpu' | 'cpu' | 'tiny'."""
+    shapes = {"gpu": conv.GPU_SHAPES, "cpu": conv.CPU_SHAPES, "tiny": conv.TINY_SHAPES}[size]
+    sizes = {"gpu": models.GPU, "cpu": models.CPU, "tiny": models.TINY}[size]
+    resnet_main = [r for r in sizes.resnet if r[0] == 56] or list(sizes.resnet[:1])
+    resnet_rest = [r for r in sizes.resnet if r not in resnet_main]
+    return [
+        ("Layer, float32, every kind", {"bench": "conv", "shapes": shapes, "dtypes": ("float32",)}),
+        (
+            "Layer, float32, formulations of C2sp",
+            {"bench": "conv", "shapes": shapes, "dtypes": ("float32",), "compare": True},
+        ),
+        (
+            "ResNet-56 CIFAR train step",
+            {"bench": "models", "sizes": sizes, "suites": ("resnet",), "resnet": resnet_main, "formulations": FORMULATIONS},
+        ),
+        ("SNGAN G+D step", {"bench": "models", "sizes": sizes, "suites": ("sngan",)}),
+        ("Table 1 networks", {"bench": "models", "sizes": sizes, "suites": ("table1",)}),
+        ("ResNet-20 / ResNet-110 train step", {"bench": "models", "sizes": sizes, "suites": ("resnet",), "resnet": resnet_rest}),
+        ("ResNet19 G+D step", {"bench": "models", "sizes": sizes, "suites": ("resnet19",)}),
+        ("Layer, bfloat16, every kind", {"bench": "conv", "shapes": shapes, "dtypes": ("bfloat16",)}),
+        (
+            "Layer, bfloat16, formulations of C2sp",
+            {"bench": "conv", "shapes": shapes, "dtypes": ("bfloat16",), "compare": True},
+        ),
+    ]
+
+
+def run_step(spec: dict, *, report: common.Report, deadline: common.Deadline, repeats: int | None) -> list[dict]:
+    if spec["bench"] == "conv":
+        return conv.run(
+            spec["shapes"],
+            dtypes=spec["dtypes"],
+            compare=spec.get("compare", False),
+            formulations=("auto",) + FORMULATIONS if spec.get("compare") else None,
+            repeats=repeats or 10,
+            report=report,
+            deadline=deadline,
+        )
+    sizes = spec["sizes"]
+    if "resnet" in spec:
+        if not spec["resnet"]:
+            return []
+        sizes = dataclasses.replace(sizes, resnet=tuple(spec["resnet"]))
+    cases = models.build_cases(sizes, suites=spec["suites"], formulations=spec.get("formulations", ()))
+    return models.run(cases, repeats=repeats or 5, report=report, deadline=deadline)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.all", description=__doc__.split("\n\n")[0])
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--gpu", action="store_true")
+    size.add_argument("--tiny", action="store_true")
+    p.add_argument("--out", required=True, help="directory for results.jsonl and results.md")
+    p.add_argument("--deadline", type=float, default=None, help="seconds; steps and groups after it are skipped")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds per measurement (default: each bench's)")
+    p.add_argument("--steps", default=None, help="comma-separated step numbers to run (default: all)")
+    args = p.parse_args(argv)
+
+    size = "gpu" if args.gpu else "tiny" if args.tiny else "cpu"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jsonl, md = out / "results.jsonl", out / "results.md"
+    report = common.Report(jsonl)
+    env = common.environment()
+    report.write({"record": "environment", "bench": "all", "size": size, **env})
+    deadline = common.Deadline(args.deadline)
+    keep = {int(s) for s in args.steps.split(",")} if args.steps else None
+    start = time.monotonic()
+    sections = [
+        f"# sympad benchmarks ({size})\n\n{env['date']} · {env['device']} ({env['backend']}, {env['cpu']}) · "
+        f"jax {env['jax']} · jaxlib {env['jaxlib']} · flax {env['flax']} · XLA_FLAGS={env['XLA_FLAGS']!r} · "
+        f"git {env['git']}\n\nCommand: `{' '.join(sys.argv)}`"
+    ]
+    for number, (title, spec) in enumerate(steps(size), 1):
+        if keep is not None and number not in keep:
+            continue
+        if deadline.expired():
+            report.write({"record": "skipped", "bench": "all", "step": number, "title": title})
+            sections.append(f"## {number}. {title}\n\nskipped: over the time budget")
+            continue
+        t0 = time.monotonic()
+        print(f"[{time.monotonic() - start:6.1f}s] step {number}: {title}", flush=True)
+        records = run_step(spec, report=report, deadline=deadline, repeats=args.repeats)
+        table = conv.markdown(records) if spec["bench"] == "conv" else models.markdown(records)
+        sections.append(f"## {number}. {title}\n\n({time.monotonic() - t0:.0f} s)\n\n{table}")
+        md.write_text("\n\n".join(sections) + "\n")
+    md.write_text("\n\n".join(sections) + "\n")
+    report.close()
+    print(f"[{time.monotonic() - start:6.1f}s] done: {jsonl} {md}", flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""Timing, memory and reporting shared by the benchmarks (not tests: nothing here asserts a time).
+
+Protocol (every benchmark): compile everything first (in threads: XLA compiles
+concurrently), run each candidate ``warmup`` times, then ``repeats`` rounds in
+which every candidate runs once, in turn (round-robin, so that load from other
+processes on a shared machine hits all candidates alike); report the median and
+the minimum over rounds, and the median of the per-round ratios to the
+baseline. Every call ends in ``jax.block_until_ready``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TextIO
+
+import jax
+
+__all__ = [
+    "Deadline",
+    "Report",
+    "Timing",
+    "compile_all",
+    "environment",
+    "force_implementation",
+    "markdown_table",
+    "memory",
+    "ratio",
+    "time_round_robin",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Seconds of one candidate over the timed rounds: wall clock, and process
+    CPU time (all threads; less sensitive to other processes on the machine)."""
+
+    times: tuple[float, ...]
+    cpu_times: tuple[float, ...] = ()
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def min(self) -> float:
+        return min(self.times)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu_times)
+
+
+def compile_all(
+    jobs: Mapping[Any, tuple[Any, Sequence[Any]]], *, max_workers: int | None = None
+) -> dict[Any, Any]:
+    """Lowers ``fn(*args)`` for every job (in turn: tracing is Python), then
+    compiles them concurrently (XLA compiles outside the GIL).
+
+    Args:
+      jobs: name -> (jitted function, or anything with ``.lower(*args)``, example args).
+      max_workers: compile threads (default: the number of CPUs, at most 16).
+
+    Returns:
+      name -> ``jax.stages.Compiled``, callable with the same args.
+    """
+    lowered = {name: fn.lower(*args) for name, (fn, args) in jobs.items()}
+    workers = max_workers or min(16, os.cpu_count() or 1)
+    if workers == 1 or len(lowered) == 1:
+        return {name: low.compile() for name, low in lowered.items()}
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {name: pool.submit(low.compile) for name, low in lowered.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def time_round_robin(
+    calls: Mapping[str, Callable[[], Any]], *, warmup: int = 2, repeats: int = 7
+) -> dict[str, Timing]:
+    """Times zero-argument callables, interleaved: round r runs each once.
+
+    Args:
+      calls: name -> callable returning (a pytree of) jax arrays.
+      warmup: untimed calls of each before the rounds.
+      repeats: timed rounds.
+
+    Returns:
+      name -> :class:`Timing`.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for fn in calls.values():
+        for _ in range(warmup):
+            jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    cpu: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            jax.block_until_ready(fn())
+            cpu[name].append(time.process_time() - start_cpu)
+            times[name].append(time.perf_counter() - start)
+    return {name: Timing(tuple(times[name]), tuple(cpu[name])) for name in calls}
+
+
+def ratio(baseline: Timing, other: Timing, *, cpu: bool = False) -> float:
+    """Speed of ``other`` relative to ``baseline``: median over rounds of t_base / t_other
+    (wall clock, or process CPU time with ``cpu=True``)."""
+    pairs = zip(baseline.cpu_times, other.cpu_times) if cpu else zip(baseline.times, other.times)
+    return statistics.median(b / o for b, o in pairs)
+
+
+def memory(compiled: Any) -> dict[str, int | None]:
+    """Compiled memory in bytes: temp (scratch the program allocates), arguments, outputs."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # Some backends do not implement it.
+        stats = None
+    get = (lambda name: int(getattr(stats, name))) if stats is not None else (lambda name: None)
+    return {
+        "temp_bytes": get("temp_size_in_bytes"),
+        "argument_bytes": get("argument_size_in_bytes"),
+        "output_bytes": get("output_size_in_bytes"),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode:
+        return None
+    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except Exception:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Device, versions, flags and date: the header record of every run."""
+    device = jax.devices()[0]
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "backend": jax.default_backend(),
+        "device": getattr(device, "device_kind", str(device)),
+        "device_count": jax.device_count(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": _version("jaxlib"),
+        "flax": _version("flax"),
+        "optax": _version("optax"),
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        "jax_env": {k: v for k, v in os.environ.items() if k.startswith("JAX_")},
+        "git": _git_commit(),
+        "argv": sys.argv,
+    }
+    try:
+        env["loadavg"] = os.getloadavg()
+    except OSError:
+        pass
+    return env
+
+
+@contextlib.contextmanager
+def force_implementation(name: str | None) -> Iterator[None]:
+    """Makes ``implementation='auto'`` in ``sympad.ops`` resolve to ``name`` (None: no change).
+
+    For model benchmarks, whose convs are built by other code and always ask for
+    'auto'. Formulations that support ungrouped convs only fall back to the
+    automatic choice for grouped ones. Active only while tracing inside the block.
+    """
+    from sympad import ops
+
+    if name is None or name == "auto":
+        yield
+        return
+    if name not in ops.IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {ops.IMPLEMENTATIONS}, got {name!r}")
+    original = ops._choose
+
+    def choose(implementation: str, x: Any, kernel: Any, feature_group_count: int) -> str:
+        if implementation == "auto" and not (name in ops._UNGROUPED_ONLY and feature_group_count != 1):
+            return name
+        return original(implementation, x, kernel, feature_group_count)
+
+    ops._choose = choose
+    try:
+        yield
+    finally:
+        ops._choose = original
+
+
+class Deadline:
+    """A wall-clock budget: ``expired()`` once ``seconds`` have passed (None: never)."""
+
+    def __init__(self, seconds: float | None):
+        self._end = None if seconds is None else time.monotonic() + seconds
+
+    def expired(self) -> bool:
+        return self._end is not None and time.monotonic() > self._end
+
+    def left(self) -> float:
+        return float("inf") if self._end is None else self._end - time.monotonic()
+
+
+class Report:
+    """Writes JSON lines (one record per measurement) to stdout or a file.
+
+    The first record is ``{"record": "environment", ...}``.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, *, stream: TextIO | None = None):
+        self.records: list[dict[str, Any]] = []
+        self._file = open(path, "a") if path else None  # noqa: SIM115 - closed in close()
+        self._stream = stream
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        line = json.dumps(record, sort_keys=False, default=_json_default)
+        if self._file:
+            self._file.write(line + "\n")
+            self._file.flush()
+        if self._stream:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+
+    def close(self) -> None:
+        if self._file:
+            self._file.close()
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table; floats with 2 decimals, None as '-'."""
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.2f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,10 @@
+"""Trains a GAN: ``python -m gan.main --config=configs/gan/sngan_cifar10.py:kernel=C2sp --workdir=DIR``.
+
+Resumes from ``DIR/checkpoints`` when there is a checkpoint there. See gan.train.
+"""
+
+from gan import train
+from sympad.config import run_main
+
+if __name__ == "__main__":
+    run_main(train.train_and_evaluate)

@@ -1,0 +1,162 @@
+"""Smoke tests of the benchmark harness: it runs a tiny size set and emits
+well-formed JSON lines and markdown tables. No assertion here is about speed."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+import sympad
+import sympad.linen
+from benchmarks import all as bench_all
+from benchmarks import common, conv, models
+from sympad import ops
+
+ENV_KEYS = {"date", "backend", "device", "cpu", "jax", "jaxlib", "flax", "XLA_FLAGS"}
+
+
+def _read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _table_rows(markdown: str, header_cell: str) -> list[list[str]]:
+    """Rows (cells) of the first table whose header contains ``header_cell``."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|") and header_cell in line)
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def test_round_robin_interleaves_and_counts():
+    order = []
+    calls = {name: (lambda name=name: order.append(name) or jnp.zeros(())) for name in ("a", "b", "c")}
+    timings = common.time_round_robin(calls, warmup=1, repeats=3)
+    assert order[:3] == ["a", "b", "c"]  # warm-up, one each
+    assert order[3:] == ["a", "b", "c"] * 3  # then interleaved rounds
+    for t in timings.values():
+        assert len(t.times) == len(t.cpu_times) == 3
+        assert t.min <= t.median
+    with pytest.raises(ValueError, match="repeats"):
+        common.time_round_robin(calls, repeats=0)
+
+
+def test_ratio_is_median_of_per_round_ratios():
+    base = common.Timing((1.0, 2.0, 9.0), (1.0, 1.0, 1.0))
+    other = common.Timing((2.0, 1.0, 3.0), (4.0, 2.0, 1.0))
+    # per round: 0.5, 2.0, 3.0 -> median 2.0 (wall); 0.25, 0.5, 1.0 -> 0.5 (cpu)
+    assert common.ratio(base, other) == 2.0
+    assert common.ratio(base, other, cpu=True) == 0.5
+
+
+def test_markdown_table_shape():
+    text = common.markdown_table(["a", "b"], [[1.234, None], ["x", 2]])
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| 1.23 | - |", "| x | 2 |"]
+
+
+def test_force_implementation_patches_auto_only_inside():
+    x = jax.ShapeDtypeStruct((2, 8, 8, 8), jnp.float32)
+    w = jax.ShapeDtypeStruct((2, 2, 8, 8), jnp.float32)
+    before = ops._choose("auto", x, w, 1)
+    with common.force_implementation("pad_concat"):
+        assert ops._choose("auto", x, w, 1) == "pad_concat"
+        assert ops._choose("group_sum", x, w, 1) == "group_sum"
+    with common.force_implementation("group_sum"):
+        # ungrouped-only formulations leave grouped convs to the automatic choice
+        assert ops._choose("auto", x, jax.ShapeDtypeStruct((2, 2, 4, 8), jnp.float32), 2) != "group_sum"
+    assert ops._choose("auto", x, w, 1) == before
+    with pytest.raises(ValueError, match="implementation"):
+        with common.force_implementation("fast"):
+            pass
+
+
+def test_conv_bench_tiny_emits_jsonl_and_tables(tmp_path):
+    out, md = tmp_path / "conv.jsonl", tmp_path / "conv.md"
+    conv.main(
+        ["--tiny", "--kinds", "C3,C2sp", "--dtypes", "float32", "--repeats", "1", "--warmup", "0",
+         "--out", str(out), "--markdown", str(md)]
+    )
+    records = _read_jsonl(out)
+    assert records[0]["record"] == "environment" and ENV_KEYS <= set(records[0])
+    rows = [r for r in records if r["record"] == "conv"]
+    assert [r["label"] for r in rows] == ["C3", "C2sp"]
+    for r in rows:
+        assert (r["N"], r["HW"], r["C"], r["F"], r["dtype"]) == (2, 8, 8, 8, "float32")
+        for field in ("fwd_ms", "fwdbwd_ms", "fwdbwd_cpu_ms"):
+            assert np.isfinite(r[field]) and r[field] > 0
+        assert r["fwdbwd_temp_bytes"] is None or r["fwdbwd_temp_bytes"] >= 0
+    assert rows[0]["fwdbwd_vs_C3"] == 1.0 and rows[0]["auto_choice"] is None
+    assert rows[1]["implementation"] == "auto" and rows[1]["auto_choice"] in sympad.IMPLEMENTATIONS
+    table = _table_rows(md.read_text(), "C3 fwd+bwd ms")
+    assert table[0] == ["shape", "dtype", "C3 fwd+bwd ms", "C3", "C2sp"]
+    assert len(table) == 3 and table[2][0].startswith("tiny (2,8,8,8->8)")
+    assert all(len(row) == 5 for row in table)
+
+
+def test_conv_compare_lists_every_formulation():
+    labels = [c.label for c in conv.candidates(sympad.KINDS, implementation=None, compare=True)]
+    assert labels[:2] == ["C3", "C2"]
+    assert labels[2:] == [f"C2sp:{f}" for f in sympad.IMPLEMENTATIONS]
+    forced = conv.candidates(["C2", "C2sp"], implementation="pad_concat", compare=False)
+    assert [(c.label, c.implementation) for c in forced] == [("C3", None), ("C2", None), ("C2sp:pad_concat", "pad_concat")]
+
+
+class _TinyNet(nn.Module):
+    """One spatial conv (any kind), batch norm, mean, linear: compiles in a second."""
+
+    kind: str
+
+    @nn.compact
+    def __call__(self, x, train=True):
+        x = sympad.linen.conv(self.kind, 4, use_bias=False)(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+        return nn.Dense(3)(jnp.mean(x, axis=(1, 2)))
+
+
+def test_models_run_emits_records_and_table(tmp_path):
+    def maker(kind):
+        return lambda: models.classifier_step(_TinyNet(kind), batch=2, image_size=8, num_classes=3)
+
+    cases = [
+        models.Case("toy/b2", kind, 2, maker(kind), {"model": "toy", "kind": kind}) for kind in ("C3", "C2sp")
+    ]
+    report = common.Report(tmp_path / "models.jsonl")
+    records = models.run(cases, warmup=0, repeats=2, report=report)
+    report.close()
+    assert _read_jsonl(tmp_path / "models.jsonl") == json.loads(json.dumps(records))
+    assert [(r["group"], r["label"], r["first"]) for r in records] == [("toy/b2", "C3", "C3"), ("toy/b2", "C2sp", "C3")]
+    for r in records:
+        assert r["images_per_s"] > 0 and r["step_ms"] > 0 and r["batch"] == 2 and r["repeats"] == 2
+    assert records[0]["speed_vs_first"] == 1.0
+    table = _table_rows(models.markdown(records), "images/s")
+    assert table[0] == ["model", "images/s", "speed vs C3 (x)", "temp MB", "temp vs C3 (x)"]
+    assert [row[0] for row in table[2:]] == ["C3", "C2sp"]
+
+
+def test_models_cases_cover_every_suite():
+    cases = models.build_cases(models.TINY, kinds=["C3", "C2sp"], formulations=["pad_concat"])
+    groups = {c.group: [x.label for x in cases if x.group == c.group] for c in cases}
+    assert groups["resnet8/b2/float32"] == ["C3", "C2sp", "C2sp:pad_concat"]
+    assert groups["table1-depth8/b2/float32"] == ["c2sp", "shift", "invert", "sep"]
+    assert groups["sngan/b2/float32"] == groups["resnet19/b1/float32"] == ["C3", "C2sp", "C2sp:pad_concat"]
+
+
+def test_all_tiny_first_step_and_deadline(tmp_path):
+    bench_all.main(["--tiny", "--out", str(tmp_path), "--steps", "1", "--repeats", "1"])
+    records = _read_jsonl(tmp_path / "results.jsonl")
+    assert records[0]["record"] == "environment" and records[0]["size"] == "tiny"
+    assert {r["label"] for r in records if r["record"] == "conv"} == set(sympad.KINDS)
+    assert "## 1. Layer, float32, every kind" in (tmp_path / "results.md").read_text()
+    # An expired budget skips everything and says so.
+    skipped = tmp_path / "skipped"
+    bench_all.main(["--tiny", "--out", str(skipped), "--deadline", "0", "--steps", "1,2"])
+    records = _read_jsonl(skipped / "results.jsonl")
+    assert [r["record"] for r in records] == ["environment", "skipped", "skipped"]

@@ -1,0 +1,217 @@
+"""GAN training: one step, resume equality, gan.main end to end, sampling and export."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import shutil
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.gan import sngan_cifar10
+from gan import export, models, sample, train
+from sympad import data as sdata
+from sympad import runtime
+from sympad.config import run_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A tiny SNGAN-shaped run: 8x8 synthetic images, widths 8, batch 8, the paper's n_critic = 5.
+TINY = dict(data="synthetic", max_examples=64, bottom_size=2, g_channels=(8, 8, 8), d_channels=(8, 8),
+            d_downsample=(1, 0), z_dim=8, batch_size=8, n_critic=5, num_train_steps=2, log_every=1, sample_every=2,
+            checkpoint_every=2, num_grid=4, digits_quality_samples=0, ema_decay=0.5)
+# Every test trains with the same static step configuration, so the jitted step compiles once.
+
+
+def tiny_config(**overrides):
+    config = sngan_cifar10.get_config("data=synthetic,runlocal")
+    for key, value in {**TINY, **overrides}.items():
+        config[key] = value
+    return config
+
+
+def _numpy(tree):
+    def to_numpy(x):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree_util.tree_map(to_numpy, tree)
+
+
+def _assert_trees_equal(a, b):
+    flat_a, tree_a = jax.tree_util.tree_flatten(_numpy(a))
+    flat_b, tree_b = jax.tree_util.tree_flatten(_numpy(b))
+    assert tree_a == tree_b
+    for x, y in zip(flat_a, flat_b):
+        np.testing.assert_array_equal(x, y)
+
+
+def _all_leaves_differ(a, b) -> bool:
+    return all(not np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(_numpy(a)),
+                                                         jax.tree_util.tree_leaves(_numpy(b))))
+
+
+def _adam_count(opt_state) -> int:
+    counts = {int(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(opt_state)
+              if "count" in jax.tree_util.keystr(path)}
+    assert len(counts) == 1  # Adam's and the schedule's step counters agree
+    return counts.pop()
+
+
+def test_one_step_runs_n_critic_d_updates_and_one_g_update():
+    config = tiny_config()
+    generator, discriminator = train.create_models(config)
+    g_tx, d_tx = train.create_optimizers(config)
+    mesh = runtime.make_mesh()
+    state = runtime.replicate(train.create_train_state(config, generator, discriminator, g_tx, d_tx), mesh)
+    before = _numpy(state)
+    images = runtime.replicate(sdata.load("synthetic", image_size=8, max_examples=64).images, mesh)
+    step = functools.partial(train.train_step, generator=generator, discriminator=discriminator, g_tx=g_tx,
+                             d_tx=d_tx, batch_sharding=runtime.batch_sharded(mesh), host_batches=False)
+    step_config = train.StepConfig.from_config(config)
+    copy = jax.tree_util.tree_map(jnp.copy, state)  # train_step donates its state
+    new, metrics = step(state, images, jax.random.key(5), config=step_config)
+    assert int(new.step) == 1
+    assert _adam_count(new.d_opt_state) == config.n_critic == 5
+    assert _adam_count(new.g_opt_state) == 1
+    # Every parameter of both networks moved, and so did every spectral-norm vector u.
+    assert _all_leaves_differ(before.g_params, new.g_params)
+    assert _all_leaves_differ(before.d_params, new.d_params)
+    def u_vectors(stats):
+        return [x for p, x in jax.tree_util.tree_leaves_with_path(stats) if p[-1].key.endswith("/u")]
+
+    u_before, u_after = u_vectors(before.d_stats), u_vectors(_numpy(new.d_stats))
+    assert u_before and all(not np.allclose(a, b) for a, b in zip(u_before, u_after))
+    # EMA with decay 0.5 after one update: the mean of the old and the new weights.
+    expected_ema = jax.tree_util.tree_map(lambda a, b: 0.5 * a + 0.5 * b, before.g_params, _numpy(new.g_params))
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                           expected_ema, _numpy(new.ema_params))
+    for name in ("d_loss", "g_loss", "d_real", "d_fake", "d_grad_norm", "g_grad_norm"):
+        assert np.isfinite(float(metrics[name])), name
+    assert 0 < float(metrics["d_real"]) < 1 and 0 < float(metrics["d_fake"]) < 1
+    assert float(metrics["d_grad_norm"]) > 0 and float(metrics["g_grad_norm"]) > 0
+    # The lax.scan form of the D updates (config.unroll_d_steps=False) computes the same step.
+    scanned, _ = step(copy, images, jax.random.key(5), config=dataclasses.replace(step_config, unroll=False))
+    for a, b in zip(jax.tree_util.tree_leaves(_numpy(new)), jax.tree_util.tree_leaves(_numpy(scanned))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_resume_gives_identical_parameters(tmp_path):
+    straight = train.train_and_evaluate(tiny_config(num_train_steps=4), str(tmp_path / "straight"))
+    half = train.train_and_evaluate(tiny_config(num_train_steps=2), str(tmp_path / "resumed"))
+    resumed = train.train_and_evaluate(tiny_config(num_train_steps=4), str(tmp_path / "resumed"))
+    assert int(half.step) == 2 and int(resumed.step) == int(straight.step) == 4
+    assert _all_leaves_differ(half.g_params, resumed.g_params)
+    for field in ("g_params", "d_params", "d_stats", "g_opt_state", "d_opt_state"):
+        _assert_trees_equal(getattr(straight, field), getattr(resumed, field))
+    # The second call restored step 2 rather than starting over: its records begin at step 3.
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+CONFIG_FILE = '''\
+"""Tiny test config: python -m gan.main --config=THIS_FILE --workdir=DIR"""
+from configs.gan import sngan_cifar10
+
+
+def get_config(arg=None):
+    config = sngan_cifar10.get_config("data=synthetic,runlocal")
+    for key, value in {tiny!r}.items():
+        config[key] = value
+    return config
+'''
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+    """gan.main end to end (run_main with a config file), 2 steps on synthetic data."""
+    tmp = tmp_path_factory.mktemp("gan_main")
+    config_file = tmp / "tiny_gan.py"
+    config_file.write_text(textwrap.dedent(CONFIG_FILE).replace("{tiny!r}", repr(TINY)))
+    workdir = tmp / "run"
+    run_main(train.train_and_evaluate, argv=["gan.main", f"--config={config_file}", f"--workdir={workdir}",
+                                             "--config.sample_every=1"])
+    return workdir
+
+
+def test_main_end_to_end(trained_workdir):
+    files = {p.name for p in trained_workdir.iterdir()}
+    assert {"config.json", "model_summary.json", "metrics.jsonl", "samples_0000001.png", "samples_0000002.png",
+            "checkpoints"} <= files  # --config.sample_every=1 took effect
+    summary = json.loads((trained_workdir / "model_summary.json").read_text())
+    config = train.load_config(trained_workdir)
+    assert config.sample_every == 1
+    generator, discriminator = train.create_models(config)
+    g_vars = generator.init(jax.random.key(0), jnp.zeros((1, config.z_dim)))
+    d_vars = discriminator.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    assert summary["generator"]["params"] == models.count_params(g_vars["params"])
+    assert summary["discriminator"]["params"] == models.count_params(d_vars["params"])
+    records = [json.loads(line) for line in (trained_workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    for key in ("d_loss", "g_loss", "d_real", "d_fake", "d_grad_norm", "g_grad_norm", "steps_per_sec"):
+        assert all(np.isfinite(r[key]) for r in records), key
+    assert sorted(int(p.name) for p in (trained_workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2]
+
+
+def test_samples_are_deterministic(trained_workdir):
+    config, generator, state = train.restore_state(trained_workdir)
+    assert int(state.step) == 2 and state.ema_params is not None
+    variables = train.generator_variables(state)
+    a = sample.generate_samples(generator, variables, num=7, seed=3, batch_size=3)
+    b = sample.generate_samples(generator, variables, num=7, seed=3, batch_size=5)
+    c = sample.generate_samples(generator, variables, num=7, seed=4, batch_size=3)
+    assert a.shape == (7, 8, 8, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)  # independent of the batch size
+    assert not np.array_equal(a, c)
+    # Sample i is G(z_i), z_i drawn from fold_in(key(seed), i): recompute two of them directly.
+    for i in (0, 6):
+        z = jax.random.normal(jax.random.fold_in(jax.random.key(3), i), (1, config.z_dim))
+        expected = sdata.to_uint8(generator.apply(variables, z))
+        np.testing.assert_array_equal(a[i : i + 1], expected)
+    # The EMA weights are what gets sampled.
+    live = sample.generate_samples(generator, train.generator_variables(state, use_ema=False), num=7, seed=3)
+    assert not np.array_equal(a, live)
+
+
+def test_exported_generator_matches(trained_workdir, tmp_path):
+    pytest.importorskip("flatbuffers")  # jax.export serialization needs it
+    config, generator, state = train.restore_state(trained_workdir)
+    variables = train.generator_variables(state)
+    path = export.save(export.export_generator(generator, variables, z_dim=config.z_dim), tmp_path / "g.bin")
+    loaded = jax.export.deserialize(bytearray(path.read_bytes()))  # the documented loader
+    for batch in (1, 5):  # symbolic batch dimension
+        z = np.random.default_rng(batch).standard_normal((batch, config.z_dim)).astype(np.float32)
+        np.testing.assert_allclose(np.asarray(loaded.call(z)), np.asarray(generator.apply(variables, z)),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_bad_config_values():
+    with pytest.raises(ValueError, match="kernel"):
+        sngan_cifar10.get_config("kernel=C5x")
+    with pytest.raises(ValueError, match="arch"):
+        train.create_models(tiny_config(arch="dcgan"))
+    with pytest.raises(ValueError, match="lr_decay"):
+        train.create_optimizers(tiny_config(lr_decay="cosine"))
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(trained_workdir, tmp_path):
+    workdir = tmp_path / "diverged"
+    shutil.copytree(trained_workdir, workdir)
+    config, _, state = train.restore_state(workdir)
+    # A NaN in G's weights (as after an exploding update), saved as step 3.
+    poisoned = state.replace(step=state.step + 1,
+                             g_params=jax.tree_util.tree_map(lambda x: x * jnp.nan, state.g_params))
+    ckpt = runtime.Checkpointer(workdir / "checkpoints")
+    ckpt.save(3, poisoned)
+    ckpt.close()
+    config.num_train_steps = 5
+    with pytest.raises(runtime.DivergenceError, match=r"step 4: .* is nan.*step 3"):
+        train.train_and_evaluate(config, str(workdir))
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 3]
