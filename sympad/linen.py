@@ -49,7 +49,9 @@ class SymPadConv(nn.Module):
     Parameters are ``kernel`` of shape ``(*kernel_size, C // feature_group_count,
     features)`` and ``bias`` of shape ``(features,)``, exactly as in
     ``nn.Conv``, so weights move unchanged between a C2 and a C2sp model. For
-    odd kernels the result equals ``nn.Conv(..., padding='SAME')``.
+    odd kernels at stride 1 the result equals ``nn.Conv(..., padding='SAME')``;
+    strided outputs are the stride-1 output sampled at ``0, s, 2s, ...`` (XLA's
+    strided 'SAME' may pad less and sample other positions).
 
     Attributes:
       features: number of output channels ``F``.

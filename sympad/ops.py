@@ -356,7 +356,9 @@ def sym_pad_conv(
     """Convolution with symmetric padding, output size ``ceil(in / stride)``.
 
     Drop-in for ``lax.conv_general_dilated(x, kernel, strides, 'SAME', ...)``:
-    identical for odd kernels, and for even kernels the half-pixel shift of
+    identical for odd kernels at stride 1 (a strided output is always the
+    stride-1 output sampled at ``0, s, 2s, ...``, whereas XLA's strided 'SAME'
+    may drop padding and sample other positions), and for even kernels the half-pixel shift of
     ``'SAME'`` cancels over the input channels (C2sp, C4sp; see the module
     docstring for the exact channel-to-direction rule).
 

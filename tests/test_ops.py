@@ -149,9 +149,11 @@ def test_output_size_is_ceil(size, stride):
     assert y.shape[1:3] == (-(-size // stride),) * 2
 
 
-def test_strided_output_is_subsampled_stride_one_output():
-    x = _random((1, 11, 11, 8), seed=1)
-    w = _random((4, 4, 8, 3), seed=2)
+@pytest.mark.parametrize("k,size", [(4, 11), (3, 8), (2, 10)])
+def test_strided_output_is_subsampled_stride_one_output(k, size):
+    # Also for odd kernels, where XLA's strided 'SAME' would pad (0, 1) on an even size instead.
+    x = _random((1, size, size, 8), seed=1)
+    w = _random((k, k, 8, 3), seed=2)
     full = sympad.sym_pad_conv(x, w, 1)
     np.testing.assert_allclose(sympad.sym_pad_conv(x, w, 2), full[:, ::2, ::2], atol=1e-5)
 
