@@ -1,6 +1,6 @@
 """Every benchmark in one command, most important first, inside a wall-clock budget.
 
-    python -m benchmarks.all --gpu --out results/ --deadline 240   # H100/H200: see benchmarks/gpu.sh
+    python -m benchmarks.all --gpu --out results/ --deadline 210   # H100/H200: see benchmarks/gpu.sh
     python -m benchmarks.all --out /tmp/bench                        # CPU-sized
     python -m benchmarks.all --tiny --out /tmp/bench                 # smoke test
 
@@ -11,13 +11,14 @@ measurement, ``{"record": "skipped", ...}`` for what the budget left out) and
 Steps, in order (GPU set; the CPU and tiny sets shrink the same steps):
 
 1. layer, float32, every kind, the suites' shapes;
-2. layer, float32, C3 / C2 / C2sp under each formulation (picks the automatic choice);
-3. ResNet-56 CIFAR train step, batch 128 and 512 float32 (C2sp also per formulation), 512 bfloat16;
-4. SNGAN G+D step (C2sp generator at 384 channels vs C3 at 256);
+2. ResNet-56 CIFAR train step, batch 128 float32, every kind and C2sp per formulation;
+3. ResNet-56 at batch 512, float32 and bfloat16, every kind;
+4. SNGAN G+D step, C2sp generator at 384 channels vs C3 at 256 (C2sp also per formulation);
 5. Table 1 networks at depths 20/56/110;
-6. ResNet-20 and ResNet-110 train steps, batch 128;
-7. ResNet19 (128 px) G+D step;
-8. layer, bfloat16, every kind, and its formulation comparison.
+6. layer, float32, C3 / C2 / C2sp under each formulation (seven deciding shapes);
+7. ResNet-20 and ResNet-110 train steps, batch 128;
+8. ResNet19 (128 px) G+D step;
+9. layer, bfloat16, every kind; 10. its formulation comparison.
 """
 
 from __future__ import annotations
@@ -31,34 +32,41 @@ from pathlib import Path
 
 from benchmarks import common, conv, models
 
-#: Formulations compared in steps 2, 3 and 8 (the automatic choice is always measured too).
+#: Formulations compared (the automatic choice is always measured too).
 FORMULATIONS = ("pad_select", "pad_concat", "group_sum", "select_crop", "split_grad")
+COMPARE_SHAPES = ("cifar16", "cifar32", "cifar64", "sngan384@16", "ref64", "ref256", "ref56")
 
 
 def steps(size: str) -> list[tuple[str, dict]]:
-    """(title, spec) of every step for size 'gpu' | 'cpu' | 'tiny'."""
+    """(title, spec) of every step for size 'gpu' | 'cpu' | 'tiny', most important first."""
     shapes = {"gpu": conv.GPU_SHAPES, "cpu": conv.CPU_SHAPES, "tiny": conv.TINY_SHAPES}[size]
+    # The formulation comparison on the shapes that decide the automatic choice.
+    compare_shapes = tuple(s for s in shapes if s.name in COMPARE_SHAPES) or shapes
     sizes = {"gpu": models.GPU, "cpu": models.CPU, "tiny": models.TINY}[size]
     resnet_main = [r for r in sizes.resnet if r[0] == 56] or list(sizes.resnet[:1])
     resnet_rest = [r for r in sizes.resnet if r not in resnet_main]
     return [
         ("Layer, float32, every kind", {"bench": "conv", "shapes": shapes, "dtypes": ("float32",)}),
         (
-            "Layer, float32, formulations of C2sp",
-            {"bench": "conv", "shapes": shapes, "dtypes": ("float32",), "compare": True},
+            "ResNet-56 CIFAR train step, every kind and C2sp formulation",
+            {"bench": "models", "sizes": sizes, "suites": ("resnet",), "resnet": resnet_main[:1], "formulations": FORMULATIONS},
         ),
         (
-            "ResNet-56 CIFAR train step",
-            {"bench": "models", "sizes": sizes, "suites": ("resnet",), "resnet": resnet_main, "formulations": FORMULATIONS},
+            "ResNet-56 CIFAR train step, larger batch / bfloat16",
+            {"bench": "models", "sizes": sizes, "suites": ("resnet",), "resnet": resnet_main[1:]},
         ),
-        ("SNGAN G+D step", {"bench": "models", "sizes": sizes, "suites": ("sngan",)}),
+        ("SNGAN G+D step", {"bench": "models", "sizes": sizes, "suites": ("sngan",), "formulations": FORMULATIONS}),
         ("Table 1 networks", {"bench": "models", "sizes": sizes, "suites": ("table1",)}),
+        (
+            "Layer, float32, formulations of C2sp",
+            {"bench": "conv", "shapes": compare_shapes, "dtypes": ("float32",), "compare": True},
+        ),
         ("ResNet-20 / ResNet-110 train step", {"bench": "models", "sizes": sizes, "suites": ("resnet",), "resnet": resnet_rest}),
         ("ResNet19 G+D step", {"bench": "models", "sizes": sizes, "suites": ("resnet19",)}),
         ("Layer, bfloat16, every kind", {"bench": "conv", "shapes": shapes, "dtypes": ("bfloat16",)}),
         (
             "Layer, bfloat16, formulations of C2sp",
-            {"bench": "conv", "shapes": shapes, "dtypes": ("bfloat16",), "compare": True},
+            {"bench": "conv", "shapes": compare_shapes, "dtypes": ("bfloat16",), "compare": True},
         ),
     ]
 

@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu.sh OUT_DIR [SECONDS]
 #
 # Runs `python -m benchmarks.all --gpu` from the repository root with a
-# wall-clock budget (default 240 s, so that the group in flight ends inside
+# wall-clock budget (default 210 s, so that the group in flight ends inside
 # 5 minutes; what does not fit is recorded as skipped), and writes
 # OUT_DIR/results.jsonl, OUT_DIR/results.md and OUT_DIR/log.txt.
 # Needs jax with CUDA, flax and optax importable by `python3` (or $PYTHON);
@@ -12,7 +12,7 @@
 # script on the tiny set (how it is tested on a CPU).
 set -euo pipefail
 out="${1:?usage: bash benchmarks/gpu.sh OUT_DIR [SECONDS]}"
-budget="${2:-240}"
+budget="${2:-210}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 cd "$(dirname "$0")/.."

@@ -111,7 +111,7 @@ def gan_step(generator: Any, discriminator: Any, *, batch: int, image_size: int,
         real, z = data
         g_other = {k: v for k, v in state["g"].items() if k != "params"}
         d_other = {k: v for k, v in state["d"].items() if k != "params"}
-        fake, g_updates = g_apply(state["g"], z)
+        fake, _ = g_apply(state["g"], z)  # D's step sees G's samples; G's own step redoes them.
 
         def d_loss(d_params):
             real_logits, upd = d_apply(d_params, d_other, real)
@@ -135,7 +135,6 @@ def gan_step(generator: Any, discriminator: Any, *, batch: int, image_size: int,
             "g_opt": g_opt,
             "d_opt": d_opt,
         }
-        del g_updates
         return new, dl + gl
 
     return jax.jit(step, donate_argnums=0), state, (real, z)

@@ -56,7 +56,7 @@ tests run every one of them against a NumPy reference, values and gradients:
                 input gradient (a ``custom_jvp``; forward mode works).
 =============== ==============================================================
 
-``'auto'`` picks by backend, rank, dtype, channels and feature groups (see
+``'auto'`` picks by backend, rank, kernel size, channels and feature groups (see
 ``_choose``; the measurements are in BENCHMARKS.md).
 """
 
@@ -622,7 +622,7 @@ _UNGROUPED_ONLY = ("group_sum",)
 def _choose(implementation: str, x: jax.Array, kernel: jax.Array, feature_group_count: int) -> str:
     """The formulation for one call: the explicit one, or the measured best.
 
-    Uses only static facts (backend, shapes, dtype); see BENCHMARKS.md for the
+    Uses only static facts (backend and shapes); see BENCHMARKS.md for the
     measurements behind each branch.
     """
     if implementation in _UNGROUPED_ONLY and feature_group_count != 1:
