@@ -282,3 +282,12 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def emit_markdown(table: str, path: str | None) -> None:
+    """Appends a markdown table to ``path`` (so runs accumulate), or prints it when no path is given."""
+    if path:
+        with open(path, "a") as f:
+            f.write(table + "\n\n")
+    else:
+        print(table)

@@ -437,11 +437,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     )
     report.close()
     table = markdown(records)
-    if args.markdown:
-        with open(args.markdown, "a") as f:
-            f.write(table + "\n\n")
-    else:
-        print(table)
+    common.emit_markdown(table, args.markdown)
     return records
 
 
