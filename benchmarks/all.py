@@ -8,17 +8,22 @@ Writes ``results.jsonl`` (one environment record, then one record per
 measurement, ``{"record": "skipped", ...}`` for what the budget left out) and
 ``results.md`` (the markdown tables of every step) under ``--out``.
 
-Steps, in order (GPU set; the CPU and tiny sets shrink the same steps):
+Steps, in order (GPU set; the CPU and tiny sets shrink the same steps), the
+data that decides the automatic choice first:
 
-1. layer, float32, every kind, the suites' shapes;
+1. layer, float32: C3, C2 and C2sp under each formulation, the suites' shapes;
 2. ResNet-56 CIFAR train step, batch 128 float32, every kind and C2sp per formulation;
-3. ResNet-56 at batch 512, float32 and bfloat16, every kind;
-4. SNGAN G+D step, C2sp generator at 384 channels vs C3 at 256 (C2sp also per formulation);
+3. SNGAN G+D step, C2sp generator at 384 channels vs C3 at 256 (C2sp also per formulation);
+4. ResNet-56 at batch 512, float32 and bfloat16 (C2sp also per formulation);
 5. Table 1 networks at depths 20/56/110;
-6. layer, float32, C3 / C2 / C2sp under each formulation (seven deciding shapes);
-7. ResNet-20 and ResNet-110 train steps, batch 128;
-8. ResNet19 (128 px) G+D step;
-9. layer, bfloat16, every kind; 10. its formulation comparison.
+6. layer, bfloat16: C3, C2 and C2sp under each formulation;
+7. layer, float32, every kind through the factory (``auto``);
+8. ResNet-20 and ResNet-110 train steps, batch 128;
+9. ResNet19 (128 px) G+D step;
+10. layer, bfloat16, every kind.
+
+Formulation columns are labelled ``C2sp:<formulation>``; every record says
+what ``'auto'`` picks for its shape (``auto_choice``).
 """
 
 from __future__ import annotations
@@ -32,53 +37,49 @@ from pathlib import Path
 
 from benchmarks import common, conv, models
 
-#: Formulations compared (the automatic choice is always measured too).
-FORMULATIONS = ("pad_select", "pad_concat", "group_sum", "select_crop", "split_grad")
-COMPARE_SHAPES = ("cifar16", "cifar32", "cifar64", "sngan384@16", "ref64", "ref256", "ref56")
+#: Formulations compared (the automatic choice is one of them; records name it).
+FORMULATIONS = ("pad_select", "pad_concat", "group_sum", "select_crop", "split_grad", "embed")
 
 
 def steps(size: str) -> list[tuple[str, dict]]:
     """(title, spec) of every step for size 'gpu' | 'cpu' | 'tiny', most important first."""
     shapes = {"gpu": conv.GPU_SHAPES, "cpu": conv.CPU_SHAPES, "tiny": conv.TINY_SHAPES}[size]
-    # The formulation comparison on the shapes that decide the automatic choice.
-    compare_shapes = tuple(s for s in shapes if s.name in COMPARE_SHAPES) or shapes
     sizes = {"gpu": models.GPU, "cpu": models.CPU, "tiny": models.TINY}[size]
     resnet_main = [r for r in sizes.resnet if r[0] == 56] or list(sizes.resnet[:1])
     resnet_rest = [r for r in sizes.resnet if r not in resnet_main]
+
+    def layer(dtype: str, compare: bool) -> dict:
+        return {"bench": "conv", "shapes": shapes, "dtypes": (dtype,), "compare": compare}
+
+    def nets(suites: tuple[str, ...], resnet=None, formulations: tuple[str, ...] = FORMULATIONS) -> dict:
+        spec = {"bench": "models", "sizes": sizes, "suites": suites, "formulations": formulations}
+        return spec if resnet is None else {**spec, "resnet": resnet}
+
     return [
-        ("Layer, float32, every kind", {"bench": "conv", "shapes": shapes, "dtypes": ("float32",)}),
-        (
-            "ResNet-56 CIFAR train step, every kind and C2sp formulation",
-            {"bench": "models", "sizes": sizes, "suites": ("resnet",), "resnet": resnet_main[:1], "formulations": FORMULATIONS},
-        ),
-        (
-            "ResNet-56 CIFAR train step, larger batch / bfloat16",
-            {"bench": "models", "sizes": sizes, "suites": ("resnet",), "resnet": resnet_main[1:]},
-        ),
-        ("SNGAN G+D step", {"bench": "models", "sizes": sizes, "suites": ("sngan",), "formulations": FORMULATIONS}),
-        ("Table 1 networks", {"bench": "models", "sizes": sizes, "suites": ("table1",)}),
-        (
-            "Layer, float32, formulations of C2sp",
-            {"bench": "conv", "shapes": compare_shapes, "dtypes": ("float32",), "compare": True},
-        ),
-        ("ResNet-20 / ResNet-110 train step", {"bench": "models", "sizes": sizes, "suites": ("resnet",), "resnet": resnet_rest}),
-        ("ResNet19 G+D step", {"bench": "models", "sizes": sizes, "suites": ("resnet19",)}),
-        ("Layer, bfloat16, every kind", {"bench": "conv", "shapes": shapes, "dtypes": ("bfloat16",)}),
-        (
-            "Layer, bfloat16, formulations of C2sp",
-            {"bench": "conv", "shapes": compare_shapes, "dtypes": ("bfloat16",), "compare": True},
-        ),
+        ("Layer, float32, formulations of C2sp", layer("float32", True)),
+        ("ResNet-56 CIFAR train step, every kind and C2sp formulation", nets(("resnet",), resnet_main[:1])),
+        ("SNGAN G+D step", nets(("sngan",))),
+        ("ResNet-56 CIFAR train step, larger batch / bfloat16", nets(("resnet",), resnet_main[1:])),
+        ("Table 1 networks", nets(("table1",), formulations=())),
+        ("Layer, bfloat16, formulations of C2sp", layer("bfloat16", True)),
+        ("Layer, float32, every kind", layer("float32", False)),
+        ("ResNet-20 / ResNet-110 train step", nets(("resnet",), resnet_rest, formulations=())),
+        ("ResNet19 G+D step", nets(("resnet19",), formulations=())),
+        ("Layer, bfloat16, every kind", layer("bfloat16", False)),
     ]
 
 
-def run_step(spec: dict, *, report: common.Report, deadline: common.Deadline, repeats: int | None) -> list[dict]:
+def run_step(
+    spec: dict, *, report: common.Report, deadline: common.Deadline, repeats: int | None, accelerator: bool
+) -> list[dict]:
     if spec["bench"] == "conv":
         return conv.run(
             spec["shapes"],
             dtypes=spec["dtypes"],
-            compare=spec.get("compare", False),
-            formulations=("auto",) + FORMULATIONS if spec.get("compare") else None,
+            compare=spec["compare"],
+            formulations=FORMULATIONS if spec["compare"] else None,
             repeats=repeats or 10,
+            inner=conv.GPU_INNER if accelerator else 1,
             report=report,
             deadline=deadline,
         )
@@ -87,8 +88,9 @@ def run_step(spec: dict, *, report: common.Report, deadline: common.Deadline, re
         if not spec["resnet"]:
             return []
         sizes = dataclasses.replace(sizes, resnet=tuple(spec["resnet"]))
-    cases = models.build_cases(sizes, suites=spec["suites"], formulations=spec.get("formulations", ()))
-    return models.run(cases, repeats=repeats or 5, report=report, deadline=deadline)
+    cases = models.build_cases(sizes, suites=spec["suites"], formulations=spec["formulations"])
+    inner = models.GPU_INNER if accelerator else 1
+    return models.run(cases, repeats=repeats or 5, inner=inner, report=report, deadline=deadline)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -126,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
             continue
         t0 = time.monotonic()
         print(f"[{time.monotonic() - start:6.1f}s] step {number}: {title}", flush=True)
-        records = run_step(spec, report=report, deadline=deadline, repeats=args.repeats)
+        records = run_step(
+            spec, report=report, deadline=deadline, repeats=args.repeats, accelerator=env["backend"] != "cpu"
+        )
         table = conv.markdown(records) if spec["bench"] == "conv" else models.markdown(records)
         sections.append(f"## {number}. {title}\n\n({time.monotonic() - t0:.0f} s)\n\n{table}")
         md.write_text("\n\n".join(sections) + "\n")

@@ -88,6 +88,10 @@ CPU_SHAPES: tuple[LayerShape, ...] = (
 
 TINY_SHAPES: tuple[LayerShape, ...] = (LayerShape("tiny", 2, 8, 8, 8),)
 
+#: Calls per timed sample on an accelerator: one layer takes tens of
+#: microseconds there, about one host round trip.
+GPU_INNER = 20
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -202,6 +206,7 @@ def run(
     passes: bool = False,
     formulations: Sequence[str] | None = None,
     compare_kind: str = "C2sp",
+    inner: int = 1,
 ) -> list[dict[str, Any]]:
     """Measures every candidate on every shape and dtype; returns the records.
 
@@ -229,7 +234,7 @@ def run(
             for name, exe in compiled.items():
                 args = jobs[name][1]
                 calls[name] = lambda exe=exe, args=args: exe(*args)
-            timings = common.time_round_robin(calls, warmup=warmup, repeats=repeats)
+            timings = common.time_round_robin(calls, warmup=warmup, repeats=repeats, inner=inner)
             base = cands[0].label
             base_mem = common.memory(compiled[(base, "fwdbwd")])["temp_bytes"]
             for cand in cands:
@@ -274,6 +279,7 @@ def run(
                     },
                     "warmup": warmup,
                     "repeats": repeats,
+                    "inner": inner,
                 }
                 report.write(rec)
                 records.append(rec)
@@ -337,6 +343,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--via", default="linen", choices=("linen", "op"))
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 7, 15 with --gpu)")
+    p.add_argument("--inner", type=int, default=None, help="calls per timed sample (default 1, 20 with --gpu)")
     p.add_argument("--out", default=None, help="append JSON lines here (default: stdout)")
     p.add_argument("--markdown", default=None, help="write the markdown tables here (default: stdout)")
     p.add_argument("--deadline", type=float, default=None, help="skip what would start after this many seconds")
@@ -375,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         passes=args.passes,
         formulations=args.formulations.split(",") if args.formulations else None,
         compare_kind=args.compare_kind,
+        inner=args.inner or (GPU_INNER if args.gpu else 1),
     )
     report.close()
     table = markdown(records)

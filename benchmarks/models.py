@@ -186,6 +186,8 @@ TINY = Sizes(
     gan_channels=(16, 16),
 )
 SUITES = ("resnet", "table1", "sngan", "resnet19")
+#: Train steps per timed sample on an accelerator (a CIFAR step is a few ms there).
+GPU_INNER = 3
 
 
 def build_cases(
@@ -307,6 +309,7 @@ def run(
     report: common.Report | None = None,
     deadline: common.Deadline | None = None,
     compile_workers: int | None = None,
+    inner: int = 1,
 ) -> list[dict[str, Any]]:
     """Compiles each group, times it round-robin, writes one record per case."""
     report = report or common.Report()
@@ -333,7 +336,7 @@ def run(
                 return holder["state"], loss
 
             calls[c.label] = call
-        timings = common.time_round_robin(calls, warmup=warmup, repeats=repeats)
+        timings = common.time_round_robin(calls, warmup=warmup, repeats=repeats, inner=inner)
         base = members[0].label
         base_mem = common.memory(compiled[base])["temp_bytes"]
         for c in members:
@@ -356,6 +359,7 @@ def run(
                 "temp_vs_first": (mem / base_mem) if (mem is not None and base_mem) else None,
                 "warmup": warmup,
                 "repeats": repeats,
+                "inner": inner,
             }
             report.write(rec)
             records.append(rec)
@@ -402,6 +406,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--implementation", default=None, help="force every C*sp conv to this formulation")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5, 10 with --gpu)")
+    p.add_argument("--inner", type=int, default=None, help="steps per timed sample (default 1, 3 with --gpu)")
     p.add_argument("--out", default=None, help="append JSON lines here (default: stdout)")
     p.add_argument("--markdown", default=None, help="append the markdown tables here (default: stdout)")
     p.add_argument("--deadline", type=float, default=None, help="skip groups that would start after this many seconds")
@@ -434,6 +439,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         report=report,
         deadline=common.Deadline(args.deadline),
         compile_workers=args.compile_workers,
+        inner=args.inner or (GPU_INNER if args.gpu else 1),
     )
     report.close()
     table = markdown(records)

@@ -54,6 +54,11 @@ tests run every one of them against a NumPy reference, values and gradients:
                 output row, cropped): XLA:CPU's unpadded convs are slow.
 ``split_grad``  ``group_sum`` forward and kernel gradient, ``select_crop``
                 input gradient (a ``custom_jvp``; forward mode works).
+``embed``       each channel's ``k`` taps placed inside a ``k + 1`` kernel on
+                its own side, one conv with plain symmetric padding: no
+                padded copy and no select, at the FLOPs of the ``k + 1``
+                kernel (C3's for C2sp). Dilation 1 on the odd axes only
+                (else ``pad_select``).
 =============== ==============================================================
 
 ``'auto'`` picks by backend, rank, kernel size, channels and feature groups (see
@@ -83,7 +88,7 @@ __all__ = [
 ]
 
 Implementation = Literal[
-    "auto", "pad_select", "pad_concat", "group_sum", "select_crop", "split_grad"
+    "auto", "pad_select", "pad_concat", "group_sum", "select_crop", "split_grad", "embed"
 ]
 #: Formulations of :func:`sym_pad_conv`; ``'auto'`` picks one per call.
 IMPLEMENTATIONS: tuple[str, ...] = (
@@ -93,6 +98,7 @@ IMPLEMENTATIONS: tuple[str, ...] = (
     "group_sum",
     "select_crop",
     "split_grad",
+    "embed",
 )
 
 _CHANNELS_LAST = {
@@ -548,6 +554,38 @@ def _overhang(size: int, stride: int) -> tuple[float, int]:
     return 1.0 / (-(-size // stride)), 1
 
 
+def _conv_embed(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) -> jax.Array:
+    """Every channel's taps inside a kernel one larger on each odd axis; one conv.
+
+    On an odd axis (total ``k - 1`` at dilation 1) a channel whose extra zero
+    is on the low side sees ``x[i - k/2 + a]`` for tap ``a``, one on the high
+    side ``x[i - k/2 + 1 + a]``: both are taps of a ``k + 1`` kernel with
+    ``k/2`` zeros on either side, the first at positions ``0..k-1``, the
+    second at ``1..k``. So the result is one conv with symmetric padding and a
+    kernel whose taps are shifted per input channel (per output feature group
+    too, where directions rotate over feature groups). Dilated odd axes cannot
+    be embedded (the one-pixel offset is not on the dilated grid) and fall
+    back to ``pad_select``.
+    """
+    kernel_size = kernel.shape[:-2]
+    odd = [a for a, t in enumerate(geo.totals) if t % 2]
+    if any(geo.totals[a] != kernel_size[a] - 1 for a in odd):
+        return _conv_pad_select(x, kernel, geo, conv)
+    dirs = _kernel_dirs(geo.dirs, kernel.shape[-2], kernel.shape[-1], geo.feature_group_count)
+    for a in odd:
+        low = jnp.asarray(dirs[..., a] < 0)  # (I, O): taps at 0..k-1, else 1..k
+        kernel = jnp.where(low, _pad_axis(kernel, a, 0, 1), _pad_axis(kernel, a, 1, 0))
+    padding = [((t + 1) // 2, (t + 1) // 2) if t % 2 else (t // 2, t // 2) for t in geo.totals]
+    return conv(x, kernel, padding=padding, feature_group_count=geo.feature_group_count)
+
+
+def _kernel_dirs(dirs: np.ndarray, in_per_group: int, features: int, groups: int) -> np.ndarray:
+    """Directions per kernel entry ``(I, O, ndim)``: input channel ``f * I + i`` for output ``o`` of group ``f``."""
+    group_of_output = np.arange(features) // (features // groups)
+    channel = group_of_output[None, :] * in_per_group + np.arange(in_per_group)[:, None]
+    return dirs[channel]
+
+
 def _hybrid(primal: str, tangent_x: str, tangent_w: str) -> Callable[[jax.Array, jax.Array, _Geometry, _Conv], jax.Array]:
     """A formulation whose forward, input gradient and kernel gradient each use their own.
 
@@ -611,6 +649,7 @@ _FORMULATIONS: dict[str, Callable[[jax.Array, jax.Array, _Geometry, _Conv], jax.
     "pad_concat": _conv_pad_concat,
     "group_sum": _conv_group_sum,
     "select_crop": _conv_select_crop,
+    "embed": _conv_embed,
 }
 # Forward by group_sum (exact convs); input gradient as select_crop's transpose
 # (one padded conv and a select); kernel gradient as group_sum's.

@@ -49,6 +49,16 @@ def test_round_robin_interleaves_and_counts():
         common.time_round_robin(calls, repeats=0)
 
 
+def test_round_robin_inner_calls_per_sample():
+    order = []
+    calls = {name: (lambda name=name: order.append(name) or jnp.zeros(())) for name in ("a", "b")}
+    timings = common.time_round_robin(calls, warmup=0, repeats=2, inner=3)
+    assert order == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+    assert all(len(t.times) == 2 for t in timings.values())
+    with pytest.raises(ValueError, match="inner"):
+        common.time_round_robin(calls, inner=0)
+
+
 def test_ratio_is_median_of_per_round_ratios():
     base = common.Timing((1.0, 2.0, 9.0), (1.0, 1.0, 1.0))
     other = common.Timing((2.0, 1.0, 3.0), (4.0, 2.0, 1.0))
@@ -153,8 +163,9 @@ def test_all_tiny_first_step_and_deadline(tmp_path):
     bench_all.main(["--tiny", "--out", str(tmp_path), "--steps", "1", "--repeats", "1"])
     records = _read_jsonl(tmp_path / "results.jsonl")
     assert records[0]["record"] == "environment" and records[0]["size"] == "tiny"
-    assert {r["label"] for r in records if r["record"] == "conv"} == set(sympad.KINDS)
-    assert "## 1. Layer, float32, every kind" in (tmp_path / "results.md").read_text()
+    labels = {r["label"] for r in records if r["record"] == "conv"}
+    assert labels == {"C3", "C2"} | {f"C2sp:{f}" for f in bench_all.FORMULATIONS}
+    assert "## 1. Layer, float32, formulations of C2sp" in (tmp_path / "results.md").read_text()
     # An expired budget skips everything and says so.
     skipped = tmp_path / "skipped"
     bench_all.main(["--tiny", "--out", str(skipped), "--deadline", "0", "--steps", "1,2"])

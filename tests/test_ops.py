@@ -14,7 +14,7 @@ from jax.test_util import check_grads
 import sympad
 from tests.reference import TABLES, reference_conv, reference_pads
 
-FORMULATIONS = ["pad_select", "pad_concat", "group_sum", "select_crop", "split_grad"]
+FORMULATIONS = ["pad_select", "pad_concat", "group_sum", "select_crop", "split_grad", "embed"]
 
 
 def _random(shape, seed):
@@ -48,7 +48,7 @@ def test_2d_matches_numpy_reference(k, stride, dilation, channels, size):
 
 
 @pytest.mark.parametrize("implementation", FORMULATIONS)
-@pytest.mark.parametrize("k,stride,dilation,channels", [(2, 1, 1, 5), (4, 2, 1, 13), (2, 2, 1, 8), (4, 1, 2, 3), (3, 1, 1, 4), (2, 1, (1, 2), 6)])
+@pytest.mark.parametrize("k,stride,dilation,channels", [(2, 1, 1, 5), (4, 2, 1, 13), (2, 2, 1, 8), (4, 1, 2, 3), (3, 1, 1, 4), (2, 1, (1, 2), 6), (2, 1, 3, 5), (4, 1, (3, 1), 4)])
 def test_every_formulation_matches_reference(implementation, k, stride, dilation, channels):
     x = _random((2, 9, 8, channels), seed=3)
     w = _random((k, k, channels, 4), seed=4)
@@ -69,7 +69,15 @@ def test_3d_matches_numpy_reference(k, stride, channels):
     _check(x, w, stride, 1)
 
 
-@pytest.mark.parametrize("implementation", ["pad_select", "pad_concat"])
+@pytest.mark.parametrize("implementation", FORMULATIONS)
+@pytest.mark.parametrize("ndim,k,stride,channels", [(1, 2, 1, 5), (1, 4, 2, 3), (3, 2, 1, 9), (3, 4, 2, 8)])
+def test_1d_and_3d_every_formulation(implementation, ndim, k, stride, channels):
+    x = _random((2,) + (7, 6, 5)[:ndim] + (channels,), seed=ndim + k)
+    w = _random((k,) * ndim + (channels, 3), seed=channels)
+    _check(x, w, stride, 1, implementation=implementation)
+
+
+@pytest.mark.parametrize("implementation", ["pad_select", "pad_concat", "embed"])
 @pytest.mark.parametrize("channels,groups,features", [(8, 2, 4), (12, 3, 6), (13 * 2, 2, 4), (6, 6, 6), (5, 5, 10), (12, 4, 8)])
 def test_grouped_and_depthwise_match_reference(implementation, channels, groups, features):
     x = _random((2, 8, 7, channels), seed=channels)
