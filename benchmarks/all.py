@@ -35,24 +35,33 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import sympad
 from benchmarks import common, conv, models
 
 #: Formulations compared (the automatic choice is one of them; records name it).
 FORMULATIONS = ("pad_select", "pad_concat", "group_sum", "select_crop", "split_grad", "embed")
 
 
-def steps(size: str) -> list[tuple[str, dict]]:
+def steps(
+    size: str, *, kinds: Sequence[str] | None = None, formulations: Sequence[str] = FORMULATIONS
+) -> list[tuple[str, dict]]:
     """(title, spec) of every step for size 'gpu' | 'cpu' | 'tiny', most important first."""
     shapes = {"gpu": conv.GPU_SHAPES, "cpu": conv.CPU_SHAPES, "tiny": conv.TINY_SHAPES}[size]
     sizes = {"gpu": models.GPU, "cpu": models.CPU, "tiny": models.TINY}[size]
     resnet_main = [r for r in sizes.resnet if r[0] == 56] or list(sizes.resnet[:1])
     resnet_rest = [r for r in sizes.resnet if r not in resnet_main]
 
-    def layer(dtype: str, compare: bool) -> dict:
-        return {"bench": "conv", "shapes": shapes, "dtypes": (dtype,), "compare": compare}
+    every = tuple(kinds or sympad.KINDS)
+    formulations = tuple(formulations)
 
-    def nets(suites: tuple[str, ...], resnet=None, formulations: tuple[str, ...] = FORMULATIONS) -> dict:
-        spec = {"bench": "models", "sizes": sizes, "suites": suites, "formulations": formulations}
+    def layer(dtype: str, compare: bool) -> dict:
+        return {
+            "bench": "conv", "shapes": shapes, "dtypes": (dtype,), "compare": compare,
+            "kinds": every, "formulations": formulations,
+        }
+
+    def nets(suites: tuple[str, ...], resnet=None, formulations: tuple[str, ...] = formulations) -> dict:
+        spec = {"bench": "models", "sizes": sizes, "suites": suites, "formulations": formulations, "kinds": every}
         return spec if resnet is None else {**spec, "resnet": resnet}
 
     return [
@@ -77,7 +86,8 @@ def run_step(
             spec["shapes"],
             dtypes=spec["dtypes"],
             compare=spec["compare"],
-            formulations=FORMULATIONS if spec["compare"] else None,
+            kinds=spec["kinds"],
+            formulations=spec["formulations"] if spec["compare"] else None,
             repeats=repeats or 10,
             inner=conv.GPU_INNER if accelerator else 1,
             report=report,
@@ -88,7 +98,7 @@ def run_step(
         if not spec["resnet"]:
             return []
         sizes = dataclasses.replace(sizes, resnet=tuple(spec["resnet"]))
-    cases = models.build_cases(sizes, suites=spec["suites"], formulations=spec["formulations"])
+    cases = models.build_cases(sizes, suites=spec["suites"], kinds=spec["kinds"], formulations=spec["formulations"])
     inner = models.GPU_INNER if accelerator else 1
     return models.run(cases, repeats=repeats or 5, inner=inner, report=report, deadline=deadline)
 
@@ -102,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--deadline", type=float, default=None, help="seconds; steps and groups after it are skipped")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per measurement (default: each bench's)")
     p.add_argument("--steps", default=None, help="comma-separated step numbers to run (default: all)")
+    p.add_argument("--kinds", default=None, help="comma-separated kinds (default: all; C3 always)")
+    p.add_argument(
+        "--formulations", default=",".join(FORMULATIONS), help="C2sp formulations compared (layers) or added (models)"
+    )
     args = p.parse_args(argv)
 
     size = "gpu" if args.gpu else "tiny" if args.tiny else "cpu"
@@ -119,7 +133,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         f"jax {env['jax']} · jaxlib {env['jaxlib']} · flax {env['flax']} · XLA_FLAGS={env['XLA_FLAGS']!r} · "
         f"git {env['git']}\n\nCommand: `{' '.join(sys.argv)}`"
     ]
-    for number, (title, spec) in enumerate(steps(size), 1):
+    kinds = args.kinds.split(",") if args.kinds else None
+    formulations = [f for f in args.formulations.split(",") if f]
+    for number, (title, spec) in enumerate(steps(size, kinds=kinds, formulations=formulations), 1):
         if keep is not None and number not in keep:
             continue
         if deadline.expired():
