@@ -8,22 +8,26 @@ Writes ``results.jsonl`` (one environment record, then one record per
 measurement, ``{"record": "skipped", ...}`` for what the budget left out) and
 ``results.md`` (the markdown tables of every step) under ``--out``.
 
-Steps, in order (GPU set; the CPU and tiny sets shrink the same steps), the
-data that decides the automatic choice first:
+Steps, in order (GPU set; the CPU and tiny sets shrink the same steps):
 
-1. layer, float32: C3, C2 and C2sp under each formulation, the suites' shapes;
-2. ResNet-56 CIFAR train step, batch 128 float32, every kind and C2sp per formulation;
-3. SNGAN G+D step, C2sp generator at 384 channels vs C3 at 256 (C2sp also per formulation);
-4. ResNet-56 at batch 512, float32 and bfloat16 (C2sp also per formulation);
+1. layer, float32, every kind through the factory (C2sp as ``'auto'`` picks);
+2. ResNet-56 CIFAR train step, batch 128, float32;
+3. SNGAN G+D step, C2sp generator at 384 channels vs C3 at 256;
+4. ResNet-56 at batch 512, float32 and bfloat16;
 5. Table 1 networks at depths 20/56/110;
-6. layer, bfloat16: C3, C2 and C2sp under each formulation;
-7. layer, float32, every kind through the factory (``auto``);
-8. ResNet-20 and ResNet-110 train steps, batch 128;
-9. ResNet19 (128 px) G+D step;
-10. layer, bfloat16, every kind.
+6. layer, bfloat16, every kind;
+7. layer, float32: C3, C2 and C2sp under each formulation;
+8. the same in bfloat16;
+9. ResNet-20 and ResNet-110 train steps, batch 128;
+10. ResNet19 (128 px) G+D step.
 
-Formulation columns are labelled ``C2sp:<formulation>``; every record says
-what ``'auto'`` picks for its shape (``auto_choice``).
+Formulation columns are labelled ``C2sp:<formulation>``; layer records say
+what ``'auto'`` picks for their shape (``auto_choice``). On an accelerator,
+where compiling with autotuning takes far longer than timing (H200: about 1 s
+per layer program, 30 s and more per ResNet-56 train step), the defaults are
+leaner: no forward-only layer programs, the networks with C3, C2 and C2sp only
+and no per-formulation network variants, and only the formulations that can
+win there in the layer comparison (``--kinds`` and ``--formulations`` override).
 """
 
 from __future__ import annotations
@@ -39,42 +43,50 @@ import sympad
 from benchmarks import common, conv, models
 
 #: Formulations compared (the automatic choice is one of them; records name it).
-FORMULATIONS = ("pad_select", "pad_concat", "group_sum", "select_crop", "split_grad", "embed")
+FORMULATIONS = ("pad_select", "pad_concat", "group_sum", "select_crop", "split_grad", "split_dw", "embed")
+#: On a GPU the others measured 0.3-0.9x of C3 at every suite shape (BENCHMARKS.md).
+GPU_FORMULATIONS = ("pad_select", "pad_concat", "embed")
+GPU_MODEL_KINDS = ("C3", "C2", "C2sp")
 
 
 def steps(
-    size: str, *, kinds: Sequence[str] | None = None, formulations: Sequence[str] = FORMULATIONS
+    size: str, *, kinds: Sequence[str] | None = None, formulations: Sequence[str] | None = None
 ) -> list[tuple[str, dict]]:
-    """(title, spec) of every step for size 'gpu' | 'cpu' | 'tiny', most important first."""
+    """(title, spec) of every step for size 'gpu' | 'cpu' | 'tiny', most important first.
+
+    ``kinds`` and ``formulations`` replace the size's defaults (see the module docstring).
+    """
+    gpu = size == "gpu"
     shapes = {"gpu": conv.GPU_SHAPES, "cpu": conv.CPU_SHAPES, "tiny": conv.TINY_SHAPES}[size]
     sizes = {"gpu": models.GPU, "cpu": models.CPU, "tiny": models.TINY}[size]
     resnet_main = [r for r in sizes.resnet if r[0] == 56] or list(sizes.resnet[:1])
     resnet_rest = [r for r in sizes.resnet if r not in resnet_main]
-
-    every = tuple(kinds or sympad.KINDS)
-    formulations = tuple(formulations)
+    layer_kinds = tuple(kinds or sympad.KINDS)
+    model_kinds = tuple(kinds or (GPU_MODEL_KINDS if gpu else sympad.KINDS))
+    compared = tuple(formulations if formulations is not None else (GPU_FORMULATIONS if gpu else FORMULATIONS))
+    model_formulations = tuple(formulations if formulations is not None else (() if gpu else FORMULATIONS))
 
     def layer(dtype: str, compare: bool) -> dict:
         return {
             "bench": "conv", "shapes": shapes, "dtypes": (dtype,), "compare": compare,
-            "kinds": every, "formulations": formulations,
+            "kinds": layer_kinds, "formulations": compared, "forward": not gpu,
         }
 
-    def nets(suites: tuple[str, ...], resnet=None, formulations: tuple[str, ...] = formulations) -> dict:
-        spec = {"bench": "models", "sizes": sizes, "suites": suites, "formulations": formulations, "kinds": every}
+    def nets(suites: tuple[str, ...], resnet=None, formulations: tuple[str, ...] = model_formulations) -> dict:
+        spec = {"bench": "models", "sizes": sizes, "suites": suites, "formulations": formulations, "kinds": model_kinds}
         return spec if resnet is None else {**spec, "resnet": resnet}
 
     return [
-        ("Layer, float32, formulations of C2sp", layer("float32", True)),
-        ("ResNet-56 CIFAR train step, every kind and C2sp formulation", nets(("resnet",), resnet_main[:1])),
+        ("Layer, float32, every kind", layer("float32", False)),
+        ("ResNet-56 CIFAR train step", nets(("resnet",), resnet_main[:1])),
         ("SNGAN G+D step", nets(("sngan",))),
         ("ResNet-56 CIFAR train step, larger batch / bfloat16", nets(("resnet",), resnet_main[1:])),
         ("Table 1 networks", nets(("table1",), formulations=())),
+        ("Layer, bfloat16, every kind", layer("bfloat16", False)),
+        ("Layer, float32, formulations of C2sp", layer("float32", True)),
         ("Layer, bfloat16, formulations of C2sp", layer("bfloat16", True)),
-        ("Layer, float32, every kind", layer("float32", False)),
         ("ResNet-20 / ResNet-110 train step", nets(("resnet",), resnet_rest, formulations=())),
         ("ResNet19 G+D step", nets(("resnet19",), formulations=())),
-        ("Layer, bfloat16, every kind", layer("bfloat16", False)),
     ]
 
 
@@ -90,6 +102,7 @@ def run_step(
             formulations=spec["formulations"] if spec["compare"] else None,
             repeats=repeats or 10,
             inner=conv.GPU_INNER if accelerator else 1,
+            forward=spec["forward"],
             report=report,
             deadline=deadline,
         )
@@ -114,7 +127,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--steps", default=None, help="comma-separated step numbers to run (default: all)")
     p.add_argument("--kinds", default=None, help="comma-separated kinds (default: all; C3 always)")
     p.add_argument(
-        "--formulations", default=",".join(FORMULATIONS), help="C2sp formulations compared (layers) or added (models)"
+        "--formulations",
+        default=None,
+        help="C2sp formulations compared (layers) and added (networks); '' for none (default: per size)",
     )
     args = p.parse_args(argv)
 
@@ -134,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         f"git {env['git']}\n\nCommand: `{' '.join(sys.argv)}`"
     ]
     kinds = args.kinds.split(",") if args.kinds else None
-    formulations = [f for f in args.formulations.split(",") if f]
+    formulations = None if args.formulations is None else [f for f in args.formulations.split(",") if f]
     for number, (title, spec) in enumerate(steps(size, kinds=kinds, formulations=formulations), 1):
         if keep is not None and number not in keep:
             continue

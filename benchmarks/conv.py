@@ -134,29 +134,42 @@ def candidates(
     return out
 
 
-def _layer_fns(shape: LayerShape, dtype: Any, cand: Candidate, via: str, key: jax.Array, passes: bool = False):
-    """``{pass: (jitted fn, args)}`` for one candidate: fwd, fwdbwd (and dx, dw)."""
+def _layer_fns(
+    shape: LayerShape,
+    dtype: Any,
+    cand: Candidate,
+    via: str,
+    key: jax.Array,
+    passes: bool = False,
+    forward: bool = True,
+    groups: int = 1,
+):
+    """``{pass: (jitted fn, args)}`` for one candidate: fwdbwd (and fwd, dx, dw)."""
     k = sympad.parse_kind(cand.kind)
     kx, kw, kg = jax.random.split(key, 3)
     x = jax.random.normal(kx, (shape.batch, shape.size, shape.size, shape.channels), dtype)
     g = jax.random.normal(kg, (shape.batch, shape.size, shape.size, shape.features), jnp.float32)
     extra = {"implementation": cand.implementation} if cand.implementation else {}
     if via == "linen":
-        module = sympad.linen.conv(cand.kind, shape.features, use_bias=False, dtype=dtype, **extra)
+        module = sympad.linen.conv(
+            cand.kind, shape.features, use_bias=False, dtype=dtype, feature_group_count=groups, **extra
+        )
         params = module.init(kw, x)
 
         def apply(p, a):
             return module.apply(p, a)
 
     elif via == "op":
-        params = (jax.random.normal(kw, (k.size, k.size, shape.channels, shape.features), jnp.float32) * 0.05).astype(
+        params = (jax.random.normal(kw, (k.size, k.size, shape.channels // groups, shape.features), jnp.float32) * 0.05).astype(
             dtype
         )
 
         def apply(p, a):
             if k.symmetric:
-                return sympad.sym_pad_conv(a, p, **extra)
-            return lax.conv_general_dilated(a, p, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                return sympad.sym_pad_conv(a, p, feature_group_count=groups, **extra)
+            return lax.conv_general_dilated(
+                a, p, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups
+            )
 
     else:
         raise ValueError(f"via must be 'linen' or 'op', got {via!r}")
@@ -171,10 +184,9 @@ def _layer_fns(shape: LayerShape, dtype: Any, cand: Candidate, via: str, key: ja
         y, pullback = jax.vjp(apply, p, a)
         return y, pullback(cot.astype(y.dtype))
 
-    fns = {
-        "fwd": (jax.jit(apply), (params, x)),
-        "fwdbwd": (jax.jit(forward_backward), (params, x, g)),
-    }
+    fns = {"fwdbwd": (jax.jit(forward_backward), (params, x, g))}
+    if forward:
+        fns["fwd"] = (jax.jit(apply), (params, x))
     if passes:
         # Without the value XLA drops the (linear) forward: these time one backward conv each.
         fns["dx"] = (jax.jit(jax.grad(loss, argnums=1)), (params, x, g))
@@ -182,12 +194,12 @@ def _layer_fns(shape: LayerShape, dtype: Any, cand: Candidate, via: str, key: ja
     return fns
 
 
-def auto_choice(shape: LayerShape, dtype: Any, kind: str = "C2sp") -> str:
+def auto_choice(shape: LayerShape, dtype: Any, kind: str = "C2sp", groups: int = 1) -> str:
     """What ``implementation='auto'`` picks for a ``kind`` layer of this shape."""
     size = sympad.parse_kind(kind).size
     x = jax.ShapeDtypeStruct((shape.batch, shape.size, shape.size, shape.channels), dtype)
-    w = jax.ShapeDtypeStruct((size, size, shape.channels, shape.features), dtype)
-    return ops._choose("auto", x, w, 1)
+    w = jax.ShapeDtypeStruct((size, size, shape.channels // groups, shape.features), dtype)
+    return ops._choose("auto", x, w, groups)
 
 
 def run(
@@ -204,14 +216,18 @@ def run(
     deadline: common.Deadline | None = None,
     compile_workers: int | None = None,
     passes: bool = False,
+    depthwise: bool = False,
     formulations: Sequence[str] | None = None,
     compare_kind: str = "C2sp",
     inner: int = 1,
+    forward: bool = True,
 ) -> list[dict[str, Any]]:
     """Measures every candidate on every shape and dtype; returns the records.
 
     Records (one per shape, dtype and candidate) carry medians and minima in ms,
-    ratios to C3 of the same group, and compiled temp bytes.
+    ratios to C3 of the same group, and compiled temp bytes. ``forward=False``
+    leaves out the forward-only programs (their fields are None): on a GPU
+    compiling (with autotuning) takes far longer than timing.
     """
     report = report or common.Report()
     deadline = deadline or common.Deadline(None)
@@ -228,7 +244,8 @@ def run(
                 continue
             jobs, calls = {}, {}
             for cand in cands:
-                for pass_name, job in _layer_fns(shape, dtype, cand, via, key, passes).items():
+                groups = shape.channels if depthwise else 1
+                for pass_name, job in _layer_fns(shape, dtype, cand, via, key, passes, forward, groups).items():
                     jobs[(cand.label, pass_name)] = job
             compiled = common.compile_all(jobs, max_workers=compile_workers)
             for name, exe in compiled.items():
@@ -238,8 +255,9 @@ def run(
             base = cands[0].label
             base_mem = common.memory(compiled[(base, "fwdbwd")])["temp_bytes"]
             for cand in cands:
-                t_f, t_fb = timings[(cand.label, "fwd")], timings[(cand.label, "fwdbwd")]
-                mem_f = common.memory(compiled[(cand.label, "fwd")])["temp_bytes"]
+                t_fb = timings[(cand.label, "fwdbwd")]
+                t_f = timings.get((cand.label, "fwd"))
+                mem_f = common.memory(compiled[(cand.label, "fwd")])["temp_bytes"] if forward else None
                 mem_fb = common.memory(compiled[(cand.label, "fwdbwd")])["temp_bytes"]
                 sp = sympad.parse_kind(cand.kind).symmetric
                 rec = {
@@ -253,14 +271,15 @@ def run(
                     "label": cand.label,
                     "kind": cand.kind,
                     "implementation": cand.implementation or ("auto" if sp else None),
-                    "auto_choice": auto_choice(shape, dtype, cand.kind) if sp else None,
+                    "auto_choice": auto_choice(shape, dtype, cand.kind, groups) if sp else None,
                     "via": via,
-                    "fwd_ms": t_f.median * 1e3,
-                    "fwd_min_ms": t_f.min * 1e3,
+                    "groups": groups,
+                    "fwd_ms": t_f.median * 1e3 if t_f else None,
+                    "fwd_min_ms": t_f.min * 1e3 if t_f else None,
                     "fwdbwd_ms": t_fb.median * 1e3,
                     "fwdbwd_min_ms": t_fb.min * 1e3,
-                    "fwd_vs_C3": common.ratio(timings[(base, "fwd")], t_f),
-                    "fwd_cpu_vs_C3": common.ratio(timings[(base, "fwd")], t_f, cpu=True),
+                    "fwd_vs_C3": common.ratio(timings[(base, "fwd")], t_f) if t_f else None,
+                    "fwd_cpu_vs_C3": common.ratio(timings[(base, "fwd")], t_f, cpu=True) if t_f else None,
                     "fwdbwd_vs_C3": common.ratio(timings[(base, "fwdbwd")], t_fb),
                     "fwdbwd_cpu_ms": t_fb.cpu_median * 1e3,
                     "fwdbwd_cpu_vs_C3": common.ratio(timings[(base, "fwdbwd")], t_fb, cpu=True),
@@ -303,6 +322,8 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
         ("forward speed vs C3 (x)", "fwd_vs_C3"),
         ("forward+backward temp memory vs C3 (x)", "fwdbwd_temp_vs_C3"),
     ]
+    if all(r.get("fwd_vs_C3") is None for r in recs):
+        tables = [t for t in tables if t[1] != "fwd_vs_C3"]
     if any("dx_vs_C3" in r for r in recs):
         tables += [("input gradient alone, speed vs C3 (x)", "dx_vs_C3"), ("kernel gradient alone, speed vs C3 (x)", "dw_vs_C3")]
     base_col = {
@@ -349,6 +370,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--deadline", type=float, default=None, help="skip what would start after this many seconds")
     p.add_argument("--compile-workers", type=int, default=None)
     p.add_argument("--passes", action="store_true", help="also time the input and the kernel gradient alone")
+    p.add_argument("--depthwise", action="store_true", help="depthwise convs (feature_group_count = C = F)")
+    p.add_argument("--no-forward", action="store_true", help="time forward+backward only (halves compiles)")
     return p.parse_args(argv)
 
 
@@ -380,9 +403,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         deadline=common.Deadline(args.deadline),
         compile_workers=args.compile_workers,
         passes=args.passes,
+        depthwise=args.depthwise,
         formulations=args.formulations.split(",") if args.formulations else None,
         compare_kind=args.compare_kind,
         inner=args.inner or (GPU_INNER if args.gpu else 1),
+        forward=not args.no_forward,
     )
     report.close()
     table = markdown(records)

@@ -43,26 +43,35 @@ groups:
 Several formulations compute the same result (see :data:`IMPLEMENTATIONS`); the
 tests run every one of them against a NumPy reference, values and gradients:
 
-=============== ==============================================================
-``pad_select``  pad every channel on its own sides (one fused select), then
-                one VALID conv.
-``pad_concat``  the paper's Figure 1: pad each direction group, concatenate,
-                one VALID conv.
-``group_sum``   one conv per direction group, each padding exactly; summed.
-                No padded copy; feature_group_count=1 only.
-``select_crop`` ``pad_select`` whose conv pads one axis itself (one extra
-                output row, cropped): XLA:CPU's unpadded convs are slow.
-``split_grad``  ``group_sum`` forward and kernel gradient, ``select_crop``
-                input gradient (a ``custom_jvp``; forward mode works).
-``embed``       each channel's ``k`` taps placed inside a ``k + 1`` kernel on
-                its own side, one conv with plain symmetric padding: no
-                padded copy and no select, at the FLOPs of the ``k + 1``
-                kernel (C3's for C2sp). Dilation 1 on the odd axes only
-                (else ``pad_select``).
-=============== ==============================================================
+=================== ==============================================================
+``pad_select``      pad every channel on its own sides (one fused select), then
+                    one VALID conv.
+``pad_concat``      the paper's Figure 1: pad each direction group, concatenate,
+                    one VALID conv.
+``group_sum``       one conv per direction group, each padding exactly; summed.
+                    No padded copy; feature_group_count=1 only.
+``select_crop``     ``pad_select`` whose conv pads one axis itself (one extra
+                    output row, cropped): XLA:CPU's unpadded convs are slow.
+``split_grad``      ``group_sum`` forward and kernel gradient, ``select_crop``
+                    input gradient (a ``custom_jvp``; forward mode works).
+``split_dw``        ``select_crop`` forward and input gradient, ``group_sum``
+                    kernel gradient (a ``custom_jvp``).
+``embed``           each channel's ``k`` taps placed inside a ``k + 1`` kernel on
+                    its own side, one conv with plain symmetric padding: no
+                    padded copy and no select, at the FLOPs of the ``k + 1``
+                    kernel (C3's for C2sp). Dilation 1 on the odd axes only
+                    (else ``pad_select``).
+``depthwise_taps``  depthwise convs only (else ``pad_select``): a sum over taps of
+                    shifted slices of the select-padded input times per-channel
+                    weights; no conv at all.
+=================== ==============================================================
 
-``'auto'`` picks by backend, rank, kernel size, channels and feature groups (see
-``_choose``; the measurements are in BENCHMARKS.md).
+``'auto'`` picks by backend, rank, kernel size, channels and feature groups
+(``_choose``; the measurements are in BENCHMARKS.md): on CPU ``depthwise_taps``
+for depthwise convs, ``pad_concat`` for 2x2 kernels on at most 32 channels, else
+``select_crop``; on GPU, for 2x2
+kernels, ``pad_concat`` at 128+ channels, below that ``embed`` for small convs
+and ``pad_select`` for large ones; ``pad_select`` everywhere else.
 """
 
 from __future__ import annotations
@@ -88,7 +97,8 @@ __all__ = [
 ]
 
 Implementation = Literal[
-    "auto", "pad_select", "pad_concat", "group_sum", "select_crop", "split_grad", "embed"
+    "auto", "pad_select", "pad_concat", "group_sum", "select_crop", "split_grad", "split_dw", "embed",
+    "depthwise_taps",
 ]
 #: Formulations of :func:`sym_pad_conv`; ``'auto'`` picks one per call.
 IMPLEMENTATIONS: tuple[str, ...] = (
@@ -98,7 +108,9 @@ IMPLEMENTATIONS: tuple[str, ...] = (
     "group_sum",
     "select_crop",
     "split_grad",
+    "split_dw",
     "embed",
+    "depthwise_taps",
 )
 
 _CHANNELS_LAST = {
@@ -579,6 +591,38 @@ def _conv_embed(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) ->
     return conv(x, kernel, padding=padding, feature_group_count=geo.feature_group_count)
 
 
+def _conv_depthwise_taps(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) -> jax.Array:
+    """Depthwise convs as a sum of shifted, per-channel-scaled slices: no conv.
+
+    ``y[..., c*m + j] = sum_taps xp[shifted window, c] * kernel[tap, 0, c*m + j]``
+    with ``xp`` the select-padded input (``m`` output channels per input
+    channel). One elementwise loop nest that XLA fuses, where XLA:CPU's
+    depthwise convolution is slow. Other convs fall back to ``pad_select``.
+    """
+    channels, features = x.shape[-1], kernel.shape[-1]
+    if geo.feature_group_count != channels or kernel.shape[-2] != 1:
+        return _conv_pad_select(x, kernel, geo, conv)
+    ndim = len(geo.totals)
+    kernel_size = kernel.shape[:-2]
+    dilation = tuple(t // (k - 1) if k > 1 else 1 for t, k in zip(geo.totals, kernel_size))
+    xp = _select_pad(x, geo.totals, geo.dirs, range(ndim))
+    if features != channels:
+        xp = jnp.repeat(xp, features // channels, axis=-1)  # output c*m + j reads input c
+    out_sizes = [-(-n // s) for n, s in zip(x.shape[1:-1], geo.strides)]
+    wide = jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32
+    acc_dtype = geo.preferred_element_type or (jnp.float32 if wide else jnp.result_type(x.dtype, kernel.dtype))
+    y = None
+    for tap in itertools.product(*(range(k) for k in kernel_size)):
+        start = (0,) + tuple(a * d for a, d in zip(tap, dilation)) + (0,)
+        limit = (xp.shape[0],) + tuple(
+            st + (o - 1) * s + 1 for st, o, s in zip(start[1:-1], out_sizes, geo.strides)
+        ) + (features,)
+        window = lax.slice(xp, start, limit, (1,) + tuple(geo.strides) + (1,))
+        term = window.astype(acc_dtype) * kernel[tap + (0,)].astype(acc_dtype)
+        y = term if y is None else y + term
+    return y.astype(geo.preferred_element_type or jnp.result_type(x.dtype, kernel.dtype))
+
+
 def _kernel_dirs(dirs: np.ndarray, in_per_group: int, features: int, groups: int) -> np.ndarray:
     """Directions per kernel entry ``(I, O, ndim)``: input channel ``f * I + i`` for output ``o`` of group ``f``."""
     group_of_output = np.arange(features) // (features // groups)
@@ -650,12 +694,21 @@ _FORMULATIONS: dict[str, Callable[[jax.Array, jax.Array, _Geometry, _Conv], jax.
     "group_sum": _conv_group_sum,
     "select_crop": _conv_select_crop,
     "embed": _conv_embed,
+    "depthwise_taps": _conv_depthwise_taps,
 }
 # Forward by group_sum (exact convs); input gradient as select_crop's transpose
 # (one padded conv and a select); kernel gradient as group_sum's.
 _FORMULATIONS["split_grad"] = _hybrid("group_sum", "select_crop", "group_sum")
+# select_crop's forward and input gradient (its fastest passes on CPU), group_sum's
+# kernel gradient (select_crop's is its slow pass there).
+_FORMULATIONS["split_dw"] = _hybrid("select_crop", "select_crop", "group_sum")
 
 _UNGROUPED_ONLY = ("group_sum",)
+
+#: N*H*W*C*F from which a C2sp conv with few channels is large enough on a GPU
+#: for the FLOPs saved to show: (256,56,56,64->64) is 3.3e9 (pad_select 1.35x
+#: C3, embed 1.01x), (32,32,32,64->64) 1.3e8 (0.93x and 0.99x).
+_GPU_LARGE_CONV = 2**30
 
 
 def _choose(implementation: str, x: jax.Array, kernel: jax.Array, feature_group_count: int) -> str:
@@ -668,6 +721,11 @@ def _choose(implementation: str, x: jax.Array, kernel: jax.Array, feature_group_
         raise ValueError(f"implementation={implementation!r} supports feature_group_count=1 only")
     if implementation != "auto":
         return implementation
+    channels = x.shape[-1]
+    if jax.default_backend() == "cpu" and len(x.shape) == 4 and feature_group_count == channels > 1:
+        # XLA:CPU's depthwise conv is slow; the shifted-slices sum measured
+        # 6-17x a depthwise C3 conv in float32, 1.5-2.3x in bfloat16.
+        return "depthwise_taps"
     if jax.default_backend() == "cpu" and len(x.shape) == 4 and feature_group_count == 1:
         # XLA:CPU runs 2D convs through YNNPACK, 2-3x slower when the conv
         # itself pads nothing (pad_select's VALID conv): select_crop lets the
@@ -676,8 +734,15 @@ def _choose(implementation: str, x: jax.Array, kernel: jax.Array, feature_group_
         if max(kernel.shape[:2]) <= 2 and x.shape[-1] <= 32:
             return "pad_concat"
         return "select_crop"
-    if jax.default_backend() == "gpu" and len(x.shape) == 4 and feature_group_count == 1 and x.shape[-1] >= 128:
-        # H200, float32 layer fwd+bwd: pad_concat within 0-5 % of plain C2 at
-        # 192-384 channels; pad_select 3-10 % behind it, group_sum 2x slower.
-        return "pad_concat"
+    if jax.default_backend() == "gpu" and len(x.shape) == 4 and feature_group_count == 1 and max(kernel.shape[:2]) <= 2:
+        # H200, float32 (BENCHMARKS.md). 128+ channels: pad_concat's copy is as
+        # cheap as plain C2's own padding (within 0-5 % of C2; pad_select 3-10 %
+        # behind). Fewer channels: a small conv gains nothing from fewer FLOPs
+        # (C2 itself 0.76-1.11x C3), so embed runs C3's conv with no padded
+        # copy (ResNet-56 step 1.08x C3 vs 1.02x, less memory); a large one
+        # still does, and pad_select's copy costs least there.
+        if x.shape[-1] >= 128:
+            return "pad_concat"
+        work = np.prod(x.shape[:-1], dtype=np.int64) * x.shape[-1] * kernel.shape[-1]
+        return "pad_select" if work >= _GPU_LARGE_CONV else "embed"
     return "pad_select"

@@ -159,13 +159,32 @@ def test_models_cases_cover_every_suite():
     assert groups["sngan/b2/float32"] == groups["resnet19/b1/float32"] == ["C3", "C2sp", "C2sp:pad_concat"]
 
 
+def test_all_gpu_defaults_are_lean():
+    by_title = dict(bench_all.steps("gpu"))
+    layer = by_title["Layer, float32, formulations of C2sp"]
+    assert layer["formulations"] == bench_all.GPU_FORMULATIONS and not layer["forward"]
+    assert by_title["Layer, float32, every kind"]["kinds"] == tuple(sympad.KINDS)
+    net = by_title["ResNet-56 CIFAR train step"]
+    assert net["kinds"] == bench_all.GPU_MODEL_KINDS and net["formulations"] == ()
+    cpu = dict(bench_all.steps("cpu"))["ResNet-56 CIFAR train step"]
+    assert cpu["formulations"] == bench_all.FORMULATIONS and cpu["kinds"] == tuple(sympad.KINDS)
+    custom = dict(bench_all.steps("gpu", kinds=["C3", "C4sp"], formulations=["embed"]))["ResNet-56 CIFAR train step"]
+    assert custom["kinds"] == ("C3", "C4sp") and custom["formulations"] == ("embed",)
+
+
+def test_conv_without_forward_programs(tmp_path):
+    records = conv.run(conv.TINY_SHAPES, dtypes=("float32",), kinds=("C3", "C2sp"), repeats=1, warmup=0, forward=False)
+    assert [r["label"] for r in records] == ["C3", "C2sp"]
+    assert all(r["fwd_ms"] is None and r["fwdbwd_ms"] > 0 for r in records)
+    assert "forward speed" not in conv.markdown(records)
+
+
 def test_all_tiny_first_step_and_deadline(tmp_path):
     bench_all.main(["--tiny", "--out", str(tmp_path), "--steps", "1", "--repeats", "1"])
     records = _read_jsonl(tmp_path / "results.jsonl")
     assert records[0]["record"] == "environment" and records[0]["size"] == "tiny"
-    labels = {r["label"] for r in records if r["record"] == "conv"}
-    assert labels == {"C3", "C2"} | {f"C2sp:{f}" for f in bench_all.FORMULATIONS}
-    assert "## 1. Layer, float32, formulations of C2sp" in (tmp_path / "results.md").read_text()
+    assert {r["label"] for r in records if r["record"] == "conv"} == set(sympad.KINDS)
+    assert "## 1. Layer, float32, every kind" in (tmp_path / "results.md").read_text()
     # An expired budget skips everything and says so.
     skipped = tmp_path / "skipped"
     bench_all.main(["--tiny", "--out", str(skipped), "--deadline", "0", "--steps", "1,2"])

@@ -14,7 +14,7 @@ from jax.test_util import check_grads
 import sympad
 from tests.reference import TABLES, reference_conv, reference_pads
 
-FORMULATIONS = ["pad_select", "pad_concat", "group_sum", "select_crop", "split_grad", "embed"]
+FORMULATIONS = ["pad_select", "pad_concat", "group_sum", "select_crop", "split_grad", "split_dw", "embed"]
 
 
 def _random(shape, seed):
@@ -77,7 +77,7 @@ def test_1d_and_3d_every_formulation(implementation, ndim, k, stride, channels):
     _check(x, w, stride, 1, implementation=implementation)
 
 
-@pytest.mark.parametrize("implementation", ["pad_select", "pad_concat", "embed"])
+@pytest.mark.parametrize("implementation", ["pad_select", "pad_concat", "embed", "depthwise_taps"])
 @pytest.mark.parametrize("channels,groups,features", [(8, 2, 4), (12, 3, 6), (13 * 2, 2, 4), (6, 6, 6), (5, 5, 10), (12, 4, 8)])
 def test_grouped_and_depthwise_match_reference(implementation, channels, groups, features):
     x = _random((2, 8, 7, channels), seed=channels)
@@ -85,6 +85,39 @@ def test_grouped_and_depthwise_match_reference(implementation, channels, groups,
     _check(x, w, 1, 1, groups=groups, implementation=implementation)
     w4 = _random((4, 4, channels // groups, features), seed=groups + 1)
     _check(x, w4, 2, 1, groups=groups, implementation=implementation)
+
+
+@pytest.mark.parametrize("ndim,k,stride,dilation,multiplier", [
+    (2, 2, 1, 1, 1), (2, 2, 2, 1, 2), (2, 4, 1, (1, 3), 1), (2, 4, 2, 1, 3), (1, 2, 2, 3, 2), (3, 2, 1, 1, 1),
+])
+def test_depthwise_taps_values_and_gradients(ndim, k, stride, dilation, multiplier):
+    channels = 6
+    x = _random((2,) + (9, 8, 5)[:ndim] + (channels,), seed=ndim * 10 + k)
+    w = _random((k,) * ndim + (1, channels * multiplier), seed=stride + multiplier)
+    _check(x, w, stride, dilation, groups=channels, implementation="depthwise_taps")
+    f = lambda a, b: sympad.sym_pad_conv(  # noqa: E731
+        a, b, stride, kernel_dilation=dilation, feature_group_count=channels, implementation="depthwise_taps"
+    )
+    # Both gradients equal those of a conv formulation (whose gradients
+    # test_gradients checks against finite differences and the adjoint).
+    g = _random(f(x, w).shape, seed=5)
+    conv = lambda a, b: jnp.vdot(  # noqa: E731
+        sympad.sym_pad_conv(a, b, stride, kernel_dilation=dilation, feature_group_count=channels,
+                            implementation="pad_select"), g)
+    taps_grads = jax.grad(lambda a, b: jnp.vdot(f(a, b), g), argnums=(0, 1))(x, w)
+    for got, want in zip(taps_grads, jax.grad(conv, argnums=(0, 1))(x, w)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4, rtol=1e-4)
+
+
+def test_depthwise_taps_bfloat16_accumulates_in_float32():
+    x = _random((1, 16, 16, 8), seed=1)
+    w = _random((2, 2, 1, 8), seed=2)
+    want = reference_conv(x, w, (1, 1), (1, 1), 8)
+    got = sympad.sym_pad_conv(
+        jnp.asarray(x, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16), feature_group_count=8, implementation="depthwise_taps"
+    )
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=0.1, rtol=0.05)
 
 
 def test_depthwise_directions_are_balanced_over_the_layer():
