@@ -8,16 +8,17 @@ Writes ``results.jsonl`` (one environment record, then one record per
 measurement, ``{"record": "skipped", ...}`` for what the budget left out) and
 ``results.md`` (the markdown tables of every step) under ``--out``.
 
-Steps, in order (GPU set; the CPU and tiny sets shrink the same steps):
+Steps, in order (GPU set; the CPU and tiny sets shrink the same steps), the
+measurements still missing on a GPU first (BENCHMARKS.md):
 
-1. layer, float32, every kind through the factory (C2sp as ``'auto'`` picks);
-2. ResNet-56 CIFAR train step, batch 128, float32;
-3. SNGAN G+D step, C2sp generator at 384 channels vs C3 at 256;
-4. ResNet-56 at batch 512, float32 and bfloat16;
-5. Table 1 networks at depths 20/56/110;
-6. layer, bfloat16, every kind;
-7. layer, float32: C3, C2 and C2sp under each formulation;
-8. the same in bfloat16;
+1. SNGAN G+D step, C2sp generator at 384 channels vs C3 at 256;
+2. ResNet-56 CIFAR train step at batch 512, float32 and bfloat16;
+3. Table 1 networks at depths 20/56/110;
+4. ResNet-56 at batch 128, float32;
+5. layer, float32, every kind through the factory (C2sp as ``'auto'`` picks);
+6. layer, bfloat16: C3, C2 and C2sp under each formulation;
+7. layer, bfloat16, every kind;
+8. layer, float32: C3, C2 and C2sp under each formulation;
 9. ResNet-20 and ResNet-110 train steps, batch 128;
 10. ResNet19 (128 px) G+D step.
 
@@ -77,14 +78,14 @@ def steps(
         return spec if resnet is None else {**spec, "resnet": resnet}
 
     return [
-        ("Layer, float32, every kind", layer("float32", False)),
-        ("ResNet-56 CIFAR train step", nets(("resnet",), resnet_main[:1])),
         ("SNGAN G+D step", nets(("sngan",))),
         ("ResNet-56 CIFAR train step, larger batch / bfloat16", nets(("resnet",), resnet_main[1:])),
         ("Table 1 networks", nets(("table1",), formulations=())),
+        ("ResNet-56 CIFAR train step", nets(("resnet",), resnet_main[:1])),
+        ("Layer, float32, every kind", layer("float32", False)),
+        ("Layer, bfloat16, formulations of C2sp", layer("bfloat16", True)),
         ("Layer, bfloat16, every kind", layer("bfloat16", False)),
         ("Layer, float32, formulations of C2sp", layer("float32", True)),
-        ("Layer, bfloat16, formulations of C2sp", layer("bfloat16", True)),
         ("ResNet-20 / ResNet-110 train step", nets(("resnet",), resnet_rest, formulations=())),
         ("ResNet19 G+D step", nets(("resnet19",), formulations=())),
     ]

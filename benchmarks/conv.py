@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -247,7 +248,9 @@ def run(
                 groups = shape.channels if depthwise else 1
                 for pass_name, job in _layer_fns(shape, dtype, cand, via, key, passes, forward, groups).items():
                     jobs[(cand.label, pass_name)] = job
+            t0 = time.perf_counter()
             compiled = common.compile_all(jobs, max_workers=compile_workers)
+            compile_s = time.perf_counter() - t0
             for name, exe in compiled.items():
                 args = jobs[name][1]
                 calls[name] = lambda exe=exe, args=args: exe(*args)
@@ -299,6 +302,7 @@ def run(
                     "warmup": warmup,
                     "repeats": repeats,
                     "inner": inner,
+                    "group_compile_s": compile_s,
                 }
                 report.write(rec)
                 records.append(rec)

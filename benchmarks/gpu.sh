@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurement (H100/H200-class), in two commands of about 5 minutes:
 #
-#   bash benchmarks/gpu.sh OUT_DIR                              # steps 1-5: the targets
-#   bash benchmarks/gpu.sh OUT_DIR2 210 --steps 6,7,8,9,10      # bfloat16, formulations, the rest
+#   bash benchmarks/gpu.sh OUT_DIR                              # steps 1-5: SNGAN, ResNet-56, Table 1, layers
+#   bash benchmarks/gpu.sh OUT_DIR2 210 --steps 6,7,8,9,10      # bfloat16 layers, formulations, the rest
 #
 # Runs `python -m benchmarks.all --gpu` from the repository root with a
 # wall-clock budget in seconds (default 210: a step or network group already

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -323,9 +324,11 @@ def run(
             continue
         with common.force_implementation(implementation):
             built = {c.label: c.make() for c in members}
+            t0 = time.perf_counter()
             compiled = common.compile_all(
                 {c.label: (built[c.label][0], built[c.label][1:]) for c in members}, max_workers=compile_workers
             )
+            compile_s = time.perf_counter() - t0
         calls = {}
         for c in members:
             exe, (_, state, data) = compiled[c.label], built[c.label]
@@ -360,6 +363,7 @@ def run(
                 "warmup": warmup,
                 "repeats": repeats,
                 "inner": inner,
+                "group_compile_s": compile_s,
             }
             report.write(rec)
             records.append(rec)

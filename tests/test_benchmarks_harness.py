@@ -100,7 +100,7 @@ def test_conv_bench_tiny_emits_jsonl_and_tables(tmp_path):
     assert [r["label"] for r in rows] == ["C3", "C2sp"]
     for r in rows:
         assert (r["N"], r["HW"], r["C"], r["F"], r["dtype"]) == (2, 8, 8, 8, "float32")
-        for field in ("fwd_ms", "fwdbwd_ms", "fwdbwd_cpu_ms"):
+        for field in ("fwd_ms", "fwdbwd_ms", "fwdbwd_cpu_ms", "group_compile_s"):
             assert np.isfinite(r[field]) and r[field] > 0
         assert r["fwdbwd_temp_bytes"] is None or r["fwdbwd_temp_bytes"] >= 0
     assert rows[0]["fwdbwd_vs_C3"] == 1.0 and rows[0]["auto_choice"] is None
@@ -145,6 +145,7 @@ def test_models_run_emits_records_and_table(tmp_path):
     assert [(r["group"], r["label"], r["first"]) for r in records] == [("toy/b2", "C3", "C3"), ("toy/b2", "C2sp", "C3")]
     for r in records:
         assert r["images_per_s"] > 0 and r["step_ms"] > 0 and r["batch"] == 2 and r["repeats"] == 2
+        assert r["group_compile_s"] > 0
     assert records[0]["speed_vs_first"] == 1.0
     table = _table_rows(models.markdown(records), "images/s")
     assert table[0] == ["model", "images/s", "speed vs C3 (x)", "temp MB", "temp vs C3 (x)"]
@@ -180,11 +181,11 @@ def test_conv_without_forward_programs(tmp_path):
 
 
 def test_all_tiny_first_step_and_deadline(tmp_path):
-    bench_all.main(["--tiny", "--out", str(tmp_path), "--steps", "1", "--repeats", "1"])
+    bench_all.main(["--tiny", "--out", str(tmp_path), "--steps", "5", "--repeats", "1"])
     records = _read_jsonl(tmp_path / "results.jsonl")
     assert records[0]["record"] == "environment" and records[0]["size"] == "tiny"
     assert {r["label"] for r in records if r["record"] == "conv"} == set(sympad.KINDS)
-    assert "## 1. Layer, float32, every kind" in (tmp_path / "results.md").read_text()
+    assert "## 5. Layer, float32, every kind" in (tmp_path / "results.md").read_text()
     # An expired budget skips everything and says so.
     skipped = tmp_path / "skipped"
     bench_all.main(["--tiny", "--out", str(skipped), "--deadline", "0", "--steps", "1,2"])
