@@ -64,6 +64,9 @@ tests run every one of them against a NumPy reference, values and gradients:
 ``depthwise_taps``  depthwise convs only (else ``pad_select``): a sum over taps of
                     shifted slices of the select-padded input times per-channel
                     weights; no conv at all.
+``im2col``          the taps' windows of the select-padded input side by side and
+                    one matmul over ``prod(k) * C``; ungrouped convs only (else
+                    ``pad_select``).
 =================== ==============================================================
 
 ``'auto'`` picks by backend, rank, kernel size, channels and feature groups
@@ -98,7 +101,7 @@ __all__ = [
 
 Implementation = Literal[
     "auto", "pad_select", "pad_concat", "group_sum", "select_crop", "split_grad", "split_dw", "embed",
-    "depthwise_taps",
+    "depthwise_taps", "im2col",
 ]
 #: Formulations of :func:`sym_pad_conv`; ``'auto'`` picks one per call.
 IMPLEMENTATIONS: tuple[str, ...] = (
@@ -111,6 +114,7 @@ IMPLEMENTATIONS: tuple[str, ...] = (
     "split_dw",
     "embed",
     "depthwise_taps",
+    "im2col",
 )
 
 _CHANNELS_LAST = {
@@ -623,6 +627,38 @@ def _conv_depthwise_taps(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: 
     return y.astype(geo.preferred_element_type or jnp.result_type(x.dtype, kernel.dtype))
 
 
+def _conv_im2col(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) -> jax.Array:
+    """The taps' shifted windows of the select-padded input side by side, one matmul.
+
+    ``cols[..., tap * C + c]`` is channel ``c`` of the window of ``tap``, so
+    ``y = cols @ kernel.reshape(-1, F)``: the conv as a single GEMM over
+    ``prod(k) * C``, at the cost of a copy ``prod(k)`` times the input's size.
+    Ungrouped convs only (else ``pad_select``).
+    """
+    if geo.feature_group_count != 1:
+        return _conv_pad_select(x, kernel, geo, conv)
+    ndim = len(geo.totals)
+    kernel_size = kernel.shape[:-2]
+    dilation = tuple(t // (k - 1) if k > 1 else 1 for t, k in zip(geo.totals, kernel_size))
+    xp = _select_pad(x, geo.totals, geo.dirs, range(ndim))
+    out_sizes = [-(-n // s) for n, s in zip(x.shape[1:-1], geo.strides)]
+    windows = []
+    for tap in itertools.product(*(range(k) for k in kernel_size)):
+        start = (0,) + tuple(a * d for a, d in zip(tap, dilation)) + (0,)
+        limit = (xp.shape[0],) + tuple(
+            st + (o - 1) * s + 1 for st, o, s in zip(start[1:-1], out_sizes, geo.strides)
+        ) + (xp.shape[-1],)
+        windows.append(lax.slice(xp, start, limit, (1,) + tuple(geo.strides) + (1,)))
+    cols = jnp.concatenate(windows, axis=-1)
+    return lax.dot_general(
+        cols,
+        kernel.reshape(-1, kernel.shape[-1]),
+        (((cols.ndim - 1,), (0,)), ((), ())),
+        precision=conv.keywords.get("precision"),
+        preferred_element_type=geo.preferred_element_type,
+    )
+
+
 def _kernel_dirs(dirs: np.ndarray, in_per_group: int, features: int, groups: int) -> np.ndarray:
     """Directions per kernel entry ``(I, O, ndim)``: input channel ``f * I + i`` for output ``o`` of group ``f``."""
     group_of_output = np.arange(features) // (features // groups)
@@ -695,6 +731,7 @@ _FORMULATIONS: dict[str, Callable[[jax.Array, jax.Array, _Geometry, _Conv], jax.
     "select_crop": _conv_select_crop,
     "embed": _conv_embed,
     "depthwise_taps": _conv_depthwise_taps,
+    "im2col": _conv_im2col,
 }
 # Forward by group_sum (exact convs); input gradient as select_crop's transpose
 # (one padded conv and a select); kernel gradient as group_sum's.

@@ -14,7 +14,7 @@ from jax.test_util import check_grads
 import sympad
 from tests.reference import TABLES, reference_conv, reference_pads
 
-FORMULATIONS = ["pad_select", "pad_concat", "group_sum", "select_crop", "split_grad", "split_dw", "embed"]
+FORMULATIONS = ["pad_select", "pad_concat", "group_sum", "select_crop", "split_grad", "split_dw", "embed", "im2col"]
 
 
 def _random(shape, seed):
@@ -77,7 +77,7 @@ def test_1d_and_3d_every_formulation(implementation, ndim, k, stride, channels):
     _check(x, w, stride, 1, implementation=implementation)
 
 
-@pytest.mark.parametrize("implementation", ["pad_select", "pad_concat", "embed", "depthwise_taps"])
+@pytest.mark.parametrize("implementation", ["pad_select", "pad_concat", "embed", "depthwise_taps", "im2col"])
 @pytest.mark.parametrize("channels,groups,features", [(8, 2, 4), (12, 3, 6), (13 * 2, 2, 4), (6, 6, 6), (5, 5, 10), (12, 4, 8)])
 def test_grouped_and_depthwise_match_reference(implementation, channels, groups, features):
     x = _random((2, 8, 7, channels), seed=channels)
