@@ -5,7 +5,7 @@
     python -m gan.evaluate --workdir=DIR --inception_weights=pt_inception-2015-12-05-6726825d.pth
 
 Samples: an .npz with key 'images', uint8 (N, H, W, 3), as ``python -m gan.sample --workdir=DIR
---num=10000 --out=DIR/samples.npz`` writes (its --out defaults to the current directory). Reference:
+--num=10000`` writes (to ``DIR/samples.npz`` unless --out says otherwise). Reference:
 a ``sympad.data`` dataset name, or ``npz:PATH`` for an .npz of uint8 'images'. Settings come from
 the run's config.json (its ``eval`` and ``data`` blocks, see ``gan.metrics.evaluator``); flags
 override them. Without Inception weights the shipped offline CIFAR-10 network is used, and the

@@ -6,6 +6,8 @@ import dataclasses
 import functools
 import json
 import shutil
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import numpy as np
 import pytest
 
 from configs.gan import sngan_cifar10
-from gan import export, models, sample, train
+from gan import evaluate, export, models, sample, train
 from sympad import data as sdata
 from sympad import runtime
 from sympad.config import run_main
@@ -178,6 +180,23 @@ def test_samples_are_deterministic(trained_workdir):
     # The EMA weights are what gets sampled.
     live = sample.generate_samples(generator, train.generator_variables(state, use_ema=False), num=7, seed=3)
     assert not np.array_equal(a, live)
+
+
+def test_sample_command_writes_next_to_the_run(trained_workdir, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_workdir, workdir)
+    subprocess.run(
+        [sys.executable, "-m", "gan.sample", f"--workdir={workdir}", "--num=5", "--batch=2", "--seed=3",
+         f"--grid={tmp_path / 'grid.png'}", "--grid_num=4"],
+        cwd=REPO, check=True, capture_output=True, timeout=300,
+    )
+    images = np.load(workdir / "samples.npz")["images"]
+    assert images.shape == (5, 8, 8, 3) and images.dtype == np.uint8
+    _, generator, state = train.restore_state(workdir)
+    want = sample.generate_samples(generator, train.generator_variables(state, use_ema=True), num=5, seed=3)
+    np.testing.assert_array_equal(images, want)
+    assert (tmp_path / "grid.png").stat().st_size > 0
+    assert evaluate.find_samples(workdir) == workdir / "samples.npz"
 
 
 def test_exported_generator_matches(trained_workdir, tmp_path):
