@@ -120,6 +120,23 @@ def test_depthwise_taps_bfloat16_accumulates_in_float32():
     np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=0.1, rtol=0.05)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
+@pytest.mark.parametrize("shape,k,groups,dilation", [
+    ((2, 6, 7, 8), 2, 1, 1),      # few channels: CPU pad_concat, GPU embed
+    ((1, 5, 4, 128), 2, 1, 1),    # 128 channels: GPU pad_concat
+    ((1, 5, 6, 8), 4, 1, 1),      # C4sp: CPU select_crop, GPU pad_select
+    ((2, 6, 5, 6), 2, 6, 1),      # depthwise: CPU depthwise_taps
+    ((1, 7, 6, 4), 2, 1, (1, 3)),  # dilated odd axis
+])
+def test_auto_matches_reference_on_every_backend_branch(monkeypatch, backend, shape, k, groups, dilation):
+    # The automatic choice branches on jax.default_backend(); every branch must
+    # pick a formulation that is exact for the call (run here on the CPU).
+    monkeypatch.setattr(sympad.ops.jax, "default_backend", lambda: backend)
+    x = _random(shape, seed=k + groups)
+    w = _random((k, k, shape[-1] // groups, 6 if groups == 1 else shape[-1]), seed=shape[-1])
+    _check(x, w, 1, dilation, groups=groups, tol=2e-5)
+
+
 def test_depthwise_directions_are_balanced_over_the_layer():
     # 10 depthwise channels over 4 directions: 3, 3, 2, 2 channels.
     dirs = sympad.shift_directions(10, (2, 2), feature_group_count=10)
