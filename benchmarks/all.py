@@ -44,7 +44,9 @@ import sympad
 from benchmarks import common, conv, models
 
 #: Formulations compared (the automatic choice is one of them; records name it).
-FORMULATIONS = ("pad_select", "pad_concat", "group_sum", "select_crop", "split_grad", "split_dw", "embed", "im2col")
+FORMULATIONS = (
+    "pad_select", "pad_concat", "group_sum", "select_crop", "concat_crop", "split_grad", "split_dw", "embed", "im2col"
+)
 #: On a GPU the others measured 0.3-0.9x of C3 at every suite shape (BENCHMARKS.md);
 #: im2col (one GEMM) is not measured there yet.
 GPU_FORMULATIONS = ("pad_select", "pad_concat", "embed", "im2col")

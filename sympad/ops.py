@@ -67,12 +67,14 @@ tests run every one of them against a NumPy reference, values and gradients:
 ``im2col``          the taps' windows of the select-padded input side by side and
                     one matmul over ``prod(k) * C``; ungrouped convs only (else
                     ``pad_select``).
+``concat_crop``     ``select_crop`` whose padded copy concatenates padded channel
+                    runs (``pad_concat``'s copy) instead of selecting per channel.
 =================== ==============================================================
 
 ``'auto'`` picks by backend, rank, kernel size, channels and feature groups
 (``_choose``; the measurements are in BENCHMARKS.md): on CPU ``depthwise_taps``
 for depthwise convs, ``pad_concat`` for 2x2 kernels on at most 32 channels, else
-``select_crop``; on GPU, for 2x2
+``concat_crop``; on GPU, for 2x2
 kernels, ``pad_concat`` at 128+ channels, below that ``embed`` for small convs
 and ``pad_select`` for large ones; ``pad_select`` everywhere else.
 """
@@ -101,7 +103,7 @@ __all__ = [
 
 Implementation = Literal[
     "auto", "pad_select", "pad_concat", "group_sum", "select_crop", "split_grad", "split_dw", "embed",
-    "depthwise_taps", "im2col",
+    "depthwise_taps", "im2col", "concat_crop",
 ]
 #: Formulations of :func:`sym_pad_conv`; ``'auto'`` picks one per call.
 IMPLEMENTATIONS: tuple[str, ...] = (
@@ -115,6 +117,7 @@ IMPLEMENTATIONS: tuple[str, ...] = (
     "embed",
     "depthwise_taps",
     "im2col",
+    "concat_crop",
 )
 
 _CHANNELS_LAST = {
@@ -531,7 +534,7 @@ def _conv_group_sum(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv
     return y.astype(x.dtype) if wide else y
 
 
-def _conv_select_crop(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) -> jax.Array:
+def _conv_select_crop(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv, pad=None) -> jax.Array:
     """Like ``pad_select``, but the conv itself pads one axis.
 
     XLA:CPU's convolution runs several times slower with no padding at all
@@ -539,15 +542,17 @@ def _conv_select_crop(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Co
     leave to the conv, the conv appends zeros to the high end of one odd axis
     (the one that wastes least), which adds at most one output row there; it
     is cropped. The low side is untouched, so the kept outputs are exact.
+    ``pad`` builds the per-channel padded copy (default: the select).
     """
+    pad = pad or _select_pad
     ndim = len(geo.totals)
     odd = [a for a, t in enumerate(geo.totals) if t % 2]
     even = [a for a, t in enumerate(geo.totals) if t % 2 == 0 and t > 0]
     if even:
-        xp = _select_pad(x, geo.totals, geo.dirs, odd)
+        xp = pad(x, geo.totals, geo.dirs, odd)
         padding = [(t // 2, t // 2) if a in even else (0, 0) for a, t in enumerate(geo.totals)]
         return conv(xp, kernel, padding=padding, feature_group_count=geo.feature_group_count)
-    xp = _select_pad(x, geo.totals, geo.dirs, range(ndim))
+    xp = pad(x, geo.totals, geo.dirs, range(ndim))
     sizes = x.shape[1:-1]
     # Least waste first, then the longest axis (smallest relative overhang).
     _, extra, axis = min((_overhang(sizes[a], geo.strides[a]) + (a,) for a in odd), key=lambda r: (r[0], -sizes[r[2]]))
@@ -556,6 +561,36 @@ def _conv_select_crop(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Co
     y = conv(xp, kernel, padding=padding, feature_group_count=geo.feature_group_count)
     keep = -(-sizes[axis] // geo.strides[axis])
     return lax.slice_in_dim(y, 0, keep, axis=axis + 1)
+
+
+def _concat_pad(x: jax.Array, totals: Sequence[int], dirs: np.ndarray, axes: Sequence[int]) -> jax.Array:
+    """``_select_pad``'s result as pads of channel runs, concatenated.
+
+    XLA:CPU runs the select slowly (bfloat16: 9.4 ms vs 0.46 ms for this at
+    (32,32,32,64)), the concatenate of a few contiguous runs fast. Channels
+    whose directions rotate (fewer channels than directions, many runs) keep
+    the select.
+    """
+    axes = list(axes)
+    totals_np = np.asarray(totals)
+    sel = np.zeros(len(totals), bool)
+    sel[axes] = True
+    low = np.where(sel, totals_np // 2 + (dirs < 0), 0)
+    high = np.where(sel, totals_np // 2 + (dirs > 0), 0)
+    pads = np.stack([low, high], axis=-1)
+    runs = _runs(pads)
+    if len(runs) > _MAX_CONCAT_RUNS:
+        return _select_pad(x, totals, dirs, axes)
+    pieces = [
+        jnp.pad(lax.slice_in_dim(x, a, b, axis=x.ndim - 1), [(0, 0)] + [tuple(int(v) for v in p) for p in pads[a]] + [(0, 0)])
+        for a, b in runs
+    ]
+    return jnp.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
+
+
+def _conv_concat_crop(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) -> jax.Array:
+    """``select_crop`` with the padded copy built by concatenating channel runs."""
+    return _conv_select_crop(x, kernel, geo, conv, pad=_concat_pad)
 
 
 def _overhang(size: int, stride: int) -> tuple[float, int]:
@@ -732,6 +767,7 @@ _FORMULATIONS: dict[str, Callable[[jax.Array, jax.Array, _Geometry, _Conv], jax.
     "embed": _conv_embed,
     "depthwise_taps": _conv_depthwise_taps,
     "im2col": _conv_im2col,
+    "concat_crop": _conv_concat_crop,
 }
 # Forward by group_sum (exact convs); input gradient as select_crop's transpose
 # (one padded conv and a select); kernel gradient as group_sum's.
@@ -741,6 +777,8 @@ _FORMULATIONS["split_grad"] = _hybrid("group_sum", "select_crop", "group_sum")
 _FORMULATIONS["split_dw"] = _hybrid("select_crop", "select_crop", "group_sum")
 
 _UNGROUPED_ONLY = ("group_sum",)
+#: Above this many runs of equal pads (rotating directions), _concat_pad selects instead.
+_MAX_CONCAT_RUNS = 16
 
 #: N*H*W*C*F from which a C2sp conv with few channels is large enough on a GPU
 #: for the FLOPs saved to show: (256,56,56,64->64) is 3.3e9 (pad_select 1.35x
@@ -765,12 +803,14 @@ def _choose(implementation: str, x: jax.Array, kernel: jax.Array, feature_group_
         return "depthwise_taps"
     if jax.default_backend() == "cpu" and len(x.shape) == 4 and feature_group_count == 1:
         # XLA:CPU runs 2D convs through YNNPACK, 2-3x slower when the conv
-        # itself pads nothing (pad_select's VALID conv): select_crop lets the
-        # conv pad one axis. For 2x2 kernels on few channels pad_concat's VALID
-        # conv measured faster still.
+        # itself pads nothing (pad_select's VALID conv): the *_crop
+        # formulations let the conv pad one axis, and concat_crop builds the
+        # padded copy without XLA:CPU's slow per-channel select (SNGAN step
+        # 0.91x C3 vs 0.86x with select_crop). For 2x2 kernels on few channels
+        # pad_concat's VALID conv measured faster still.
         if max(kernel.shape[:2]) <= 2 and x.shape[-1] <= 32:
             return "pad_concat"
-        return "select_crop"
+        return "concat_crop"
     if jax.default_backend() == "gpu" and len(x.shape) == 4 and feature_group_count == 1 and max(kernel.shape[:2]) <= 2:
         # H200, float32 (BENCHMARKS.md). 128+ channels: pad_concat's copy is as
         # cheap as plain C2's own padding (within 0-5 % of C2; pad_select 3-10 %

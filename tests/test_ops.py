@@ -14,7 +14,9 @@ from jax.test_util import check_grads
 import sympad
 from tests.reference import TABLES, reference_conv, reference_pads
 
-FORMULATIONS = ["pad_select", "pad_concat", "group_sum", "select_crop", "split_grad", "split_dw", "embed", "im2col"]
+FORMULATIONS = [
+    "pad_select", "pad_concat", "group_sum", "select_crop", "split_grad", "split_dw", "embed", "im2col", "concat_crop",
+]
 
 
 def _random(shape, seed):
@@ -77,7 +79,7 @@ def test_1d_and_3d_every_formulation(implementation, ndim, k, stride, channels):
     _check(x, w, stride, 1, implementation=implementation)
 
 
-@pytest.mark.parametrize("implementation", ["pad_select", "pad_concat", "embed", "depthwise_taps", "im2col"])
+@pytest.mark.parametrize("implementation", ["pad_select", "pad_concat", "embed", "depthwise_taps", "im2col", "concat_crop"])
 @pytest.mark.parametrize("channels,groups,features", [(8, 2, 4), (12, 3, 6), (13 * 2, 2, 4), (6, 6, 6), (5, 5, 10), (12, 4, 8)])
 def test_grouped_and_depthwise_match_reference(implementation, channels, groups, features):
     x = _random((2, 8, 7, channels), seed=channels)
@@ -123,6 +125,7 @@ def test_depthwise_taps_bfloat16_accumulates_in_float32():
 @pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
 @pytest.mark.parametrize("shape,k,groups,dilation", [
     ((2, 6, 7, 8), 2, 1, 1),      # few channels: CPU pad_concat, GPU embed
+    ((1, 6, 5, 40), 2, 1, 1),     # CPU concat_crop
     ((1, 5, 4, 128), 2, 1, 1),    # 128 channels: GPU pad_concat
     ((1, 5, 6, 8), 4, 1, 1),      # C4sp: CPU select_crop, GPU pad_select
     ((2, 6, 5, 6), 2, 6, 1),      # depthwise: CPU depthwise_taps
