@@ -641,25 +641,35 @@ def _conv_depthwise_taps(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: 
     channels, features = x.shape[-1], kernel.shape[-1]
     if geo.feature_group_count != channels or kernel.shape[-2] != 1:
         return _conv_pad_select(x, kernel, geo, conv)
-    ndim = len(geo.totals)
-    kernel_size = kernel.shape[:-2]
-    dilation = tuple(t // (k - 1) if k > 1 else 1 for t, k in zip(geo.totals, kernel_size))
-    xp = _select_pad(x, geo.totals, geo.dirs, range(ndim))
+    xp = _select_pad(x, geo.totals, geo.dirs, range(len(geo.totals)))
     if features != channels:
         xp = jnp.repeat(xp, features // channels, axis=-1)  # output c*m + j reads input c
-    out_sizes = [-(-n // s) for n, s in zip(x.shape[1:-1], geo.strides)]
     wide = jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32
     acc_dtype = geo.preferred_element_type or (jnp.float32 if wide else jnp.result_type(x.dtype, kernel.dtype))
     y = None
-    for tap in itertools.product(*(range(k) for k in kernel_size)):
-        start = (0,) + tuple(a * d for a, d in zip(tap, dilation)) + (0,)
-        limit = (xp.shape[0],) + tuple(
-            st + (o - 1) * s + 1 for st, o, s in zip(start[1:-1], out_sizes, geo.strides)
-        ) + (features,)
-        window = lax.slice(xp, start, limit, (1,) + tuple(geo.strides) + (1,))
+    for tap, window in _tap_windows(xp, kernel.shape[:-2], geo, x.shape[1:-1]):
         term = window.astype(acc_dtype) * kernel[tap + (0,)].astype(acc_dtype)
         y = term if y is None else y + term
     return y.astype(geo.preferred_element_type or jnp.result_type(x.dtype, kernel.dtype))
+
+
+def _tap_windows(
+    xp: jax.Array, kernel_size: Sequence[int], geo: _Geometry, in_sizes: Sequence[int]
+) -> list[tuple[tuple[int, ...], jax.Array]]:
+    """``(tap, window)`` for every kernel tap: the strided slice of the padded
+    input ``xp`` that the tap multiplies, shape ``(N, *ceil(in_sizes / strides), C)``."""
+    dilation = [t // (k - 1) if k > 1 else 1 for t, k in zip(geo.totals, kernel_size)]
+    out_sizes = [-(-n // s) for n, s in zip(in_sizes, geo.strides)]
+    windows = []
+    for tap in itertools.product(*(range(k) for k in kernel_size)):
+        start = (0,) + tuple(a * d for a, d in zip(tap, dilation)) + (0,)
+        limit = (
+            (xp.shape[0],)
+            + tuple(st + (o - 1) * s + 1 for st, o, s in zip(start[1:-1], out_sizes, geo.strides))
+            + (xp.shape[-1],)
+        )
+        windows.append((tap, lax.slice(xp, start, limit, (1,) + tuple(geo.strides) + (1,))))
+    return windows
 
 
 def _conv_im2col(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) -> jax.Array:
@@ -672,19 +682,8 @@ def _conv_im2col(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) -
     """
     if geo.feature_group_count != 1:
         return _conv_pad_select(x, kernel, geo, conv)
-    ndim = len(geo.totals)
-    kernel_size = kernel.shape[:-2]
-    dilation = tuple(t // (k - 1) if k > 1 else 1 for t, k in zip(geo.totals, kernel_size))
-    xp = _select_pad(x, geo.totals, geo.dirs, range(ndim))
-    out_sizes = [-(-n // s) for n, s in zip(x.shape[1:-1], geo.strides)]
-    windows = []
-    for tap in itertools.product(*(range(k) for k in kernel_size)):
-        start = (0,) + tuple(a * d for a, d in zip(tap, dilation)) + (0,)
-        limit = (xp.shape[0],) + tuple(
-            st + (o - 1) * s + 1 for st, o, s in zip(start[1:-1], out_sizes, geo.strides)
-        ) + (xp.shape[-1],)
-        windows.append(lax.slice(xp, start, limit, (1,) + tuple(geo.strides) + (1,)))
-    cols = jnp.concatenate(windows, axis=-1)
+    xp = _select_pad(x, geo.totals, geo.dirs, range(len(geo.totals)))
+    cols = jnp.concatenate([w for _, w in _tap_windows(xp, kernel.shape[:-2], geo, x.shape[1:-1])], axis=-1)
     return lax.dot_general(
         cols,
         kernel.reshape(-1, kernel.shape[-1]),
