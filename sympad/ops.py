@@ -292,10 +292,12 @@ def symmetric_pad(
 
 
 def _pad_select(x: jax.Array, kernel_size, dilation, feature_group_count) -> jax.Array:
-    """Pads every spatial axis; the odd extra zero per channel by a select."""
+    """Pads every spatial axis; the odd extra zero per channel by a select
+    (on CPU by concatenating channel runs, which XLA:CPU runs faster)."""
     totals = _total_pads(kernel_size, dilation)
     dirs = shift_directions(x.shape[-1], kernel_size, kernel_dilation=dilation, feature_group_count=feature_group_count)
-    return _select_pad(x, totals, dirs, range(len(totals)))
+    pad = _concat_pad if jax.default_backend() == "cpu" else _select_pad
+    return pad(x, totals, dirs, range(len(totals)))
 
 
 def _pad_axis(x: jax.Array, axis: int, low: int, high: int) -> jax.Array:

@@ -193,6 +193,18 @@ def test_symmetric_pad_then_valid_conv():
     assert float(jnp.abs(xp[:, 0, :-1, 0]).min()) > 0 and float(jnp.abs(xp[:, :-1, 0, 0]).min()) > 0
 
 
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])  # concat of channel runs / per-channel select
+@pytest.mark.parametrize("channels,k,groups", [(5, 2, 1), (13, 4, 1), (6, 2, 6), (12, 2, 3)])
+def test_symmetric_pad_matches_reference_pads(monkeypatch, backend, channels, k, groups):
+    monkeypatch.setattr(sympad.ops.jax, "default_backend", lambda: backend)
+    x = _random((2, 6, 7, channels), seed=channels)
+    got = np.asarray(sympad.symmetric_pad(x, (k, k), feature_group_count=groups))
+    pads = reference_pads(channels, (k, k), (1, 1), groups)
+    for c in range(channels):
+        want = np.pad(x[..., c], [(0, 0)] + [tuple(p) for p in pads[c]])
+        np.testing.assert_array_equal(got[..., c], want)
+
+
 @pytest.mark.parametrize("k,dilation", [(3, 1), (5, 1), (3, 2), (2, 2), (4, 2)])
 def test_even_total_padding_is_plain_same(k, dilation):
     x = _random((2, 9, 8, 6), seed=k)
