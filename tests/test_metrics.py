@@ -239,6 +239,18 @@ def test_shipped_offline_weights():
     assert net.name == "offline_cifar10" and net.identity["test_accuracy"] == meta["test_accuracy"]
 
 
+def test_offline_weights_round_trip_as_float16(tmp_path):
+    variables = offline.random_variables(3)
+    offline.save_offline_weights(tmp_path / "w.npz", variables, metadata={"name": "x"})
+    loaded, meta = offline.load_offline_weights(tmp_path / "w.npz")
+    assert meta == {"name": "x"}
+    with np.load(tmp_path / "w.npz") as f:
+        assert {f[k].dtype for k in f.files if k != "__metadata__"} == {np.dtype(np.float16)}
+    for want, got in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(loaded)):
+        assert got.dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want, np.float16).astype(np.float32))
+
+
 @pytest.mark.skipif(SHARED_DATA is None, reason="shared/data (CIFAR-10 JPEG folders) not present")
 def test_shipped_offline_weights_accuracy_on_cifar10_test(tmp_path):
     """Re-measures the recorded test accuracy on 500 CIFAR-10 test images."""
