@@ -235,12 +235,17 @@ def channel_pads(
     """Zero padding ``(low, high)`` per channel and axis, shape ``(C, ndim, 2)``."""
     kernel_size = tuple(kernel_size)
     dilation = _as_tuple(kernel_dilation, len(kernel_size), "kernel_dilation")
-    totals = np.asarray(_total_pads(kernel_size, dilation))
-    dirs = shift_directions(
-        channels, kernel_size, kernel_dilation=dilation, feature_group_count=feature_group_count
-    ).astype(np.int64)
-    low = totals // 2 + (dirs < 0)
-    high = totals // 2 + (dirs > 0)
+    dirs = shift_directions(channels, kernel_size, kernel_dilation=dilation, feature_group_count=feature_group_count)
+    return _pads_from(_total_pads(kernel_size, dilation), dirs)
+
+
+def _pads_from(totals: Sequence[int], dirs: np.ndarray, axes: Sequence[int] | None = None) -> np.ndarray:
+    """``(low, high)`` per channel and axis, shape ``(C, ndim, 2)``; ``(0, 0)`` on axes not in ``axes``."""
+    totals = np.asarray(totals)
+    keep = np.ones(len(totals), bool) if axes is None else np.isin(np.arange(len(totals)), list(axes))
+    dirs = dirs.astype(np.int64)
+    low = np.where(keep, totals // 2 + (dirs < 0), 0)
+    high = np.where(keep, totals // 2 + (dirs > 0), 0)
     return np.stack([low, high], axis=-1)
 
 
@@ -494,6 +499,9 @@ class _Geometry:
     preferred_element_type: Any = None
 
 
+#: Above this many runs of equal pads (rotating directions), _concat_pad selects instead.
+_MAX_CONCAT_RUNS = 16
+
 _Conv = Callable[..., jax.Array]  # lax.conv_general_dilated with all but (lhs, rhs, padding, groups) bound
 
 
@@ -505,12 +513,7 @@ def _conv_pad_select(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Con
 
 def _conv_pad_concat(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) -> jax.Array:
     """The paper's Figure 1: pad each channel group, concatenate, a VALID conv."""
-    pads = _channel_pads_from(geo)
-    pieces = []
-    for start, stop in _runs(pads):
-        piece = lax.slice_in_dim(x, start, stop, axis=x.ndim - 1)
-        pieces.append(jnp.pad(piece, [(0, 0)] + [tuple(int(v) for v in p) for p in pads[start]] + [(0, 0)]))
-    xp = jnp.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
+    xp = _concat_pad(x, geo.totals, geo.dirs, range(len(geo.totals)), max_runs=None)
     return conv(xp, kernel, padding="VALID", feature_group_count=geo.feature_group_count)
 
 
@@ -520,7 +523,7 @@ def _conv_group_sum(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv
     Partial sums of 16-bit inputs are kept in float32 (unless an output type
     was asked for), so the result is rounded once, as a single conv's is.
     """
-    pads = _channel_pads_from(geo)
+    pads = _pads_from(geo.totals, geo.dirs)
     wide = (
         geo.preferred_element_type is None
         and jnp.issubdtype(x.dtype, jnp.floating)
@@ -565,23 +568,23 @@ def _conv_select_crop(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Co
     return lax.slice_in_dim(y, 0, keep, axis=axis + 1)
 
 
-def _concat_pad(x: jax.Array, totals: Sequence[int], dirs: np.ndarray, axes: Sequence[int]) -> jax.Array:
+def _concat_pad(
+    x: jax.Array,
+    totals: Sequence[int],
+    dirs: np.ndarray,
+    axes: Sequence[int],
+    max_runs: int | None = _MAX_CONCAT_RUNS,
+) -> jax.Array:
     """``_select_pad``'s result as pads of channel runs, concatenated.
 
     XLA:CPU runs the select slowly (bfloat16: 9.4 ms vs 0.46 ms for this at
-    (32,32,32,64)), the concatenate of a few contiguous runs fast. Channels
-    whose directions rotate (fewer channels than directions, many runs) keep
-    the select.
+    (32,32,32,64)), the concatenate of a few contiguous runs fast. With more
+    than ``max_runs`` runs (directions rotating over single channels) it
+    selects instead.
     """
-    axes = list(axes)
-    totals_np = np.asarray(totals)
-    sel = np.zeros(len(totals), bool)
-    sel[axes] = True
-    low = np.where(sel, totals_np // 2 + (dirs < 0), 0)
-    high = np.where(sel, totals_np // 2 + (dirs > 0), 0)
-    pads = np.stack([low, high], axis=-1)
+    pads = _pads_from(totals, dirs, axes)
     runs = _runs(pads)
-    if len(runs) > _MAX_CONCAT_RUNS:
+    if max_runs is not None and len(runs) > max_runs:
         return _select_pad(x, totals, dirs, axes)
     pieces = [
         jnp.pad(lax.slice_in_dim(x, a, b, axis=x.ndim - 1), [(0, 0)] + [tuple(int(v) for v in p) for p in pads[a]] + [(0, 0)])
@@ -743,13 +746,6 @@ def _hybrid(primal: str, tangent_x: str, tangent_w: str) -> Callable[[jax.Array,
     return formulation
 
 
-def _channel_pads_from(geo: _Geometry) -> np.ndarray:
-    """``(low, high)`` per channel and axis, shape ``(C, ndim, 2)``."""
-    totals = np.asarray(geo.totals)
-    dirs = geo.dirs.astype(np.int64)
-    return np.stack([totals // 2 + (dirs < 0), totals // 2 + (dirs > 0)], axis=-1)
-
-
 def _runs(pads: np.ndarray) -> list[tuple[int, int]]:
     """``[start, stop)`` of the maximal runs of channels with equal pads."""
     runs, start = [], 0
@@ -778,8 +774,6 @@ _FORMULATIONS["split_grad"] = _hybrid("group_sum", "select_crop", "group_sum")
 _FORMULATIONS["split_dw"] = _hybrid("select_crop", "select_crop", "group_sum")
 
 _UNGROUPED_ONLY = ("group_sum",)
-#: Above this many runs of equal pads (rotating directions), _concat_pad selects instead.
-_MAX_CONCAT_RUNS = 16
 
 #: N*H*W*C*F from which a C2sp conv with few channels is large enough on a GPU
 #: for the FLOPs saved to show: (256,56,56,64->64) is 3.3e9 (pad_select 1.35x
@@ -809,7 +803,7 @@ def _choose(implementation: str, x: jax.Array, kernel: jax.Array, feature_group_
         # padded copy without XLA:CPU's slow per-channel select (SNGAN step
         # 0.91x C3 vs 0.86x with select_crop). For 2x2 kernels on few channels
         # pad_concat's VALID conv measured faster still.
-        if max(kernel.shape[:2]) <= 2 and x.shape[-1] <= 32:
+        if max(kernel.shape[:2]) <= 2 and channels <= 32:
             return "pad_concat"
         return "concat_crop"
     if jax.default_backend() == "gpu" and len(x.shape) == 4 and feature_group_count == 1 and max(kernel.shape[:2]) <= 2:
@@ -819,8 +813,8 @@ def _choose(implementation: str, x: jax.Array, kernel: jax.Array, feature_group_
         # (C2 itself 0.76-1.11x C3), so embed runs C3's conv with no padded
         # copy (ResNet-56 step 1.08x C3 vs 1.02x, less memory); a large one
         # still does, and pad_select's copy costs least there.
-        if x.shape[-1] >= 128:
+        if channels >= 128:
             return "pad_concat"
-        work = np.prod(x.shape[:-1], dtype=np.int64) * x.shape[-1] * kernel.shape[-1]
+        work = np.prod(x.shape[:-1], dtype=np.int64) * channels * kernel.shape[-1]
         return "pad_select" if work >= _GPU_LARGE_CONV else "embed"
     return "pad_select"
