@@ -76,7 +76,10 @@ tests run every one of them against a NumPy reference, values and gradients:
 for depthwise convs, ``pad_concat`` for 2x2 kernels on at most 32 channels, else
 ``concat_crop``; on GPU, for 2x2
 kernels, ``pad_concat`` at 128+ channels, below that ``embed`` for small convs
-and ``pad_select`` for large ones; ``pad_select`` everywhere else.
+and ``pad_select`` for large ones; ``pad_select`` everywhere else. On CPU,
+``'auto'`` also computes bfloat16/float16 calls in float32 (XLA:CPU's 16-bit
+elementwise code is slow; its convs compute in float32 anyway) and rounds the
+output once, to the input dtype: the same bits, faster.
 """
 
 from __future__ import annotations
@@ -472,7 +475,16 @@ def sym_pad_conv(
             feature_group_count=feature_group_count,
             preferred_element_type=preferred_element_type,
         )
-        y = _FORMULATIONS[impl](x, kernel, geometry, conv)
+        work_dtype = _work_dtype(implementation, x, kernel)
+        if work_dtype is None:
+            y = _FORMULATIONS[impl](x, kernel, geometry, conv)
+        else:
+            out_dtype = preferred_element_type or x.dtype
+            geometry = dataclasses.replace(geometry, preferred_element_type=None)
+            y = _FORMULATIONS[impl](
+                x.astype(work_dtype), kernel.astype(work_dtype), geometry,
+                functools.partial(conv, preferred_element_type=None),
+            ).astype(out_dtype)
     return _to_layout(y, canon_out, out_spec)
 
 
@@ -779,6 +791,22 @@ _UNGROUPED_ONLY = ("group_sum",)
 #: for the FLOPs saved to show: (256,56,56,64->64) is 3.3e9 (pad_select 1.35x
 #: C3, embed 1.01x), (32,32,32,64->64) 1.3e8 (0.93x and 0.99x).
 _GPU_LARGE_CONV = 2**30
+
+
+def _work_dtype(implementation: str, x: jax.Array, kernel: jax.Array) -> Any:
+    """float32 where ``'auto'`` computes a 16-bit float conv in float32, else None.
+
+    XLA:CPU has no fast 16-bit elementwise code: building the padded copy in
+    bfloat16 cost more than the conv it saves (C2sp 0.8-1.0x C3 at 16-64
+    channels, where plain C2 is 1.6-2.2x), while its convs compute in float32
+    anyway. Converting the operands first makes the copy a float32 one; the
+    output is rounded once, to ``preferred_element_type`` or the input dtype.
+    Explicit formulations compute in the dtype they are given.
+    """
+    low = (jnp.bfloat16, jnp.float16)
+    if implementation == "auto" and jax.default_backend() == "cpu" and x.dtype == kernel.dtype and x.dtype in low:
+        return jnp.float32
+    return None
 
 
 def _choose(implementation: str, x: jax.Array, kernel: jax.Array, feature_group_count: int) -> str:

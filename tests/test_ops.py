@@ -283,6 +283,57 @@ def test_bfloat16_close_to_float32():
     assert y32.dtype == jnp.float32
 
 
+def _intermediate_dtypes(fn, *args) -> set[str]:
+    """Float dtypes of the 4D arrays a traced ``fn`` computes (conversions aside)."""
+    closed = jax.make_jaxpr(fn)(*args)
+    found: set[str] = set()
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            for param in eqn.params.values():  # into custom_jvp / pjit bodies
+                for inner in param if isinstance(param, (list, tuple)) else [param]:
+                    if hasattr(inner, "jaxpr"):
+                        walk(inner.jaxpr)
+            if eqn.primitive.name != "convert_element_type":
+                found.update(
+                    str(v.aval.dtype) for v in eqn.outvars if v.aval.ndim == 4 and jnp.issubdtype(v.aval.dtype, jnp.floating)
+                )
+
+    walk(closed.jaxpr)
+    return found
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("shape,groups", [((2, 6, 7, 8), 1), ((1, 6, 5, 40), 1), ((2, 6, 5, 6), 6)])
+def test_auto_on_cpu_computes_16_bit_convs_in_float32(monkeypatch, dtype, shape, groups):
+    # XLA:CPU builds padded copies slowly in 16 bits, so 'auto' converts the
+    # operands first; the result is rounded once, to the input dtype.
+    monkeypatch.setattr(sympad.ops.jax, "default_backend", lambda: "cpu")
+    x = _random(shape, seed=3)
+    w = _random((2, 2, shape[-1] // groups, 6 if groups == 1 else shape[-1]), seed=4)
+    g = _random(shape[:-1] + (w.shape[-1],), seed=5)
+    x16, w16, g16 = (jnp.asarray(a, dtype) for a in (x, w, g))
+
+    def conv(a, b, implementation="auto"):
+        return sympad.sym_pad_conv(a, b, feature_group_count=groups, implementation=implementation)
+
+    y, pullback = jax.vjp(conv, x16, w16)
+    dx, dw = pullback(g16)
+    assert (y.dtype, dx.dtype, dw.dtype) == (dtype, dtype, dtype)
+    # Against the float64 reference on the same 16-bit operands: one rounding.
+    x_in, w_in = np.asarray(x16, np.float64), np.asarray(w16, np.float64)
+    np.testing.assert_allclose(np.asarray(y, np.float64), reference_conv(x_in, w_in, (1, 1), (1, 1), groups), rtol=1e-2, atol=1e-2)
+    want_dx, want_dw = jax.vjp(lambda a, b: conv(a, b, "pad_select"), x16.astype(jnp.float32), w16.astype(jnp.float32))[1](
+        g16.astype(jnp.float32)
+    )
+    np.testing.assert_allclose(np.asarray(dx, np.float32), want_dx, rtol=1e-2, atol=2e-2)
+    np.testing.assert_allclose(np.asarray(dw, np.float32), want_dw, rtol=1e-2, atol=2e-2)
+    assert _intermediate_dtypes(conv, x16, w16) == {"float32"}
+    # An explicit formulation computes in the dtype it is given.
+    assert jnp.dtype(dtype).name in _intermediate_dtypes(lambda a, b: conv(a, b, "pad_select"), x16, w16)
+    assert sympad.sym_pad_conv(x16, w16, feature_group_count=groups, preferred_element_type=jnp.float32).dtype == jnp.float32
+
+
 def _impulse_centroid(kind: str, layers: int, channels: int = 8, size: int = 41) -> np.ndarray:
     """Centroid (row, col) of the response of a stack of all-ones linear layers to a centre impulse."""
     k = sympad.parse_kind(kind)
