@@ -1,25 +1,29 @@
 """Every benchmark in one command, most important first, inside a wall-clock budget.
 
-    python -m benchmarks.all --gpu --out results/ --deadline 210   # H100/H200: see benchmarks/gpu.sh
-    python -m benchmarks.all --out /tmp/bench                        # CPU-sized
-    python -m benchmarks.all --tiny --out /tmp/bench                 # smoke test
+    python -m benchmarks.all --gpu --out results/ --deadline 200 --resume   # H100/H200: see benchmarks/gpu.sh
+    python -m benchmarks.all --out /tmp/bench                                # CPU-sized
+    python -m benchmarks.all --tiny --out /tmp/bench                         # smoke test
 
-Writes ``results.jsonl`` (one environment record, then one record per
+Writes ``results.jsonl`` (one environment record per run, then one record per
 measurement, ``{"record": "skipped", ...}`` for what the budget left out) and
 ``results.md`` (the markdown tables of every step) under ``--out``.
+``--resume`` continues an earlier run into the same ``--out`` on the same
+device: groups already measured are not measured again, a group that two runs
+started and neither finished (killed by a time limit) is given up, and
+``results.md`` covers every run; the last line says what is left.
 
 Steps, in order (GPU set; the CPU and tiny sets shrink the same steps), the
 measurements still missing on a GPU first (BENCHMARKS.md):
 
 1. SNGAN G+D step, C2sp generator at 384 channels vs C3 at 256;
 2. ResNet-56 CIFAR train step at batch 512, float32 and bfloat16;
-3. Table 1 networks at depths 20/56/110;
-4. ResNet-56 at batch 128, float32;
-5. layer, float32, every kind through the factory (C2sp as ``'auto'`` picks);
-6. layer, bfloat16: C3, C2 and C2sp under each formulation;
-7. layer, bfloat16, every kind;
+3. layer, bfloat16, every kind through the factory (C2sp as ``'auto'`` picks);
+4. Table 1 networks at depths 20/56/110;
+5. ResNet-56 at batch 128, float32;
+6. layer, float32, every kind;
+7. layer, bfloat16: C3, C2 and C2sp under each formulation;
 8. layer, float32: C3, C2 and C2sp under each formulation;
-9. ResNet-20 and ResNet-110 train steps, batch 128;
+9. ResNet-20 and ResNet-110 train steps, batch 128 (CPU: ResNet-20 in bfloat16);
 10. ResNet19 (128 px) G+D step.
 
 Formulation columns are labelled ``C2sp:<formulation>``; layer records say
@@ -34,10 +38,11 @@ win there in the layer comparison (``--kinds`` and ``--formulations`` override).
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
-import sys
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import sympad
@@ -83,19 +88,39 @@ def steps(
     return [
         ("SNGAN G+D step", nets(("sngan",))),
         ("ResNet-56 CIFAR train step, larger batch / bfloat16", nets(("resnet",), resnet_main[1:])),
+        ("Layer, bfloat16, every kind", layer("bfloat16", False)),
         ("Table 1 networks", nets(("table1",), formulations=())),
         ("ResNet-56 CIFAR train step", nets(("resnet",), resnet_main[:1])),
         ("Layer, float32, every kind", layer("float32", False)),
         ("Layer, bfloat16, formulations of C2sp", layer("bfloat16", True)),
-        ("Layer, bfloat16, every kind", layer("bfloat16", False)),
         ("Layer, float32, formulations of C2sp", layer("float32", True)),
         ("ResNet-20 / ResNet-110 train step", nets(("resnet",), resnet_rest, formulations=())),
         ("ResNet19 G+D step", nets(("resnet19",), formulations=())),
     ]
 
 
+def _cases(spec: dict) -> list[models.Case]:
+    sizes = spec["sizes"]
+    if "resnet" in spec:
+        sizes = dataclasses.replace(sizes, resnet=tuple(spec["resnet"]))
+    return models.build_cases(sizes, suites=spec["suites"], kinds=spec["kinds"], formulations=spec["formulations"])
+
+
+def groups(spec: dict) -> list[str]:
+    """The groups a step measures (each timed together, ratios within it), in order."""
+    if spec["bench"] == "conv":
+        return [conv.group_key(s.name, d) for d in spec["dtypes"] for s in spec["shapes"]]
+    return list(dict.fromkeys(c.group for c in _cases(spec)))
+
+
 def run_step(
-    spec: dict, *, report: common.Report, deadline: common.Deadline, repeats: int | None, accelerator: bool
+    spec: dict,
+    *,
+    report: common.Report,
+    deadline: common.Deadline,
+    repeats: int | None,
+    accelerator: bool,
+    done: Collection[str] = (),
 ) -> list[dict]:
     if spec["bench"] == "conv":
         return conv.run(
@@ -109,15 +134,69 @@ def run_step(
             forward=spec["forward"],
             report=report,
             deadline=deadline,
+            done=done,
         )
-    sizes = spec["sizes"]
-    if "resnet" in spec:
-        if not spec["resnet"]:
-            return []
-        sizes = dataclasses.replace(sizes, resnet=tuple(spec["resnet"]))
-    cases = models.build_cases(sizes, suites=spec["suites"], kinds=spec["kinds"], formulations=spec["formulations"])
     inner = models.GPU_INNER if accelerator else 1
-    return models.run(cases, repeats=repeats or 5, inner=inner, report=report, deadline=deadline)
+    return models.run(_cases(spec), repeats=repeats or 5, inner=inner, report=report, deadline=deadline, done=done)
+
+
+#: A group that this many runs started and none finished is given up on resume.
+MAX_TRIES = 2
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records of an earlier run; a last line cut off by a kill is dropped."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def progress(records: Sequence[dict], step: int) -> tuple[set[str], set[str]]:
+    """(measured, given up) groups of one step in ``records``."""
+    mine = [r for r in records if r.get("step") == step]
+    measured = {r["group"] for r in mine if r.get("record") in ("conv", "model")}
+    tries = collections.Counter(r["group"] for r in mine if r.get("record") == "started")
+    return measured, {g for g, n in tries.items() if n >= MAX_TRIES and g not in measured}
+
+
+def _check_same_device(records: Sequence[dict], env: dict, size: str, out: Path) -> None:
+    for r in records:
+        if r.get("record") == "environment" and (r.get("device"), r.get("size")) != (env["device"], size):
+            raise SystemExit(
+                f"--resume: {out} holds results measured on {r.get('device')!r} ({r.get('size')} set); "
+                f"this run is on {env['device']!r} ({size} set). Ratios are only compared within one device: "
+                "use another --out."
+            )
+
+
+def render(records: Sequence[dict], numbered: Sequence[tuple[int, str, dict]]) -> tuple[str, list[str]]:
+    """results.md for ``records`` of every run, and what is left ("step N: group [(given up)]")."""
+    runs = [r for r in records if r.get("record") == "environment"]
+    lines = [f"# sympad benchmarks ({runs[-1]['size'] if runs else '?'})", ""]
+    for env in runs:
+        lines.append(
+            f"- run of {env['date']} · {env['device']} ({env['backend']}, {env['cpu']}) · jax {env['jax']} · "
+            f"jaxlib {env['jaxlib']} · flax {env['flax']} · XLA_FLAGS={env['XLA_FLAGS']!r} · git {env['git']} · "
+            f"`{' '.join(env['argv'])}`"
+        )
+    sections, left = ["\n".join(lines)], []
+    for number, title, spec in numbered:
+        mine = [r for r in records if r.get("step") == number]
+        measured, given_up = progress(records, number)
+        todo = [g for g in groups(spec) if g not in measured]
+        left += [f"step {number}: {g}" + (" (given up)" if g in given_up else "") for g in todo]
+        body = conv.markdown(mine) if spec["bench"] == "conv" else models.markdown(mine)
+        notes = [f"given up (started {MAX_TRIES} times, never finished): {', '.join(sorted(given_up))}"] if given_up else []
+        if todo and len(given_up) < len(todo):
+            notes.append(f"not measured yet: {', '.join(g for g in todo if g not in given_up)}")
+        sections.append(f"## {number}. {title}\n\n" + "\n\n".join(([body] if measured else []) + notes))
+    return "\n\n".join(sections) + "\n", left
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -135,43 +214,57 @@ def main(argv: Sequence[str] | None = None) -> Path:
         default=None,
         help="C2sp formulations compared (layers) and added (networks); '' for none (default: per size)",
     )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out: measure only what it lacks")
+    p.add_argument("--summary", action="store_true", help="measure nothing: rewrite results.md, print what is left")
     args = p.parse_args(argv)
 
     size = "gpu" if args.gpu else "tiny" if args.tiny else "cpu"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     jsonl, md = out / "results.jsonl", out / "results.md"
-    report = common.Report(jsonl)
-    env = common.environment()
-    report.write({"record": "environment", "bench": "all", "size": size, **env})
-    deadline = common.Deadline(args.deadline)
     keep = {int(s) for s in args.steps.split(",")} if args.steps else None
-    start = time.monotonic()
-    sections = [
-        f"# sympad benchmarks ({size})\n\n{env['date']} · {env['device']} ({env['backend']}, {env['cpu']}) · "
-        f"jax {env['jax']} · jaxlib {env['jaxlib']} · flax {env['flax']} · XLA_FLAGS={env['XLA_FLAGS']!r} · "
-        f"git {env['git']}\n\nCommand: `{' '.join(sys.argv)}`"
-    ]
     kinds = args.kinds.split(",") if args.kinds else None
     formulations = None if args.formulations is None else [f for f in args.formulations.split(",") if f]
-    for number, (title, spec) in enumerate(steps(size, kinds=kinds, formulations=formulations), 1):
-        if keep is not None and number not in keep:
-            continue
-        if deadline.expired():
-            report.write({"record": "skipped", "bench": "all", "step": number, "title": title})
-            sections.append(f"## {number}. {title}\n\nskipped: over the time budget")
-            continue
-        t0 = time.monotonic()
-        print(f"[{time.monotonic() - start:6.1f}s] step {number}: {title}", flush=True)
-        records = run_step(
-            spec, report=report, deadline=deadline, repeats=args.repeats, accelerator=env["backend"] != "cpu"
-        )
-        table = conv.markdown(records) if spec["bench"] == "conv" else models.markdown(records)
-        sections.append(f"## {number}. {title}\n\n({time.monotonic() - t0:.0f} s)\n\n{table}")
-        md.write_text("\n\n".join(sections) + "\n")
-    md.write_text("\n\n".join(sections) + "\n")
+    numbered = [
+        (number, title, spec)
+        for number, (title, spec) in enumerate(steps(size, kinds=kinds, formulations=formulations), 1)
+        if keep is None or number in keep
+    ]
+    prior = read_records(jsonl) if (args.resume or args.summary) else []
+    report = common.Report(None if args.summary else jsonl)
+    if not args.summary:
+        env = common.environment()
+        if args.resume:
+            _check_same_device(prior, env, size, out)
+        report.write({"record": "environment", "bench": "all", "size": size, **env})
+        deadline = common.Deadline(args.deadline)
+        start = time.monotonic()
+        for number, title, spec in numbered:
+            report.context = {"step": number}
+            measured, given_up = progress(prior, number)
+            if set(groups(spec)) <= measured | given_up:
+                continue
+            if deadline.expired():
+                report.write({"record": "skipped", "bench": "all", "title": title})
+                continue
+            print(f"[{time.monotonic() - start:6.1f}s] step {number}: {title}", flush=True)
+            run_step(
+                spec,
+                report=report,
+                deadline=deadline,
+                repeats=args.repeats,
+                accelerator=env["backend"] != "cpu",
+                done=measured | given_up,
+            )
+            md.write_text(render(prior + report.records, numbered)[0])
+        report.context = {}
+    text, left = render(prior + report.records, numbered)
+    md.write_text(text)
     report.close()
-    print(f"[{time.monotonic() - start:6.1f}s] done: {jsonl} {md}", flush=True)
+    status = f"{len(left)} groups left ({'; '.join(left[:6])}{' ...' if len(left) > 6 else ''})" if left else "complete"
+    if left and all(g.endswith("(given up)") for g in left):
+        status = f"complete but for {len(left)} groups given up ({'; '.join(left)})"
+    print(f"done: {jsonl} {md}; {status}", flush=True)
     return out
 
 

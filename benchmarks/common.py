@@ -252,10 +252,15 @@ class Report:
 
     def __init__(self, path: str | os.PathLike | None = None, *, stream: TextIO | None = None):
         self.records: list[dict[str, Any]] = []
+        #: Fields added to every record written (``benchmarks.all`` sets the step).
+        self.context: dict[str, Any] = {}
         self._file = open(path, "a") if path else None  # noqa: SIM115 - closed in close()
+        if self._file and self._file.tell() and not Path(path).read_bytes().endswith(b"\n"):
+            self._file.write("\n")  # after a run killed mid-line, start a line of our own
         self._stream = stream
 
     def write(self, record: dict[str, Any]) -> None:
+        record = {**record, **self.context}
         self.records.append(record)
         line = json.dumps(record, sort_keys=False, default=_json_default)
         if self._file:

@@ -23,7 +23,7 @@ import argparse
 import dataclasses
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import jax
@@ -203,6 +203,11 @@ def auto_choice(shape: LayerShape, dtype: Any, kind: str = "C2sp", groups: int =
     return ops._choose("auto", x, w, groups)
 
 
+def group_key(shape: str, dtype: str) -> str:
+    """The unit measured together (ratios to C3 within it): one shape and dtype."""
+    return f"{shape}/{dtype}"
+
+
 def run(
     shapes: Sequence[LayerShape],
     *,
@@ -222,13 +227,17 @@ def run(
     compare_kind: str = "C2sp",
     inner: int = 1,
     forward: bool = True,
+    done: Collection[str] = (),
 ) -> list[dict[str, Any]]:
     """Measures every candidate on every shape and dtype; returns the records.
 
     Records (one per shape, dtype and candidate) carry medians and minima in ms,
     ratios to C3 of the same group, and compiled temp bytes. ``forward=False``
     leaves out the forward-only programs (their fields are None): on a GPU
-    compiling (with autotuning) takes far longer than timing.
+    compiling (with autotuning) takes far longer than timing. Groups (one shape
+    and dtype, :func:`group_key`) named in ``done`` are left out; a
+    ``{"record": "started"}`` precedes each group's compilation, so that a
+    run killed mid-group shows which group it was in.
     """
     report = report or common.Report()
     deadline = deadline or common.Deadline(None)
@@ -240,9 +249,13 @@ def run(
     for dtype_name in dtypes:
         dtype = DTYPES[dtype_name]
         for shape in shapes:
-            if deadline.expired():
-                report.write({"record": "skipped", "bench": "conv", "shape": shape.name, "dtype": dtype_name})
+            group = group_key(shape.name, dtype_name)
+            if group in done:
                 continue
+            if deadline.expired():
+                report.write({"record": "skipped", "bench": "conv", "group": group, "shape": shape.name, "dtype": dtype_name})
+                continue
+            report.write({"record": "started", "bench": "conv", "group": group})
             jobs, calls = {}, {}
             for cand in cands:
                 groups = shape.channels if depthwise else 1
@@ -265,6 +278,7 @@ def run(
                 sp = sympad.parse_kind(cand.kind).symmetric
                 rec = {
                     "record": "conv",
+                    "group": group,
                     "shape": shape.name,
                     "N": shape.batch,
                     "HW": shape.size,

@@ -27,7 +27,7 @@ import argparse
 import dataclasses
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import jax
@@ -169,7 +169,7 @@ GPU = Sizes(
     gan_channels=None,
 )
 CPU = Sizes(
-    resnet=((20, 16, "float32"), (56, 16, "float32")),
+    resnet=((20, 16, "float32"), (56, 16, "float32"), (20, 16, "bfloat16")),
     resnet_width=16,
     table1=((20, 16),),
     table1_width_scale=1.0,
@@ -311,17 +311,25 @@ def run(
     deadline: common.Deadline | None = None,
     compile_workers: int | None = None,
     inner: int = 1,
+    done: Collection[str] = (),
 ) -> list[dict[str, Any]]:
-    """Compiles each group, times it round-robin, writes one record per case."""
+    """Compiles each group, times it round-robin, writes one record per case.
+
+    Groups named in ``done`` are left out; a ``{"record": "started"}`` precedes
+    each group's compilation.
+    """
     report = report or common.Report()
     deadline = deadline or common.Deadline(None)
     records = []
     groups = list(dict.fromkeys(c.group for c in cases))
     for group in groups:
         members = [c for c in cases if c.group == group]
+        if group in done:
+            continue
         if deadline.expired():
             report.write({"record": "skipped", "bench": "models", "group": group})
             continue
+        report.write({"record": "started", "bench": "models", "group": group})
         with common.force_implementation(implementation):
             built = {c.label: c.make() for c in members}
             t0 = time.perf_counter()

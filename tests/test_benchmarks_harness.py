@@ -141,7 +141,8 @@ def test_models_run_emits_records_and_table(tmp_path):
     report = common.Report(tmp_path / "models.jsonl")
     records = models.run(cases, warmup=0, repeats=2, report=report)
     report.close()
-    assert _read_jsonl(tmp_path / "models.jsonl") == json.loads(json.dumps(records))
+    written = _read_jsonl(tmp_path / "models.jsonl")
+    assert written == [{"record": "started", "bench": "models", "group": "toy/b2"}] + json.loads(json.dumps(records))
     assert [(r["group"], r["label"], r["first"]) for r in records] == [("toy/b2", "C3", "C3"), ("toy/b2", "C2sp", "C3")]
     for r in records:
         assert r["images_per_s"] > 0 and r["step_ms"] > 0 and r["batch"] == 2 and r["repeats"] == 2
@@ -181,13 +182,56 @@ def test_conv_without_forward_programs(tmp_path):
 
 
 def test_all_tiny_first_step_and_deadline(tmp_path):
-    bench_all.main(["--tiny", "--out", str(tmp_path), "--steps", "5", "--repeats", "1"])
+    bench_all.main(["--tiny", "--out", str(tmp_path), "--steps", "6", "--repeats", "1"])
     records = _read_jsonl(tmp_path / "results.jsonl")
     assert records[0]["record"] == "environment" and records[0]["size"] == "tiny"
     assert {r["label"] for r in records if r["record"] == "conv"} == set(sympad.KINDS)
-    assert "## 5. Layer, float32, every kind" in (tmp_path / "results.md").read_text()
+    assert "## 6. Layer, float32, every kind" in (tmp_path / "results.md").read_text()
     # An expired budget skips everything and says so.
     skipped = tmp_path / "skipped"
-    bench_all.main(["--tiny", "--out", str(skipped), "--deadline", "0", "--steps", "1,2"])
+    bench_all.main(["--tiny", "--out", str(skipped), "--deadline", "0", "--steps", "1,3"])
     records = _read_jsonl(skipped / "results.jsonl")
     assert [r["record"] for r in records] == ["environment", "skipped", "skipped"]
+
+
+def test_all_resume_measures_only_what_is_missing(tmp_path, capsys):
+    bench_all.main(["--tiny", "--out", str(tmp_path), "--steps", "6", "--repeats", "1"])
+    first = _read_jsonl(tmp_path / "results.jsonl")
+    assert "2 groups left" not in capsys.readouterr().out
+    bench_all.main(["--tiny", "--out", str(tmp_path), "--steps", "3,6", "--repeats", "1", "--resume"])
+    records = _read_jsonl(tmp_path / "results.jsonl")
+    assert records[: len(first)] == first  # appended, nothing rewritten
+    new = records[len(first):]
+    # Step 6 was complete: not started again. Step 3 (bfloat16) was measured.
+    assert {r.get("step") for r in new if r["record"] in ("started", "conv")} == {3}
+    assert {r["label"] for r in new if r["record"] == "conv"} == set(sympad.KINDS)
+    text = (tmp_path / "results.md").read_text()
+    assert "## 3. Layer, bfloat16, every kind" in text and "## 6. Layer, float32, every kind" in text
+    assert text.count("- run of ") == 2
+    assert capsys.readouterr().out.rstrip().endswith("complete")
+
+
+def test_all_resume_gives_up_on_a_group_killed_twice(tmp_path, capsys):
+    env = {k: v for k, v in common.environment().items()}
+    group = conv.group_key(conv.TINY_SHAPES[0].name, "float32")
+    lines = [{"record": "environment", "bench": "all", "size": "tiny", **env}]
+    lines += [{"record": "started", "bench": "conv", "group": group, "step": 6}] * 2
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"record": "con')
+    bench_all.main(["--tiny", "--out", str(tmp_path), "--steps", "6", "--resume"])
+    # The cut-off line stays as it was; the new run's records start on a line of their own.
+    records = bench_all.read_records(tmp_path / "results.jsonl")[len(lines):]
+    assert [r["record"] for r in records] == ["environment"]
+    assert capsys.readouterr().out.rstrip().endswith(f"complete but for 1 groups given up (step 6: {group} (given up))")
+    assert f"given up (started 2 times, never finished): {group}" in (tmp_path / "results.md").read_text()
+    # One kill only: the group is tried again; --summary measures nothing and reports it left.
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines[:2]))
+    bench_all.main(["--tiny", "--out", str(tmp_path), "--steps", "6", "--summary"])
+    assert capsys.readouterr().out.rstrip().endswith(f"1 groups left (step 6: {group})")
+    assert len(_read_jsonl(tmp_path / "results.jsonl")) == 2
+
+
+def test_all_resume_refuses_another_device(tmp_path):
+    record = {"record": "environment", "bench": "all", "size": "tiny", **common.environment(), "device": "NVIDIA H200"}
+    (tmp_path / "results.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(SystemExit, match="measured on 'NVIDIA H200'.*use another --out"):
+        bench_all.main(["--tiny", "--out", str(tmp_path), "--steps", "6", "--resume"])
