@@ -168,6 +168,8 @@ def test_all_gpu_defaults_are_lean():
     assert by_title["Layer, float32, every kind"]["kinds"] == tuple(sympad.KINDS)
     net = by_title["ResNet-56 CIFAR train step"]
     assert net["kinds"] == bench_all.GPU_MODEL_KINDS and net["formulations"] == ()
+    b512 = by_title["ResNet-56 CIFAR train step, larger batch / bfloat16"]
+    assert [r[1] for r in b512["resnet"]] == [512, 512] and b512["formulations"] == bench_all.GPU_B512_FORMULATIONS
     cpu = dict(bench_all.steps("cpu"))["ResNet-56 CIFAR train step"]
     assert cpu["formulations"] == bench_all.FORMULATIONS and cpu["kinds"] == tuple(sympad.KINDS)
     custom = dict(bench_all.steps("gpu", kinds=["C3", "C4sp"], formulations=["embed"]))["ResNet-56 CIFAR train step"]
