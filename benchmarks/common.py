@@ -209,6 +209,7 @@ def force_implementation(name: str | None) -> Iterator[None]:
     For model benchmarks, whose convs are built by other code and always ask for
     'auto'. Formulations that support ungrouped convs only fall back to the
     automatic choice for grouped ones. Active only while tracing inside the block.
+    The rest of 'auto' stays: on CPU a 16-bit call still computes in float32.
     """
     from sympad import ops
 
