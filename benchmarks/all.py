@@ -129,6 +129,7 @@ def run_step(
     repeats: int | None,
     accelerator: bool,
     done: Collection[str] = (),
+    compile_workers: int | None = None,
 ) -> list[dict]:
     if spec["bench"] == "conv":
         return conv.run(
@@ -143,9 +144,13 @@ def run_step(
             report=report,
             deadline=deadline,
             done=done,
+            compile_workers=compile_workers,
         )
     inner = models.GPU_INNER if accelerator else 1
-    return models.run(_cases(spec), repeats=repeats or 5, inner=inner, report=report, deadline=deadline, done=done)
+    return models.run(
+        _cases(spec), repeats=repeats or 5, inner=inner, report=report, deadline=deadline, done=done,
+        compile_workers=compile_workers,
+    )
 
 
 #: A group that this many runs started and none finished is given up on resume.
@@ -222,6 +227,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
         default=None,
         help="C2sp formulations compared (layers) and added (networks); '' for none (default: per size)",
     )
+    p.add_argument(
+        "--compile-workers", type=int, default=None,
+        help="programs compiled at once (default: CPUs, at most 16); 1 keeps GPU autotuning runs apart",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out: measure only what it lacks")
     p.add_argument("--summary", action="store_true", help="measure nothing: rewrite results.md, print what is left")
     args = p.parse_args(argv)
@@ -263,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 repeats=args.repeats,
                 accelerator=env["backend"] != "cpu",
                 done=measured | given_up,
+                compile_workers=args.compile_workers,
             )
             md.write_text(render(prior + report.records, numbered)[0])
         report.context = {}
