@@ -18,14 +18,16 @@ measurements still missing on a GPU first (BENCHMARKS.md):
 1. SNGAN G+D step, C2sp generator at 384 channels vs C3 at 256;
 2. ResNet-56 CIFAR train step at batch 512, float32 and bfloat16 (GPU: C2sp also as
    pad_select and pad_concat, see GPU_B512_FORMULATIONS);
-3. layer, bfloat16, every kind through the factory (C2sp as ``'auto'`` picks);
+3. layer, bfloat16, every kind through the factory (C2sp as ``'auto'`` picks; GPU:
+   C3, C2 and C2sp, the kinds the targets compare);
 4. Table 1 networks at depths 20/56/110;
 5. ResNet-56 at batch 128, float32;
-6. layer, float32, every kind;
+6. layer, float32, every kind (GPU: C3, C2, C2sp);
 7. layer, bfloat16: C3, C2 and C2sp under each formulation;
 8. layer, float32: C3, C2 and C2sp under each formulation;
 9. ResNet-20 and ResNet-110 train steps, batch 128 (CPU: ResNet-20 in bfloat16);
-10. ResNet19 (128 px) G+D step.
+10. ResNet19 (128 px) G+D step;
+11. GPU only: layer, C4 and C4sp, float32 and bfloat16.
 
 Formulation columns are labelled ``C2sp:<formulation>``; layer records say
 what ``'auto'`` picks for their shape (``auto_choice``). On an accelerator,
@@ -75,15 +77,17 @@ def steps(
     sizes = {"gpu": models.GPU, "cpu": models.CPU, "tiny": models.TINY}[size]
     resnet_main = [r for r in sizes.resnet if r[0] == 56] or list(sizes.resnet[:1])
     resnet_rest = [r for r in sizes.resnet if r not in resnet_main]
-    layer_kinds = tuple(kinds or sympad.KINDS)
+    # On a GPU the kinds the targets compare come first; C4/C4sp follow in the last step.
+    layer_kinds = tuple(kinds or (GPU_MODEL_KINDS if gpu else sympad.KINDS))
+    late_kinds = ("C3",) + tuple(k for k in sympad.KINDS if k not in layer_kinds and not kinds)
     model_kinds = tuple(kinds or (GPU_MODEL_KINDS if gpu else sympad.KINDS))
     compared = tuple(formulations if formulations is not None else (GPU_FORMULATIONS if gpu else FORMULATIONS))
     model_formulations = tuple(formulations if formulations is not None else (() if gpu else FORMULATIONS))
 
-    def layer(dtype: str, compare: bool) -> dict:
+    def layer(dtypes: tuple[str, ...], compare: bool, kinds: tuple[str, ...] = layer_kinds) -> dict:
         return {
-            "bench": "conv", "shapes": shapes, "dtypes": (dtype,), "compare": compare,
-            "kinds": layer_kinds, "formulations": compared, "forward": not gpu,
+            "bench": "conv", "shapes": shapes if len(kinds) > 1 else (), "dtypes": dtypes, "compare": compare,
+            "kinds": kinds, "formulations": compared, "forward": not gpu,
         }
 
     def nets(suites: tuple[str, ...], resnet=None, formulations: tuple[str, ...] = model_formulations) -> dict:
@@ -96,14 +100,15 @@ def steps(
             "ResNet-56 CIFAR train step, larger batch / bfloat16",
             nets(("resnet",), resnet_main[1:], formulations=GPU_B512_FORMULATIONS if gpu and formulations is None else model_formulations),
         ),
-        ("Layer, bfloat16, every kind", layer("bfloat16", False)),
+        ("Layer, bfloat16, every kind", layer(("bfloat16",), False)),
         ("Table 1 networks", nets(("table1",), formulations=())),
         ("ResNet-56 CIFAR train step", nets(("resnet",), resnet_main[:1])),
-        ("Layer, float32, every kind", layer("float32", False)),
-        ("Layer, bfloat16, formulations of C2sp", layer("bfloat16", True)),
-        ("Layer, float32, formulations of C2sp", layer("float32", True)),
+        ("Layer, float32, every kind", layer(("float32",), False)),
+        ("Layer, bfloat16, formulations of C2sp", layer(("bfloat16",), True)),
+        ("Layer, float32, formulations of C2sp", layer(("float32",), True)),
         ("ResNet-20 / ResNet-110 train step", nets(("resnet",), resnet_rest, formulations=())),
         ("ResNet19 G+D step", nets(("resnet19",), formulations=())),
+        ("Layer, the other kinds (GPU: C4, C4sp)", layer(("float32", "bfloat16"), False, late_kinds)),
     ]
 
 

@@ -165,15 +165,22 @@ def test_all_gpu_defaults_are_lean():
     by_title = dict(bench_all.steps("gpu"))
     layer = by_title["Layer, float32, formulations of C2sp"]
     assert layer["formulations"] == bench_all.GPU_FORMULATIONS and not layer["forward"]
-    assert by_title["Layer, float32, every kind"]["kinds"] == tuple(sympad.KINDS)
+    assert by_title["Layer, float32, every kind"]["kinds"] == bench_all.GPU_MODEL_KINDS
+    late = by_title["Layer, the other kinds (GPU: C4, C4sp)"]
+    assert late["kinds"] == ("C3", "C4", "C4sp") and late["dtypes"] == ("float32", "bfloat16") and late["shapes"]
+    assert not dict(bench_all.steps("cpu"))["Layer, the other kinds (GPU: C4, C4sp)"]["shapes"]
+    assert dict(bench_all.steps("cpu"))["Layer, float32, every kind"]["kinds"] == tuple(sympad.KINDS)
     net = by_title["ResNet-56 CIFAR train step"]
     assert net["kinds"] == bench_all.GPU_MODEL_KINDS and net["formulations"] == ()
     b512 = by_title["ResNet-56 CIFAR train step, larger batch / bfloat16"]
     assert [r[1] for r in b512["resnet"]] == [512, 512] and b512["formulations"] == bench_all.GPU_B512_FORMULATIONS
     cpu = dict(bench_all.steps("cpu"))["ResNet-56 CIFAR train step"]
     assert cpu["formulations"] == bench_all.FORMULATIONS and cpu["kinds"] == tuple(sympad.KINDS)
-    custom = dict(bench_all.steps("gpu", kinds=["C3", "C4sp"], formulations=["embed"]))["ResNet-56 CIFAR train step"]
-    assert custom["kinds"] == ("C3", "C4sp") and custom["formulations"] == ("embed",)
+    custom = dict(bench_all.steps("gpu", kinds=["C3", "C4sp"], formulations=["embed"]))
+    assert custom["ResNet-56 CIFAR train step"]["kinds"] == ("C3", "C4sp")
+    assert custom["ResNet-56 CIFAR train step"]["formulations"] == ("embed",)
+    assert custom["Layer, float32, every kind"]["kinds"] == ("C3", "C4sp")
+    assert not custom["Layer, the other kinds (GPU: C4, C4sp)"]["shapes"]
 
 
 def test_conv_without_forward_programs(tmp_path):
