@@ -10,6 +10,7 @@ baseline. Every call ends in ``jax.block_until_ready``.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import datetime
@@ -31,6 +32,7 @@ __all__ = [
     "Deadline",
     "Report",
     "Timing",
+    "add_run_args",
     "compile_all",
     "environment",
     "force_implementation",
@@ -230,6 +232,20 @@ def force_implementation(name: str | None) -> Iterator[None]:
         yield
     finally:
         ops._choose = original
+
+
+def add_run_args(parser: argparse.ArgumentParser, *, repeats: str, inner: str, markdown: str, deadline: str) -> None:
+    """The options every benchmark CLI shares: warm-up, rounds, outputs, budget, compile threads.
+
+    The keyword arguments are the help texts that differ between benchmarks.
+    """
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=None, help=repeats)
+    parser.add_argument("--inner", type=int, default=None, help=inner)
+    parser.add_argument("--out", default=None, help="append JSON lines here (default: stdout)")
+    parser.add_argument("--markdown", default=None, help=markdown)
+    parser.add_argument("--deadline", type=float, default=None, help=deadline)
+    parser.add_argument("--compile-workers", type=int, default=None, help="programs compiled at once (default: CPUs, at most 16)")
 
 
 class Deadline:

@@ -380,13 +380,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--formulations", default=None, help="with --compare: comma-separated subset of formulations")
     p.add_argument("--compare-kind", default="C2sp", help="with --compare: the symmetric kind compared (C2sp, C4sp)")
     p.add_argument("--via", default="linen", choices=("linen", "op"))
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 7, 15 with --gpu)")
-    p.add_argument("--inner", type=int, default=None, help="calls per timed sample (default 1, 20 with --gpu)")
-    p.add_argument("--out", default=None, help="append JSON lines here (default: stdout)")
-    p.add_argument("--markdown", default=None, help="write the markdown tables here (default: stdout)")
-    p.add_argument("--deadline", type=float, default=None, help="skip what would start after this many seconds")
-    p.add_argument("--compile-workers", type=int, default=None)
+    common.add_run_args(
+        p,
+        repeats="timed rounds (default 7, 15 with --gpu)",
+        inner="calls per timed sample (default 1, 20 with --gpu)",
+        markdown="write the markdown tables here (default: stdout)",
+        deadline="skip what would start after this many seconds",
+    )
     p.add_argument("--passes", action="store_true", help="also time the input and the kernel gradient alone")
     p.add_argument("--depthwise", action="store_true", help="depthwise convs (feature_group_count = C = F)")
     p.add_argument("--no-forward", action="store_true", help="time forward+backward only (halves compiles)")

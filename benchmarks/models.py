@@ -416,13 +416,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batches", default=None, help="comma-separated batch sizes to keep")
     p.add_argument("--formulations", default="", help="resnet, GANs: also C2sp under these formulations")
     p.add_argument("--implementation", default=None, help="force every C*sp conv to this formulation")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5, 10 with --gpu)")
-    p.add_argument("--inner", type=int, default=None, help="steps per timed sample (default 1, 3 with --gpu)")
-    p.add_argument("--out", default=None, help="append JSON lines here (default: stdout)")
-    p.add_argument("--markdown", default=None, help="append the markdown tables here (default: stdout)")
-    p.add_argument("--deadline", type=float, default=None, help="skip groups that would start after this many seconds")
-    p.add_argument("--compile-workers", type=int, default=None)
+    common.add_run_args(
+        p,
+        repeats="timed rounds (default 5, 10 with --gpu)",
+        inner="steps per timed sample (default 1, 3 with --gpu)",
+        markdown="append the markdown tables here (default: stdout)",
+        deadline="skip groups that would start after this many seconds",
+    )
     return p.parse_args(argv)
 
 
