@@ -40,7 +40,6 @@ win there in the layer comparison (``--kinds`` and ``--formulations`` override).
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import json
@@ -218,10 +217,7 @@ def render(records: Sequence[dict], numbered: Sequence[tuple[int, str, dict]]) -
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.all", description=__doc__.split("\n\n")[0])
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--gpu", action="store_true")
-    size.add_argument("--tiny", action="store_true")
+    p = common.size_parser("benchmarks.all", __doc__, gpu="the GPU set (H100/H200-class)", tiny="the tiny set (smoke test)")
     p.add_argument("--out", required=True, help="directory for results.jsonl and results.md")
     p.add_argument("--deadline", type=float, default=None, help="seconds; steps and groups after it are skipped")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per measurement (default: each bench's)")

@@ -39,6 +39,7 @@ __all__ = [
     "markdown_table",
     "memory",
     "ratio",
+    "size_parser",
     "time_round_robin",
 ]
 
@@ -232,6 +233,21 @@ def force_implementation(name: str | None) -> Iterator[None]:
         yield
     finally:
         ops._choose = original
+
+
+def size_parser(module: str, doc: str, *, gpu: str, tiny: str) -> argparse.ArgumentParser:
+    """A benchmark CLI's parser with its size set: ``--gpu`` | ``--tiny`` (default: CPU-sized).
+
+    Args:
+      module: e.g. ``"benchmarks.conv"`` (the program name is ``python -m <module>``).
+      doc: the module docstring; its first paragraph is the description.
+      gpu, tiny: help texts of the two size flags.
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--gpu", action="store_true", help=gpu)
+    size.add_argument("--tiny", action="store_true", help=tiny)
+    return parser
 
 
 def add_run_args(parser: argparse.ArgumentParser, *, repeats: str, inner: str, markdown: str, deadline: str) -> None:

@@ -368,10 +368,9 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.conv", description=__doc__.split("\n\n")[0])
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--gpu", action="store_true", help="the suites' shapes and batch sizes (H100/H200-class)")
-    size.add_argument("--tiny", action="store_true", help="one tiny shape (smoke test)")
+    p = common.size_parser(
+        "benchmarks.conv", __doc__, gpu="the suites' shapes and batch sizes (H100/H200-class)", tiny="one tiny shape (smoke test)"
+    )
     p.add_argument("--shapes", default=None, help="comma-separated shape names to keep (see GPU_SHAPES/CPU_SHAPES)")
     p.add_argument("--kinds", default=",".join(sympad.KINDS), help="comma-separated kinds; C3 is always included")
     p.add_argument("--dtypes", default="float32,bfloat16")

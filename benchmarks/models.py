@@ -406,10 +406,9 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.models", description=__doc__.split("\n\n")[0])
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--gpu", action="store_true", help="the targets' batch sizes (H100/H200-class)")
-    size.add_argument("--tiny", action="store_true", help="tiny models (smoke test)")
+    p = common.size_parser(
+        "benchmarks.models", __doc__, gpu="the targets' batch sizes (H100/H200-class)", tiny="tiny models (smoke test)"
+    )
     p.add_argument("--suites", default=",".join(SUITES))
     p.add_argument("--kinds", default=",".join(sympad.KINDS))
     p.add_argument("--depths", default=None, help="comma-separated ResNet/Table-1 depths to keep")
