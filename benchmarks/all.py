@@ -210,6 +210,8 @@ def render(records: Sequence[dict], numbered: Sequence[tuple[int, str, dict]]) -
         left += [f"step {number}: {g}" + (" (given up)" if g in given_up else "") for g in todo]
         body = conv.markdown(mine) if spec["bench"] == "conv" else models.markdown(mine)
         notes = [f"given up (started {MAX_TRIES} times, never finished): {', '.join(sorted(given_up))}"] if given_up else []
+        if not groups(spec):
+            notes.append("(nothing to measure in this size set)")
         if todo and len(given_up) < len(todo):
             notes.append(f"not measured yet: {', '.join(g for g in todo if g not in given_up)}")
         sections.append(f"## {number}. {title}\n\n" + "\n\n".join(([body] if measured else []) + notes))
