@@ -78,13 +78,14 @@ def steps(
     resnet_rest = [r for r in sizes.resnet if r not in resnet_main]
     # On a GPU the kinds the targets compare come first; C4/C4sp follow in the last step.
     layer_kinds = tuple(kinds or (GPU_MODEL_KINDS if gpu else sympad.KINDS))
-    late_kinds = ("C3",) + tuple(k for k in sympad.KINDS if k not in layer_kinds and not kinds)
+    late_kinds = ("C3",) + (() if kinds else tuple(k for k in sympad.KINDS if k not in layer_kinds))
     model_kinds = tuple(kinds or (GPU_MODEL_KINDS if gpu else sympad.KINDS))
     compared = tuple(formulations if formulations is not None else (GPU_FORMULATIONS if gpu else FORMULATIONS))
     model_formulations = tuple(formulations if formulations is not None else (() if gpu else FORMULATIONS))
+    b512_formulations = GPU_B512_FORMULATIONS if gpu and formulations is None else model_formulations
 
     def layer(dtypes: tuple[str, ...], compare: bool, kinds: tuple[str, ...] = layer_kinds) -> dict:
-        return {
+        return {  # C3 alone compares nothing: no shapes then
             "bench": "conv", "shapes": shapes if len(kinds) > 1 else (), "dtypes": dtypes, "compare": compare,
             "kinds": kinds, "formulations": compared, "forward": not gpu,
         }
@@ -95,10 +96,7 @@ def steps(
 
     return [
         ("SNGAN G+D step", nets(("sngan",))),
-        (
-            "ResNet-56 CIFAR train step, larger batch / bfloat16",
-            nets(("resnet",), resnet_main[1:], formulations=GPU_B512_FORMULATIONS if gpu and formulations is None else model_formulations),
-        ),
+        ("ResNet-56 CIFAR train step, larger batch / bfloat16", nets(("resnet",), resnet_main[1:], b512_formulations)),
         ("Layer, bfloat16, every kind", layer(("bfloat16",), False)),
         ("Table 1 networks", nets(("table1",), formulations=())),
         ("ResNet-56 CIFAR train step", nets(("resnet",), resnet_main[:1])),
@@ -206,11 +204,12 @@ def render(records: Sequence[dict], numbered: Sequence[tuple[int, str, dict]]) -
     for number, title, spec in numbered:
         mine = [r for r in records if r.get("step") == number]
         measured, given_up = progress(records, number)
-        todo = [g for g in groups(spec) if g not in measured]
+        planned = groups(spec)
+        todo = [g for g in planned if g not in measured]
         left += [f"step {number}: {g}" + (" (given up)" if g in given_up else "") for g in todo]
         body = conv.markdown(mine) if spec["bench"] == "conv" else models.markdown(mine)
         notes = [f"given up (started {MAX_TRIES} times, never finished): {', '.join(sorted(given_up))}"] if given_up else []
-        if not groups(spec):
+        if not planned:
             notes.append("(nothing to measure in this size set)")
         if todo and len(given_up) < len(todo):
             notes.append(f"not measured yet: {', '.join(g for g in todo if g not in given_up)}")

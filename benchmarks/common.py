@@ -261,7 +261,9 @@ def add_run_args(parser: argparse.ArgumentParser, *, repeats: str, inner: str, m
     parser.add_argument("--out", default=None, help="append JSON lines here (default: stdout)")
     parser.add_argument("--markdown", default=None, help=markdown)
     parser.add_argument("--deadline", type=float, default=None, help=deadline)
-    parser.add_argument("--compile-workers", type=int, default=None, help="programs compiled at once (default: CPUs, at most 16)")
+    parser.add_argument(
+        "--compile-workers", type=int, default=None, help="programs compiled at once (default: CPUs, at most 16)"
+    )
 
 
 class Deadline:

@@ -323,9 +323,9 @@ def run(
     records = []
     groups = list(dict.fromkeys(c.group for c in cases))
     for group in groups:
-        members = [c for c in cases if c.group == group]
         if group in done:
             continue
+        members = [c for c in cases if c.group == group]
         if deadline.expired():
             report.write({"record": "skipped", "bench": "models", "group": group})
             continue
