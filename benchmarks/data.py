@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sympad import data
+from sympad.train import data
 
 _SHARED = [
     Path(__file__).resolve().parents[1].parent / "shared" / "data",

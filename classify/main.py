@@ -6,7 +6,7 @@ Example (a ~1 minute CPU smoke run)::
 """
 
 from classify import train
-from sympad.config import run_main
+from sympad.train.config import run_main
 
 if __name__ == "__main__":
     run_main(train.train_and_evaluate)

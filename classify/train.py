@@ -48,8 +48,11 @@ from absl import logging
 from flax import linen as nn
 
 from classify import models
-from sympad import data as sdata
-from sympad import runtime
+from sympad.train import data as sdata
+from sympad.train.checkpoint import Checkpointer
+from sympad.train.mesh import batch_sharded, make_mesh, replicate, replicated
+from sympad.train.metrics import MetricWriter, check_finite
+from sympad.train.progress import Progress
 
 __all__ = [
     "NUM_CLASSES",
@@ -288,7 +291,7 @@ def make_train_step(
         cutout_size=int(config.cutout),
     )
     alpha = float(config.mixup_alpha)
-    sharding = runtime.batch_sharded(mesh) if mesh is not None else None
+    sharding = batch_sharded(mesh) if mesh is not None else None
 
     def update(state: TrainState, images: jax.Array, labels: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
         if sharding is not None:
@@ -341,7 +344,7 @@ def make_eval_step(model: nn.Module, *, batch_size: int, mesh: jax.sharding.Mesh
     covers examples ``[step * batch_size, (step + 1) * batch_size)``, the last
     one padded and masked (``sympad.data.eval_indices``).
     """
-    sharding = runtime.batch_sharded(mesh) if mesh is not None else None
+    sharding = batch_sharded(mesh) if mesh is not None else None
 
     def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
         idx, mask = sdata.eval_indices(step, batch_size=batch_size, num_examples=images.shape[0])
@@ -423,13 +426,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Writes ``workdir/metrics.jsonl`` (+ TensorBoard), ``workdir/checkpoints/``
     (latest ``config.max_checkpoints`` and the best test error). Raises
-    ``sympad.runtime.DivergenceError`` if the loss becomes NaN/Inf.
+    ``sympad.train.metrics.DivergenceError`` if the loss becomes NaN/Inf.
 
     Returns:
       The last logged train metrics and the final test metrics.
     """
     workdir_path = Path(workdir)
-    mesh = runtime.make_mesh()
+    mesh = make_mesh()
     num_devices = mesh.size
     batch_size = int(config.batch_size)
     if batch_size < 1 or batch_size % num_devices:
@@ -456,11 +459,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     model = create_model(config, num_classes=num_classes)
     tx = create_optimizer(config, total_steps=total_steps, steps_per_epoch=per_epoch)
     state = create_train_state(model, tx, seed=int(config.seed), image_size=image_size)
-    state = runtime.replicate(state, mesh)
+    state = replicate(state, mesh)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     logging.info("Model %s (%s): %d parameters; %d steps (%d per epoch).", config.model.name, config.kernel, num_params, total_steps, per_epoch)
 
-    checkpointer = runtime.Checkpointer(
+    checkpointer = Checkpointer(
         workdir_path / "checkpoints", max_to_keep=int(config.max_checkpoints), best_metric="test_error", best_mode="min"
     )
     restored = checkpointer.restore(state)
@@ -472,23 +475,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step_on_device, step_on_batch = make_train_step(model, tx, config, num_classes=num_classes, mesh=mesh)
     eval_step = make_eval_step(model, batch_size=eval_batch, mesh=mesh)
     schedule = learning_rate_schedule(config, total_steps=total_steps, steps_per_epoch=per_epoch)
-    replicated = runtime.replicated(mesh)
+    on_all = replicated(mesh)
     # The test split is evaluated from the device (CIFAR: 30 MB); the train split only when it fits.
-    test_images = jax.device_put(test_ds.images, replicated)
-    test_labels = jax.device_put(test_ds.labels, replicated)
+    test_images = jax.device_put(test_ds.images, on_all)
+    test_labels = jax.device_put(test_ds.labels, on_all)
     on_device = _on_device(config, train_ds)
     loader = None
     if on_device:
-        train_images = jax.device_put(train_ds.images, replicated)
-        train_labels = jax.device_put(train_ds.labels, replicated)
+        train_images = jax.device_put(train_ds.images, on_all)
+        train_labels = jax.device_put(train_ds.labels, on_all)
     else:
         loader = sdata.HostLoader(
             train_ds.images, train_ds.labels, batch_size=batch_size, key=_stream(int(config.seed), "data"),
-            start_step=start_step, num_steps=total_steps - start_step, sharding=runtime.batch_sharded(mesh),
+            start_step=start_step, num_steps=total_steps - start_step, sharding=batch_sharded(mesh),
         )
 
-    writer = runtime.MetricWriter(workdir_path)
-    progress = runtime.Progress(total_steps, initial=start_step, desc="train")
+    writer = MetricWriter(workdir_path)
+    progress = Progress(total_steps, initial=start_step, desc="train")
     if start_step == 0:
         writer.write(0, {"num_params": num_params, "steps_per_epoch": per_epoch})
     history: list[dict[str, jax.Array]] = []
@@ -505,12 +508,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             history.append(metrics)
             if step % eval_every == 0 or step == total_steps:
                 last_eval = evaluate(eval_step, state, test_images, test_labels, batch_size=eval_batch)
-                runtime.check_finite(step, last_eval, checkpoint_dir=checkpointer.directory)
+                check_finite(step, last_eval, checkpoint_dir=checkpointer.directory)
                 writer.write(step, {**last_eval, "epoch": step / per_epoch})
                 logging.info("step %d (epoch %.2f): test error %.4f, loss %.4f", step, step / per_epoch, last_eval["test_error"], last_eval["test_loss"])
             if step % log_every == 0 or step == total_steps:
                 summary = _mean_metrics(history)
-                runtime.check_finite(step, summary, checkpoint_dir=checkpointer.directory)
+                check_finite(step, summary, checkpoint_dir=checkpointer.directory)
                 now = time.monotonic()
                 summary["steps_per_s"] = len(history) / max(now - tick, 1e-9)  # includes any eval in between
                 history = []

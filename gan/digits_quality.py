@@ -1,7 +1,6 @@
 """Does the digits demo draw digits? A classifier fitted on scikit-learn's digits judges the samples.
 
-    python -m gan.digits_quality --workdir=runs/demo [--num=1000]     # samples a trained run
-    python -m gan.digits_quality --samples=samples.npz                 # or scores an .npz ('images')
+Training on digits logs these figures as ``digits/*`` in ``metrics.jsonl``.
 
 Samples (any size, RGB or grey) are averaged to grey, area-resized to the digits' native 8x8 and
 scaled to 0..1; a multinomial logistic regression fitted on the digits train split (1500 images,
@@ -18,7 +17,6 @@ The same figures for the real test digits and for uniform noise are printed as r
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -47,7 +45,7 @@ def fit_classifier(*, sizes: tuple[int, ...] = (16, 32)) -> Any:
     """Logistic regression on the digits train split rendered at ``sizes`` (as sympad.data does)."""
     from sklearn.linear_model import LogisticRegression
 
-    from sympad import data
+    from sympad.train import data
 
     xs, ys = [], []
     for size in sizes:
@@ -81,41 +79,8 @@ def score(images: np.ndarray, classifier: Any) -> dict[str, float]:
 
 def reference_scores(classifier: Any, *, image_size: int = 16, seed: int = 0) -> dict[str, dict[str, float]]:
     """Scores of the real test digits and of uniform noise at ``image_size``: the scale's two ends."""
-    from sympad import data
+    from sympad.train import data
 
     test = data.load("digits", "test", image_size=image_size).images
     noise = np.random.default_rng(seed).integers(0, 256, test.shape, dtype=np.uint8)
     return {"real_test_digits": score(test, classifier), "uniform_noise": score(noise, classifier)}
-
-
-def main(argv: list[str]) -> None:
-    from absl import app, flags
-
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    FLAGS = flags.FLAGS
-    if bool(FLAGS.workdir) == bool(FLAGS.samples):
-        raise app.UsageError("give exactly one of --workdir and --samples")
-    if FLAGS.samples:
-        images = np.load(FLAGS.samples)["images"]
-    else:
-        from gan.sample import generate_samples
-        from gan.train import generator_variables, restore_state
-
-        config, generator, state = restore_state(FLAGS.workdir)
-        images = generate_samples(generator, generator_variables(state), num=FLAGS.num, seed=FLAGS.seed,
-                                  z_dim=config.z_dim)
-    classifier = fit_classifier()
-    result = {"samples": score(images, classifier), "num_samples": int(len(images)),
-              **reference_scores(classifier, image_size=images.shape[1])}
-    print(json.dumps(result, indent=2))
-
-
-if __name__ == "__main__":
-    from absl import app, flags
-
-    flags.DEFINE_string("workdir", "", "A gan.main workdir to sample from.")
-    flags.DEFINE_string("samples", "", "An .npz with 'images' uint8 (N, H, W, 3).")
-    flags.DEFINE_integer("num", 1000, "Samples to draw from --workdir.")
-    flags.DEFINE_integer("seed", 0, "Sample seed (--workdir).")
-    app.run(main)

@@ -4,7 +4,7 @@ Resumes from ``DIR/checkpoints`` when there is a checkpoint there. See gan.train
 """
 
 from gan import train
-from sympad.config import run_main
+from sympad.train.config import run_main
 
 if __name__ == "__main__":
     run_main(train.train_and_evaluate)

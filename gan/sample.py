@@ -14,67 +14,14 @@ by default it goes to ``DIR/samples.npz``, where ``python -m gan.evaluate --work
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-import jax
 import numpy as np
 from absl import app, flags, logging
-from jax.sharding import Mesh
 
-from gan import models
-from gan.train import generate_images, generator_variables, restore_state
-from sympad import runtime
-
-__all__ = ["sample_latents", "generate_samples", "main"]
-
-
-def sample_latents(key: jax.Array, indices: jax.Array, *, z_dim: int) -> jax.Array:
-    """Latents of the given sample indices: (len(indices), z_dim), row ``j`` from ``fold_in(key, indices[j])``."""
-    return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (z_dim,)))(indices)
-
-
-@functools.partial(jax.jit, static_argnames=("generator", "z_dim"))
-def _generate_batch(variables: Mapping[str, Any], key: jax.Array, indices: jax.Array, *,
-                    generator: models.Generator, z_dim: int) -> jax.Array:
-    return generate_images(generator, variables, sample_latents(key, indices, z_dim=z_dim))
-
-
-def generate_samples(generator: models.Generator, variables: Mapping[str, Any], *, num: int, seed: int = 0,
-                     batch_size: int = 500, mesh: Mesh | None = None, z_dim: int | None = None) -> np.ndarray:
-    """``num`` samples as uint8 (num, H, W, 3), batched and split over the mesh's devices.
-
-    Args:
-      generator: the model.
-      variables: its variables (``{'params': ...}`` and, with BN, ``'batch_stats'``).
-      num: number of samples.
-      seed: sample ``i`` uses ``fold_in(PRNGKey(seed), i)``.
-      batch_size: samples per jit call (rounded up to a multiple of the device count).
-      mesh: devices to use; all local devices by default.
-      z_dim: latent size; read from the Dense kernel's shape when None.
-
-    Raises:
-      ValueError: for num < 1 or batch_size < 1.
-    """
-    if num < 1:
-        raise ValueError(f"num must be >= 1, got {num}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    mesh = mesh if mesh is not None else runtime.make_mesh(jax.local_devices())
-    z_dim = z_dim or int(variables["params"]["dense"]["kernel"].shape[0])
-    batch_size = -(-min(batch_size, num) // mesh.size) * mesh.size
-    variables = runtime.replicate(variables, mesh)
-    key = jax.random.key(seed)
-    out = []
-    for start in range(0, num, batch_size):
-        # The last batch is padded up to batch_size (one compiled shape); the padding is dropped.
-        indices = np.arange(start, start + batch_size, dtype=np.int32)
-        images = _generate_batch(variables, key, runtime.shard_batch(indices, mesh), generator=generator, z_dim=z_dim)
-        out.append(np.asarray(images)[: num - start])
-    return np.concatenate(out)
-
+from gan.sampling import generate_samples
+from gan.train import generator_variables, restore_state
+from sympad.train.metrics import save_image_grid
 
 FLAGS = flags.FLAGS
 
@@ -108,7 +55,7 @@ def main(argv: list[str]) -> None:
         np.savez(out, images=images[: FLAGS.num])
         logging.info("Wrote %d samples of step %d to %s", FLAGS.num, int(state.step), out)
     if FLAGS.grid:
-        runtime.save_image_grid(images[: FLAGS.grid_num], FLAGS.grid)
+        save_image_grid(images[: FLAGS.grid_num], FLAGS.grid)
         logging.info("Wrote a grid of %d samples to %s", FLAGS.grid_num, FLAGS.grid)
 
 

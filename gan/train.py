@@ -1,7 +1,7 @@
 """GAN training: one jit-compiled step = ``n_critic`` discriminator updates + 1 generator update.
 
 Reads top-down: create_models, create_optimizers, TrainState/create_train_state, train_step,
-generate_images, train_and_evaluate. The paper's protocol (section 4.5, following compare_gan):
+train_and_evaluate. The paper's protocol (section 4.5, following compare_gan):
 non-saturating loss without gradient penalty, Adam(2e-4, 0.5, 0.999), batch 64, n_critic 5,
 spectral norm in D, no normalization in G.
 
@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,12 @@ import numpy as np
 import optax
 from absl import logging
 
-from gan import losses, models
-from sympad import data as sdata
-from sympad import runtime
+from gan import losses, models, sampling
+from sympad.train import data as sdata
+from sympad.train.checkpoint import Checkpointer
+from sympad.train.mesh import batch_sharded, make_mesh, replicate
+from sympad.train.metrics import MetricWriter, check_finite, image_grid, save_image_grid
+from sympad.train.progress import Progress
 
 __all__ = [
     "StepConfig",
@@ -41,7 +44,6 @@ __all__ = [
     "create_train_state",
     "train_step",
     "generator_variables",
-    "generate_images",
     "model_summary",
     "load_config",
     "restore_state",
@@ -332,12 +334,6 @@ def train_step(state: TrainState, dataset: jax.Array, data_key: jax.Array | None
 # Sampling
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def generate_images(generator: models.Generator, variables: Mapping[str, Any], z: jax.Array) -> jax.Array:
-    """G in inference mode (BN running averages): z (B, z_dim) -> uint8 images (B, S, S, 3)."""
-    return sdata.to_uint8(generator.apply(variables, z, train=False))
-
-
 def model_summary(config: ml_collections.ConfigDict, generator: models.Generator,
                   discriminator: models.Discriminator) -> dict[str, Any]:
     """Parameter counts (from shapes only) and the resolved architecture, for model_summary.json."""
@@ -389,13 +385,13 @@ def restore_state(workdir: str | Path, config: ml_collections.ConfigDict | None 
 
     Raises:
       FileNotFoundError: no config.json or no checkpoint in ``workdir``.
-      sympad.runtime.CheckpointError: the checkpoint is corrupt or does not match the config.
+      sympad.train.checkpoint.CheckpointError: the checkpoint is corrupt or does not match the config.
     """
     config = config if config is not None else load_config(workdir)
     generator, discriminator = create_models(config)
     g_tx, d_tx = create_optimizers(config)
     template = create_train_state(config, generator, discriminator, g_tx, d_tx)
-    ckpt = runtime.Checkpointer(checkpoint_dir(workdir), read_only=True)
+    ckpt = Checkpointer(checkpoint_dir(workdir), read_only=True)
     try:
         restored = ckpt.restore(template)
     finally:
@@ -445,8 +441,6 @@ def _digits_scorer(config: ml_collections.ConfigDict) -> Callable[[np.ndarray], 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (resuming from ``workdir/checkpoints`` when there is a checkpoint) and returns the state."""
-    from gan import sample as gsample  # Not at the top: gan.sample imports this module.
-
     workdir_path = Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
     if config.loss not in losses.LOSSES:
@@ -455,7 +449,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         raise ValueError(f"config.n_critic must be >= 1, got {config.n_critic}")
     if not 0.0 <= config.ema_decay < 1.0:
         raise ValueError(f"config.ema_decay must be in [0, 1), got {config.ema_decay}")
-    mesh = runtime.make_mesh()
+    mesh = make_mesh()
     if config.batch_size % mesh.size:
         raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the {mesh.size} devices")
 
@@ -471,23 +465,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     on_device = not config.host_data and sdata.fits_on_device(dataset)
     g_tx, d_tx = create_optimizers(config)
     state = create_train_state(config, generator, discriminator, g_tx, d_tx)
-    ckpt = runtime.Checkpointer(checkpoint_dir(workdir), max_to_keep=config.max_to_keep)
+    ckpt = Checkpointer(checkpoint_dir(workdir), max_to_keep=config.max_to_keep)
     restored = ckpt.restore(state)
     if restored is not None:
         logging.info("Resuming from %s (step %d)", ckpt.step_path(restored[0]), restored[0])
         state = restored[1]
-    state = runtime.replicate(state, mesh)
+    state = replicate(state, mesh)
     start = int(state.step)
 
     root = jax.random.key(config.seed)
     data_key = jax.random.fold_in(root, _DATA_STREAM)
     step_fn = functools.partial(
         train_step, generator=generator, discriminator=discriminator, g_tx=g_tx, d_tx=d_tx,
-        config=StepConfig.from_config(config), batch_sharding=runtime.batch_sharded(mesh),
+        config=StepConfig.from_config(config), batch_sharding=batch_sharded(mesh),
         host_batches=not on_device)
     loader = None
     if on_device:
-        images = runtime.replicate(dataset.images, mesh)
+        images = replicate(dataset.images, mesh)
     else:
         loader = sdata.HostLoader(dataset.images, None, batch_size=config.batch_size, key=data_key,
                                   start_step=start * config.n_critic, sharding=None)
@@ -495,8 +489,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     grid_z = jax.random.normal(jax.random.fold_in(root, _GRID_STREAM), (config.num_grid, config.z_dim))
     evaluator = _build_evaluator(config)
     digits_scorer = _digits_scorer(config)
-    writer = runtime.MetricWriter(workdir)
-    progress = runtime.Progress(config.num_train_steps, initial=start, desc=f"gan {config.kernel}")
+    writer = MetricWriter(workdir)
+    progress = Progress(config.num_train_steps, initial=start, desc=f"gan {config.kernel}")
     pending: list[dict[str, jax.Array]] = []
     last_time, last_step = time.monotonic(), start
     total = config.num_train_steps
@@ -518,21 +512,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             fetched = jax.device_get(pending)
             logged = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
             pending = []
-            runtime.check_finite(s, logged, checkpoint_dir=ckpt.directory)
+            check_finite(s, logged, checkpoint_dir=ckpt.directory)
             logged["steps_per_sec"] = (s - last_step) / max(time.monotonic() - last_time, 1e-9)
             logged["d_steps"] = s * config.n_critic
             if s % config.sample_every == 0 or last:
                 variables = generator_variables(state, use_ema=True)
-                grid = np.asarray(generate_images(generator, variables, grid_z))
-                runtime.save_image_grid(grid, workdir_path / f"samples_{s:07d}.png")
-                writer.write_image(s, "samples", runtime.image_grid(grid))
+                grid = np.asarray(sampling.generate_images(generator, variables, grid_z))
+                save_image_grid(grid, workdir_path / f"samples_{s:07d}.png")
+                writer.write_image(s, "samples", image_grid(grid))
                 if digits_scorer is not None:
-                    samples = gsample.generate_samples(generator, variables, num=config.digits_quality_samples,
+                    samples = sampling.generate_samples(generator, variables, num=config.digits_quality_samples,
                                                        seed=config.seed + 1, batch_size=256, mesh=mesh)
                     logged.update(digits_scorer(samples))
             if evaluator is not None and (s % config.eval_every == 0 or last):
                 num = _eval_num_samples(config, evaluator)
-                samples = gsample.generate_samples(generator, generator_variables(state, use_ema=True), num=num,
+                samples = sampling.generate_samples(generator, generator_variables(state, use_ema=True), num=num,
                                                    seed=config.seed + 1, batch_size=256, mesh=mesh)
                 logged.update({f"eval/{k}": v for k, v in evaluator(samples).items()})
             writer.write(s, logged)

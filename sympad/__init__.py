@@ -5,17 +5,27 @@ Importing ``sympad`` gives the pure ops; the Flax modules live in
 """
 
 from sympad.kinds import KINDS, KernelKind, parse_kind
-from sympad.ops import IMPLEMENTATIONS, channel_pads, shift_directions, sym_pad_conv, symmetric_pad
+from sympad.ops import (
+    IMPLEMENTATIONS,
+    channel_pads,
+    choose_implementation,
+    shift_directions,
+    sym_pad_conv,
+    symmetric_pad,
+    use_implementation,
+)
 
 __all__ = [
     "IMPLEMENTATIONS",
     "KINDS",
     "KernelKind",
     "channel_pads",
+    "choose_implementation",
     "parse_kind",
     "shift_directions",
     "sym_pad_conv",
     "symmetric_pad",
+    "use_implementation",
 ]
 
 __version__ = "0.1.0"

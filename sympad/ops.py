@@ -85,10 +85,12 @@ wherever we compared them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import jax
@@ -100,9 +102,11 @@ from jax.custom_derivatives import SymbolicZero
 __all__ = [
     "IMPLEMENTATIONS",
     "channel_pads",
+    "choose_implementation",
     "shift_directions",
     "sym_pad_conv",
     "symmetric_pad",
+    "use_implementation",
 ]
 
 Implementation = Literal[
@@ -810,6 +814,52 @@ def _work_dtype(implementation: str, x: jax.Array, kernel: jax.Array) -> Any:
     return None
 
 
+_forced = threading.local()
+
+
+@contextlib.contextmanager
+def use_implementation(name: str | None) -> Iterator[None]:
+    """Makes ``implementation='auto'`` resolve to ``name`` inside the block (None: no change).
+
+    The choice is made when a function is traced, so it applies to the calls traced inside the
+    block: a function jitted and compiled before keeps its formulation. Where ``name`` does not
+    apply to a call (``group_sum`` with feature groups), that call keeps the measured choice.
+    Explicit ``implementation=`` arguments are not affected.
+
+    Example::
+
+        with sympad.use_implementation("pad_concat"):
+            y = jax.jit(model.apply)(variables, x)   # every C*sp conv uses pad_concat
+
+    Raises:
+      ValueError: if ``name`` is not one of :data:`IMPLEMENTATIONS`.
+    """
+    if name is not None and name not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {name!r}")
+    previous = getattr(_forced, "name", None)
+    _forced.name = None if name == "auto" else name
+    try:
+        yield
+    finally:
+        _forced.name = previous
+
+
+def choose_implementation(x: Any, kernel: Any, *, feature_group_count: int = 1) -> str:
+    """The formulation ``implementation='auto'`` uses for this call on the default backend.
+
+    Args:
+      x: the input or its shape and dtype (anything with ``.shape`` and ``.dtype``, e.g. a
+        ``jax.ShapeDtypeStruct``), channels-last ``(N, *spatial, C)``.
+      kernel: the kernel or its shape and dtype, ``(*k, C // feature_group_count, F)``.
+      feature_group_count: as in :func:`sym_pad_conv`.
+
+    Returns:
+      One of :data:`IMPLEMENTATIONS` other than ``'auto'`` (the one forced by
+      :func:`use_implementation`, if any).
+    """
+    return _choose("auto", x, kernel, feature_group_count)
+
+
 def _choose(implementation: str, x: jax.Array, kernel: jax.Array, feature_group_count: int) -> str:
     """The formulation for one call: the explicit one, or the measured best.
 
@@ -820,6 +870,9 @@ def _choose(implementation: str, x: jax.Array, kernel: jax.Array, feature_group_
         raise ValueError(f"implementation={implementation!r} supports feature_group_count=1 only")
     if implementation != "auto":
         return implementation
+    forced = getattr(_forced, "name", None)
+    if forced is not None and not (forced in _UNGROUPED_ONLY and feature_group_count != 1):
+        return forced
     channels = x.shape[-1]
     if jax.default_backend() == "cpu" and len(x.shape) == 4 and feature_group_count == channels > 1:
         # XLA:CPU's depthwise conv is slow; the shifted-slices sum measured

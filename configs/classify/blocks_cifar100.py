@@ -11,7 +11,7 @@ cifar100), mixup (alpha; Table 1's "with mixup" column: 1.0), cutout, runlocal (
 blocks), sep 60, c2sp 32: within 1% of Table 1's parameter counts; --config.model.width=N.
 """
 
-from sympad.config import parse_config_arg
+from sympad.train.config import parse_config_arg
 from sympad.kinds import KINDS
 
 

@@ -12,7 +12,7 @@ with TensorFlow installed, `tfds build imagenet2012 --data_dir=<data_dir> --file
 (data_dir: --config.input.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets).
 """
 
-from sympad.config import parse_config_arg
+from sympad.train.config import parse_config_arg
 from sympad.kinds import KINDS
 
 

@@ -8,7 +8,7 @@ is given). Learning rate: piecewise-constant decay (x0.1 at 50% and 75%), which 
 (4.5) uses for its DenseNet tests instead of cosine; --config.optimizer.schedule=cosine to change.
 """
 
-from sympad.config import parse_config_arg
+from sympad.train.config import parse_config_arg
 from sympad.kinds import KINDS
 
 

@@ -16,7 +16,7 @@ The test split is ImageNet's validation set. Augmentation here is the CIFAR-styl
 flip on the cached 224 px images, not the paper's Inception-style crops (Silberman & Guadarrama).
 """
 
-from sympad.config import parse_config_arg
+from sympad.train.config import parse_config_arg
 from sympad.kinds import KINDS
 
 

@@ -11,7 +11,7 @@ then a stride-1 conv for even kernels, stride-2 conv for C3). CIFAR-10 from the 
 data=folder:/path/to/cifar10-jpeg (with train/ and test/ subfolders).
 """
 
-from sympad.config import parse_config_arg
+from sympad.train.config import parse_config_arg
 from sympad.kinds import KINDS
 
 

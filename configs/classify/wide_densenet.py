@@ -10,7 +10,7 @@ compression 0.5: 3.00M parameters with C2sp (see classify/models/densenet.py). P
 learning-rate decay as for the paper's other DenseNets.
 """
 
-from sympad.config import parse_config_arg
+from sympad.train.config import parse_config_arg
 from sympad.kinds import KINDS
 
 

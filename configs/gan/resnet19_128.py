@@ -10,7 +10,7 @@ host automatically.
 """
 
 from configs.gan.sngan_cifar10 import BUDGETS, base_config
-from sympad.config import parse_config_arg
+from sympad.train.config import parse_config_arg
 from sympad.kinds import KINDS
 
 

@@ -14,7 +14,7 @@ runlocal: a few minutes on a 2-core CPU; the demo, on the bundled sklearn digits
     python -m gan.main --config=configs/gan/sngan_cifar10.py:kernel=C2sp,data=digits,runlocal --workdir=runs/demo
 """
 
-from sympad.config import parse_config_arg
+from sympad.train.config import parse_config_arg
 from sympad.kinds import KINDS
 
 #: D updates of the paper's runs (section 4.5): Table 4 and Figure 5.

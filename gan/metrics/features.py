@@ -153,7 +153,7 @@ def _cache_path(cache_dir: Path, *, dataset: str, split: str, image_size: int, n
 
 def load_reference_images(dataset: str, split: str, *, image_size: int, num_examples: int) -> np.ndarray:
     """Reference images via ``sympad.data.load`` (uint8 (N, image_size, image_size, 3))."""
-    from sympad import data  # the shared data module; imported late so metrics work without it
+    from sympad.train import data  # the shared data module; imported late so metrics work without it
 
     ds = data.load(dataset, split, image_size=image_size, max_examples=num_examples)
     return np.asarray(ds.images[:num_examples])

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from gan import metrics
-from gan.metrics import features, offline, scores
+from gan.metrics import features, offline, offline_train, scores
 
-SHARED_DATA = next((p for p in (Path(__file__).resolve().parents[1].parent / "shared" / "data",
+SHARED_DATA = next((p for p in (Path(__file__).resolve().parents[2].parent / "shared" / "data",
                                 Path("/work/shared/data")) if p.is_dir()), None)
 
 
@@ -229,7 +229,7 @@ def test_evaluator_keys_name_the_network(random_offline_network, tmp_path):
 def test_shipped_offline_weights():
     path = offline.OFFLINE_WEIGHTS
     if not path.is_file():
-        pytest.skip(f"{path} not built yet (python -m gan.metrics.offline ...)")
+        pytest.skip(f"{path} not built yet (python -m gan.metrics.offline_train ...)")
     assert path.stat().st_size <= 5 * 2**20
     variables, meta = offline.load_offline_weights(path)
     assert meta["name"] == "offline_cifar10" and "command" in meta and 0.0 < meta["test_accuracy"] <= 1.0
@@ -261,9 +261,9 @@ def test_shipped_offline_weights_accuracy_on_cifar10_test(tmp_path):
     with tarfile.open(SHARED_DATA / "cifar10-test.tar.gz") as tar:
         members = [m for m in tar.getmembers() if m.isfile() and int(Path(m.name).stem) < 50]
         tar.extractall(tmp_path, members=members, filter="data")
-    images, labels = offline.load_image_folder(tmp_path / "cifar10-jpeg" / "test")
+    images, labels = offline_train.load_image_folder(tmp_path / "cifar10-jpeg" / "test")
     assert len(images) == 500
     variables, meta = offline.load_offline_weights()
-    acc = offline.evaluate_accuracy(variables, images, labels, batch_size=250)
+    acc = offline_train.evaluate_accuracy(variables, images, labels, batch_size=250)
     # 500 images: binomial std about 2%, so 4 std around the recorded 10k-image accuracy.
     assert abs(acc - meta["test_accuracy"]) < 0.08 and acc > 0.5

@@ -1,4 +1,4 @@
-"""Tests of sympad.analysis (the paper's section-3 measurements) and its command line.
+"""Tests of paper.measures (the paper's section-3 measurements) and its command line.
 
 References are independent of the code under test: a NumPy forward pass with
 per-channel padding written from the padding rules (tests/reference.py), and
@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from sympad import analysis
-from sympad.analysis_cli import main
+from paper import measures
+from paper.analysis import main
 from tests.reference import reference_conv, reference_pads
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------
@@ -76,22 +76,22 @@ def numpy_plain_stack(x, params, kind, stage_sizes, downsample):
 )
 def test_q_values_equal_numpy_forward(kind, downsample):
     stage_sizes = (2, 1)
-    model = analysis.PlainStack(kind, stage_sizes=stage_sizes, widths=(4, 8), downsample=downsample)
+    model = measures.PlainStack(kind, stage_sizes=stage_sizes, widths=(4, 8), downsample=downsample)
     images = np.random.default_rng(0).normal(size=(3, 8, 8, 3)).astype(np.float32)
-    params = model.init(analysis.init_key(1, 0), jnp.asarray(images[:1]))
+    params = model.init(measures.init_key(1, 0), jnp.asarray(images[:1]))
     # batch_size 2 for 3 images also checks the padded last batch.
-    q = analysis.q_values(model.apply, params, images, batch_size=2)
+    q = measures.q_values(model.apply, params, images, batch_size=2)
     ref = numpy_plain_stack(images.astype(np.float64), params, kind, stage_sizes, downsample)
     expected = np.array([np.abs(y).mean() for y in ref])
     assert q.shape == (3,)
     np.testing.assert_allclose(q, expected, rtol=1e-5)
-    maps = analysis.mean_maps(model.apply, params, images, transform="relu", batch_size=2)
+    maps = measures.mean_maps(model.apply, params, images, transform="relu", batch_size=2)
     assert [m.shape for m in maps] == [(8, 8), (8, 8), (4, 4)]
     np.testing.assert_allclose(maps[-1], np.maximum(ref[-1], 0).mean(axis=(0, 3)), rtol=1e-5, atol=1e-7)
 
 
 def test_plain_resnet56_is_the_papers_figure3_network():
-    model = analysis.plain_resnet("C2sp")
+    model = measures.plain_resnet("C2sp")
     x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
     maps = jax.eval_shape(model.apply, params, x)
@@ -99,7 +99,7 @@ def test_plain_resnet56_is_the_papers_figure3_network():
     assert len(maps) == 55
     assert sizes == [(32, 32, 16)] * 19 + [(16, 16, 32)] * 18 + [(8, 8, 64)] * 18
     # Downsampled after layer indexes 18 and 36 (paper, Fig. 3).
-    assert analysis.stage_ends([m.shape for m in maps]) == [18, 36, 54]
+    assert measures.stage_ends([m.shape for m in maps]) == [18, 36, 54]
     # Only conv kernels, no biases or norms: 2x2 x Cin x Cout per layer.
     cins = [3] + [16] * 19 + [32] * 18 + [64] * 17
     couts = [16] * 19 + [32] * 18 + [64] * 18
@@ -108,15 +108,15 @@ def test_plain_resnet56_is_the_papers_figure3_network():
 
 
 def test_he_initialization_variance():
-    model = analysis.PlainStack("C3", stage_sizes=(2,), widths=(64,))
-    params = model.init(analysis.init_key(0, 0), jnp.zeros((1, 8, 8, 64)))
+    model = measures.PlainStack("C3", stage_sizes=(2,), widths=(64,))
+    params = model.init(measures.init_key(0, 0), jnp.zeros((1, 8, 8, 64)))
     kernel = np.asarray(params["params"]["conv1"]["kernel"])
     np.testing.assert_allclose(kernel.var(), 2.0 / (9 * 64), rtol=0.05)
 
 
 def test_plain_resnet_rejects_bad_depth():
     with pytest.raises(ValueError, match="depth"):
-        analysis.plain_resnet("C3", depth=9)
+        measures.plain_resnet("C3", depth=9)
 
 
 # ----------------------------------------------------------------------------
@@ -128,24 +128,24 @@ def test_centroid_closed_forms():
     m = np.zeros((2, 5, 7))
     m[0, 1, 6] = 3.0
     m[1, 0, 0] = m[1, 4, 2] = 1.0  # midpoint (2, 1)
-    np.testing.assert_allclose(analysis.center_of_mass(m), [[1, 6], [2, 1]])
-    np.testing.assert_allclose(analysis.centroid(m), [[1 - 2, 6 - 3], [0, 1 - 3]])
-    np.testing.assert_allclose(analysis.extent(m), [[0, 0], [2, 1]])
-    assert np.isnan(analysis.centroid(np.zeros((3, 3)))).all()
+    np.testing.assert_allclose(measures.center_of_mass(m), [[1, 6], [2, 1]])
+    np.testing.assert_allclose(measures.centroid(m), [[1 - 2, 6 - 3], [0, 1 - 3]])
+    np.testing.assert_allclose(measures.extent(m), [[0, 0], [2, 1]])
+    assert np.isnan(measures.centroid(np.zeros((3, 3)))).all()
     with pytest.raises(ValueError, match="non-negative"):
-        analysis.centroid(-np.ones((3, 3)))
+        measures.centroid(-np.ones((3, 3)))
 
 
 def test_feature_map_shift_scales_by_stride():
     # Pixel 0 of a 4x4 map of an 8x8 input stands for input 0.5; the centre is 3.5.
     m = np.zeros((4, 4))
     m[0, 3] = 1.0
-    np.testing.assert_allclose(analysis.feature_map_shift([m], input_size=(8, 8)), [[-3.0, 3.0]])
-    assert analysis.unit_position(4, 8, 0) == 0.5
+    np.testing.assert_allclose(measures.feature_map_shift([m], input_size=(8, 8)), [[-3.0, 3.0]])
+    assert measures.unit_position(4, 8, 0) == 0.5
 
 
 def ones_stack(kind, n, channels):
-    return analysis.PlainStack(
+    return measures.PlainStack(
         kind, stage_sizes=(n,), widths=(channels,), activation=False, kernel_init=nn.initializers.ones
     )
 
@@ -166,15 +166,15 @@ def test_impulse_and_receptive_field_of_all_ones_stack(kind, n=5, channels=8):
     """
     model = ones_stack(kind, n, channels)
     x = jnp.zeros((1, 33, 33, channels))  # big enough that no edge is reached
-    params = model.init(analysis.init_key(0, 0), x)
+    params = model.init(measures.init_key(0, 0), x)
     drift = n / 2 if kind in ("C2", "C4") else 0.0
 
-    maps, impulse = analysis.impulse_response(model.apply, params, x)
+    maps, impulse = measures.impulse_response(model.apply, params, x)
     assert impulse.shape == (n, 2) and [m.shape for m in maps] == [(33, 33)] * n
     layers = np.arange(1, n + 1)[:, None]
     np.testing.assert_allclose(impulse, -(drift / n) * layers * np.ones((1, 2)), atol=1e-4)
 
-    rf_maps, offsets, extents = analysis.receptive_field(model.apply, params, x)
+    rf_maps, offsets, extents = measures.receptive_field(model.apply, params, x)
     assert len(rf_maps) == n and rf_maps[0].shape == (33, 33)
     np.testing.assert_allclose(offsets, (drift / n) * layers * np.ones((1, 2)), atol=1e-4)
     np.testing.assert_allclose(extents, np.sqrt(LAYER_VARIANCE[kind] * layers) * np.ones((1, 2)), rtol=1e-4)
@@ -189,22 +189,22 @@ def test_mean_activation_map_drifts_half_a_pixel_per_c2_layer(kind, per_layer):
     blob = np.exp(-((yy - 15.5) ** 2 + (xx - 15.5) ** 2) / 8.0)
     images = np.broadcast_to(blob[None, :, :, None], (2, 32, 32, channels)).astype(np.float32)
     params = model.init(jax.random.PRNGKey(0), jnp.asarray(images[:1]))
-    maps = analysis.mean_maps(model.apply, params, images, transform="relu")
-    shift = analysis.feature_map_shift(maps, input_size=(32, 32))
+    maps = measures.mean_maps(model.apply, params, images, transform="relu")
+    shift = measures.feature_map_shift(maps, input_size=(32, 32))
     expected = per_layer * np.arange(1, n + 1)[:, None] * np.ones((1, 2))
     np.testing.assert_allclose(shift, expected, atol=1e-3)
 
 
 def test_stage_ends():
     shapes = [(1, 8, 8, 4)] * 3 + [(1, 4, 4, 8)] * 2 + [(1, 2, 2, 8)]
-    assert analysis.stage_ends(shapes) == [2, 4, 5]
+    assert measures.stage_ends(shapes) == [2, 4, 5]
 
 
 def test_module_outputs_records_every_conv_in_call_order():
-    model = analysis.PlainStack("C2sp", stage_sizes=(2, 2), widths=(4, 8))
+    model = measures.PlainStack("C2sp", stage_sizes=(2, 2), widths=(4, 8))
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), jnp.float32)
-    params = model.init(analysis.init_key(0, 0), x)
-    recorded = jax.jit(analysis.module_outputs(model))(params, x)
+    params = model.init(measures.init_key(0, 0), x)
+    recorded = jax.jit(measures.module_outputs(model))(params, x)
     direct = model.apply(params, x)
     assert len(recorded) == len(direct) == 4
     for a, b in zip(recorded, direct):
@@ -216,7 +216,7 @@ def test_module_outputs_on_classify_resnet():
     model = models.resnet_cifar(depth=8, kernel="C2sp")
     x = jnp.zeros((1, 16, 16, 3))
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
-    maps = jax.eval_shape(analysis.module_outputs(model, train=False), variables, x)
+    maps = jax.eval_shape(measures.module_outputs(model, train=False), variables, x)
     # One recorded output per conv kernel (4-D) in the parameters: spatial convs and 1x1 projections.
     kernels = [p for p in jax.tree_util.tree_leaves(variables["params"]) if p.ndim == 4]
     assert len(maps) == len(kernels) > 0
@@ -286,8 +286,8 @@ def test_cli_receptive_field_on_classify_model(tmp_path):
 def test_cli_shift_of_a_classify_checkpoint(tmp_path):
     train = pytest.importorskip("classify.train")
     resnet_config = pytest.importorskip("configs.classify.resnet_cifar")
-    from sympad import runtime
-    from sympad.config import write_config
+    from sympad.train.checkpoint import Checkpointer
+    from sympad.train.config import write_config
 
     workdir = tmp_path / "run"
     config = resnet_config.get_config("kernel=C2sp,runlocal")  # depth 8, width 8
@@ -295,7 +295,7 @@ def test_cli_shift_of_a_classify_checkpoint(tmp_path):
     model = train.create_model(config)
     tx = train.create_optimizer(config, total_steps=2, steps_per_epoch=1)
     state = train.create_train_state(model, tx, seed=0, image_size=16)
-    with runtime.Checkpointer(workdir / "checkpoints") as checkpointer:
+    with Checkpointer(workdir / "checkpoints") as checkpointer:
         checkpointer.save(3, state)
     payload = main(["shift", f"--out={tmp_path / 'out'}", f"--checkpoint={workdir}", "--data=synthetic",
                     "--image_size=16", "--num_images=4", "--batch_size=4"])
@@ -313,7 +313,7 @@ def test_cli_rejects_bad_arguments(tmp_path):
 
 def test_module_entry_point_help():
     result = subprocess.run(
-        [sys.executable, "-m", "sympad.analysis", "--help"], capture_output=True, text=True, cwd=REPO, timeout=120
+        [sys.executable, "-m", "paper.analysis", "--help"], capture_output=True, text=True, cwd=REPO, timeout=120
     )
     assert result.returncode == 0
     for command in ("q-curves", "shift", "receptive-field"):

@@ -1,4 +1,4 @@
-"""Tests for sympad.runtime: devices, checkpoints, metrics, progress, divergence guard."""
+"""Tests for sympad.train (mesh, checkpoint, metrics, progress): devices, checkpoints, metrics, progress, divergence guard."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ import numpy as np
 import optax
 import pytest
 
-from sympad import runtime
-from sympad.runtime import CheckpointError, Checkpointer, DivergenceError, MetricWriter, Progress
+from sympad.train.checkpoint import CheckpointError, Checkpointer
+from sympad.train.mesh import _distributed_init_kwargs, batch_sharded, make_mesh, maybe_initialize_distributed, replicate, shard_batch
+from sympad.train.metrics import DivergenceError, MetricWriter, check_finite, image_grid, save_image_grid
+from sympad.train.progress import Progress
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -32,7 +34,9 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent(
     import json, sys, tempfile
     import jax, jax.numpy as jnp, numpy as np, optax
     import flax.linen as nn
-    from sympad import runtime
+    from sympad.train.checkpoint import Checkpointer
+    from sympad.train.mesh import _distributed_init_kwargs, batch_sharded, make_mesh, maybe_initialize_distributed, replicate, replicated, shard_batch
+    from sympad.train.metrics import check_finite, image_grid, save_image_grid
 
     assert jax.device_count() == 4, jax.devices()
 
@@ -66,16 +70,16 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent(
         return {"params": params, "batch_stats": batch_stats, "opt_state": opt_state}, loss
 
     def run(mesh):
-        state = runtime.replicate(state0, mesh)
+        state = replicate(state0, mesh)
         losses = []
         for i in range(2):
-            x, y = runtime.shard_batch((images[i], labels[i]), mesh)
+            x, y = shard_batch((images[i], labels[i]), mesh)
             state, loss = train_step(state, x, y)
             losses.append(float(loss))
         return state, losses, x
 
-    mesh1 = runtime.make_mesh(jax.devices()[:1])
-    mesh4 = runtime.make_mesh()
+    mesh1 = make_mesh(jax.devices()[:1])
+    mesh4 = make_mesh()
     state1, losses1, x1 = run(mesh1)
     state4, losses4, x4 = run(mesh4)
     flat1, flat4 = jax.tree.leaves(state1), jax.tree.leaves(state4)
@@ -85,16 +89,16 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent(
                 for a, b in zip(jax.tree.leaves(state0), flat4))
 
     try:
-        runtime.shard_batch(np.zeros((6, 2)), mesh4)
+        shard_batch(np.zeros((6, 2)), mesh4)
         indivisible = "no error"
     except ValueError as e:
         indivisible = str(e)
 
     # Checkpoint written from 4 devices, restored onto the 4-device mesh and onto one device.
     with tempfile.TemporaryDirectory() as d:
-        ckpt = runtime.Checkpointer(d)
+        ckpt = Checkpointer(d)
         ckpt.save(2, state4)
-        _, on_mesh = ckpt.restore(runtime.replicate(state0, mesh4))
+        _, on_mesh = ckpt.restore(replicate(state0, mesh4))
         _, on_one = ckpt.restore(jax.device_put(state0, jax.devices()[0]))
         ckpt.close()
     restored_equal = all(np.array_equal(a, b) for a, b in zip(flat4, jax.tree.leaves(on_mesh)))
@@ -108,7 +112,7 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent(
         "state4_replicated": all(l.sharding.is_fully_replicated for l in flat4),
         "indivisible": indivisible,
         "restored_equal": bool(restored_equal),
-        "on_mesh_replicated": all(l.sharding == runtime.replicated(mesh4) for l in jax.tree.leaves(on_mesh)),
+        "on_mesh_replicated": all(l.sharding == replicated(mesh4) for l in jax.tree.leaves(on_mesh)),
         "on_one_devices": sorted({len(l.sharding.device_set) for l in jax.tree.leaves(on_one)}),
     }))
     """
@@ -137,19 +141,19 @@ def test_four_devices_match_one_device():
 
 
 def test_mesh_helpers_on_one_device():
-    mesh = runtime.make_mesh()
+    mesh = make_mesh()
     assert mesh.axis_names == ("data",) and mesh.size == jax.device_count()
-    x = runtime.shard_batch({"x": np.arange(4 * jax.device_count(), dtype=np.float32)}, mesh)["x"]
-    assert x.sharding == runtime.batch_sharded(mesh)
+    x = shard_batch({"x": np.arange(4 * jax.device_count(), dtype=np.float32)}, mesh)["x"]
+    assert x.sharding == batch_sharded(mesh)
     np.testing.assert_array_equal(x, np.arange(4 * jax.device_count()))
-    s = runtime.replicate({"w": jnp.ones(3)}, mesh)["w"]
+    s = replicate({"w": jnp.ones(3)}, mesh)["w"]
     assert s.sharding.is_fully_replicated
     with pytest.raises(ValueError, match="divisible"):
-        runtime.shard_batch(np.float32(1.0), mesh)  # no batch axis
+        shard_batch(np.float32(1.0), mesh)  # no batch axis
 
 
 def test_distributed_env_detection():
-    kw = runtime._distributed_init_kwargs
+    kw = _distributed_init_kwargs
     assert kw({}) is None
     assert kw({"SLURM_JOB_ID": "1", "SLURM_NTASKS": "1"}) is None  # plain srun of one task
     assert kw({"SLURM_JOB_ID": "1", "SLURM_NTASKS": "8"}) == {}
@@ -159,7 +163,7 @@ def test_distributed_env_detection():
     )
     with pytest.raises(ValueError, match="JAX_PROCESS_ID"):
         kw({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2"})
-    assert runtime.maybe_initialize_distributed({}) is False
+    assert maybe_initialize_distributed({}) is False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -433,16 +437,16 @@ def test_check_finite_message(tmp_path, value, kind):
     for name in ("3", "10", "12.orbax-checkpoint-tmp"):
         (tmp_path / name).mkdir()
     with pytest.raises(DivergenceError) as info:
-        runtime.check_finite(17, {"loss": jnp.float32(1.0), "d_loss": jnp.asarray(value)}, checkpoint_dir=tmp_path)
+        check_finite(17, {"loss": jnp.float32(1.0), "d_loss": jnp.asarray(value)}, checkpoint_dir=tmp_path)
     assert str(info.value) == f"step 17: d_loss is {kind}; stopping. The last good checkpoint is at {tmp_path} (step 10)."
 
 
 def test_check_finite_passes_and_other_messages(tmp_path):
-    runtime.check_finite(1, {"loss": 0.5, "count": np.int32(3), "vec": np.ones(3)})
+    check_finite(1, {"loss": 0.5, "count": np.int32(3), "vec": np.ones(3)})
     with pytest.raises(DivergenceError, match="^step 2: vec is nan; stopping. No checkpoint directory was given.$"):
-        runtime.check_finite(2, {"vec": np.array([1.0, np.nan])})
+        check_finite(2, {"vec": np.array([1.0, np.nan])})
     with pytest.raises(DivergenceError, match="No checkpoint has been saved yet"):
-        runtime.check_finite(2, {"loss": np.inf}, checkpoint_dir=tmp_path)
+        check_finite(2, {"loss": np.inf}, checkpoint_dir=tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -486,7 +490,7 @@ def test_save_image_grid_matches_loop_reference(tmp_path):
     from PIL import Image
 
     images = np.random.default_rng(0).integers(0, 256, size=(5, 4, 3, 3), dtype=np.uint8)
-    path = runtime.save_image_grid(images, tmp_path / "grid.png", ncols=2)
+    path = save_image_grid(images, tmp_path / "grid.png", ncols=2)
     got = np.asarray(Image.open(path))
     pad = 2
     want = np.zeros((3 * (4 + pad) + pad, 2 * (3 + pad) + pad, 3), np.uint8)
@@ -497,7 +501,7 @@ def test_save_image_grid_matches_loop_reference(tmp_path):
                 want[pad + r * (4 + pad) + y, pad + c * (3 + pad) + x] = images[i, y, x]
     np.testing.assert_array_equal(got, want)
     with pytest.raises(ValueError, match="uint8"):
-        runtime.image_grid(images.astype(np.float32))
+        image_grid(images.astype(np.float32))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from sympad import data
+from sympad.train import data
 
 _SHARED_DATA = [
-    Path(__file__).resolve().parents[1].parent / "shared" / "data",
+    Path(__file__).resolve().parents[2].parent / "shared" / "data",
     Path("/work/shared/data"),
 ]
 
@@ -177,7 +177,7 @@ def test_folder_corrupt_file_skipped_counted_and_cached(
 ):
     root, corrupt, expected = class_folder
     cache = tmp_path / "cache"
-    with caplog.at_level(logging.WARNING, logger="sympad.data"):
+    with caplog.at_level(logging.WARNING, logger="sympad.train.data"):
         ds = data.load(f"folder:{root}", cache_dir=cache, allow_corrupt=True)
     assert "skipped 1 of 12" in caplog.text and str(corrupt) in caplog.text
     assert len(ds.skipped) == 1 and ds.skipped[0].startswith(str(corrupt))
@@ -192,7 +192,7 @@ def test_folder_corrupt_file_skipped_counted_and_cached(
 
     monkeypatch.setattr(data, "_decode_file", no_decode)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="sympad.data"):
+    with caplog.at_level(logging.WARNING, logger="sympad.train.data"):
         again = data.load(f"folder:{root}", cache_dir=cache, allow_corrupt=True)
     np.testing.assert_array_equal(again.images, ds.images)
     np.testing.assert_array_equal(again.labels, ds.labels)

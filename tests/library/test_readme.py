@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def test_usage_example_runs(capsys):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     usage = readme[readme.index("## Usage"):]
     code = re.search(r"```python\n(.*?)```", usage, re.S).group(1)
     exec(compile(code, "README.md", "exec"), {})

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sympad import reproduce
+from paper import reproduce
 
 
 def _env():

@@ -1,7 +1,7 @@
 """The paper's section-3 analyses: information erosion (Q), feature-map shift, receptive fields.
 
-Library functions; the command line is ``python -m sympad.analysis <command>``
-(see :mod:`sympad.analysis_cli`).
+Library functions; the command line is ``python -m paper.analysis <command>``
+(:mod:`paper.analysis`).
 
 A network is given to every function as ``apply_fn(params, x) -> maps``:
 ``x`` is a float batch ``(N, H, W, C)`` and ``maps`` a sequence of ``L``
@@ -591,10 +591,3 @@ def receptive_field(
     if not maps:
         return [], np.zeros((0, 2)), np.zeros((0, 2))
     return maps, np.stack(offsets), extent(np.stack(maps))
-
-
-if __name__ == "__main__":
-    # `python -m sympad.analysis <command>`; the command line lives in its own module.
-    from sympad.analysis_cli import main
-
-    main()

@@ -18,11 +18,13 @@ import pytest
 
 from configs.gan import sngan_cifar10
 from gan import evaluate, export, models, sample, train
-from sympad import data as sdata
-from sympad import runtime
-from sympad.config import run_main
+from sympad.train import data as sdata
+from sympad.train.checkpoint import Checkpointer
+from sympad.train.mesh import batch_sharded, make_mesh, replicate
+from sympad.train.metrics import DivergenceError
+from sympad.train.config import run_main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # A tiny SNGAN-shaped run: 8x8 synthetic images, widths 8, batch 8, the paper's n_critic = 5.
 TINY = dict(data="synthetic", max_examples=64, bottom_size=2, g_channels=(8, 8, 8), d_channels=(8, 8),
@@ -71,12 +73,12 @@ def test_one_step_runs_n_critic_d_updates_and_one_g_update():
     config = tiny_config()
     generator, discriminator = train.create_models(config)
     g_tx, d_tx = train.create_optimizers(config)
-    mesh = runtime.make_mesh()
-    state = runtime.replicate(train.create_train_state(config, generator, discriminator, g_tx, d_tx), mesh)
+    mesh = make_mesh()
+    state = replicate(train.create_train_state(config, generator, discriminator, g_tx, d_tx), mesh)
     before = _numpy(state)
-    images = runtime.replicate(sdata.load("synthetic", image_size=8, max_examples=64).images, mesh)
+    images = replicate(sdata.load("synthetic", image_size=8, max_examples=64).images, mesh)
     step = functools.partial(train.train_step, generator=generator, discriminator=discriminator, g_tx=g_tx,
-                             d_tx=d_tx, batch_sharding=runtime.batch_sharded(mesh), host_batches=False)
+                             d_tx=d_tx, batch_sharding=batch_sharded(mesh), host_batches=False)
     step_config = train.StepConfig.from_config(config)
     copy = jax.tree_util.tree_map(jnp.copy, state)  # train_step donates its state
     new, metrics = step(state, images, jax.random.key(5), config=step_config)
@@ -227,10 +229,10 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(trained_workdir, tm
     # A NaN in G's weights (as after an exploding update), saved as step 3.
     poisoned = state.replace(step=state.step + 1,
                              g_params=jax.tree_util.tree_map(lambda x: x * jnp.nan, state.g_params))
-    ckpt = runtime.Checkpointer(workdir / "checkpoints")
+    ckpt = Checkpointer(workdir / "checkpoints")
     ckpt.save(3, poisoned)
     ckpt.close()
     config.num_train_steps = 5
-    with pytest.raises(runtime.DivergenceError, match=r"step 4: .* is nan.*step 3"):
+    with pytest.raises(DivergenceError, match=r"step 4: .* is nan.*step 3"):
         train.train_and_evaluate(config, str(workdir))
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 3]

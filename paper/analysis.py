@@ -1,16 +1,16 @@
-"""Command line of :mod:`sympad.analysis`: the paper's Figures 2 and 3 as commands.
+"""Command line of :mod:`paper.measures`: the paper's Figures 2 and 3 as commands.
 
 Usage::
 
-  python -m sympad.analysis q-curves --out=runs/q --num_images=1000 --inits=10
-  python -m sympad.analysis shift --out=runs/shift --kinds=C2,C2sp
-  python -m sympad.analysis shift --out=runs/shift_trained --model=classify --checkpoint=WORKDIR
-  python -m sympad.analysis receptive-field --out=runs/rf --data=synthetic --image_size=96
+  python -m paper.analysis q-curves --out=runs/q --num_images=1000 --inits=10
+  python -m paper.analysis shift --out=runs/shift --kinds=C2,C2sp
+  python -m paper.analysis shift --out=runs/shift_trained --model=classify --checkpoint=WORKDIR
+  python -m paper.analysis receptive-field --out=runs/rf --data=synthetic --image_size=96
 
 Commands:
 
 * ``q-curves`` (Fig. 3): layerwise Q = mean |F| of every conv output of the
-  untrained plain ResNet-56 (:func:`sympad.analysis.plain_resnet`: shortcuts
+  untrained plain ResNet-56 (:func:`paper.measures.plain_resnet`: shortcuts
   and batch norm removed, He init), averaged over ``--inits`` random
   initializations. Writes ``q_curves.{png,csv,json}`` and
   ``q_last_layer_maps.png`` (mean |F| of the last conv, Fig. 3's colormaps).
@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sympad import analysis
+from paper import measures
 from sympad.kinds import KINDS, parse_kind
 
 __all__ = ["Network", "build_network", "load_images", "main", "parse_args"]
@@ -95,7 +95,7 @@ def _positive(value: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sympad.analysis", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m paper.analysis", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
 
     def common(p: argparse.ArgumentParser, *, inits: int, num_images: int) -> None:
@@ -116,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--widths", type=_ints, default=(16, 32, 64), help="plain stack: channels per stage")
         p.add_argument(
             "--downsample",
-            choices=analysis.DOWNSAMPLE_MODES,
+            choices=measures.DOWNSAMPLE_MODES,
             default=None,
             help="plain stack default 'stride'; classify model default its own ('auto')",
         )
@@ -203,7 +203,7 @@ def load_images(args: argparse.Namespace) -> tuple[np.ndarray, dict[str, Any]]:
       ``(images, info)``: float32 ``(N, H, W, 3)`` in [-1, 1] and a dict that
       says where they came from.
     """
-    from sympad import data  # Deferred: only the commands need the data pipeline.
+    from sympad.train import data  # Deferred: only the commands need the data pipeline.
 
     spec = args.data
     if spec == "auto":
@@ -262,8 +262,8 @@ class Network:
 
     kind: str
     init: Callable[[jax.Array, jax.Array], Any]
-    conv_outputs: analysis.ApplyFn
-    activations: analysis.ApplyFn
+    conv_outputs: measures.ApplyFn
+    activations: measures.ApplyFn
     description: str
     variables: Any = None
 
@@ -272,7 +272,7 @@ def build_network(kind: str, args: argparse.Namespace) -> Network:
     """The untrained network of ``kind`` that ``args`` asks for (plain stack or classify ResNet)."""
     model_name = getattr(args, "model", "plain")
     if model_name == "plain":
-        model = analysis.plain_resnet(
+        model = measures.plain_resnet(
             kind,
             depth=args.depth,
             widths=args.widths,
@@ -304,9 +304,9 @@ def _wrap_classify(model, kind: str, description: str, variables: Any = None) ->
     return Network(
         kind,
         jax.jit(lambda key, x: model.init(key, x, train=False)),
-        analysis.module_outputs(model, train=False),
+        measures.module_outputs(model, train=False),
         # Pre-activation ResNet: every ReLU follows a BatchNorm.
-        analysis.module_outputs(model, select=lambda m, out: isinstance(m, nn.BatchNorm), train=False),
+        measures.module_outputs(model, select=lambda m, out: isinstance(m, nn.BatchNorm), train=False),
         description,
         variables,
     )
@@ -319,14 +319,14 @@ def load_checkpoint_network(workdir: Path, image_shape: Sequence[int]) -> Networ
     rebuilds the model and the train-state template with
     ``classify.train.create_model`` / ``create_optimizer`` /
     ``create_train_state`` and restores ``workdir/checkpoints`` (the latest
-    step) with :class:`sympad.runtime.Checkpointer`.
+    step) with :class:`sympad.train.checkpoint.Checkpointer`.
 
     Raises:
       ValueError: if ``workdir`` has no config or no checkpoint.
     """
     import ml_collections
 
-    from sympad import runtime
+    from sympad.train.checkpoint import Checkpointer
 
     try:
         from classify import train
@@ -342,7 +342,7 @@ def load_checkpoint_network(workdir: Path, image_shape: Sequence[int]) -> Networ
     template = jax.eval_shape(
         lambda: train.create_train_state(model, tx, seed=0, image_size=int(image_shape[0]))
     )
-    checkpointer = runtime.Checkpointer(workdir / "checkpoints")
+    checkpointer = Checkpointer(workdir / "checkpoints")
     try:
         restored = checkpointer.restore(template)
     finally:
@@ -368,7 +368,7 @@ def _variables(net: Network, key: jax.Array, x: np.ndarray) -> Any:
 def _keys(args: argparse.Namespace, net: Network) -> list[jax.Array]:
     # Restored variables: one "initialization".
     count = 1 if net.variables is not None else args.inits
-    return [analysis.init_key(args.seed, r) for r in range(count)]
+    return [measures.init_key(args.seed, r) for r in range(count)]
 
 
 # ----------------------------------------------------------------------------
@@ -429,7 +429,7 @@ def _color(kind: str) -> str | None:
 
 
 def _header(args: argparse.Namespace, argv: Sequence[str] | None, info: dict[str, Any]) -> dict[str, Any]:
-    cmd = ["python", "-m", "sympad.analysis", *(sys.argv[1:] if argv is None else argv)]
+    cmd = ["python", "-m", "paper.analysis", *(sys.argv[1:] if argv is None else argv)]
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
     return {"command": " ".join(str(c) for c in cmd), "config": config, "data": info, "environment": _environment()}
 
@@ -476,12 +476,12 @@ def run_q_curves(args: argparse.Namespace, argv: Sequence[str] | None = None) ->
     """The ``q-curves`` command; returns what it writes to ``q_curves.json``."""
     start = time.time()
     images, info = load_images(args)
-    results = analysis.q_curves(
+    results = measures.q_curves(
         images,
         kinds=args.kinds,
         num_inits=args.inits,
         seed=args.seed,
-        model_fn=lambda kind: analysis.plain_resnet(
+        model_fn=lambda kind: measures.plain_resnet(
             kind, depth=args.depth, widths=args.widths, downsample=args.downsample or "stride"
         ),
         batch_size=args.batch_size,
@@ -489,7 +489,7 @@ def run_q_curves(args: argparse.Namespace, argv: Sequence[str] | None = None) ->
     )
     any_kind = args.kinds[0]
     sizes = [m.shape for m in results[any_kind]["maps"]]
-    ends = analysis.stage_ends(sizes)
+    ends = measures.stage_ends(sizes)
     q_mean = {k: r["q"].mean(axis=0) for k, r in results.items()}
     q_std = {k: r["q"].std(axis=0) for k, r in results.items()}
     payload = _header(args, argv, info)
@@ -619,12 +619,12 @@ def run_shift(args: argparse.Namespace, argv: Sequence[str] | None = None) -> di
         offsets, map_sum = [], None
         for key in _keys(args, net):
             variables = _variables(net, key, images)
-            maps = analysis.mean_maps(net.activations, variables, images, transform="relu", batch_size=args.batch_size)
-            offsets.append(analysis.feature_map_shift(maps, input_size=input_size))
+            maps = measures.mean_maps(net.activations, variables, images, transform="relu", batch_size=args.batch_size)
+            offsets.append(measures.feature_map_shift(maps, input_size=input_size))
             map_sum = maps if map_sum is None else [a + b for a, b in zip(map_sum, maps)]
         offsets = np.stack(offsets)  # (R, L, 2)
         mean_maps = [m / len(offsets) for m in map_sum]
-        ends = analysis.stage_ends([m.shape for m in mean_maps])
+        ends = measures.stage_ends([m.shape for m in mean_maps])
         mean_offsets = offsets.mean(axis=0)
         per_kind[net.kind] = {
             "description": net.description,
@@ -637,7 +637,7 @@ def run_shift(args: argparse.Namespace, argv: Sequence[str] | None = None) -> di
         }
         stage_maps[net.kind] = [mean_maps[e] for e in ends]
         stage_marks[net.kind] = np.stack(
-            [analysis.center_of_mass(mean_maps[e]) for e in ends]
+            [measures.center_of_mass(mean_maps[e]) for e in ends]
         )
     payload = _header(args, argv, info)
     payload.update(
@@ -701,7 +701,7 @@ def _layer_selection(spec: str, shapes: Sequence[Sequence[int]]) -> list[int]:
     if spec == "all":
         return list(range(len(shapes)))
     if spec == "stages":
-        return analysis.stage_ends(shapes)
+        return measures.stage_ends(shapes)
     try:
         layers = [int(v) for v in spec.split(",") if v.strip()]
     except ValueError:
@@ -728,10 +728,10 @@ def run_receptive_field(args: argparse.Namespace, argv: Sequence[str] | None = N
         for key in _keys(args, net):
             variables = _variables(net, key, images)
             shapes = [s.shape for s in jax.eval_shape(lambda v, x: net.conv_outputs(v, x), variables, x)]
-            ends = analysis.stage_ends(shapes)
+            ends = measures.stage_ends(shapes)
             layers = _layer_selection(args.layers, shapes)
-            maps, offsets, ext = analysis.receptive_field(net.conv_outputs, variables, x, layers=layers)
-            _, impulse = analysis.impulse_response(net.conv_outputs, variables, x)
+            maps, offsets, ext = measures.receptive_field(net.conv_outputs, variables, x, layers=layers)
+            _, impulse = measures.impulse_response(net.conv_outputs, variables, x)
             grads.append(offsets)
             extents.append(ext)
             impulses.append(impulse[layers])

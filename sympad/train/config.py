@@ -216,7 +216,7 @@ def run_main(
             raise app.UsageError("--config is required, e.g. --config=configs/gan/sngan_cifar10.py:runlocal")
         if not flag_values[_WORKDIR_FLAG].value:
             raise app.UsageError("--workdir is required")
-        from sympad.runtime import maybe_initialize_distributed
+        from sympad.train.mesh import maybe_initialize_distributed
 
         maybe_initialize_distributed()  # before anything touches a device
         config = lock_and_validate(flag_values[_CONFIG_FLAG].value)

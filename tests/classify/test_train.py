@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from classify import models, profile, train
-from tests.test_classify_models import _conv_macs
+from tests.classify.test_models import _conv_macs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs" / "classify"
 
 
@@ -116,7 +116,7 @@ def test_one_train_step_lowers_the_loss_on_a_fixed_batch():
 
 
 def _run_main(workdir: Path, *overrides: str):
-    from sympad.config import run_main
+    from sympad.train.config import run_main
 
     argv = [
         "classify.main",

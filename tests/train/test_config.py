@@ -13,9 +13,9 @@ import ml_collections
 import pytest
 from absl import flags
 
-from sympad.config import lock_and_validate, parse_config_arg, run_main, write_config
+from sympad.train.config import lock_and_validate, parse_config_arg, run_main, write_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 DEFAULTS = dict(kernel="C3", data="cifar10", runlocal=False, steps=100, lr=0.1, note=None)
 
@@ -103,7 +103,7 @@ def test_write_config_round_trips(tmp_path):
 CONFIG_FILE = '''
 """python -m suite.main --config=this.py:kernel=C2sp,runlocal --workdir=/tmp/x"""
 import ml_collections
-from sympad.config import parse_config_arg
+from sympad.train.config import parse_config_arg
 
 
 def get_config(arg=None):
@@ -154,7 +154,7 @@ def test_run_main_rejects_unknown_override_key(tmp_path, config_file):
 
 _MAIN = textwrap.dedent(
     """
-    from sympad.config import run_main
+    from sympad.train.config import run_main
 
     def train_and_evaluate(config, workdir):
         print("TRAIN", config.kernel, config.train.steps, config.train.lr, workdir)

@@ -1,0 +1,141 @@
+"""The layers' import rules (README "Layout"), read from the source with ``ast``.
+
+Bottom to top: the library (``sympad``, not ``sympad.train``), the shared runtime
+(``sympad.train``), the suites (``gan``, ``classify``), the paper layer (``paper``), then
+``configs`` and ``benchmarks``. Every import counts, also one inside a function: a lazy import
+is still a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Third-party packages the library may import: what ``pip install sympad`` installs.
+LIBRARY_DEPENDENCIES = {"jax", "jaxlib", "numpy", "flax"}
+#: Optional integrations of the library, each allowed in its own module only (an extra).
+LIBRARY_EXTRAS = {"equinox": "sympad/equinox.py"}
+
+_PROJECT = ("sympad", "gan", "classify", "paper", "configs", "benchmarks", "tests")
+
+
+def _layer(module: str) -> str | None:
+    """The layer of a project module name, or None for third-party and stdlib modules."""
+    top = module.split(".")[0]
+    if top not in _PROJECT:
+        return None
+    if module == "sympad.train" or module.startswith("sympad.train."):
+        return "runtime"
+    return "library" if top == "sympad" else top
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import in the file, relative ones resolved."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = _module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else _module_name(path)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found.append((node.lineno, base))
+            # `from gan import sample` imports the module gan.sample.
+            found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names
+                      if (REPO / Path(*f"{base}.{alias.name}".split("."))).with_suffix(".py").exists()]
+    return found
+
+
+def _is_cli(module: str) -> bool:
+    path = (REPO / Path(*module.split("."))).with_suffix(".py")
+    return path.exists() and '__name__ == "__main__"' in path.read_text(encoding="utf-8")
+
+
+def _sources(*tops: str) -> list[Path]:
+    return sorted(p for top in tops for p in (REPO / top).rglob("*.py") if ".venv" not in p.parts)
+
+
+#: Which layers each layer may import (its own included).
+ALLOWED = {
+    "library": {"library"},
+    "runtime": {"library", "runtime"},
+    "gan": {"library", "runtime", "gan"},
+    "classify": {"library", "runtime", "classify"},
+    "paper": {"library", "runtime", "gan", "classify", "paper"},
+    "configs": {"library", "runtime", "gan", "classify", "configs"},
+    "benchmarks": {"library", "runtime", "gan", "classify", "benchmarks"},
+}
+
+
+def _violations() -> list[str]:
+    out = []
+    for path in _sources("sympad", "gan", "classify", "paper", "configs", "benchmarks"):
+        name = _module_name(path)
+        layer = _layer(name)
+        rel = path.relative_to(REPO).as_posix()
+        for line, module in _imports(path):
+            target = _layer(module)
+            where = f"{rel}:{line} imports {module}"
+            if target is None:
+                top = module.split(".")[0]
+                if layer == "library" and top not in sys.stdlib_module_names and top not in LIBRARY_DEPENDENCIES \
+                        and LIBRARY_EXTRAS.get(top) != rel:
+                    out.append(f"{where}: the library depends on {sorted(LIBRARY_DEPENDENCIES)} only")
+                continue
+            if target not in ALLOWED[layer]:
+                out.append(f"{where}: layer '{layer}' may not import layer '{target}'")
+            # benchmarks.all composes the benchmark harnesses, which are CLIs of their own.
+            elif _is_cli(module) and not (layer == target == "benchmarks"):
+                out.append(f"{where}: {module} is a command-line module; move what is shared into a library module")
+    return out
+
+
+def test_layers_import_only_downwards_and_no_cli_module():
+    assert _violations() == []
+
+
+def test_the_rule_checker_sees_violations(tmp_path, monkeypatch):
+    """The checker itself can fail: a library module that imports the runtime, a lazy suite import
+    in the runtime and an import of a CLI module are all reported."""
+    fake = tmp_path / "repo"
+    for rel, text in {
+        "sympad/__init__.py": "",
+        "sympad/ops.py": "import optax\nfrom sympad.train import data\n",
+        "sympad/train/__init__.py": "",
+        "sympad/train/data.py": "def f():\n    from gan import models\n",
+        "gan/__init__.py": "",
+        "gan/models.py": "from classify import train\nfrom gan import sample\n",
+        "gan/sample.py": 'if __name__ == "__main__":\n    pass\n',
+        "classify/__init__.py": "",
+        "classify/train.py": "",
+    }.items():
+        (fake / rel).parent.mkdir(parents=True, exist_ok=True)
+        (fake / rel).write_text(text)
+    monkeypatch.setattr(sys.modules[__name__], "REPO", fake)
+    found = "\n".join(_violations())
+    assert "sympad/ops.py:1 imports optax: the library depends on" in found
+    assert "sympad/ops.py:2 imports sympad.train: layer 'library' may not import layer 'runtime'" in found
+    assert "sympad/train/data.py:2 imports gan: layer 'runtime' may not import layer 'gan'" in found
+    assert "gan/models.py:1 imports classify: layer 'gan' may not import layer 'classify'" in found
+    assert "gan/models.py:2 imports gan.sample: gan.sample is a command-line module" in found
+
+
+@pytest.mark.parametrize("module", ["sympad", "sympad.linen", "sympad.nnx", "sympad.kinds", "sympad.ops"])
+def test_library_modules_are_library_layer(module):
+    assert _layer(module) == "library"
+    assert _layer("sympad.train.data") == "runtime"
