@@ -2,16 +2,20 @@
 
 ``Checkpointer`` keeps the last k steps and the best one, saves atomically (orbax writes
 ``<step>.orbax-checkpoint-tmp`` and renames it once complete), and restores any pytree exactly
-or raises ``CheckpointError`` naming the path.
+or raises ``CheckpointError`` naming the path. Opt-in (``on_corrupt='fall_back'``), a corrupt
+latest step is renamed to ``<step>.corrupt`` and the newest intact one restored instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import logging as pylogging
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from sympad.train.errors import UserError
 from sympad.train.mesh import make_mesh, replicated
 
 
@@ -32,19 +37,26 @@ class _QuietOrbax(pylogging.Filter):
 
 # absl routes every library's messages through the one 'absl' logger, so filter by source file.
 
-__all__ = ["CheckpointError", "Checkpointer"]
+__all__ = ["CheckpointError", "Checkpointer", "CorruptCheckpointError"]
 
 PyTree = Any
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is corrupt, partial or does not fit the state it is restored into."""
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint cannot be saved, or is corrupt, partial or does not fit the state it is restored into."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint's files are damaged or incomplete (as opposed to not fitting the template)."""
 
 
 _STATE_ITEM = "state"
 _MANIFEST_ITEM = "manifest"
 _FORMAT = "sympad-checkpoint/1"
 _TMP_MARKER = ".orbax-checkpoint-tmp"
+_ON_CORRUPT = ("raise", "fall_back")
+# Set-aside damaged steps: '<step>.corrupt'; orbax ignores names that are not a step number.
+_CORRUPT_SUFFIX = ".corrupt"
 
 
 def _path_name(path: tuple[Any, ...]) -> str:
@@ -172,6 +184,14 @@ class Checkpointer:
       read_only: for tools that only restore (evaluation, export, analysis) while a training run
         may be writing to the same directory: nothing is created, cleaned up or saved. A writer
         removes unfinished saves when it opens the directory, which would break a save in flight.
+      on_corrupt: what ``restore()`` of the latest step does when that checkpoint is corrupt or
+        partial (damaged files, not a template mismatch). 'raise' (default): a
+        ``CorruptCheckpointError`` naming the earlier steps. 'fall_back': rename the damaged step
+        directory to ``<step>.corrupt`` beside it (never deleted: inspect or remove it yourself),
+        log a warning naming both paths, and try the next older step, until one restores; if none
+        does, raise. With ``read_only`` the damaged directory is left where it is. A checkpoint
+        that restores but does not fit the template always raises: an older step would not fit
+        either, and renaming good checkpoints would hide the real mistake (a changed config).
     """
 
     def __init__(
@@ -182,6 +202,7 @@ class Checkpointer:
         best_metric: str | None = None,
         best_mode: str = "min",
         read_only: bool = False,
+        on_corrupt: str = "raise",
     ):
         import orbax.checkpoint as ocp  # Deferred: orbax is slow to import and only needed here.
         from orbax.checkpoint import checkpoint_managers as ocm
@@ -192,6 +213,9 @@ class Checkpointer:
             raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
         if best_metric is not None and not isinstance(best_metric, str):
             raise ValueError(f"best_metric must be a metric name or None, got {best_metric!r}")
+        if on_corrupt not in _ON_CORRUPT:
+            raise ValueError(f"on_corrupt must be one of {_ON_CORRUPT}, got {on_corrupt!r}")
+        self.on_corrupt = on_corrupt
         self._ocp = ocp
         self.directory = Path(directory).expanduser().absolute()
         self.best_metric = best_metric
@@ -281,7 +305,10 @@ class Checkpointer:
           True if the step was written, False if it already existed.
 
         Raises:
-          CheckpointError: the write failed; previous checkpoints are untouched.
+          CheckpointError: the write failed (disk full, no permission, ...): the message names the
+            step directory, the cause and the earlier steps, which are untouched; the partial
+            write stays in ``<step>.orbax-checkpoint-tmp*`` until the next writer opens the
+            directory. Saving again (say, after freeing space) works.
         """
         ocp = self._ocp
         step = int(step)
@@ -324,11 +351,43 @@ class Checkpointer:
             )
             self._manager.wait_until_finished()
         except Exception as e:
-            raise CheckpointError(f"saving checkpoint {self.step_path(step)} failed: {_brief(e)}") from e
+            # orbax adds a step to its list only once committed; re-reading the directory keeps
+            # that true whatever stage failed, so retention never counts a step that is not there.
+            with contextlib.suppress(Exception):  # the save's own error is the one to report
+                self._manager.reload()
+            raise CheckpointError(self._save_failed_message(step, e)) from e
         return bool(saved)
+
+    def _save_failed_message(self, step: int, error: BaseException) -> str:
+        code = _os_errno(error)
+        reason = f"{os.strerror(code)} (errno {code}); " if code is not None else ""
+        try:
+            steps = self.all_steps()
+        except Exception:  # noqa: BLE001 - an unreadable directory must not hide the save's error
+            steps = None
+        if steps is None:
+            kept = f"Earlier checkpoints in {self.directory} were not touched"
+        elif steps:
+            kept = (
+                f"The checkpoints of steps {steps} are intact; after fixing this, rerun to resume "
+                f"from step {steps[-1]}"
+            )
+        else:
+            kept = f"No earlier checkpoint exists in {self.directory}"
+        if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            fix = f" Free space on the file system of {self.directory} (or keep fewer checkpoints: max_to_keep)."
+        elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+            fix = f" Make {self.directory} writable for this user."
+        else:
+            fix = ""
+        return f"saving checkpoint {self.step_path(step)} failed: {reason}{_brief(error)}. {kept}.{fix}"
 
     def restore(self, template: PyTree, step: int | None = None) -> tuple[int, PyTree] | None:
         """Restores checkpoint ``step`` (default: the latest) into the structure of ``template``.
+
+        Without ``step``, a corrupt latest checkpoint raises, or with ``on_corrupt='fall_back'`` is
+        set aside for the newest intact one (see the class docstring). An explicit ``step`` never
+        falls back.
 
         Args:
           template: a pytree with the same structure, shapes and dtypes as the saved state:
@@ -340,38 +399,101 @@ class Checkpointer:
           ``(step, state)``, or None when the directory holds no checkpoint at all.
 
         Raises:
-          CheckpointError: naming the step directory, when the checkpoint is corrupt, partial, or
-            does not match ``template`` (tree structure, shape or dtype), or ``step`` is missing.
+          CheckpointError: naming the step directory, when the checkpoint does not match
+            ``template`` (tree structure, shape or dtype) or ``step`` is missing.
+          CorruptCheckpointError: naming the step directory and the earlier steps, when the
+            checkpoint is corrupt or partial (with 'fall_back': when every step is).
         """
-        ocp = self._ocp
         steps = self.all_steps()
         if not steps:
             if step is not None:
                 raise CheckpointError(f"{self.directory}: no checkpoint for step {step}; the directory has none")
             return None
-        if step is None:
-            step = steps[-1]
-        elif int(step) not in steps:
-            raise CheckpointError(f"{self.directory}: no checkpoint for step {step}; available steps: {steps}")
-        step = int(step)
-        path = self.step_path(step)
+        if step is not None:
+            if int(step) not in steps:
+                raise CheckpointError(f"{self.directory}: no checkpoint for step {step}; available steps: {steps}")
+            return self._restore_step(template, int(step), hint=self._corrupt_hint(int(step), steps))
+        if self.on_corrupt == "raise":
+            return self._restore_step(template, steps[-1], hint=self._corrupt_hint(steps[-1], steps))
+        return self._restore_newest_intact(template, steps)
+
+    def _corrupt_hint(self, step: int, steps: list[int]) -> str:
         earlier = [s for s in steps if s < step]
-        hint = (
-            f" Earlier checkpoints: steps {earlier}; to resume from step {earlier[-1]}, move {path} "
-            f"aside (or pass step={earlier[-1]})."
-            if earlier
-            else ""
+        if not earlier:
+            return ""
+        return (
+            f" Earlier checkpoints: steps {earlier}; to resume from step {earlier[-1]}, move "
+            f"{self.step_path(step)} aside (or pass step={earlier[-1]}, or on_corrupt='fall_back' to "
+            f"do both automatically)."
         )
+
+    def _restore_newest_intact(self, template: PyTree, steps: list[int]) -> tuple[int, PyTree]:
+        """on_corrupt='fall_back': the newest step that restores; damaged ones are set aside."""
+        set_aside = []
+        try:
+            for step in reversed(steps):
+                try:
+                    restored = self._restore_step(template, step, hint="")
+                except CorruptCheckpointError as e:
+                    set_aside.append(self._set_aside(step, e))
+                    continue
+                if set_aside:
+                    logging.warning("Resuming from step %d, the newest intact checkpoint in %s.", step, self.directory)
+                return restored
+        finally:
+            if set_aside and not self.read_only:
+                if jax.process_count() > 1:
+                    # Every host must see the renames before any saves again.
+                    from jax.experimental import multihost_utils
+
+                    multihost_utils.sync_global_devices("sympad_checkpoint_set_aside")
+                self._manager.reload()
+        where = ", ".join(str(p) for p in set_aside)
+        raise CorruptCheckpointError(
+            f"every checkpoint in {self.directory} is corrupt (steps {steps}); "
+            + ("they were left in place (read_only)." if self.read_only else f"they were moved aside to {where}.")
+            + " Start a new run in another directory, or remove them to start over in this one."
+        )
+
+    def _set_aside(self, step: int, error: CorruptCheckpointError) -> Path:
+        """Renames the damaged step directory out of orbax's sight (same directory: nothing is copied)."""
+        path = self.step_path(step)
+        if self.read_only:
+            logging.warning("%s; leaving it in place (read_only) and trying the previous step.", str(error).rstrip("."))
+            return path
+        aside = self.directory / f"{step}{_CORRUPT_SUFFIX}"
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.directory / f"{step}{_CORRUPT_SUFFIX}-{n}"
+        if jax.process_index() == 0:
+            try:
+                path.rename(aside)
+            except OSError as e:
+                raise CheckpointError(
+                    f"checkpoint {path} is corrupt, and moving it aside to {aside} failed: {_brief(e)}"
+                ) from e
+        logging.warning("%s; moved it aside to %s (not deleted) and trying the previous step.", str(error).rstrip("."), aside)
+        return aside
+
+    def _restore_step(self, template: PyTree, step: int, *, hint: str) -> tuple[int, PyTree]:
+        """Restores one committed step; ``hint`` ends the messages of corruption errors."""
+        ocp = self._ocp
+        path = self.step_path(step)
 
         try:
             manifest_args = ocp.args.Composite(**{_MANIFEST_ITEM: ocp.args.JsonRestore()})
             manifest = self._manager.restore(step, args=manifest_args)[_MANIFEST_ITEM]
         except Exception as e:
-            raise CheckpointError(
+            raise CorruptCheckpointError(
                 f"checkpoint {path} is corrupt or partial: cannot read its manifest ({_brief(e)}).{hint}"
             ) from e
         if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT or "leaves" not in manifest:
-            raise CheckpointError(f"checkpoint {path} is corrupt or not a sympad checkpoint: bad manifest.{hint}")
+            # Damaged unless it parses as a manifest of another format (a newer sympad's, say).
+            damaged = not isinstance(manifest, dict) or "leaves" not in manifest
+            raise (CorruptCheckpointError if damaged else CheckpointError)(
+                f"checkpoint {path} is corrupt or not a sympad checkpoint: bad manifest.{hint}"
+            )
 
         flat, treedef = jax.tree_util.tree_flatten_with_path(template)
         specs = [_leaf_spec(p, x) for p, x in flat]
@@ -408,18 +530,18 @@ class Checkpointer:
             )
             values = jax.tree_util.tree_leaves(restored[_STATE_ITEM])
         except Exception as e:
-            raise CheckpointError(
+            raise CorruptCheckpointError(
                 f"checkpoint {path} is corrupt or partial: restoring its arrays failed ({_brief(e)}).{hint}"
             ) from e
         if len(values) != len(targets):
-            raise CheckpointError(
+            raise CorruptCheckpointError(
                 f"checkpoint {path} is corrupt: restored {len(values)} arrays, expected {len(targets)}.{hint}"
             )
 
         out = []
         for value, saved, (_, x) in zip(values, saved_leaves, flat):
             if not _matches_manifest(value, saved):
-                raise CheckpointError(
+                raise CorruptCheckpointError(
                     f"checkpoint {path} is corrupt: the data of {saved['path']!r} does not match the "
                     f"checksum written with it (files under {path / _STATE_ITEM} were changed or "
                     f"damaged).{hint}"
@@ -446,6 +568,20 @@ def _brief(error: BaseException, limit: int = 400) -> str:
     """An exception as one short line (tensorstore appends kilobytes of JSON spec)."""
     text = f"{type(error).__name__}: {error}".replace("\n", " ")
     return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _os_errno(error: BaseException) -> int | None:
+    """The errno behind a failed write: an OSError in the chain, or tensorstore's os_error_code."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno:
+            return error.errno
+        found = re.search(r"os_error_code='?(\d+)", str(error))
+        if found:
+            return int(found.group(1))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _key_kind(prng_impl: str | None) -> str:
