@@ -67,6 +67,8 @@ import jax.extend.random
 import jax.numpy as jnp
 import numpy as np
 
+from sympad.train.errors import UserError
+
 __all__ = [
     "MMAP_BYTES",
     "CorruptImageError",
@@ -97,10 +99,15 @@ MMAP_BYTES = 4 << 30
 _CACHE_VERSION = 1
 # Names in error messages and log lines: enough to find the files, not a wall.
 _MAX_LISTED = 20
+# What users set to skip undecodable files: the suites expose load()'s allow_corrupt under this name.
+_ALLOW_CORRUPT_FIELD = "config.allow_corrupt"
 
 
-class CorruptImageError(ValueError):
-    """A file in an image folder could not be decoded as an image.
+class CorruptImageError(UserError, ValueError):
+    """Files in an image folder could not be decoded as images.
+
+    Raised for any undecodable file unless ``allow_corrupt``, and always when no file at all
+    decodes (the dataset would be empty).
 
     Attributes:
       paths: every undecodable file, with the reason, as ``'PATH: reason'``.
@@ -111,7 +118,7 @@ class CorruptImageError(ValueError):
         self.paths = tuple(paths)
 
 
-class DatasetNotPreparedError(FileNotFoundError):
+class DatasetNotPreparedError(UserError, FileNotFoundError):
     """A TFDS dataset is not available in a format ``tfds.data_source`` reads."""
 
 
@@ -190,7 +197,9 @@ def load(
         :func:`default_cache_dir`.
       allow_corrupt: folder sources only: skip files that do not decode,
         counting them in a warning and in ``Dataset.skipped``, instead of
-        raising :class:`CorruptImageError`.
+        raising :class:`CorruptImageError`. The suites expose it as
+        ``config.allow_corrupt``. A folder in which no file decodes is an
+        error even so.
       max_examples: keep at most this many examples, taken at evenly spaced
         positions of the split (so a class-sorted folder keeps every class).
         synthetic: the number of images (default 512).
@@ -202,7 +211,8 @@ def load(
 
     Raises:
       ValueError: for a bad argument (naming it).
-      CorruptImageError: for an undecodable folder file, unless allowed.
+      CorruptImageError: for an undecodable folder file, unless allowed;
+        always when no file decodes.
       DatasetNotPreparedError: when a TFDS set is not prepared; the message
         says what to install, download and run.
     """
@@ -368,7 +378,7 @@ def _decode_into_cache(
                 failures[i] = f"{describe(item)}: {e}"
         if first is None:
             # Even with allow_corrupt: an empty dataset is never what was meant.
-            _raise_or_warn_corrupt(list(failures.values()), len(items), allow_corrupt=False)
+            _raise_all_corrupt(list(failures.values()))
         start = i
         shape = first[0].shape
         images = np.lib.format.open_memmap(
@@ -438,15 +448,31 @@ def _decode_into_cache(
     return cached
 
 
+def _listing(skipped: Sequence[str]) -> tuple[str, str]:
+    listed = "\n  ".join(skipped[:_MAX_LISTED])
+    more = f"\n  ... and {len(skipped) - _MAX_LISTED} more" if len(skipped) > _MAX_LISTED else ""
+    return listed, more
+
+
+def _raise_all_corrupt(failures: Sequence[str]) -> None:
+    listed, more = _listing(failures)
+    raise CorruptImageError(
+        f"none of the {len(failures)} files could be decoded as images, so the dataset would be "
+        f"empty (skipping them with {_ALLOW_CORRUPT_FIELD} cannot help):\n  {listed}{more}\n"
+        "Check that the data path points at a folder of images (JPEG, PNG, ...).",
+        failures,
+    )
+
+
 def _raise_or_warn_corrupt(skipped: Sequence[str], total: int, *, allow_corrupt: bool) -> None:
     if not skipped:
         return
-    listed = "\n  ".join(skipped[:_MAX_LISTED])
-    more = f"\n  ... and {len(skipped) - _MAX_LISTED} more" if len(skipped) > _MAX_LISTED else ""
+    listed, more = _listing(skipped)
     if not allow_corrupt:
         raise CorruptImageError(
             f"{len(skipped)} of {total} files could not be decoded as images:\n  {listed}{more}\n"
-            "Remove or fix them, or pass allow_corrupt=True to skip them.",
+            f"Remove or fix them, or set {_ALLOW_CORRUPT_FIELD}=True (on the command line: "
+            f"--{_ALLOW_CORRUPT_FIELD}=True) to skip them.",
             skipped,
         )
     logger.warning(
