@@ -24,18 +24,28 @@ import jax
 import numpy as np
 from absl import logging
 
-from sympad.train.errors import UserError
+from sympad.train.errors import UserError, traceback_requested
 from sympad.train.mesh import make_mesh, replicated
 
 
 class _QuietOrbax(pylogging.Filter):
-    """Drops orbax's INFO chatter (dozens of lines per save); its warnings and errors still show."""
+    """Drops orbax's INFO chatter (dozens of lines per save); its warnings and errors still show.
+
+    An orbax error keeps its message but not its traceback: orbax logs the exception of a failed
+    write from its own thread, then re-raises it in ours, where it becomes the cause of our
+    ``CheckpointError`` (whose traceback ``SYMPAD_TRACEBACK=1`` shows, and then orbax's too).
+    """
 
     def filter(self, record: pylogging.LogRecord) -> bool:
-        return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
+        if "orbax" not in record.pathname:
+            return True
+        if record.exc_info and not traceback_requested():
+            record.exc_info, record.exc_text = None, None
+        return record.levelno >= pylogging.WARNING
 
 
 # absl routes every library's messages through the one 'absl' logger, so filter by source file.
+pylogging.getLogger("absl").addFilter(_QuietOrbax())
 
 __all__ = ["CheckpointError", "Checkpointer", "CorruptCheckpointError"]
 

@@ -6,11 +6,10 @@ with status 2; lines after the first (a list of files, setup instructions) are i
 bug keeps Python's traceback and status 1. Set ``SYMPAD_TRACEBACK=1`` to get the traceback for a
 user error too (still status 2).
 
-A CLI adopts it in one line, at the bottom of the file::
+A CLI adopts it in one line: the call under its ``__main__`` guard becomes::
 
-  if __name__ == "__main__":
-    run_cli(main)     # argparse-style: main(argv=None) parses sys.argv itself
-    run_absl(main)    # absl-style: replaces app.run(main); flag errors get the same treatment
+  run_cli(main)     # argparse-style: main(argv=None) parses sys.argv itself
+  run_absl(main)    # absl-style: replaces app.run(main); flag errors get the same treatment
 
 What counts as a user error (:func:`is_user_error`):
 
@@ -51,6 +50,7 @@ __all__ = [
     "report_and_exit",
     "run_absl",
     "run_cli",
+    "traceback_requested",
 ]
 
 #: Set to 1 (or true/yes) to print the traceback of user errors as well.
@@ -174,14 +174,14 @@ def format_error(error: BaseException | str) -> str:
       The text, without a trailing newline.
     """
     text = error if isinstance(error, str) else _message(error)
-    if text.startswith("error: "):
-        text = text[len("error: "):]  # sys.exit(f"error: {e}") in an older CLI
+    text = text.removeprefix("error: ")  # sys.exit(f"error: {e}") in an older CLI
     first, *rest = text.splitlines() or [""]
     lines = [f"error: {first}"] + [line if not line or line.startswith(" ") else "  " + line for line in rest]
     return "\n".join(lines)
 
 
-def _traceback_requested() -> bool:
+def traceback_requested() -> bool:
+    """Whether ``SYMPAD_TRACEBACK`` asks for tracebacks of user errors too."""
     return os.environ.get(TRACEBACK_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -196,7 +196,7 @@ class _Prefixed(UserError):
 
 def report_and_exit(error: BaseException | str) -> NoReturn:
     """Prints ``error`` as :func:`format_error` does (after its traceback if requested); exits 2."""
-    if isinstance(error, BaseException) and _traceback_requested():
+    if isinstance(error, BaseException) and traceback_requested():
         traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
     sys.stderr.flush()  # after whatever logging wrote, so the error line comes last
     print(format_error(error), file=sys.stderr, flush=True)
