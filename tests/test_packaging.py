@@ -140,6 +140,17 @@ def test_metadata_version_license_and_dependencies(dists):
     assert re.search(rf"^## \[?{re.escape(VERSION)}\]?", (REPO / "CHANGELOG.md").read_text(), re.M)
 
 
+def test_no_machine_paths_in_code():
+    """Code and configuration name paths relative to the checkout or through variables, never a machine's."""
+    machine_path = re.compile(r"(^|[^\w.~])/(work|home|root|Users)/")
+    suffixes = (".py", ".toml", ".sh", ".cfg", ".yaml", ".yml")
+    found = [f"{name}:{n}: {line.strip()}"
+             for name in _source_files() if name.endswith(suffixes) or name.startswith(".ci/")
+             for n, line in enumerate((REPO / name).read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+             if machine_path.search(line) and name != "tests/test_packaging.py"]
+    assert not found, "\n".join(found)
+
+
 def test_twine_check(dists):
     result = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", *map(str, dists.values())],
                             capture_output=True, text=True)
