@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
 import venv
 import zipfile
@@ -122,6 +123,18 @@ def test_wheel_installs_the_library_and_runtime_only(dists):
     assert f"sympad-{VERSION}.dist-info/licenses/LICENSE" in names
     with zipfile.ZipFile(dists["wheel"]) as z:
         assert z.read(f"sympad-{VERSION}.dist-info/licenses/LICENSE") == (REPO / "LICENSE").read_bytes()
+
+
+def test_sdist_holds_the_library_sources_only(dists):
+    with tarfile.open(dists["sdist"]) as tar:
+        names = [m.name.split("/", 1)[1] for m in tar.getmembers() if m.isfile()]
+    assert {n.split("/")[0] for n in names} == {
+        "sympad", "sympad.egg-info", "LICENSE", "CHANGELOG.md", "README.md", "pyproject.toml", "setup.cfg",
+        "PKG-INFO", "MANIFEST.in",
+    }
+    assert {n for n in names if n.startswith("sympad/")} == {
+        p.relative_to(REPO).as_posix() for p in (REPO / "sympad").rglob("*.py") if "__pycache__" not in p.parts
+    }
 
 
 def test_metadata_version_license_and_dependencies(dists):
