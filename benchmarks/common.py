@@ -13,13 +13,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,8 +23,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import jax
+import jax.numpy as jnp
+
+from sympad.train.environment import environment  # the header record of every run
 
 __all__ = [
+    "DTYPES",
     "Deadline",
     "Report",
     "Timing",
@@ -42,6 +42,10 @@ __all__ = [
     "size_parser",
     "time_round_robin",
 ]
+
+
+#: The dtypes the benchmarks measure, by the name their options and records use.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,67 +146,6 @@ def memory(compiled: Any) -> dict[str, int | None]:
         "argument_bytes": get("argument_size_in_bytes"),
         "output_bytes": get("output_size_in_bytes"),
     }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parents[1],
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parents[1],
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode:
-        return None
-    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
-def _version(module: str) -> str | None:
-    try:
-        return __import__(module).__version__
-    except Exception:
-        return None
-
-
-def environment() -> dict[str, Any]:
-    """Device, versions, flags and date: the header record of every run."""
-    device = jax.devices()[0]
-    env = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "backend": jax.default_backend(),
-        "device": getattr(device, "device_kind", str(device)),
-        "device_count": jax.device_count(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jaxlib": _version("jaxlib"),
-        "flax": _version("flax"),
-        "optax": _version("optax"),
-        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-        "jax_env": {k: v for k, v in os.environ.items() if k.startswith("JAX_")},
-        "git": _git_commit(),
-        "argv": sys.argv,
-    }
-    try:
-        env["loadavg"] = os.getloadavg()
-    except OSError:
-        pass
-    return env
 
 
 @contextlib.contextmanager

@@ -93,8 +93,6 @@ TINY_SHAPES: tuple[LayerShape, ...] = (LayerShape("tiny", 2, 8, 8, 8),)
 #: microseconds there, about one host round trip.
 GPU_INNER = 20
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
@@ -247,7 +245,7 @@ def run(
     records = []
     key = jax.random.key(0)
     for dtype_name in dtypes:
-        dtype = DTYPES[dtype_name]
+        dtype = common.DTYPES[dtype_name]
         for shape in shapes:
             group = group_key(shape.name, dtype_name)
             if group in done:

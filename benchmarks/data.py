@@ -11,15 +11,15 @@ Measures, on the default JAX backend (CPU here):
   (gather + ``device_put``), consumed as fast as possible;
 * ``folder_decode``: :func:`sympad.data.load` of an image folder, first load
   (decode + cache write, per thread count) and cached reload. Uses the shared
-  CIFAR-10 JPEG archives (extracted to a temporary folder, train + test =
-  60,000 files) when present, else 10,000 generated 32 x 32 JPEGs.
+  CIFAR-10 JPEG archives (``$SYMPAD_SHARED_DATA`` or ``../shared/data``,
+  extracted to a temporary folder, train + test = 60,000 files) when present,
+  else 10,000 generated 32 x 32 JPEGs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -29,11 +29,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from sympad.train import data
-
-_SHARED = [
-    Path(__file__).resolve().parents[1].parent / "shared" / "data",
-    Path("/work/shared/data"),
-]
 
 
 def _device_get_batch(images, labels, *, batch_size, steps, **kwargs) -> float:
@@ -60,15 +55,12 @@ def _host_loader(images, labels, *, batch_size, steps) -> float:
 def _prepare_folder(tmp: Path, cifar_dir: str | None) -> tuple[Path, str]:
     if cifar_dir:
         return Path(cifar_dir), f"cifar10 folder {cifar_dir}"
-    archives = [d for d in _SHARED if (d / "cifar10-train.tar.gz").exists()]
-    if archives:
-        for split in ("train", "test"):
-            with tarfile.open(archives[0] / f"cifar10-{split}.tar.gz") as archive:
-                archive.extractall(tmp, filter="data")
+    if data.shared_data_file("cifar10-train.tar.gz") and data.shared_data_file("cifar10-test.tar.gz"):
+        extracted = data.cifar10_folder(cache_dir=tmp)
         # Both splits as one folder of class subfolders: 60,000 JPEGs.
         root = tmp / "all"
         for split in ("train", "test"):
-            for cls in (tmp / "cifar10-jpeg" / split).iterdir():
+            for cls in (extracted / split).iterdir():
                 target = root / cls.name
                 target.mkdir(parents=True, exist_ok=True)
                 for f in cls.iterdir():

@@ -39,8 +39,6 @@ from benchmarks import common
 
 __all__ = ["Case", "build_cases", "main", "markdown", "run"]
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -213,7 +211,7 @@ def build_cases(
             group = f"resnet{depth}/b{batch}/{dtype}"
             variants = [(k, k, None) for k in kinds] + [(f"C2sp:{f}", "C2sp", f) for f in formulations]
             for label, kind, impl in variants:
-                model = resnet_cifar(depth=depth, width=sizes.resnet_width, kernel=kind, dtype=DTYPES[dtype])
+                model = resnet_cifar(depth=depth, width=sizes.resnet_width, kernel=kind, dtype=common.DTYPES[dtype])
                 cases.append(
                     Case(
                         group,

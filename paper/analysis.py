@@ -27,8 +27,8 @@ Commands:
   ``receptive_field_maps.png``.
 
 Data (``--data``): ``auto`` (default) is the CIFAR-10 test folder, extracted
-from ``shared/data/cifar10-test.tar.gz`` next to the repository into
-``--cache_dir``; a ``.tar.gz`` path is extracted the same way; anything else is
+from the shared ``cifar10-test.tar.gz`` (``$SYMPAD_SHARED_DATA`` or
+``../shared/data``) into ``--cache_dir``; a ``.tar.gz`` path is extracted the same way; anything else is
 a dataset name of :func:`sympad.data.load` (``cifar10``, ``folder:PATH``,
 ``digits``, ``synthetic``, ...). ``--num_images`` images are drawn at random
 (seeded) from the split and scaled to [-1, 1].
@@ -40,10 +40,7 @@ import argparse
 import csv
 import dataclasses
 import json
-import os
-import platform
 import sys
-import tarfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -164,25 +161,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------
 
 
-def shared_data_dirs() -> list[Path]:
-    """Where the project's shared data may be: ``../shared/data`` of the repository, then of the cwd."""
-    here = Path(__file__).resolve()
-    return [here.parents[1].parent / "shared" / "data", Path.cwd().resolve().parent / "shared" / "data"]
-
-
-def extract_archive(archive: Path, cache_dir: Path) -> Path:
-    """Extracts ``archive`` (.tar.gz) once into ``cache_dir / <name>`` and returns that folder."""
-    name = archive.name.removesuffix(".tar.gz").removesuffix(".tgz")
-    target = cache_dir / name
-    marker = target / ".extracted"
-    if not marker.exists():
-        target.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(target, filter="data")
-        marker.write_text(str(archive))
-    return target
-
-
 def _split_folder(root: Path, split: str) -> Path:
     """The folder whose subfolders are the classes of ``split`` inside an extracted archive."""
     for candidate in [root / split, *sorted(root.glob(f"*/{split}"))]:
@@ -206,25 +184,19 @@ def load_images(args: argparse.Namespace) -> tuple[np.ndarray, dict[str, Any]]:
     from sympad.train import data  # Deferred: only the commands need the data pipeline.
 
     spec = args.data
-    if spec == "auto":
-        for d in shared_data_dirs():
-            archive = d / f"cifar10-{args.split}.tar.gz"
-            if archive.exists():
-                spec = str(archive)
-                break
-        else:
-            raise ValueError(
-                "--data=auto: no cifar10-*.tar.gz in "
-                + ", ".join(str(d) for d in shared_data_dirs())
-                + "; pass --data=cifar10, --data=folder:PATH or --data=synthetic"
-            )
     source = spec
     cache_dir = args.cache_dir if args.cache_dir is not None else data.default_cache_dir()
-    if spec.endswith((".tar.gz", ".tgz")):
+    if spec == "auto":
+        try:
+            spec = f"folder:{data.cifar10_folder(args.split, cache_dir=cache_dir)}"
+        except FileNotFoundError as e:
+            raise ValueError(f"--data=auto: {e}; or pass --data=cifar10, --data=folder:PATH or --data=synthetic") from None
+        source = f"shared cifar10-{args.split}.tar.gz"
+    elif spec.endswith((".tar.gz", ".tgz")):
         archive = Path(spec)
         if not archive.exists():
             raise ValueError(f"--data: archive {archive} does not exist")
-        root = extract_archive(archive, cache_dir / "archives")
+        root = data.extract_archive(archive, cache_dir=cache_dir / "archives")
         spec = _folder_spec(_split_folder(root, args.split), args.split)
     # synthetic makes exactly max_examples images; big TFDS sets are not decoded whole.
     max_examples = args.num_images if spec in _LARGE_DATASETS + ("synthetic",) else None
@@ -376,21 +348,6 @@ def _keys(args: argparse.Namespace, net: Network) -> list[jax.Array]:
 # ----------------------------------------------------------------------------
 
 
-def _environment() -> dict[str, Any]:
-    import flax
-
-    return {
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "flax": flax.__version__,
-        "numpy": np.__version__,
-        "backend": jax.default_backend(),
-        "devices": [d.device_kind for d in jax.devices()],
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-    }
-
-
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     def default(o):
         if isinstance(o, np.ndarray):
@@ -429,9 +386,11 @@ def _color(kind: str) -> str | None:
 
 
 def _header(args: argparse.Namespace, argv: Sequence[str] | None, info: dict[str, Any]) -> dict[str, Any]:
+    from sympad.train.environment import environment  # Deferred like the data pipeline.
+
     cmd = ["python", "-m", "paper.analysis", *(sys.argv[1:] if argv is None else argv)]
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
-    return {"command": " ".join(str(c) for c in cmd), "config": config, "data": info, "environment": _environment()}
+    return {"command": " ".join(str(c) for c in cmd), "config": config, "data": info, "environment": environment()}
 
 
 def _stage_boundaries(ends: Sequence[int]) -> list[float]:

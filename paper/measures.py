@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from sympad.kinds import parse_kind
+from classify.models.blocks import DOWNSAMPLE_MODES, resolve_downsample
 from sympad.linen import conv
 
 __all__ = [
@@ -59,7 +59,6 @@ __all__ = [
 ]
 
 Downsample = Literal["stride", "pool", "auto"]
-DOWNSAMPLE_MODES: tuple[str, ...] = ("stride", "pool", "auto")
 ApplyFn = Callable[[Any, jax.Array], Sequence[jax.Array]]
 Transform = Literal["abs", "relu"]
 
@@ -113,11 +112,7 @@ class PlainStack(nn.Module):
             raise ValueError(
                 f"stage_sizes {tuple(self.stage_sizes)} and widths {tuple(self.widths)} must have the same length"
             )
-        if self.downsample not in DOWNSAMPLE_MODES:
-            raise ValueError(f"downsample must be one of {DOWNSAMPLE_MODES}, got {self.downsample!r}")
-        mode = self.downsample
-        if mode == "auto":
-            mode = "pool" if parse_kind(self.kind).size % 2 == 0 else "stride"
+        mode = resolve_downsample(self.kind, self.downsample)  # the classification models' rule
         outputs = []
         for stage, (size, width) in enumerate(zip(self.stage_sizes, self.widths)):
             for i in range(size):

@@ -56,6 +56,7 @@ import logging
 import os
 import queue
 import shutil
+import tarfile
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -70,21 +71,27 @@ import numpy as np
 from sympad.train.errors import UserError
 
 __all__ = [
+    "CIFAR10_SPLITS",
     "MMAP_BYTES",
+    "SHARED_DATA_ENV",
     "CorruptImageError",
     "Dataset",
     "DatasetNotPreparedError",
     "HostLoader",
     "augment",
     "batch_indices",
+    "cifar10_folder",
     "cutout",
     "default_cache_dir",
     "eval_indices",
+    "extract_archive",
     "fits_on_device",
     "get_batch",
     "load",
     "mixup",
     "prepare_batch",
+    "shared_data_dirs",
+    "shared_data_file",
     "steps_per_epoch",
     "to_float",
     "to_uint8",
@@ -252,6 +259,117 @@ def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/sympad`` or ``~/.cache/sympad``."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "sympad"
+
+
+# ---- the project's shared data archives -------------------------------------
+
+#: Names the folder that holds the shared data archives (``cifar10-train.tar.gz``,
+#: ``cifar10-test.tar.gz``); unset, ``../shared/data`` beside the checkout is used.
+SHARED_DATA_ENV = "SYMPAD_SHARED_DATA"
+#: The splits of the shared CIFAR-10 archives: ``cifar10-<split>.tar.gz`` holds
+#: ``cifar10-jpeg/<split>/<class>/<n>.jpg``.
+CIFAR10_SPLITS = ("train", "test")
+
+
+def shared_data_dirs() -> list[Path]:
+    """Where the shared data archives are looked for, in order.
+
+    ``$SYMPAD_SHARED_DATA`` alone when it is set (an explicit choice is not
+    second-guessed); otherwise ``../shared/data`` beside the repository checkout
+    this module runs from, then beside the current directory.
+    """
+    if os.environ.get(SHARED_DATA_ENV):
+        return [Path(os.environ[SHARED_DATA_ENV]).expanduser()]
+    repo = Path(__file__).resolve().parents[2]
+    beside = [repo.parent / "shared" / "data", Path.cwd().resolve().parent / "shared" / "data"]
+    return list(dict.fromkeys(beside))
+
+
+def shared_data_file(name: str) -> Path | None:
+    """The first ``DIR/name`` over :func:`shared_data_dirs` that is a file, or None."""
+    return next((d / name for d in shared_data_dirs() if (d / name).is_file()), None)
+
+
+def _extract_once(archive: Path, target: Path, member: str = "") -> Path:
+    """Extracts ``archive`` (its ``member`` folder, or all of it) to ``target``, once.
+
+    Extraction goes to a temporary folder beside ``target`` that is renamed into
+    place whole, so a reader never sees a half-extracted folder and concurrent
+    callers (pytest-xdist workers, two runs) each end with the same complete one.
+    """
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        source = tmp / member
+        if not source.is_dir():
+            raise ValueError(f"archive: {archive} holds no folder {member!r}")
+        try:
+            os.rename(source, target)
+        except OSError:
+            if not target.is_dir():
+                raise  # Not the lost race of two extractions: a real failure.
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def extract_archive(archive: str | os.PathLike, *, cache_dir: str | os.PathLike) -> Path:
+    """Extracts a ``.tar.gz``/``.tgz`` once into ``cache_dir`` and returns the folder.
+
+    The folder is named after the archive and its size and modification time, so
+    a changed archive is extracted afresh rather than read stale.
+
+    Raises:
+      ValueError: if ``archive`` is not an existing ``.tar.gz``/``.tgz`` file.
+    """
+    archive = Path(archive)
+    if not archive.name.endswith((".tar.gz", ".tgz")) or not archive.is_file():
+        raise ValueError(f"archive must be an existing .tar.gz or .tgz file, got {str(archive)!r}")
+    stat = archive.stat()
+    stamp = hashlib.sha256(f"{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    name = archive.name.removesuffix(".tar.gz").removesuffix(".tgz")
+    return _extract_once(archive, Path(cache_dir) / f"{name}-{stamp}")
+
+
+def cifar10_folder(
+    splits: Sequence[str] = CIFAR10_SPLITS, *, cache_dir: str | os.PathLike | None = None
+) -> Path:
+    """The CIFAR-10 JPEG folders of the shared archives, extracted once.
+
+    Args:
+      splits: which of ``'train'`` and ``'test'`` to extract.
+      cache_dir: where to extract; None or '' for :func:`default_cache_dir`.
+
+    Returns:
+      ``ROOT`` with ``ROOT/<split>/<class>/<n>.jpg`` for each split: load it with
+      ``load(f'folder:{ROOT}', split)``.
+
+    Raises:
+      ValueError: for a split other than ``'train'`` or ``'test'``.
+      FileNotFoundError: if an archive is not in :func:`shared_data_dirs`; the
+        message names the folders searched and ``$SYMPAD_SHARED_DATA``.
+    """
+    if isinstance(splits, str):
+        splits = (splits,)
+    if not splits or any(s not in CIFAR10_SPLITS for s in splits):
+        raise ValueError(f"splits must be a non-empty subset of {CIFAR10_SPLITS}, got {splits!r}")
+    root = (Path(cache_dir) if cache_dir else default_cache_dir()) / "cifar10-jpeg"
+    for split in splits:
+        if (root / split).is_dir():
+            continue
+        name = f"cifar10-{split}.tar.gz"
+        archive = shared_data_file(name)
+        if archive is None:
+            raise FileNotFoundError(
+                f"{name} is in none of {[str(d) for d in shared_data_dirs()]}; "
+                f"set {SHARED_DATA_ENV} to the folder that holds it"
+            )
+        _extract_once(archive, root / split, member=f"cifar10-jpeg/{split}")
+    return root
 
 
 def _subset(num: int, max_examples: int | None) -> np.ndarray:

@@ -163,19 +163,23 @@ def test_models_cases_cover_every_suite():
 
 def test_all_gpu_defaults_are_lean():
     by_title = dict(bench_all.steps("gpu"))
+    # The intended plans, written out: comparing with the module's own constants could not fail.
+    every_formulation = tuple(i for i in sympad.IMPLEMENTATIONS if i != "auto")
     layer = by_title["Layer, float32, formulations of C2sp"]
-    assert layer["formulations"] == bench_all.GPU_FORMULATIONS and not layer["forward"]
-    assert by_title["Layer, float32, every kind"]["kinds"] == bench_all.GPU_MODEL_KINDS
+    assert layer["formulations"] == ("pad_select", "pad_concat", "embed", "im2col") and not layer["forward"]
+    assert by_title["Layer, float32, every kind"]["kinds"] == ("C3", "C2", "C2sp")
     late = by_title["Layer, the other kinds (GPU: C4, C4sp)"]
     assert late["kinds"] == ("C3", "C4", "C4sp") and late["dtypes"] == ("float32", "bfloat16") and late["shapes"]
     assert not dict(bench_all.steps("cpu"))["Layer, the other kinds (GPU: C4, C4sp)"]["shapes"]
     assert dict(bench_all.steps("cpu"))["Layer, float32, every kind"]["kinds"] == tuple(sympad.KINDS)
     net = by_title["ResNet-56 CIFAR train step"]
-    assert net["kinds"] == bench_all.GPU_MODEL_KINDS and net["formulations"] == ()
+    assert net["kinds"] == ("C3", "C2", "C2sp") and net["formulations"] == ()
     b512 = by_title["ResNet-56 CIFAR train step, larger batch / bfloat16"]
-    assert [r[1] for r in b512["resnet"]] == [512, 512] and b512["formulations"] == bench_all.GPU_B512_FORMULATIONS
+    assert [r[1] for r in b512["resnet"]] == [512, 512] and b512["formulations"] == ("pad_select", "pad_concat")
     cpu = dict(bench_all.steps("cpu"))["ResNet-56 CIFAR train step"]
-    assert cpu["formulations"] == bench_all.FORMULATIONS and cpu["kinds"] == tuple(sympad.KINDS)
+    # On the CPU every formulation is compared but the depthwise-only one.
+    assert len(set(cpu["formulations"])) == len(cpu["formulations"]) and set(cpu["formulations"]) <= set(every_formulation)
+    assert set(every_formulation) - set(cpu["formulations"]) == {"depthwise_taps"} and cpu["kinds"] == tuple(sympad.KINDS)
     custom = dict(bench_all.steps("gpu", kinds=["C3", "C4sp"], formulations=["embed"]))
     assert custom["ResNet-56 CIFAR train step"]["kinds"] == ("C3", "C4sp")
     assert custom["ResNet-56 CIFAR train step"]["formulations"] == ("embed",)

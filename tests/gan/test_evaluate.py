@@ -64,7 +64,6 @@ def test_samples_file_end_to_end(tmp_path, offline_weights):
 
 
 def test_workdir_with_config_and_sympad_data_reference(tmp_path, offline_weights):
-    pytest.importorskip("sympad.train.data")
     samples = np.random.default_rng(1).integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
     np.savez(tmp_path / "samples.npz", images=samples)
     config = {"data": {"name": "synthetic"},

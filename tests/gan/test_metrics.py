@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,9 +9,8 @@ import pytest
 
 from gan import metrics
 from gan.metrics import features, offline, offline_train, scores
+from sympad.train import data
 
-SHARED_DATA = next((p for p in (Path(__file__).resolve().parents[2].parent / "shared" / "data",
-                                Path("/work/shared/data")) if p.is_dir()), None)
 
 
 def _samples_with_exact_stats(rng, mu, sigma, n):
@@ -251,18 +248,17 @@ def test_offline_weights_round_trip_as_float16(tmp_path):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want, np.float16).astype(np.float32))
 
 
-@pytest.mark.skipif(SHARED_DATA is None, reason="shared/data (CIFAR-10 JPEG folders) not present")
+@pytest.mark.skipif(data.shared_data_file("cifar10-test.tar.gz") is None,
+                    reason=f"shared CIFAR-10 archives not present (../shared/data or ${data.SHARED_DATA_ENV})")
 def test_shipped_offline_weights_accuracy_on_cifar10_test(tmp_path):
     """Re-measures the recorded test accuracy on 500 CIFAR-10 test images."""
-    import tarfile
-
     if not offline.OFFLINE_WEIGHTS.is_file():
         pytest.skip("offline weights not built yet")
-    with tarfile.open(SHARED_DATA / "cifar10-test.tar.gz") as tar:
-        members = [m for m in tar.getmembers() if m.isfile() and int(Path(m.name).stem) < 50]
-        tar.extractall(tmp_path, members=members, filter="data")
-    images, labels = offline_train.load_image_folder(tmp_path / "cifar10-jpeg" / "test")
-    assert len(images) == 500
+    root = data.cifar10_folder("test", cache_dir=tmp_path)
+    # Every 20th of the class-sorted 10,000: 50 per class.
+    test = data.load(f"folder:{root}", "test", max_examples=500, cache_dir=tmp_path / "cache")
+    images, labels = test.images, test.labels
+    assert len(images) == 500 and np.bincount(labels).tolist() == [50] * 10
     variables, meta = offline.load_offline_weights()
     acc = offline_train.evaluate_accuracy(variables, images, labels, batch_size=250)
     # 500 images: binomial std about 2%, so 4 std around the recorded 10k-image accuracy.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -14,12 +15,6 @@ import pytest
 from PIL import Image, ImageOps
 
 from sympad.train import data
-
-_SHARED_DATA = [
-    Path(__file__).resolve().parents[2].parent / "shared" / "data",
-    Path("/work/shared/data"),
-]
-
 
 # Shared so that tests calling it with the same shapes compile it once.
 _get_batch = jax.jit(
@@ -261,30 +256,116 @@ def test_folder_layouts_and_max_examples(tmp_path):
         data.load(f"folder:{root / 'train'}", cache_dir=tmp_path / "cache")
 
 
-def _cifar_test_archive() -> Path | None:
-    for directory in _SHARED_DATA:
-        if (directory / "cifar10-test.tar.gz").exists():
-            return directory / "cifar10-test.tar.gz"
-    return None
+# ----------------------------------------------------------------------------
+# The shared CIFAR-10 archives: found, extracted once, atomically.
+# ----------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(_cifar_test_archive() is None, reason="shared CIFAR-10 archives not present")
+def _cifar_like_archive(directory: Path, split: str, *, per_class: int = 2) -> Path:
+    """A small ``cifar10-<split>.tar.gz`` laid out like the shared one."""
+    rng = np.random.default_rng(len(split))
+    build = directory / "build"
+    for cls in ("airplane", "automobile"):
+        for i in range(per_class):
+            _png(build / "cifar10-jpeg" / split / cls / f"{i:04d}.png", _random_image(rng, 8, 8))
+    archive = directory / f"cifar10-{split}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(build / "cifar10-jpeg", arcname="cifar10-jpeg")
+    shutil.rmtree(build)
+    return archive
+
+
+def test_shared_data_dirs_env_then_beside_the_checkout(monkeypatch, tmp_path):
+    monkeypatch.setenv(data.SHARED_DATA_ENV, str(tmp_path))
+    assert data.shared_data_dirs() == [tmp_path]
+    assert data.shared_data_file("cifar10-test.tar.gz") is None
+    (tmp_path / "cifar10-test.tar.gz").write_bytes(b"")
+    assert data.shared_data_file("cifar10-test.tar.gz") == tmp_path / "cifar10-test.tar.gz"
+    monkeypatch.delenv(data.SHARED_DATA_ENV)
+    repo = Path(__file__).resolve().parents[2]
+    assert data.shared_data_dirs()[0] == repo.parent / "shared" / "data"
+
+
+def test_cifar10_folder_extracts_once(monkeypatch, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    monkeypatch.setenv(data.SHARED_DATA_ENV, str(shared))
+    for split in data.CIFAR10_SPLITS:
+        _cifar_like_archive(shared, split, per_class=2 if split == "train" else 1)
+    cache = tmp_path / "cache"
+    root = data.cifar10_folder(cache_dir=cache)
+    assert root == cache / "cifar10-jpeg"
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png")) == [
+        "test/airplane/0000.png", "test/automobile/0000.png",
+        "train/airplane/0000.png", "train/airplane/0001.png",
+        "train/automobile/0000.png", "train/automobile/0001.png",
+    ]
+    assert sorted(p.name for p in cache.iterdir()) == ["cifar10-jpeg"]  # no temporary folder left
+    train = data.load(f"folder:{root}", "train", cache_dir=tmp_path / "decoded")
+    test = data.load(f"folder:{root}", "test", cache_dir=tmp_path / "decoded")
+    assert train.images.shape == (4, 8, 8, 3) and list(test.labels) == [0, 1]
+    # Once: the archives are not read again.
+    for archive in shared.iterdir():
+        archive.unlink()
+    assert data.cifar10_folder(cache_dir=cache) == root
+    assert data.cifar10_folder("test", cache_dir=cache) == root
+    with pytest.raises(FileNotFoundError, match=f"cifar10-train.tar.gz.*{data.SHARED_DATA_ENV}"):
+        data.cifar10_folder(cache_dir=tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="splits"):
+        data.cifar10_folder(("validation",), cache_dir=cache)
+
+
+def test_cifar10_folder_loses_an_extraction_race_cleanly(monkeypatch, tmp_path):
+    """Another process renames its complete folder into place first: ours is dropped."""
+    monkeypatch.setenv(data.SHARED_DATA_ENV, str(tmp_path))
+    _cifar_like_archive(tmp_path, "test")
+    root = tmp_path / "cache" / "cifar10-jpeg"
+    rename = os.rename
+
+    def rename_after_the_winner(source, target):
+        (Path(target) / "winner").mkdir(parents=True)
+        rename(source, target)  # Raises: the target now exists and is not empty.
+
+    monkeypatch.setattr(os, "rename", rename_after_the_winner)
+    assert data.cifar10_folder("test", cache_dir=tmp_path / "cache") == root
+    assert [p.name for p in (root / "test").iterdir()] == ["winner"]
+    assert [p.name for p in root.parent.iterdir()] == ["cifar10-jpeg"]
+    # Any other failure to rename is not swallowed.
+    def refuse(source, target):
+        raise PermissionError(target)
+
+    monkeypatch.setattr(os, "rename", refuse)
+    with pytest.raises(PermissionError):
+        data.cifar10_folder("test", cache_dir=tmp_path / "other")
+    assert not list((tmp_path / "other" / "cifar10-jpeg").iterdir())  # nothing half-extracted
+
+
+def test_extract_archive_once_and_afresh_when_changed(tmp_path):
+    archive = _cifar_like_archive(tmp_path, "test")
+    first = data.extract_archive(archive, cache_dir=tmp_path / "cache")
+    assert sorted(p.name for p in (first / "cifar10-jpeg" / "test").iterdir()) == ["airplane", "automobile"]
+    assert data.extract_archive(archive, cache_dir=tmp_path / "cache") == first
+    _cifar_like_archive(tmp_path, "test", per_class=3)  # same name, new content
+    second = data.extract_archive(archive, cache_dir=tmp_path / "cache")
+    assert second != first and len(list((second / "cifar10-jpeg" / "test" / "airplane").iterdir())) == 3
+    for bad in (tmp_path / "missing.tar.gz", tmp_path / "build"):
+        with pytest.raises(ValueError, match="archive"):
+            data.extract_archive(bad, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.skipif(
+    data.shared_data_file("cifar10-test.tar.gz") is None,
+    reason=f"shared CIFAR-10 archives not present (../shared/data or ${data.SHARED_DATA_ENV})",
+)
 def test_real_cifar10_jpeg_folder(tmp_path):
-    classes = ("airplane", "automobile")
-    with tarfile.open(_cifar_test_archive()) as archive:
-        members = [
-            m
-            for m in archive.getmembers()
-            if m.isfile() and m.name.split("/")[2:3] and m.name.split("/")[2] in classes
-        ]
-        archive.extractall(tmp_path, members=members, filter="data")
-    root = tmp_path / "cifar10-jpeg" / "test"
-    ds = data.load(f"folder:{root}", cache_dir=tmp_path / "cache")
-    assert ds.class_names == classes
+    root = data.cifar10_folder("test", cache_dir=tmp_path)
+    # 2000 evenly spaced of the 10,000 class-sorted files: 200 per class.
+    ds = data.load(f"folder:{root}", "test", max_examples=2000, cache_dir=tmp_path / "cache")
+    assert ds.class_names == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
     assert ds.images.shape == (2000, 32, 32, 3) and ds.images.dtype == np.uint8
-    np.testing.assert_array_equal(np.bincount(ds.labels), [1000, 1000])
-    first = sorted((root / "automobile").iterdir())[0]
-    np.testing.assert_array_equal(ds.images[1000], np.asarray(Image.open(first).convert("RGB")))
+    np.testing.assert_array_equal(np.bincount(ds.labels), [200] * 10)
+    first = sorted((root / "test" / "automobile").iterdir())[0]
+    np.testing.assert_array_equal(ds.images[200], np.asarray(Image.open(first).convert("RGB")))
     # Real photographs, not blank decodes.
     assert 60 < ds.images.mean() < 200 and ds.images.std() > 30
 
