@@ -78,10 +78,22 @@ class SymPadConv(eqx.Module):
       num_spatial_dims: number of spatial axes (any; 1-3 run through
         :func:`sympad.sym_pad_conv`, more through :func:`sympad.symmetric_pad`
         and one ``'VALID'`` convolution).
-      in_channels, out_channels, kernel_size, stride, dilation, groups,
-      use_bias: as in ``eqx.nn.Conv``.
-      padding: ``'SAME'``; padding_mode: ``'ZEROS'``.
+      in_channels: input channels ``C``.
+      out_channels: output channels ``F``.
+      kernel_size: kernel extent per spatial axis (an int: the same on every axis).
+      stride: int or one per spatial axis; output size ``ceil(in / stride)``.
+      dilation: kernel dilation, an int or one per spatial axis.
+      groups: feature groups (``in_channels`` for depthwise).
+      use_bias: whether ``bias`` exists.
+      padding: ``'SAME'``, the only value (see above).
+      padding_mode: ``'ZEROS'``, the only value.
       implementation: formulation of the op, one of :data:`sympad.IMPLEMENTATIONS`.
+
+    Raises:
+      ValueError: from the constructor, for ``padding`` other than ``'SAME'``,
+        ``padding_mode`` other than ``'ZEROS'``, an unknown ``implementation``,
+        bad sizes, or channels not divisible by ``groups``; the message names
+        the argument.
     """
 
     weight: jax.Array
@@ -115,13 +127,7 @@ class SymPadConv(eqx.Module):
         implementation: str = "auto",
         key: jax.Array,
     ):
-        """Args as ``eqx.nn.Conv``, plus ``implementation``.
-
-        Raises:
-          ValueError: for ``padding`` other than ``'SAME'``, ``padding_mode``
-            other than ``'ZEROS'``, an unknown ``implementation``, or channels
-            not divisible by ``groups``; the message names the argument.
-        """
+        # Arguments as eqx.nn.Conv's (documented on the class), plus implementation.
         if not isinstance(num_spatial_dims, int) or num_spatial_dims < 1:
             raise ValueError(f"num_spatial_dims must be a positive int, got {num_spatial_dims!r}")
         if not (isinstance(padding, str) and padding.upper() == "SAME"):

@@ -65,7 +65,7 @@ class SymPadConv(nn.Module):
       precision: passed to ``lax.conv_general_dilated``.
       kernel_init: kernel initializer (flax's default: LeCun normal).
       bias_init: bias initializer.
-      implementation: formulation of the op (see ``sympad.ops.IMPLEMENTATIONS``).
+      implementation: formulation of the op, one of :data:`sympad.IMPLEMENTATIONS`.
 
     Input ``(*batch, *spatial, C)``; output ``(*batch, *ceil(spatial / strides), F)``.
 

@@ -37,7 +37,7 @@ class SymPadConv(nnx.Module):
       precision: passed to ``lax.conv_general_dilated``.
       kernel_init: kernel initializer (flax's default: LeCun normal).
       bias_init: bias initializer.
-      implementation: formulation of the op (see ``sympad.ops.IMPLEMENTATIONS``).
+      implementation: formulation of the op, one of :data:`sympad.IMPLEMENTATIONS`.
       rngs: ``nnx.Rngs`` for parameter initialization.
 
     Example:
