@@ -26,10 +26,15 @@ HAS_EQUINOX = importlib.util.find_spec("equinox") is not None
 NO_EQUINOX = "the equinox extra is not installed (pip install -e '.[equinox]')"
 
 
-def _library_modules() -> list[str]:
-    """Every module of the library layer: sympad and its submodules but the runtime (sympad.train)."""
-    names = ["sympad"] + [m.name for m in pkgutil.walk_packages(sympad.__path__, "sympad.")]
-    return sorted(n for n in names if n != "sympad.train" and not n.startswith("sympad.train."))
+def _library_modules(package: str = "sympad") -> list[str]:
+    """Every module of the library layer: sympad and its submodules but the runtime (sympad.train),
+    found without importing it (pkgutil.walk_packages would import every subpackage)."""
+    names = [package]
+    for info in pkgutil.iter_modules(importlib.import_module(package).__path__, package + "."):
+        if info.name == "sympad.train":
+            continue
+        names += _library_modules(info.name) if info.ispkg else [info.name]
+    return sorted(names)
 
 
 def _run(tests: list[doctest.DocTest]) -> tuple[doctest.TestResults, str]:

@@ -93,44 +93,45 @@ def test_factories_reject_padding():
             speqx.conv("C2", 3, 4, key=jax.random.key(0), padding="VALID")
 
 
-# kind, spatial dims, channels in/out, strides, feature groups (a cross-section, not a product:
-# the op's own tests cover the grid; here each API must agree on every axis of it).
+# kind, spatial dims, channels in/out, strides, feature groups, dilation (a cross-section, not a
+# product: the op's own tests cover the grid; here each API must agree on every axis of it).
 CASES = [
-    ("C2sp", 2, 6, 5, 1, 1),
-    ("C2sp", 2, 8, 4, 2, 1),
-    ("C2sp", 2, 8, 8, 1, 2),
-    ("C2sp", 2, 6, 6, 1, 6),
-    ("C4sp", 2, 4, 3, 1, 1),
-    ("C4sp", 1, 5, 3, 2, 1),
-    ("C2sp", 3, 8, 2, 1, 1),
-    ("C3", 2, 6, 5, 1, 1),
-    ("C2", 2, 6, 5, 1, 1),
-    ("C4", 2, 4, 3, 1, 1),
+    ("C2sp", 2, 6, 5, 1, 1, 1),
+    ("C2sp", 2, 8, 4, 2, 1, 1),
+    ("C2sp", 2, 8, 8, 1, 2, 1),
+    ("C2sp", 2, 6, 6, 1, 6, 1),
+    ("C2sp", 2, 4, 3, 1, 1, 3),
+    ("C4sp", 2, 4, 3, 1, 1, 1),
+    ("C4sp", 1, 5, 3, 2, 1, 1),
+    ("C2sp", 3, 8, 2, 1, 1, 1),
+    ("C3", 2, 6, 5, 1, 1, 1),
+    ("C2", 2, 6, 5, 1, 1, 1),
+    ("C4", 2, 4, 3, 1, 1, 1),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_weights_moved_between_apis_give_the_same_output(case):
-    kind, ndim, cin, cout, strides, groups = case
+    kind, ndim, cin, cout, strides, groups, dilation = case
     x = _x((2,) + (7,) * ndim + (cin,))
     linen_layer = splinen.conv(kind, cout, spatial_dims=ndim, strides=strides, feature_group_count=groups,
-                               bias_init=nn.initializers.normal(1.0))
+                               kernel_dilation=dilation, bias_init=nn.initializers.normal(1.0))
     params = linen_layer.init(jax.random.key(1), x)["params"]
     expected = linen_layer.apply({"params": params}, x)
 
     nnx_layer = spnnx.conv(kind, cin, cout, spatial_dims=ndim, strides=strides, feature_group_count=groups,
-                           rngs=nnx.Rngs(0))
+                           kernel_dilation=dilation, rngs=nnx.Rngs(0))
     nnx_layer.kernel[...] = params["kernel"]
     nnx_layer.bias[...] = params["bias"]
     np.testing.assert_allclose(nnx_layer(x), expected, atol=1e-5)
 
     if kind.endswith("sp"):  # and the semantics are the specification's, not just shared
-        reference = reference_conv(x, params["kernel"], (strides,) * ndim, (1,) * ndim, groups)
+        reference = reference_conv(x, params["kernel"], (strides,) * ndim, (dilation,) * ndim, groups)
         np.testing.assert_allclose(expected, reference + np.asarray(params["bias"]), atol=1e-4)
 
     if eqx is not None:
         eqx_layer = speqx.conv(kind, cin, cout, spatial_dims=ndim, stride=strides, groups=groups,
-                               key=jax.random.key(2))
+                               dilation=dilation, key=jax.random.key(2))
         eqx_layer = to_equinox(eqx_layer, params["kernel"], params["bias"])
         np.testing.assert_allclose(_equinox_apply(eqx_layer, x), expected, atol=1e-5)
         # And back: an Equinox model's weights load into linen unchanged but for the layout.
