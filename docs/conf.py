@@ -1,5 +1,8 @@
 """Sphinx configuration: API pages from the docstrings (autodoc, Google style via napoleon).
 
+Sphinx rather than MkDocs because jax, flax and optax document with it (Equinox alone uses MkDocs),
+and autodoc + napoleon read our Google-style docstrings, with their RST roles and tables, as they are.
+
 Build: ``python -m sphinx -W docs docs/_build/html`` (tests/library/test_docs.py builds it the same
 way, warnings as errors). The examples on the pages and in the docstrings run as doctests in
 tests/library/test_docs.py, not through sphinx.ext.doctest, so that the one pytest command checks them.

@@ -147,6 +147,15 @@ def test_implementation_is_forwarded(implementation):
         assert sympad.choose_implementation(_x((1, 6, 6, 8)), _hwio(layer.weight)) == implementation
 
 
+def test_dtype_sets_the_parameter_dtype():
+    layer = speqx.SymPadConv(2, 8, 4, 2, dtype=jnp.bfloat16, key=jax.random.key(9))
+    assert layer.weight.dtype == layer.bias.dtype == jnp.bfloat16
+    x = _x((8, 6, 6)).astype(jnp.bfloat16)
+    y = layer(x)
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y, np.float32), _reference(layer, np.asarray(x, np.float32)), atol=5e-2)
+
+
 def test_tiny_model_trains():
     """A two-layer C2sp network fits a fixed target: the loss falls under optax Adam."""
     optax = pytest.importorskip("optax")
