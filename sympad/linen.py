@@ -65,9 +65,23 @@ class SymPadConv(nn.Module):
       precision: passed to ``lax.conv_general_dilated``.
       kernel_init: kernel initializer (flax's default: LeCun normal).
       bias_init: bias initializer.
-      implementation: formulation of the op (see ``sympad.ops.IMPLEMENTATIONS``).
+      implementation: formulation of the op, one of :data:`sympad.IMPLEMENTATIONS`.
 
     Input ``(*batch, *spatial, C)``; output ``(*batch, *ceil(spatial / strides), F)``.
+
+    Example:
+
+    >>> import jax, jax.numpy as jnp
+    >>> from sympad import linen as splinen
+    >>> layer = splinen.SymPadConv(features=32, kernel_size=(2, 2))
+    >>> x = jnp.ones((4, 8, 8, 16))
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> jax.tree.map(jnp.shape, variables["params"])
+    {'bias': (32,), 'kernel': (2, 2, 16, 32)}
+    >>> layer.apply(variables, x).shape
+    (4, 8, 8, 32)
+    >>> splinen.SymPadConv(32, (2, 2), strides=2).apply(variables, x).shape
+    (4, 4, 4, 32)
     """
 
     features: int
@@ -133,6 +147,17 @@ def conv(kind: str, features: int, *, spatial_dims: int = 2, **kwargs: Any) -> n
 
     Raises:
       ValueError: for an unknown kind (the message gives the valid form).
+
+    Example:
+
+    >>> import jax, jax.numpy as jnp
+    >>> from sympad import linen as splinen
+    >>> type(splinen.conv("C2sp", 32)).__name__, type(splinen.conv("C3", 32)).__name__
+    ('SymPadConv', 'Conv')
+    >>> layer = splinen.conv("C4sp", 8, spatial_dims=1, use_bias=False)
+    >>> x = jnp.ones((2, 10, 3))   # (N, W, C)
+    >>> layer.init(jax.random.key(0), x)["params"]["kernel"].shape
+    (4, 3, 8)
     """
     parsed = parse_kind(kind)
     kernel_size = (parsed.size,) * spatial_dims

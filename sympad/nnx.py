@@ -37,8 +37,19 @@ class SymPadConv(nnx.Module):
       precision: passed to ``lax.conv_general_dilated``.
       kernel_init: kernel initializer (flax's default: LeCun normal).
       bias_init: bias initializer.
-      implementation: formulation of the op (see ``sympad.ops.IMPLEMENTATIONS``).
+      implementation: formulation of the op, one of :data:`sympad.IMPLEMENTATIONS`.
       rngs: ``nnx.Rngs`` for parameter initialization.
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from sympad import nnx as spnnx
+    >>> layer = spnnx.SymPadConv(16, 32, (2, 2), rngs=nnx.Rngs(0))
+    >>> layer.kernel.shape, layer.bias.shape
+    ((2, 2, 16, 32), (32,))
+    >>> layer(jnp.ones((4, 8, 8, 16))).shape
+    (4, 8, 8, 32)
     """
 
     def __init__(
@@ -98,7 +109,30 @@ class SymPadConv(nnx.Module):
 
 
 def conv(kind: str, in_features: int, out_features: int, *, spatial_dims: int = 2, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
-    """nnx counterpart of :func:`sympad.linen.conv`: ``nnx.Conv`` for ``C<k>``, :class:`SymPadConv` for ``C<k>sp``."""
+    """nnx counterpart of :func:`sympad.linen.conv`: ``nnx.Conv`` for ``C<k>``, :class:`SymPadConv` for ``C<k>sp``.
+
+    Args:
+      kind: ``'C<k>'`` (``nnx.Conv`` with ``padding='SAME'``) or ``'C<k>sp'``
+        (:class:`SymPadConv`), e.g. ``'C3'``, ``'C2'``, ``'C2sp'``, ``'C4sp'``.
+      in_features: input channels.
+      out_features: output channels.
+      spatial_dims: number of spatial axes (2 for images).
+      rngs: ``nnx.Rngs`` for parameter initialization.
+      **kwargs: passed to the module (strides, use_bias, feature_group_count, ...).
+
+    Raises:
+      ValueError: for an unknown kind (the message gives the valid form).
+
+    Example:
+
+    >>> from flax import nnx
+    >>> from sympad import nnx as spnnx
+    >>> layer = spnnx.conv("C2sp", 16, 32, rngs=nnx.Rngs(0))
+    >>> type(layer).__name__, layer.kernel.shape
+    ('SymPadConv', (2, 2, 16, 32))
+    >>> type(spnnx.conv("C2", 16, 32, rngs=nnx.Rngs(0))).__name__
+    'Conv'
+    """
     parsed = parse_kind(kind)
     kernel_size = (parsed.size,) * spatial_dims
     if parsed.symmetric:
