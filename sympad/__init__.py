@@ -1,7 +1,9 @@
 """sympad: convolutions with even-sized kernels and symmetric padding in JAX/Flax.
 
 Importing ``sympad`` gives the pure ops; the Flax modules live in
-``sympad.linen`` and ``sympad.nnx``.
+``sympad.linen`` and ``sympad.nnx``, the Equinox module in ``sympad.equinox``
+(optional extra ``equinox``). ``sympad.train`` is the shared training runtime
+(extra ``train``); the library itself needs jax, numpy and flax only.
 """
 
 from sympad.kinds import KINDS, KernelKind, parse_kind

