@@ -6,4 +6,5 @@
 * ``checkpoint``: orbax checkpoints with a manifest, exact restore, clear errors.
 * ``metrics``: JSON lines and TensorBoard events, image grids, the NaN/Inf guard.
 * ``progress``: progress bars and periodic lines.
+* ``loop``: the one training loop both suites run (restore-or-init, step loop, hooks, checkpoints).
 """
