@@ -189,14 +189,13 @@ def test_nan_stops_before_saving_and_keeps_the_last_good_checkpoint(tmp_path, lo
     assert step == 2 and int(state.step) == 2 and np.isfinite(np.asarray(state.w)).all()
 
 
-class _Recorder:
-    closed: list[str] = []
+_CLOSED: list[str] = []  # names of the resources closed, in order
 
 
 def _recording(cls, name):
     class Recording(cls):
         def close(self):
-            _Recorder.closed.append(name)
+            _CLOSED.append(name)
             super().close()
 
     return Recording
@@ -204,7 +203,7 @@ def _recording(cls, name):
 
 @pytest.mark.parametrize("host_data", [False, True])
 def test_resources_are_closed_when_a_hook_fails(tmp_path, monkeypatch, host_data):
-    _Recorder.closed = []
+    _CLOSED.clear()
     for name in ("Checkpointer", "MetricWriter", "Progress"):
         monkeypatch.setattr(loop, name, _recording(getattr(loop, name), name))
     dataset = _dataset()
@@ -218,7 +217,7 @@ def test_resources_are_closed_when_a_hook_fails(tmp_path, monkeypatch, host_data
     with pytest.raises(RuntimeError, match="hook failed"):
         _train(tmp_path, 5, _config(host_data=host_data), data=data, hooks=[loop.Hook(2, failing_hook)])
     expected = ["Progress", "MetricWriter"] + (["HostLoader"] if host_data else []) + ["Checkpointer"]
-    assert _Recorder.closed == expected  # each once, in reverse order of opening
+    assert _CLOSED == expected  # each once, in reverse order of opening
     assert _steps(tmp_path) == []  # the failure came before step 2's save
 
 
