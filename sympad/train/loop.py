@@ -10,7 +10,7 @@ hands it to :func:`train`, which does the rest once for everyone:
   that only read a run use :func:`restore_latest`);
 * the step loop: metrics stay on the device until a step where something happens (log, hook,
   checkpoint, the last step), so the host does not wait on the device every step; the NaN/Inf
-  guard runs on every fetched step before anything is saved; periodic :class:`Hook`\\ s (samples,
+  guard runs on every fetched step before anything is saved; periodic hooks (:class:`Hook`: samples,
   evaluation) and checkpoints at :func:`itstime`; a final save; every resource closed in
   ``finally`` (also on error or Ctrl-C);
 * ``config.conv_implementation`` applied with ``sympad.use_implementation`` around everything that
