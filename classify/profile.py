@@ -23,7 +23,8 @@ Prints a table and (with ``--json``) writes a JSON object with
   ``--repeats`` timings of ``--steps`` steps each.
 
 The batch size is the config's unless ``--batch_size`` is given; the image
-side is ``config.input.image_size`` or 32.
+side is ``config.input.image_size`` or 32; the C*sp formulation is
+``config.conv_implementation`` (``--config.conv_implementation=pad_concat``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+import sympad
 from classify import train
 
 __all__ = ["COLUMNS", "format_table", "main", "profile"]
@@ -83,13 +85,19 @@ def profile(
 
     Returns:
       A JSON-able dict (see the module docstring), with the setting used
-      (``batch_size``, ``image_size``, ``kernel``, ``model``, ``device``).
+      (``batch_size``, ``image_size``, ``kernel``, ``conv_implementation``, ``model``, ``device``).
     """
     for name, value in (("warmup", warmup), ("repeats", repeats), ("steps", steps)):
         if value < (0 if name == "warmup" else 1):
             raise ValueError(f"{name} must be {'>= 0' if name == 'warmup' else '>= 1'}, got {value}")
-    batch = int(batch_size or config.batch_size)
-    size = int(image_size or config.input.image_size or 32)
+    with sympad.use_implementation(config.conv_implementation):  # the formulation is fixed at tracing
+        return _profile(config, batch=int(batch_size or config.batch_size),
+                        size=int(image_size or config.input.image_size or 32),
+                        warmup=warmup, repeats=repeats, steps=steps)
+
+
+def _profile(config: ml_collections.ConfigDict, *, batch: int, size: int, warmup: int, repeats: int, steps: int
+             ) -> dict[str, Any]:
     num_classes = int(config.model.num_classes)
     model = train.create_model(config)
     tx = train.create_optimizer(config, total_steps=1000, steps_per_epoch=100)
@@ -126,6 +134,7 @@ def profile(
     result: dict[str, Any] = {
         "model": config.model.name,
         "kernel": config.kernel,
+        "conv_implementation": config.conv_implementation,
         "batch_size": batch,
         "image_size": size,
         "device": f"{device.platform}:{device.device_kind}",

@@ -3,7 +3,7 @@
 Reads top-down: model and optimizer construction, the loss, one train step,
 evaluation, then :func:`train_and_evaluate`, the loop ``classify.main`` runs.
 
-Defaults (set in ``configs/classify/*.py``) follow the paper: SGD with
+Defaults (``configs/classify/common.py``) follow the paper: SGD with
 momentum 0.9 from learning rate 0.1 with cosine decay (piecewise-constant for
 the DenseNet configs, paper 4.5), weight decay 1e-4, batch 64, 300 epochs (600
 for Table 2), pad-4 crop + flip, optional mixup and cutout; the test split is
@@ -18,7 +18,7 @@ fights BatchNorm).
 
 Data: the whole split lives on the accelerator and every step gathers and
 augments its batch inside one jitted function (``sympad.data.get_batch``) when
-``sympad.data.fits_on_device``; otherwise ``sympad.data.HostLoader`` streams
+``sympad.data.fits_on_device`` (and ``config.host_data`` is False); otherwise ``sympad.data.HostLoader`` streams
 uint8 batches and ``sympad.data.prepare_batch`` augments them on device with
 the same random stream. Either way a step's batch depends only on
 ``(seed, step)``, so a resumed run continues exactly.
@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import json
 import math
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,23 +41,19 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
 from flax import linen as nn
 
+import sympad
 from classify import models
 from sympad.train import data as sdata
-from sympad.train.checkpoint import Checkpointer
-from sympad.train.mesh import batch_sharded, make_mesh, replicate, replicated
-from sympad.train.metrics import MetricWriter, check_finite
-from sympad.train.progress import Progress
+from sympad.train import loop
+from sympad.train.mesh import batch_sharded, replicated
+from sympad.train.metrics import check_finite
 
 __all__ = [
-    "NUM_CLASSES",
     "TrainState",
-    "default_config",
-    "shrink_for_local_run",
     "create_model",
     "create_optimizer",
     "create_train_state",
@@ -70,77 +65,6 @@ __all__ = [
     "train_and_evaluate",
     "weight_decay_mask",
 ]
-
-#: Classes of the datasets the configs know; other data (folder:PATH) takes its count from the files.
-NUM_CLASSES: dict[str, int] = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000, "digits": 10, "synthetic": 10}
-
-
-# ----------------------------------------------------------------------------
-# Config defaults shared by configs/classify/*.py.
-# ----------------------------------------------------------------------------
-
-
-def default_config(*, model: Mapping[str, Any], kernel: str, data: str, runlocal: bool) -> ml_collections.ConfigDict:
-    """The paper's CIFAR training defaults (section 4.5) around a ``model`` block.
-
-    Args:
-      model: ``config.model`` fields: ``name`` (a ``classify.models.MODELS``
-        family) and that family's keyword fields (``kernel`` comes from the
-        top-level ``config.kernel``).
-      kernel: kind of the spatial convs.
-      data: a ``sympad.data.load`` name.
-      runlocal: recorded; call :func:`shrink_for_local_run` to apply it.
-    """
-    config = ml_collections.ConfigDict()
-    config.kernel = kernel
-    config.data = data
-    config.runlocal = runlocal
-    config.model = ml_collections.ConfigDict(
-        {"num_classes": NUM_CLASSES.get(data, 10), "dtype": "float32", **dict(model)}
-    )
-    config.input = ml_collections.ConfigDict(
-        dict(
-            image_size=0,  # 0: as stored (32 for CIFAR); ImageNet configs set 224
-            max_examples=0,  # 0: the whole train split
-            eval_max_examples=0,  # 0: the whole test split
-            cache_dir="",  # '': sympad.data.default_cache_dir()
-            data_dir="",  # '': $TFDS_DATA_DIR or ~/tensorflow_datasets
-            on_device="auto",  # 'auto' | 'yes' | 'no': train split on the accelerator
-            crop_pad=4,
-            flip=True,
-        )
-    )
-    config.seed = 0
-    config.batch_size = 64
-    config.eval_batch_size = 500
-    config.num_epochs = 300
-    config.num_train_steps = 0  # > 0 overrides num_epochs
-    config.optimizer = ml_collections.ConfigDict(
-        dict(learning_rate=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4, schedule="cosine", warmup_epochs=0.0)
-    )
-    config.augment = True  # pad-4 crop + flip
-    config.mixup_alpha = 0.0  # paper: 1.0 where "mixup" is stated
-    config.cutout = 0  # side of the cutout square; 0 = off (DeVries & Taylor: 16 on CIFAR-10)
-    config.log_every_steps = 100
-    config.eval_every_steps = 0  # 0: once per epoch
-    config.checkpoint_every_steps = 0  # 0: once per epoch
-    config.max_checkpoints = 2
-    return config
-
-
-def shrink_for_local_run(config: ml_collections.ConfigDict, *, tiny_model: Mapping[str, Any]) -> ml_collections.ConfigDict:
-    """``runlocal``: a ~1 minute CPU run (tiny model, 20 steps, small splits), same code path."""
-    config.model.update(dict(tiny_model))
-    config.batch_size = 32
-    config.eval_batch_size = 128
-    config.num_train_steps = 20
-    config.log_every_steps = 5
-    config.eval_every_steps = 10
-    config.checkpoint_every_steps = 10
-    config.input.max_examples = 512
-    config.input.eval_max_examples = 256
-    return config
-
 
 # ----------------------------------------------------------------------------
 # Model and optimizer.
@@ -400,48 +324,25 @@ def _load_split(config: ml_collections.ConfigDict, split: str) -> sdata.Dataset:
     )
 
 
-def _on_device(config: ml_collections.ConfigDict, dataset: sdata.Dataset) -> bool:
-    mode = config.input.on_device
-    if mode not in ("auto", "yes", "no"):
-        raise ValueError(f"config.input.on_device must be 'auto', 'yes' or 'no', got {mode!r}")
-    return sdata.fits_on_device(dataset) if mode == "auto" else mode == "yes"
-
-
-def _schedule_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> tuple[int, int, int, int]:
-    """(total steps, eval interval, checkpoint interval, log interval) in steps."""
-    total = int(config.num_train_steps) if int(config.num_train_steps) > 0 else int(config.num_epochs) * steps_per_epoch
-    eval_every = int(config.eval_every_steps) or steps_per_epoch
-    ckpt_every = int(config.checkpoint_every_steps) or steps_per_epoch
-    log_every = max(1, min(int(config.log_every_steps), total))
-    return total, eval_every, ckpt_every, log_every
-
-
-def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
-    fetched = jax.device_get(history)
-    return {k: float(np.mean([h[k] for h in fetched])) for k in fetched[0]}
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains ``config``'s model, evaluating on the test split; resumes from ``workdir``'s latest checkpoint.
 
-    Writes ``workdir/metrics.jsonl`` (+ TensorBoard), ``workdir/checkpoints/``
-    (latest ``config.max_checkpoints`` and the best test error). Raises
-    ``sympad.train.metrics.DivergenceError`` if the loss becomes NaN/Inf.
+    Runs ``sympad.train.loop.train`` with classification pieces. Writes ``workdir/metrics.jsonl``
+    (+ TensorBoard), ``workdir/checkpoints/`` (latest ``config.max_checkpoints`` and the best test
+    error) and ``workdir/final_metrics.json``. Raises ``sympad.train.metrics.DivergenceError`` if
+    the loss or the test metrics become NaN/Inf.
 
     Returns:
       The last logged train metrics and the final test metrics.
     """
     workdir_path = Path(workdir)
-    mesh = make_mesh()
-    num_devices = mesh.size
-    batch_size = int(config.batch_size)
-    if batch_size < 1 or batch_size % num_devices:
-        raise ValueError(f"config.batch_size={batch_size} must be a positive multiple of the {num_devices} devices")
+    mesh = loop.checked_mesh(config.batch_size)
     if int(config.eval_batch_size) < 1:
         raise ValueError(f"config.eval_batch_size={config.eval_batch_size} must be positive")
     # Eval batches are padded and masked, so any size works: round up to split evenly over the devices.
-    eval_batch = -(-int(config.eval_batch_size) // num_devices) * num_devices
+    eval_batch = -(-int(config.eval_batch_size) // mesh.size) * mesh.size
 
+    # Data: the test split always on the device (CIFAR: 30 MB); the train split where the loop puts it.
     train_ds = _load_split(config, "train")
     test_ds = _load_split(config, "test")
     if train_ds.labels is None or test_ds.labels is None:
@@ -453,89 +354,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             config.model.num_classes, config.data, num_classes, num_classes,
         )
     image_size = train_ds.image_shape[0]
-    per_epoch = sdata.steps_per_epoch(num_examples=len(train_ds), batch_size=batch_size)
-    total_steps, eval_every, ckpt_every, log_every = _schedule_steps(config, per_epoch)
+    per_epoch = sdata.steps_per_epoch(num_examples=len(train_ds), batch_size=int(config.batch_size))
+    total_steps = int(config.num_train_steps) if int(config.num_train_steps) > 0 else int(config.num_epochs) * per_epoch
 
+    # Model, optimizer, steps.
     model = create_model(config, num_classes=num_classes)
     tx = create_optimizer(config, total_steps=total_steps, steps_per_epoch=per_epoch)
-    state = create_train_state(model, tx, seed=int(config.seed), image_size=image_size)
-    state = replicate(state, mesh)
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-    logging.info("Model %s (%s): %d parameters; %d steps (%d per epoch).", config.model.name, config.kernel, num_params, total_steps, per_epoch)
-
-    checkpointer = Checkpointer(
-        workdir_path / "checkpoints", max_to_keep=int(config.max_checkpoints), best_metric="test_error", best_mode="min"
-    )
-    restored = checkpointer.restore(state)
-    if restored is not None:
-        start_step, state = restored
-        logging.info("Resumed from step %d (%s).", start_step, checkpointer.step_path(start_step))
-    start_step = int(jax.device_get(state.step))
-
+    schedule = learning_rate_schedule(config, total_steps=total_steps, steps_per_epoch=per_epoch)
+    num_params = models.count_params(model, image_size)
+    logging.info("Model %s (%s): %d parameters; %d steps (%d per epoch).", config.model.name, config.kernel,
+                 num_params, total_steps, per_epoch)
     step_on_device, step_on_batch = make_train_step(model, tx, config, num_classes=num_classes, mesh=mesh)
     eval_step = make_eval_step(model, batch_size=eval_batch, mesh=mesh)
-    schedule = learning_rate_schedule(config, total_steps=total_steps, steps_per_epoch=per_epoch)
+    data = loop.Input(
+        dataset=train_ds,
+        arrays="images_labels",
+        device_step=step_on_device,
+        host_loader=lambda start: sdata.HostLoader(
+            train_ds.images, train_ds.labels, batch_size=int(config.batch_size), key=_stream(int(config.seed), "data"),
+            start_step=start, num_steps=total_steps - start, sharding=batch_sharded(mesh)),
+        host_step=lambda state, loader: step_on_batch(state, *next(loader)),
+    )
     on_all = replicated(mesh)
-    # The test split is evaluated from the device (CIFAR: 30 MB); the train split only when it fits.
     test_images = jax.device_put(test_ds.images, on_all)
     test_labels = jax.device_put(test_ds.labels, on_all)
-    on_device = _on_device(config, train_ds)
-    loader = None
-    if on_device:
-        train_images = jax.device_put(train_ds.images, on_all)
-        train_labels = jax.device_put(train_ds.labels, on_all)
-    else:
-        loader = sdata.HostLoader(
-            train_ds.images, train_ds.labels, batch_size=batch_size, key=_stream(int(config.seed), "data"),
-            start_step=start_step, num_steps=total_steps - start_step, sharding=batch_sharded(mesh),
-        )
 
-    writer = MetricWriter(workdir_path)
-    progress = Progress(total_steps, initial=start_step, desc="train")
-    if start_step == 0:
-        writer.write(0, {"num_params": num_params, "steps_per_epoch": per_epoch})
-    history: list[dict[str, jax.Array]] = []
-    summary: dict[str, float] = {}
-    last_eval: dict[str, float] = {}
-    tick = time.monotonic()
-    try:
-        for step in range(start_step + 1, total_steps + 1):
-            if on_device:
-                state, metrics = step_on_device(state, train_images, train_labels)
-            else:
-                images, labels = next(loader)
-                state, metrics = step_on_batch(state, images, labels)
-            history.append(metrics)
-            if step % eval_every == 0 or step == total_steps:
-                last_eval = evaluate(eval_step, state, test_images, test_labels, batch_size=eval_batch)
-                check_finite(step, last_eval, checkpoint_dir=checkpointer.directory)
-                writer.write(step, {**last_eval, "epoch": step / per_epoch})
-                logging.info("step %d (epoch %.2f): test error %.4f, loss %.4f", step, step / per_epoch, last_eval["test_error"], last_eval["test_loss"])
-            if step % log_every == 0 or step == total_steps:
-                summary = _mean_metrics(history)
-                check_finite(step, summary, checkpoint_dir=checkpointer.directory)
-                now = time.monotonic()
-                summary["steps_per_s"] = len(history) / max(now - tick, 1e-9)  # includes any eval in between
-                history = []
-                summary["learning_rate"] = float(schedule(step - 1))
-                summary["epoch"] = step / per_epoch
-                tick = now
-                writer.write(step, {f"train_{k}" if k in ("loss", "error") else k: v for k, v in summary.items()})
-                progress.update(step, loss=summary["loss"], err=summary["error"], **({"test_err": last_eval["test_error"]} if last_eval else {}))
-            if step % ckpt_every == 0 or step == total_steps:
-                if step % eval_every and step != total_steps:
-                    checkpointer.save(step, state)
-                else:
-                    checkpointer.save(step, state, metrics=last_eval)
-    finally:
-        progress.close()
-        writer.close()
-        checkpointer.close()
-        if loader is not None:
-            loader.close()
-    if not last_eval:  # resumed at the end: evaluate the restored state once
-        last_eval = evaluate(eval_step, state, test_images, test_labels, batch_size=eval_batch)
-    result = {**{f"train_{k}" if k in ("loss", "error") else k: v for k, v in summary.items()}, **last_eval, "num_params": num_params}
+    # Hook and records: the test split every config.eval_every steps; train metrics renamed train_*.
+    def evaluate_test(step: int, state: TrainState, writer: Any = None) -> dict[str, float]:
+        result = evaluate(eval_step, state, test_images, test_labels, batch_size=eval_batch)
+        check_finite(step, result, checkpoint_dir=workdir_path / "checkpoints")
+        logging.info("step %d (epoch %.2f): test error %.4f, loss %.4f", step, step / per_epoch,
+                     result["test_error"], result["test_loss"])
+        return {**result, "epoch": step / per_epoch}
+
+    def summarize(step: int, means: dict[str, float]) -> dict[str, float]:
+        record = {f"train_{k}" if k in ("loss", "error") else k: v for k, v in means.items()}
+        return {**record, "learning_rate": float(schedule(step - 1)), "epoch": step / per_epoch}
+
+    state, record = loop.train(
+        config, workdir, mesh=mesh, data=data, total_steps=total_steps, steps_per_epoch=per_epoch,
+        init_state=lambda: create_train_state(model, tx, seed=int(config.seed), image_size=image_size),
+        hooks=[loop.Hook(config.eval_every, evaluate_test, "eval_every")], summarize=summarize,
+        progress_keys=("train_loss", "train_error", "test_error"),
+        first_record={"num_params": num_params, "steps_per_epoch": per_epoch}, best_metric="test_error")
+    if "test_error" not in record:  # resumed at the end: evaluate the restored state once
+        with sympad.use_implementation(config.conv_implementation):
+            record = {**record, **evaluate_test(int(state.step), state)}
+    result = {**record, "num_params": num_params}
     if jax.process_index() == 0:
         (workdir_path / "final_metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result

@@ -130,13 +130,6 @@ class _Norm(nn.Module):
         raise ValueError(f"norm must be one of {NORMS}, got {self.kind!r}")
 
 
-def _conv(kind: str, features: int, *, sp_implementation: str = "auto", **kwargs: Any) -> nn.Module:
-    """``sympad.linen.conv``, passing the op's formulation to the symmetric kinds only (nn.Conv has none)."""
-    if parse_kind(kind).symmetric:
-        kwargs["implementation"] = sp_implementation
-    return sympad.linen.conv(kind, features, **kwargs)
-
-
 class GeneratorBlock(nn.Module):
     """Pre-activation up-block: ``[BN] ReLU up conv [BN] ReLU conv`` + ``conv(up(x))``.
 
@@ -148,12 +141,11 @@ class GeneratorBlock(nn.Module):
     norm: str = "none"
     upsample: str = "nearest"
     weight_init: str = "sngan"
-    sp_implementation: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         branch_init, skip_init = _initializers(self.weight_init)
-        conv = functools.partial(_conv, self.kind, self.features, sp_implementation=self.sp_implementation)
+        conv = functools.partial(sympad.linen.conv, self.kind, self.features)
         shortcut = conv(kernel_init=skip_init, name="shortcut")(upsample(x, method=self.upsample))
         h = nn.relu(_Norm(self.norm, name="norm1")(x, train=train))
         h = conv(kernel_init=branch_init, name="conv1")(upsample(h, method=self.upsample))
@@ -177,8 +169,9 @@ class Generator(nn.Module):
       bottom_size: spatial size of the seed.
       out_channels: image channels.
       weight_init: 'sngan' or 'normal' (see ``_initializers``).
-      sp_implementation: formulation of the symmetric-padding op for C2sp/C4sp
-        (``sympad.ops.IMPLEMENTATIONS``; same results, different speed per backend).
+
+    The formulation of the C2sp/C4sp op is not a model field: wrap tracing in
+    ``sympad.use_implementation`` (the training loop does, from ``config.conv_implementation``).
 
     Call: ``z`` (B, z_dim) -> images (B, S, S, out_channels) in (-1, 1); ``train``
     selects batch statistics for BN (and makes its running averages mutable).
@@ -192,7 +185,6 @@ class Generator(nn.Module):
     bottom_size: int = 4
     out_channels: int = 3
     weight_init: str = "sngan"
-    sp_implementation: str = "auto"
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -213,10 +205,9 @@ class Generator(nn.Module):
         h = h.reshape(z.shape[0], self.bottom_size, self.bottom_size, widths[0])
         for i, features in enumerate(widths[1:]):
             h = GeneratorBlock(features, self.kernel, self.norm, self.upsample, self.weight_init,
-                               self.sp_implementation, name=f"block{i + 1}")(h, train=train)
+                               name=f"block{i + 1}")(h, train=train)
         h = nn.relu(_Norm(self.norm, name="final_norm")(h, train=train))
-        h = _conv(self.kernel, self.out_channels, sp_implementation=self.sp_implementation,
-                  kernel_init=skip_init, name="final_conv")(h)
+        h = sympad.linen.conv(self.kernel, self.out_channels, kernel_init=skip_init, name="final_conv")(h)
         return jnp.tanh(h)
 
 

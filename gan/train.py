@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,12 +28,12 @@ import numpy as np
 import optax
 from absl import logging
 
+import sympad
 from gan import losses, models, sampling
 from sympad.train import data as sdata
-from sympad.train.checkpoint import Checkpointer
-from sympad.train.mesh import batch_sharded, make_mesh, replicate
-from sympad.train.metrics import MetricWriter, check_finite, image_grid, save_image_grid
-from sympad.train.progress import Progress
+from sympad.train import loop
+from sympad.train.mesh import batch_sharded
+from sympad.train.metrics import MetricWriter, image_grid, save_image_grid
 
 __all__ = [
     "StepConfig",
@@ -71,7 +70,7 @@ def create_models(config: ml_collections.ConfigDict) -> tuple[models.Generator, 
     """Generator and discriminator for ``config.arch`` with the config's overrides.
 
     Fields used: arch, kernel, width_multiplier (<= 0: from the kind), norm, upsample,
-    weight_init, sp_implementation, and the shrinking overrides g_channels, d_channels, d_downsample, bottom_size.
+    weight_init, and the shrinking overrides g_channels, d_channels, d_downsample, bottom_size.
 
     Raises:
       ValueError: for an unknown arch (or any invalid field, when the models are built).
@@ -85,7 +84,6 @@ def create_models(config: ml_collections.ConfigDict) -> tuple[models.Generator, 
         norm=config.norm,
         upsample=config.upsample,
         weight_init=config.weight_init,
-        sp_implementation=config.get("sp_implementation", "auto"),
     )
     if _channels(config.get("g_channels")):
         g_kwargs["channels"] = _channels(config.g_channels)
@@ -108,29 +106,30 @@ def output_size(generator: models.Generator) -> int:
     return generator.bottom_size * 2 ** (len(generator.channels) - 1)
 
 
-def _schedule(lr: float, decay: str, updates: int) -> optax.Schedule:
-    if decay == "none":
+def _schedule(lr: float, schedule: str, updates: int) -> optax.Schedule:
+    if schedule == "constant":
         return optax.constant_schedule(lr)
-    if decay == "linear":
+    if schedule == "linear":
         return optax.linear_schedule(lr, 0.0, transition_steps=max(1, updates))
-    raise ValueError(f"config.lr_decay must be 'none' or 'linear', got {decay!r}")
+    raise ValueError(f"config.optimizer.schedule must be 'constant' or 'linear', got {schedule!r}")
 
 
 @functools.lru_cache(maxsize=None)
-def _adam_pair(lr: float, b1: float, b2: float, decay: str, g_updates: int, d_updates: int
+def _adam_pair(lr: float, b1: float, b2: float, schedule: str, g_updates: int, d_updates: int
                ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
     # Cached: equal hyperparameters give the same (hashable) objects, so the jitted step, which
     # takes them as static arguments, is compiled once per process (tests, repeated runs).
     adam = functools.partial(optax.adam, b1=b1, b2=b2)
-    return adam(_schedule(lr, decay, g_updates)), adam(_schedule(lr, decay, d_updates))
+    return adam(_schedule(lr, schedule, g_updates)), adam(_schedule(lr, schedule, d_updates))
 
 
 def create_optimizers(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation,
                                                                    optax.GradientTransformation]:
-    """Adam for G and D; with linear decay each reaches 0 at its last update of the run."""
-    _schedule(config.lr, config.lr_decay, 1)  # Validates lr_decay.
-    g_updates = config.num_train_steps if config.lr_decay != "none" else 0
-    return _adam_pair(float(config.lr), float(config.b1), float(config.b2), str(config.lr_decay),
+    """Adam for G and D (``config.optimizer``); 'linear' reaches 0 at each one's last update of the run."""
+    opt = config.optimizer
+    _schedule(opt.learning_rate, opt.schedule, 1)  # Validates the schedule.
+    g_updates = config.num_train_steps if opt.schedule != "constant" else 0
+    return _adam_pair(float(opt.learning_rate), float(opt.b1), float(opt.b2), str(opt.schedule),
                       int(g_updates), int(g_updates * config.n_critic))
 
 
@@ -213,11 +212,15 @@ class StepConfig:
     loss: str = "ns"
     ema_decay: float = 0.0
     unroll: bool = True  # unroll the D updates instead of a lax.scan (XLA:CPU runs loops slowly)
+    # Part of the jit cache key: the formulation is fixed at tracing, so a process that trains
+    # twice with different ones (tests) must not reuse the first compiled step.
+    conv_implementation: str = "auto"
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> StepConfig:
         return cls(batch_size=int(config.batch_size), n_critic=int(config.n_critic), z_dim=int(config.z_dim),
-                   loss=str(config.loss), ema_decay=float(config.ema_decay), unroll=bool(config.unroll_d_steps))
+                   loss=str(config.loss), ema_decay=float(config.ema_decay), unroll=bool(config.unroll_d_steps),
+                   conv_implementation=str(config.conv_implementation))
 
 
 def _sigmoid_mean(logits: jax.Array) -> jax.Array:
@@ -233,6 +236,7 @@ def train_step(state: TrainState, dataset: jax.Array, data_key: jax.Array | None
     """``n_critic`` D updates then one G update, one jit-compiled program; ``state`` is donated.
 
     The D updates are a ``lax.scan`` (``config.unroll=False``) or the same body unrolled (default).
+    The C*sp convs use ``config.conv_implementation`` (``sympad.use_implementation``).
 
     Args:
       state: current state.
@@ -250,6 +254,15 @@ def train_step(state: TrainState, dataset: jax.Array, data_key: jax.Array | None
       logits on real / generated images during the D updates), d_real_logit, d_fake_logit,
       g_d_fake (mean sigmoid on the G update's samples), d_grad_norm, g_grad_norm.
     """
+    with sympad.use_implementation(config.conv_implementation):
+        return _train_step(state, dataset, data_key, generator=generator, discriminator=discriminator, g_tx=g_tx,
+                           d_tx=d_tx, config=config, batch_sharding=batch_sharding, host_batches=host_batches)
+
+
+def _train_step(state: TrainState, dataset: jax.Array, data_key: jax.Array | None, *,
+                generator: models.Generator, discriminator: models.Discriminator,
+                g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation, config: StepConfig,
+                batch_sharding: Any, host_batches: bool) -> tuple[TrainState, dict[str, jax.Array]]:
     batch_size, n_critic, z_dim = config.batch_size, config.n_critic, config.z_dim
     loss, ema_decay = config.loss, config.ema_decay
     step_key = jax.random.fold_in(state.key, state.step)
@@ -367,12 +380,26 @@ def model_summary(config: ml_collections.ConfigDict, generator: models.Generator
 # Checkpoints and configs of finished runs
 
 
+#: Keys of runs written before the suites shared one vocabulary -> their names now.
+_RENAMED = {"max_to_keep": "max_checkpoints", "sp_implementation": "conv_implementation"}
+
+
+def _upgrade(fields: dict[str, Any]) -> dict[str, Any]:
+    """An older run's config.json in today's keys, so its checkpoints still restore."""
+    fields = {_RENAMED.get(k, k): v for k, v in fields.items()}
+    if "optimizer" not in fields and "lr" in fields:
+        fields["optimizer"] = dict(learning_rate=fields.pop("lr"), b1=fields.pop("b1"), b2=fields.pop("b2"),
+                                   schedule={"none": "constant"}.get(fields.pop("lr_decay"), "linear"))
+    fields.setdefault("conv_implementation", "auto")
+    return fields
+
+
 def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    """The config a run wrote to ``workdir/config.json``."""
+    """The config a run wrote to ``workdir/config.json`` (older key names upgraded)."""
     path = Path(workdir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {workdir} a gan.main workdir?")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    return ml_collections.ConfigDict(_upgrade(json.loads(path.read_text())))
 
 
 def checkpoint_dir(workdir: str | Path) -> Path:
@@ -391,14 +418,8 @@ def restore_state(workdir: str | Path, config: ml_collections.ConfigDict | None 
     generator, discriminator = create_models(config)
     g_tx, d_tx = create_optimizers(config)
     template = create_train_state(config, generator, discriminator, g_tx, d_tx)
-    ckpt = Checkpointer(checkpoint_dir(workdir), read_only=True)
-    try:
-        restored = ckpt.restore(template)
-    finally:
-        ckpt.close()
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}")
-    return config, generator, restored[1]
+    _, state = loop.restore_latest(checkpoint_dir(workdir), template)
+    return config, generator, state
 
 
 # ----------------------------------------------------------------------------------------------
@@ -414,8 +435,8 @@ def _load_data(config: ml_collections.ConfigDict, size: int) -> sdata.Dataset:
 
 
 def _build_evaluator(config: ml_collections.ConfigDict) -> Callable[[np.ndarray], dict[str, float]] | None:
-    """FID/IS through gan.metrics when it is installed and eval_every > 0; else None (logged)."""
-    if config.eval_every <= 0:
+    """FID/IS through gan.metrics when it is installed and eval_every != 0; else None (logged)."""
+    if config.eval_every == 0:
         return None
     try:
         from gan.metrics import build_evaluator
@@ -439,20 +460,29 @@ def _digits_scorer(config: ml_collections.ConfigDict) -> Callable[[np.ndarray], 
     return lambda images: {f"digits/{k}": v for k, v in digits_quality.score(images, classifier).items()}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Trains (resuming from ``workdir/checkpoints`` when there is a checkpoint) and returns the state."""
-    workdir_path = Path(workdir)
-    workdir_path.mkdir(parents=True, exist_ok=True)
+def _validate(config: ml_collections.ConfigDict) -> None:
     if config.loss not in losses.LOSSES:
         raise ValueError(f"config.loss must be one of {losses.LOSSES}, got {config.loss!r}")
     if config.n_critic < 1:
         raise ValueError(f"config.n_critic must be >= 1, got {config.n_critic}")
     if not 0.0 <= config.ema_decay < 1.0:
         raise ValueError(f"config.ema_decay must be in [0, 1), got {config.ema_decay}")
-    mesh = make_mesh()
-    if config.batch_size % mesh.size:
-        raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the {mesh.size} devices")
 
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains (resuming from ``workdir/checkpoints`` when there is a checkpoint) and returns the state.
+
+    Runs ``sympad.train.loop.train`` with GAN pieces: the state of create_train_state, train_step
+    on the split on the device (or n_critic host batches per step), and two hooks: sample grids
+    (+ the digits scores) every ``config.sample_every`` steps and FID/IS every
+    ``config.eval_every`` steps (none when 0).
+    """
+    _validate(config)
+    mesh = loop.checked_mesh(config.batch_size)
+    workdir_path = Path(workdir)
+    workdir_path.mkdir(parents=True, exist_ok=True)
+
+    # Models, optimizers, the step.
     generator, discriminator = create_models(config)
     size = output_size(generator)
     summary = model_summary(config, generator, discriminator)
@@ -460,87 +490,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         (workdir_path / "model_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     logging.info("G %s params (widths %s), D %s params", f"{summary['generator']['params']:,}",
                  summary["generator"]["widths"], f"{summary['discriminator']['params']:,}")
-
-    dataset = _load_data(config, size)
-    on_device = not config.host_data and sdata.fits_on_device(dataset)
     g_tx, d_tx = create_optimizers(config)
-    state = create_train_state(config, generator, discriminator, g_tx, d_tx)
-    ckpt = Checkpointer(checkpoint_dir(workdir), max_to_keep=config.max_to_keep)
-    restored = ckpt.restore(state)
-    if restored is not None:
-        logging.info("Resuming from %s (step %d)", ckpt.step_path(restored[0]), restored[0])
-        state = restored[1]
-    state = replicate(state, mesh)
-    start = int(state.step)
-
-    root = jax.random.key(config.seed)
-    data_key = jax.random.fold_in(root, _DATA_STREAM)
     step_fn = functools.partial(
         train_step, generator=generator, discriminator=discriminator, g_tx=g_tx, d_tx=d_tx,
-        config=StepConfig.from_config(config), batch_sharding=batch_sharded(mesh),
-        host_batches=not on_device)
-    loader = None
-    if on_device:
-        images = replicate(dataset.images, mesh)
-    else:
-        loader = sdata.HostLoader(dataset.images, None, batch_size=config.batch_size, key=data_key,
-                                  start_step=start * config.n_critic, sharding=None)
+        config=StepConfig.from_config(config), batch_sharding=batch_sharded(mesh))
 
+    # Input: data step s * n_critic + i feeds D update i of train step s, on the device or from the host.
+    dataset = _load_data(config, size)
+    root = jax.random.key(config.seed)
+    data_key = jax.random.fold_in(root, _DATA_STREAM)
+    n_critic = int(config.n_critic)
+    data = loop.Input(
+        dataset=dataset,
+        device_step=lambda state, images: step_fn(state, images, data_key),
+        host_loader=lambda start: sdata.HostLoader(dataset.images, None, batch_size=config.batch_size, key=data_key,
+                                                   start_step=start * n_critic, sharding=None),
+        host_step=lambda state, loader: step_fn(
+            state, jnp.stack([next(loader)[0] for _ in range(n_critic)]), host_batches=True),
+    )
+
+    # Hooks: sample grids (and the digits scores), FID/IS.
     grid_z = jax.random.normal(jax.random.fold_in(root, _GRID_STREAM), (config.num_grid, config.z_dim))
-    evaluator = _build_evaluator(config)
     digits_scorer = _digits_scorer(config)
-    writer = MetricWriter(workdir)
-    progress = Progress(config.num_train_steps, initial=start, desc=f"gan {config.kernel}")
-    pending: list[dict[str, jax.Array]] = []
-    last_time, last_step = time.monotonic(), start
-    total = config.num_train_steps
-    try:
-        for step in range(start, total):
-            if loader is not None:
-                batches = jnp.stack([next(loader)[0] for _ in range(config.n_critic)])
-                state, metrics = step_fn(state, batches)
-            else:
-                state, metrics = step_fn(state, images, data_key)
-            pending.append(metrics)
-            s = step + 1
-            last = s == total
-            if not (s % config.log_every == 0 or s % config.checkpoint_every == 0 or last
-                    or s % config.sample_every == 0):
-                progress.update(s)
-                continue
-            # Fetch only here, so the host does not wait on the device every step.
-            fetched = jax.device_get(pending)
-            logged = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-            pending = []
-            check_finite(s, logged, checkpoint_dir=ckpt.directory)
-            logged["steps_per_sec"] = (s - last_step) / max(time.monotonic() - last_time, 1e-9)
-            logged["d_steps"] = s * config.n_critic
-            if s % config.sample_every == 0 or last:
-                variables = generator_variables(state, use_ema=True)
-                grid = np.asarray(sampling.generate_images(generator, variables, grid_z))
-                save_image_grid(grid, workdir_path / f"samples_{s:07d}.png")
-                writer.write_image(s, "samples", image_grid(grid))
-                if digits_scorer is not None:
-                    samples = sampling.generate_samples(generator, variables, num=config.digits_quality_samples,
-                                                       seed=config.seed + 1, batch_size=256, mesh=mesh)
-                    logged.update(digits_scorer(samples))
-            if evaluator is not None and (s % config.eval_every == 0 or last):
-                num = _eval_num_samples(config, evaluator)
-                samples = sampling.generate_samples(generator, generator_variables(state, use_ema=True), num=num,
-                                                   seed=config.seed + 1, batch_size=256, mesh=mesh)
-                logged.update({f"eval/{k}": v for k, v in evaluator(samples).items()})
-            writer.write(s, logged)
-            progress.update(s, d_loss=logged["d_loss"], g_loss=logged["g_loss"])
-            if s % config.checkpoint_every == 0 or last:
-                ckpt.save(s, state, metrics=logged)
-            # steps/s measures training only: the clock restarts after samples, eval and saving.
-            last_time, last_step = time.monotonic(), s
-    finally:
-        progress.close()
-        writer.close()
-        ckpt.close()
-        if loader is not None:
-            loader.close()
+
+    def save_samples(step: int, state: TrainState, writer: MetricWriter) -> dict[str, float]:
+        variables = generator_variables(state, use_ema=True)
+        grid = np.asarray(sampling.generate_images(generator, variables, grid_z))
+        save_image_grid(grid, workdir_path / f"samples_{step:07d}.png")
+        writer.write_image(step, "samples", image_grid(grid))
+        if digits_scorer is None:
+            return {}
+        samples = sampling.generate_samples(generator, variables, num=config.digits_quality_samples,
+                                           seed=config.seed + 1, batch_size=256, mesh=mesh)
+        return digits_scorer(samples)
+
+    hooks = [loop.Hook(config.sample_every, save_samples, "sample_every")]
+    evaluator = _build_evaluator(config)
+    if evaluator is not None:
+        def evaluate(step: int, state: TrainState, writer: MetricWriter) -> dict[str, float]:
+            samples = sampling.generate_samples(
+                generator, generator_variables(state, use_ema=True), num=_eval_num_samples(config, evaluator),
+                seed=config.seed + 1, batch_size=256, mesh=mesh)
+            return {f"eval/{k}": v for k, v in evaluator(samples).items()}
+
+        hooks.append(loop.Hook(config.eval_every, evaluate, "eval_every"))
+
+    # An epoch: every training image seen once by D (n_critic batches per train step).
+    per_epoch = max(1, len(dataset) // (int(config.batch_size) * n_critic))
+    state, _ = loop.train(
+        config, workdir, mesh=mesh, data=data, total_steps=int(config.num_train_steps), steps_per_epoch=per_epoch,
+        init_state=lambda: create_train_state(config, generator, discriminator, g_tx, d_tx),
+        hooks=hooks, summarize=lambda step, means: {**means, "d_steps": step * n_critic},
+        progress_keys=("d_loss", "g_loss"), desc=f"gan {config.kernel}")
     return state
 
 

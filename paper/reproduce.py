@@ -65,7 +65,7 @@ BUDGETS: dict[str, Budget] = {
         q_depth=20,
         classify_depths=(8,),
         classify_args="runlocal",
-        classify_overrides=("--config.num_train_steps=4", "--config.eval_every_steps=4", "--config.checkpoint_every_steps=4"),
+        classify_overrides=("--config.num_train_steps=4", "--config.eval_every=4", "--config.checkpoint_every=4"),
         gan_args="runlocal",
         gan_overrides=("--config.num_train_steps=4", "--config.log_every=2", "--config.sample_every=4", "--config.checkpoint_every=4"),
         gan_samples=128,

@@ -11,13 +11,13 @@ cifar100), mixup (alpha; Table 1's "with mixup" column: 1.0), cutout, runlocal (
 blocks), sep 60, c2sp 32: within 1% of Table 1's parameter counts; --config.model.width=N.
 """
 
-from sympad.train.config import parse_config_arg
+from configs.classify.common import base_config, shrink_for_local_run
 from sympad.kinds import KINDS
+from sympad.train.config import parse_config_arg
 
 
 def get_config(arg=None):
     from classify.models.resnet_cifar import BLOCKS, TABLE1_DEFAULT_KERNEL, TABLE1_WIDTHS
-    from classify.train import default_config, shrink_for_local_run
 
     args = parse_config_arg(
         arg,
@@ -25,7 +25,7 @@ def get_config(arg=None):
         choices={"block": tuple(BLOCKS), "kernel": ("",) + KINDS},
     )
     data = args.data or ("digits" if args.runlocal else "cifar100")
-    config = default_config(
+    config = base_config(
         model=dict(
             name="blocks_cifar", block=args.block, depth=args.depth, width=TABLE1_WIDTHS[args.block],
             stem_kernel="C3", downsample="auto",

@@ -8,20 +8,19 @@ is given). Learning rate: piecewise-constant decay (x0.1 at 50% and 75%), which 
 (4.5) uses for its DenseNet tests instead of cosine; --config.optimizer.schedule=cosine to change.
 """
 
-from sympad.train.config import parse_config_arg
+from configs.classify.common import base_config, shrink_for_local_run
 from sympad.kinds import KINDS
+from sympad.train.config import parse_config_arg
 
 
 def get_config(arg=None):
-    from classify.train import default_config, shrink_for_local_run
-
     args = parse_config_arg(
         arg,
         dict(depth=112, kernel="C3", growth=12, data="", mixup=0.0, cutout=0, runlocal=False),
         choices={"kernel": KINDS},
     )
     data = args.data or ("digits" if args.runlocal else "cifar100")
-    config = default_config(
+    config = base_config(
         model=dict(name="densenet_cifar", depth=args.depth, growth=args.growth, stem_kernel="C3"),
         kernel=args.kernel,
         data=data,

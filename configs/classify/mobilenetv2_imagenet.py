@@ -13,20 +13,19 @@ with TensorFlow installed, `tfds build imagenet2012 --data_dir=<data_dir> --file
 (data_dir: --config.input.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets).
 """
 
-from sympad.train.config import parse_config_arg
+from configs.classify.common import base_config, shrink_for_local_run
 from sympad.kinds import KINDS
+from sympad.train.config import parse_config_arg
 
 
 def get_config(arg=None):
-    from classify.train import default_config, shrink_for_local_run
-
     args = parse_config_arg(
         arg,
         dict(width=1.0, kernel="C3", data="", mixup=0.0, cutout=0, runlocal=False),
         choices={"kernel": KINDS},
     )
     data = args.data or ("digits" if args.runlocal else "imagenet2012")
-    config = default_config(
+    config = base_config(
         model=dict(name="mobilenetv2", width=args.width, stem_kernel="C3", downsample="auto", dropout_rate=0.2),
         kernel=args.kernel,
         data=data,
@@ -37,7 +36,7 @@ def get_config(arg=None):
     config.batch_size = 256
     config.num_epochs = 100
     config.optimizer.weight_decay = 4e-5
-    config.log_every_steps = 500
+    config.log_every = 500
     config.mixup_alpha = args.mixup
     config.cutout = args.cutout
     if args.runlocal:

@@ -16,20 +16,19 @@ The test split is ImageNet's validation set. Augmentation here is the CIFAR-styl
 flip on the cached 224 px images, not the paper's Inception-style crops (Silberman & Guadarrama).
 """
 
-from sympad.train.config import parse_config_arg
+from configs.classify.common import base_config, shrink_for_local_run
 from sympad.kinds import KINDS
+from sympad.train.config import parse_config_arg
 
 
 def get_config(arg=None):
-    from classify.train import default_config, shrink_for_local_run
-
     args = parse_config_arg(
         arg,
         dict(kernel="C3", width=1.0, data="", mixup=0.0, cutout=0, runlocal=False),
         choices={"kernel": KINDS},
     )
     data = args.data or ("digits" if args.runlocal else "imagenet2012")
-    config = default_config(
+    config = base_config(
         model=dict(name="resnet_imagenet", width=args.width, stem_kernel="C7", downsample="auto"),
         kernel=args.kernel,
         data=data,
@@ -39,7 +38,7 @@ def get_config(arg=None):
     config.input.crop_pad = 16 if data == "imagenet2012" else 4
     config.batch_size = 256
     config.num_epochs = 100
-    config.log_every_steps = 500
+    config.log_every = 500
     config.mixup_alpha = args.mixup
     config.cutout = args.cutout
     if args.runlocal:

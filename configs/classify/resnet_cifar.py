@@ -9,22 +9,25 @@ unless data is given). The stem stays C3 (the paper's FLOPs need it; --config.mo
 to change); downsampling: --config.model.downsample=auto|pool|stride (auto: 2x2 average pool
 then a stride-1 conv for even kernels, stride-2 conv for C3). CIFAR-10 from the JPEG folders:
 data=folder:/path/to/cifar10-jpeg (with train/ and test/ subfolders).
+Fields (defaults in configs/classify/common.py), e.g. --config.optimizer.learning_rate=0.05; the
+loop's, shared with gan (sympad.train.config.LOOP_FIELDS): log_every, eval_every and
+checkpoint_every (train steps; 0 = only at the end; -n = every n epochs, the default -1),
+max_checkpoints, host_data=true (stream batches from the host), conv_implementation.
 """
 
-from sympad.train.config import parse_config_arg
+from configs.classify.common import base_config, shrink_for_local_run
 from sympad.kinds import KINDS
+from sympad.train.config import parse_config_arg
 
 
 def get_config(arg=None):
-    from classify.train import default_config, shrink_for_local_run
-
     args = parse_config_arg(
         arg,
         dict(depth=20, kernel="C3", data="", mixup=0.0, cutout=0, runlocal=False),
         choices={"kernel": KINDS},
     )
     data = args.data or ("digits" if args.runlocal else "cifar10")
-    config = default_config(
+    config = base_config(
         model=dict(name="resnet_cifar", depth=args.depth, width=16, stem_kernel="C3", downsample="auto"),
         kernel=args.kernel,
         data=data,

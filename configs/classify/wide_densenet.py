@@ -10,20 +10,19 @@ compression 0.5: 3.00M parameters with C2sp (see classify/models/densenet.py). P
 learning-rate decay as for the paper's other DenseNets.
 """
 
-from sympad.train.config import parse_config_arg
+from configs.classify.common import base_config, shrink_for_local_run
 from sympad.kinds import KINDS
+from sympad.train.config import parse_config_arg
 
 
 def get_config(arg=None):
-    from classify.train import default_config, shrink_for_local_run
-
     args = parse_config_arg(
         arg,
         dict(kernel="C2sp", data="", mixup=0.0, cutout=0, runlocal=False),
         choices={"kernel": KINDS},
     )
     data = args.data or ("digits" if args.runlocal else "cifar10")
-    config = default_config(
+    config = base_config(
         model=dict(name="wide_densenet", layers_per_block=8, growth=48, stem_kernel="C3"),
         kernel=args.kernel,
         data=data,

@@ -9,9 +9,9 @@ digits, widths 8-16, 20 steps). Splits too big for device memory (LSUN bedroom) 
 host automatically.
 """
 
-from configs.gan.sngan_cifar10 import BUDGETS, base_config
-from sympad.train.config import parse_config_arg
+from configs.gan.common import BUDGETS, base_config
 from sympad.kinds import KINDS
+from sympad.train.config import parse_config_arg
 
 
 def get_config(arg=None):

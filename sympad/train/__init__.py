@@ -6,6 +6,7 @@
 * ``checkpoint``: orbax checkpoints with a manifest, exact restore, clear errors.
 * ``metrics``: JSON lines and TensorBoard events, image grids, the NaN/Inf guard.
 * ``progress``: progress bars and periodic lines.
+* ``loop``: the one training loop both suites run (restore-or-init, step loop, hooks, checkpoints).
 """
 
 import importlib.util as _importlib_util

@@ -10,6 +10,11 @@ Everything after the colon is handed to ``get_config`` and parsed with ``parse_c
 (comma-separated ``key=value`` pairs or bare flags meaning True). ``--config.a.b=value`` overrides
 go through absl ``config_flags``; the config is locked, so a misspelt key fails instead of being
 ignored. The resolved config lands in ``workdir/config.json``.
+
+Both suites speak one vocabulary for what the training loop (``sympad.train.loop``) does, set by
+:func:`add_loop_fields` and documented in :data:`LOOP_FIELDS`. Besides those, every suite's config
+has ``seed``, ``batch_size``, ``num_train_steps``, ``data``, ``kernel`` and an ``optimizer`` block
+with ``learning_rate`` and ``schedule``; the suite defaults live in ``configs/<suite>/common.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,18 @@ from typing import Any
 
 import ml_collections
 
-__all__ = ["lock_and_validate", "parse_config_arg", "run_main", "write_config"]
+__all__ = ["LOOP_FIELDS", "add_loop_fields", "lock_and_validate", "parse_config_arg", "run_main", "write_config"]
+
+_CADENCE = "in train steps; 0 = only at the last step; -n = every n epochs"
+#: The training loop's config keys, the same in both suites: name -> (default, meaning).
+LOOP_FIELDS: dict[str, tuple[Any, str]] = {
+    "log_every": (100, f"train metrics (mean since the last record) to metrics.jsonl, {_CADENCE}"),
+    "eval_every": (0, f"evaluation, {_CADENCE} (classify: test error; gan: FID/IS, none at all with 0)"),
+    "checkpoint_every": (1000, f"checkpoints, {_CADENCE}"),
+    "max_checkpoints": (3, "most recent checkpoints kept (classify also keeps its best test error)"),
+    "host_data": (False, "True: stream batches from the host even when the split fits on the device"),
+    "conv_implementation": ("auto", "formulation of the C*sp convs (sympad.IMPLEMENTATIONS); same results"),
+}
 
 _TRUE = ("true", "1", "yes", "y", "on")
 _FALSE = ("false", "0", "no", "n", "off")
@@ -108,11 +124,46 @@ def parse_config_arg(
     return ml_collections.ConfigDict(values)
 
 
+def add_loop_fields(config: ml_collections.ConfigDict, **values: Any) -> ml_collections.ConfigDict:
+    """Sets every :data:`LOOP_FIELDS` key on ``config``: ``values`` where given, else the default.
+
+    Raises:
+      ValueError: for a key that is not a loop field.
+    """
+    unknown = sorted(set(values) - set(LOOP_FIELDS))
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not loop fields; valid: {', '.join(LOOP_FIELDS)}")
+    for name, (default, _) in LOOP_FIELDS.items():
+        config[name] = values.get(name, default)
+    return config
+
+
+def _check_loop_fields(config: ml_collections.ConfigDict) -> None:
+    from sympad.ops import IMPLEMENTATIONS
+
+    for name in ("log_every", "eval_every", "checkpoint_every"):
+        if name in config and (isinstance(config[name], bool) or not isinstance(config[name], int)):
+            raise ValueError(f"config.{name}={config[name]!r}: must be an int ({_CADENCE})")
+    if "max_checkpoints" in config and (
+        isinstance(config.max_checkpoints, bool) or not isinstance(config.max_checkpoints, int)
+        or config.max_checkpoints < 1
+    ):
+        raise ValueError(f"config.max_checkpoints={config.max_checkpoints!r}: must be an int >= 1")
+    if "host_data" in config and not isinstance(config.host_data, bool):
+        raise ValueError(f"config.host_data={config.host_data!r}: must be a bool")
+    if "conv_implementation" in config and config.conv_implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"config.conv_implementation={config.conv_implementation!r}: must be one of {', '.join(IMPLEMENTATIONS)}"
+        )
+
+
 def lock_and_validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Locks ``config`` (new keys raise; values stay editable) and checks the shared fields.
 
     Checked when present at the top level: ``kernel`` is one of ``sympad.KINDS``; ``runlocal`` is
-    a bool; ``data`` is a non-empty string.
+    a bool; ``data`` is a non-empty string; the :data:`LOOP_FIELDS` have their types (cadences
+    ints, ``max_checkpoints`` >= 1, ``host_data`` a bool, ``conv_implementation`` one of
+    ``sympad.IMPLEMENTATIONS``).
 
     Returns:
       The same config, locked.
@@ -130,6 +181,7 @@ def lock_and_validate(config: ml_collections.ConfigDict) -> ml_collections.Confi
         raise ValueError(f"config.runlocal={config.runlocal!r}: must be a bool")
     if "data" in config and (not isinstance(config.data, str) or not config.data):
         raise ValueError(f"config.data={config.data!r}: must be a dataset name")
+    _check_loop_fields(config)
     config.lock()
     return config
 

@@ -127,9 +127,9 @@ def _run_main(workdir: Path, *overrides: str):
         "--config.batch_size=16",
         "--config.eval_batch_size=32",
         "--config.model.width=4",
-        "--config.log_every_steps=1",
-        "--config.eval_every_steps=2",
-        "--config.checkpoint_every_steps=2",
+        "--config.log_every=1",
+        "--config.eval_every=2",
+        "--config.checkpoint_every=2",
         *overrides,
     ]
     return run_main(train.train_and_evaluate, argv=argv)

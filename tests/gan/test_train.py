@@ -22,7 +22,7 @@ from sympad.train import data as sdata
 from sympad.train.checkpoint import Checkpointer
 from sympad.train.mesh import batch_sharded, make_mesh, replicate
 from sympad.train.metrics import DivergenceError
-from sympad.train.config import run_main
+from sympad.train.config import lock_and_validate, run_main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,6 +107,24 @@ def test_one_step_runs_n_critic_d_updates_and_one_g_update():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_conv_implementation_reaches_the_traced_step():
+    # The formulation is part of StepConfig (a static argument), so each one gets its own program:
+    # group_sum computes a C2sp conv as one conv per direction group, pad_concat as a single conv.
+    config = tiny_config(kernel="C2sp")
+    generator, discriminator = train.create_models(config)
+    g_tx, d_tx = train.create_optimizers(config)
+    state = train.create_train_state(config, generator, discriminator, g_tx, d_tx)
+    images = jnp.zeros((16, 8, 8, 3), jnp.uint8)
+    convs = {}
+    for name in ("pad_concat", "group_sum"):
+        step_config = dataclasses.replace(train.StepConfig.from_config(config), conv_implementation=name)
+        text = train.train_step.lower(state, images, jax.random.key(0), generator=generator,
+                                      discriminator=discriminator, g_tx=g_tx, d_tx=d_tx, config=step_config).as_text()
+        convs[name] = text.count("convolution(")
+    assert convs["group_sum"] > convs["pad_concat"] > 0
+
+
+@pytest.mark.slow
 def test_resume_gives_identical_parameters(tmp_path):
     straight = train.train_and_evaluate(tiny_config(num_train_steps=4), str(tmp_path / "straight"))
     half = train.train_and_evaluate(tiny_config(num_train_steps=2), str(tmp_path / "resumed"))
@@ -159,7 +177,7 @@ def test_main_end_to_end(trained_workdir):
     assert summary["discriminator"]["params"] == models.count_params(d_vars["params"])
     records = [json.loads(line) for line in (trained_workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
-    for key in ("d_loss", "g_loss", "d_real", "d_fake", "d_grad_norm", "g_grad_norm", "steps_per_sec"):
+    for key in ("d_loss", "g_loss", "d_real", "d_fake", "d_grad_norm", "g_grad_norm", "steps_per_s"):
         assert all(np.isfinite(r[key]) for r in records), key
     assert sorted(int(p.name) for p in (trained_workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2]
 
@@ -213,13 +231,30 @@ def test_exported_generator_matches(trained_workdir, tmp_path):
                                    rtol=1e-5, atol=1e-6)
 
 
+def test_configs_of_older_runs_still_restore(trained_workdir, tmp_path):
+    workdir = tmp_path / "old"
+    shutil.copytree(trained_workdir, workdir)
+    fields = json.loads((workdir / "config.json").read_text())
+    optimizer = fields.pop("optimizer")
+    fields.update(lr=optimizer["learning_rate"], b1=optimizer["b1"], b2=optimizer["b2"], lr_decay="none",
+                  max_to_keep=fields.pop("max_checkpoints"), sp_implementation=fields.pop("conv_implementation"))
+    (workdir / "config.json").write_text(json.dumps(fields))
+    config, _, state = train.restore_state(workdir)
+    assert int(state.step) == 2
+    assert config.optimizer.to_dict() == optimizer and config.max_checkpoints == fields["max_to_keep"]
+
+
 def test_bad_config_values():
     with pytest.raises(ValueError, match="kernel"):
         sngan_cifar10.get_config("kernel=C5x")
     with pytest.raises(ValueError, match="arch"):
         train.create_models(tiny_config(arch="dcgan"))
-    with pytest.raises(ValueError, match="lr_decay"):
-        train.create_optimizers(tiny_config(lr_decay="cosine"))
+    config = tiny_config()
+    config.optimizer.schedule = "cosine"
+    with pytest.raises(ValueError, match="config.optimizer.schedule"):
+        train.create_optimizers(config)
+    with pytest.raises(ValueError, match="config.conv_implementation"):
+        lock_and_validate(tiny_config(conv_implementation="fastest"))
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(trained_workdir, tmp_path):

@@ -13,7 +13,7 @@ import ml_collections
 import pytest
 from absl import flags
 
-from sympad.train.config import lock_and_validate, parse_config_arg, run_main, write_config
+from sympad.train.config import LOOP_FIELDS, add_loop_fields, lock_and_validate, parse_config_arg, run_main, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -87,6 +87,42 @@ def test_lock_and_validate():
     for bad, needle in [(dict(kernel="C5"), "config.kernel='C5'"), (dict(runlocal="yes"), "runlocal"), (dict(data=""), "config.data")]:
         with pytest.raises(ValueError, match=needle):
             lock_and_validate(ml_collections.ConfigDict(bad))
+
+
+def test_loop_fields_one_vocabulary():
+    config = add_loop_fields(ml_collections.ConfigDict(dict(kernel="C3")), log_every=5, eval_every=-1)
+    assert set(config) == {"kernel", *LOOP_FIELDS}
+    assert (config.log_every, config.eval_every) == (5, -1)
+    assert config.checkpoint_every == LOOP_FIELDS["checkpoint_every"][0] and config.host_data is False
+    assert config.conv_implementation == "auto"
+    with pytest.raises(ValueError, match="log_evry: not loop fields; valid: log_every"):
+        add_loop_fields(ml_collections.ConfigDict(), log_evry=5)
+    # Both suites' configs carry exactly this vocabulary, and no old spelling of it.
+    from configs.classify import resnet_cifar
+    from configs.gan import resnet19_128, sngan_cifar10
+
+    old = {"log_every_steps", "eval_every_steps", "checkpoint_every_steps", "max_to_keep", "lr", "lr_decay",
+           "sp_implementation"}
+    for module in (sngan_cifar10, resnet19_128, resnet_cifar):
+        suite = module.get_config("runlocal")
+        assert set(LOOP_FIELDS) <= set(suite) and not old & set(suite), module.__name__
+        assert "learning_rate" in suite.optimizer and "schedule" in suite.optimizer
+        assert "on_device" not in suite.get("input", {})
+        lock_and_validate(suite)
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("log_every", 2.5, "config.log_every=2.5: must be an int"),
+    ("eval_every", True, "config.eval_every=True: must be an int"),
+    ("max_checkpoints", 0, "config.max_checkpoints=0: must be an int >= 1"),
+    ("host_data", "yes", "config.host_data='yes': must be a bool"),
+    ("conv_implementation", "fast", "config.conv_implementation='fast': must be one of auto, pad_select"),
+])
+def test_lock_and_validate_checks_the_loop_fields(field, value, needle):
+    fields = {name: default for name, (default, _) in LOOP_FIELDS.items()}
+    fields[field] = value  # as a config file could write it (ConfigDict only type-checks later edits)
+    with pytest.raises(ValueError, match=needle):
+        lock_and_validate(ml_collections.ConfigDict(fields))
 
 
 def test_write_config_round_trips(tmp_path):

@@ -1,0 +1,315 @@
+"""The one training loop both suites run; it knows no suite.
+
+A suite builds what differs (its state, its jitted steps, its dataset, its periodic actions) and
+hands it to :func:`train`, which does the rest once for everyone:
+
+* mesh and batch check (:func:`checked_mesh`);
+* data placement: the split on every device when it fits and ``config.host_data`` is False, else
+  a host loader (:class:`Input`);
+* restore the latest checkpoint or initialise, then replicate (:func:`restore_or_init`; tools
+  that only read a run use :func:`restore_latest`);
+* the step loop: metrics stay on the device until a step where something happens (log, hook,
+  checkpoint, the last step), so the host does not wait on the device every step; the NaN/Inf
+  guard runs on every fetched step before anything is saved; periodic hooks (:class:`Hook`: samples,
+  evaluation) and checkpoints at :func:`itstime`; a final save; every resource closed in
+  ``finally`` (also on error or Ctrl-C);
+* ``config.conv_implementation`` applied with ``sympad.use_implementation`` around everything that
+  traces (the steps and the hooks).
+
+The config keys it reads are the shared vocabulary of ``sympad.train.config.LOOP_FIELDS``.
+A ``state`` is any pytree with a scalar ``step`` field (completed train steps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+import sympad
+from sympad.train import data as sdata
+from sympad.train.checkpoint import Checkpointer
+from sympad.train.mesh import make_mesh, replicate, replicated
+from sympad.train.metrics import MetricWriter, check_finite
+from sympad.train.progress import Progress
+
+__all__ = [
+    "Hook",
+    "Input",
+    "checked_mesh",
+    "itstime",
+    "on_device",
+    "resolve_every",
+    "restore_latest",
+    "restore_or_init",
+    "train",
+]
+
+State = TypeVar("State")
+Metrics = Mapping[str, Any]
+
+
+# ----------------------------------------------------------------------------------------------
+# Cadence
+
+
+def itstime(step: int, every: int, total: int, *, last: bool = True) -> bool:
+    """Whether an action with period ``every`` is due once ``step`` steps are done.
+
+    Args:
+      step: completed train steps (1 after the first step).
+      every: period in steps; ``<= 0`` never fires periodically.
+      total: the run's last step.
+      last: also fire at ``step == total`` (checkpoints, logs and hooks all do: a run always ends
+        with a record, a checkpoint and its final samples/evaluation).
+    """
+    return (every > 0 and step % every == 0) or (last and step == total)
+
+
+def resolve_every(value: int, *, steps_per_epoch: int | None, name: str) -> int:
+    """A config cadence in steps: ``n > 0`` every n steps, ``0`` only at the end, ``-n`` every n epochs.
+
+    Raises:
+      ValueError: naming ``config.<name>`` for a non-int, or for epochs without an epoch length.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"config.{name}={value!r}: must be an int (steps; 0 = only at the end; -n = every n epochs)")
+    value = int(value)
+    if value >= 0:
+        return value
+    if not steps_per_epoch:
+        raise ValueError(f"config.{name}={value}: epochs (negative values) need an epoch length, which this run lacks")
+    return -value * int(steps_per_epoch)
+
+
+# ----------------------------------------------------------------------------------------------
+# Mesh, data placement, restore
+
+
+def checked_mesh(batch_size: int) -> Mesh:
+    """The data mesh over all devices, after checking ``config.batch_size`` splits evenly over it.
+
+    Raises:
+      ValueError: naming config.batch_size when it is not a positive multiple of the device count.
+    """
+    mesh = make_mesh()
+    if isinstance(batch_size, bool) or int(batch_size) < 1 or int(batch_size) % mesh.size:
+        raise ValueError(f"config.batch_size={batch_size} must be a positive multiple of the {mesh.size} devices")
+    return mesh
+
+
+@dataclasses.dataclass(frozen=True)
+class Input:
+    """The training split and the two ways a step gets its batch; :func:`train` picks one.
+
+    Attributes:
+      dataset: the split (host memory); on the device when ``sympad.train.data.fits_on_device``
+        says so and ``config.host_data`` is False.
+      arrays: which of its arrays a step on the device takes: ``'images'`` or
+        ``'images_labels'``.
+      device_step: ``(state, *arrays on the device) -> (state, metrics)``; gathers batch
+        ``state.step`` itself.
+      host_loader: ``start_step -> sympad.train.data.HostLoader`` (or anything with ``close()``)
+        positioned at the batch of train step ``start_step``; the loop closes it.
+      host_step: ``(state, loader) -> (state, metrics)``: takes this step's batch(es) from the
+        loader.
+    """
+
+    dataset: sdata.Dataset
+    device_step: Callable[..., tuple[Any, Metrics]]
+    host_loader: Callable[[int], Any]
+    host_step: Callable[[Any, Any], tuple[Any, Metrics]]
+    arrays: str = "images"
+
+    def device_arrays(self) -> tuple[np.ndarray, ...]:
+        if self.arrays == "images":
+            return (self.dataset.images,)
+        if self.arrays == "images_labels":
+            return (self.dataset.images, self.dataset.labels)
+        raise ValueError(f"Input.arrays must be 'images' or 'images_labels', got {self.arrays!r}")
+
+
+def on_device(dataset: sdata.Dataset, *, host_data: bool) -> bool:
+    """Whether the split lives on the devices: when it fits, unless ``config.host_data`` asks for the host."""
+    if not isinstance(host_data, bool):
+        raise ValueError(f"config.host_data={host_data!r}: must be a bool (True: stream batches from the host)")
+    return not host_data and sdata.fits_on_device(dataset)
+
+
+def restore_or_init(checkpointer: Checkpointer, init_state: Callable[[], State], mesh: Mesh) -> tuple[State, int]:
+    """The latest checkpoint in ``checkpointer`` if any, else ``init_state()``; replicated over ``mesh``.
+
+    Returns:
+      ``(state, step)`` with ``step = int(state.step)``.
+
+    Raises:
+      sympad.train.checkpoint.CheckpointError: the latest checkpoint is corrupt or does not match.
+    """
+    state = replicate(init_state(), mesh)  # the template: restored leaves land replicated
+    restored = checkpointer.restore(state)
+    if restored is not None:
+        logging.info("Resuming from %s (step %d)", checkpointer.step_path(restored[0]), restored[0])
+        state = restored[1]
+    return state, int(jax.device_get(state.step))
+
+
+def restore_latest(directory: str | os.PathLike[str], template: State) -> tuple[int, State]:
+    """The latest checkpoint of a run, read-only (safe while the run is still writing).
+
+    Args:
+      directory: the run's checkpoint directory (``workdir/checkpoints``).
+      template: a state of the run's structure (concrete or ``jax.ShapeDtypeStruct`` leaves).
+
+    Raises:
+      FileNotFoundError: no checkpoint in ``directory``.
+      sympad.train.checkpoint.CheckpointError: corrupt, or does not match ``template``.
+    """
+    with Checkpointer(directory, read_only=True) as checkpointer:
+        restored = checkpointer.restore(template)
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {directory}")
+    return restored
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    """A periodic action: ``fn(step, state, writer)`` at the steps ``itstime(step, every, total)`` picks.
+
+    Attributes:
+      every: the config value of its cadence (``resolve_every``: steps, 0, or -epochs).
+      fn: runs after the step's train metrics are fetched and checked; the scalars it returns
+        join that step's record in metrics.jsonl (and the checkpoint's metrics). It may write
+        images with ``writer.write_image``.
+      name: the config key of ``every``, for error messages.
+    """
+
+    every: int
+    fn: Callable[[int, Any, MetricWriter], Mapping[str, float] | None]
+    name: str = "hook"
+
+
+def _mean(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    return {k: float(np.mean([r[k] for r in records])) for k in records[0]}
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike[str],
+    *,
+    mesh: Mesh,
+    init_state: Callable[[], State],
+    data: Input,
+    total_steps: int,
+    steps_per_epoch: int | None = None,
+    hooks: Sequence[Hook] = (),
+    summarize: Callable[[int, dict[str, float]], dict[str, float]] | None = None,
+    progress_keys: Sequence[str] = (),
+    first_record: Mapping[str, float] | None = None,
+    best_metric: str | None = None,
+    desc: str = "train",
+) -> tuple[State, dict[str, float]]:
+    """Trains from the latest checkpoint in ``workdir/checkpoints`` (or from ``init_state()``) to ``total_steps``.
+
+    Config keys read (``sympad.train.config.LOOP_FIELDS``): log_every, checkpoint_every,
+    max_checkpoints, host_data, conv_implementation.
+
+    Args:
+      config: the run's config.
+      workdir: run directory: metrics.jsonl (+ TensorBoard events), checkpoints/.
+      mesh: from :func:`checked_mesh`.
+      init_state: the initial state (not replicated); also the restore template.
+      data: the split and the steps that consume it.
+      total_steps: train steps of the whole run.
+      steps_per_epoch: epoch length, for negative (epoch) cadences.
+      hooks: periodic actions, run in order.
+      summarize: ``(step, mean train metrics since the last record) -> the record's train part``
+        (rename, add the learning rate, ...). ``steps_per_s`` (training time only: the clock stops
+        during hooks and saves) is added after it.
+      progress_keys: record entries shown on the progress bar.
+      first_record: written at step 0 of a fresh run (e.g. the parameter count).
+      best_metric: a record key (lower is better) whose best checkpoint is kept besides the last
+        ``config.max_checkpoints``.
+      desc: progress bar label.
+
+    Returns:
+      ``(state, record)``: the final state and the last record written ({} when the restored
+      checkpoint was already at ``total_steps``).
+
+    Raises:
+      sympad.train.metrics.DivergenceError: a train metric is NaN/Inf; nothing after the last good
+        checkpoint is saved.
+    """
+    log_every = resolve_every(config.log_every, steps_per_epoch=steps_per_epoch, name="log_every")
+    checkpoint_every = resolve_every(config.checkpoint_every, steps_per_epoch=steps_per_epoch, name="checkpoint_every")
+    periods = [resolve_every(h.every, steps_per_epoch=steps_per_epoch, name=h.name) for h in hooks]
+    record: dict[str, float] = {}
+    with contextlib.ExitStack() as resources, sympad.use_implementation(config.conv_implementation):
+        # Every resource is closed on the way out, in reverse order, whatever happens in between.
+        checkpointer = resources.enter_context(Checkpointer(
+            Path(workdir) / "checkpoints", max_to_keep=int(config.max_checkpoints), best_metric=best_metric))
+        state, start = restore_or_init(checkpointer, init_state, mesh)
+
+        if on_device(data.dataset, host_data=config.host_data):
+            arrays = tuple(jax.device_put(a, replicated(mesh)) for a in data.device_arrays())
+
+            def next_step(state: State) -> tuple[State, Metrics]:
+                return data.device_step(state, *arrays)
+        else:
+            loader = data.host_loader(start)
+            resources.callback(loader.close)
+
+            def next_step(state: State) -> tuple[State, Metrics]:
+                return data.host_step(state, loader)
+
+        writer = resources.enter_context(MetricWriter(workdir))
+        progress = resources.enter_context(Progress(total_steps, initial=start, desc=desc))
+        if start == 0 and first_record:
+            writer.write(0, dict(first_record))
+        pending: list[Metrics] = []  # on the device, not yet fetched
+        since_log: list[dict[str, Any]] = []  # fetched, not yet logged
+        train_time, tick, fetched_at, logged_at = 0.0, time.monotonic(), start, start
+        for step in range(start + 1, total_steps + 1):
+            state, metrics = next_step(state)
+            pending.append(metrics)
+            due = [hook for hook, every in zip(hooks, periods) if itstime(step, every, total_steps)]
+            log_now = itstime(step, log_every, total_steps)
+            save_now = itstime(step, checkpoint_every, total_steps)
+            if not (due or log_now or save_now):
+                progress.update(step)
+                continue
+            fetched = jax.device_get(pending)
+            train_time += time.monotonic() - tick
+            pending = []
+            for i, values in enumerate(fetched):  # the guard, before any save
+                check_finite(fetched_at + 1 + i, values, checkpoint_dir=checkpointer.directory)
+            since_log.extend(fetched)
+            fetched_at = step
+            record = {}
+            if log_now:
+                means = _mean(since_log)
+                record = summarize(step, means) if summarize is not None else means
+                record["steps_per_s"] = (step - logged_at) / max(train_time, 1e-9)
+                since_log, train_time, logged_at = [], 0.0, step
+            for hook in due:
+                record.update(hook.fn(step, state, writer) or {})
+            if record:
+                writer.write(step, record)
+            progress.update(step, **{k: record[k] for k in progress_keys if k in record})
+            if save_now:
+                checkpointer.save(step, state, metrics=record)
+            tick = time.monotonic()  # steps/s counts training only, not hooks or saving
+    return state, record
