@@ -49,7 +49,7 @@ import sympad
 from classify import models
 from sympad.train import data as sdata
 from sympad.train import loop
-from sympad.train.mesh import batch_sharded, replicated
+from sympad.train.mesh import batch_sharded, replicate
 from sympad.train.metrics import check_finite
 
 __all__ = [
@@ -375,9 +375,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             start_step=start, num_steps=total_steps - start, sharding=batch_sharded(mesh)),
         host_step=lambda state, loader: step_on_batch(state, *next(loader)),
     )
-    on_all = replicated(mesh)
-    test_images = jax.device_put(test_ds.images, on_all)
-    test_labels = jax.device_put(test_ds.labels, on_all)
+    test_images, test_labels = replicate((test_ds.images, test_ds.labels), mesh)  # multi-process safe
 
     # Hook and records: the test split every config.eval_every steps; train metrics renamed train_*.
     def evaluate_test(step: int, state: TrainState, writer: Any = None) -> dict[str, float]:

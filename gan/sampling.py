@@ -13,19 +13,45 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
 
 from gan import models
 from sympad.train.data import to_uint8
-from sympad.train.mesh import make_mesh, replicate, shard_batch
+from sympad.train.mesh import batch_sharded, make_mesh, replicate, shard_batch
 
 __all__ = ["generate_images", "generate_samples", "sample_latents"]
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def generate_images(generator: models.Generator, variables: Mapping[str, Any], z: jax.Array) -> jax.Array:
-    """G in inference mode (BN running averages): z (B, z_dim) -> uint8 images (B, S, S, 3)."""
+def _generate_images(generator: models.Generator, variables: Mapping[str, Any], z: jax.Array) -> jax.Array:
     return to_uint8(generator.apply(variables, z, train=False))
+
+
+def _multi_process_mesh(variables: Mapping[str, Any]) -> Mesh | None:
+    """The mesh of ``variables`` when they are global arrays spanning several processes, else None."""
+    leaves = jax.tree_util.tree_leaves(variables)
+    leaf = leaves[0] if leaves else None
+    if not isinstance(leaf, jax.Array) or isinstance(leaf, jax.core.Tracer):
+        return None
+    sharding = leaf.sharding
+    if isinstance(sharding, NamedSharding) and sharding.mesh.is_multi_process:
+        return sharding.mesh
+    return None
+
+
+def generate_images(generator: models.Generator, variables: Mapping[str, Any], z: jax.Array) -> jax.Array:
+    """G in inference mode (BN running averages): z (B, z_dim) -> uint8 images (B, S, S, 3).
+
+    Traceable (usable inside ``jit``). Called with ``variables`` that span several processes
+    (a multi-host run's state), ``z`` is replicated to their mesh and every process gets all B
+    images back as numpy.
+    """
+    mesh = _multi_process_mesh(variables)
+    if mesh is None:
+        return _generate_images(generator, variables, z)
+    images = _generate_images(generator, variables, replicate(z, mesh))
+    return multihost_utils.process_allgather(images, tiled=True)
 
 
 def sample_latents(key: jax.Array, indices: jax.Array, *, z_dim: int) -> jax.Array:
@@ -49,7 +75,8 @@ def generate_samples(generator: models.Generator, variables: Mapping[str, Any], 
       num: number of samples.
       seed: sample ``i`` uses ``fold_in(PRNGKey(seed), i)``.
       batch_size: samples per jit call (rounded up to a multiple of the device count).
-      mesh: devices to use; all local devices by default.
+      mesh: devices to use; by default the mesh of ``variables`` when they span several
+        processes (every process must call this; each gets all samples), else all local devices.
       z_dim: latent size; read from the Dense kernel's shape when None.
 
     Raises:
@@ -59,7 +86,8 @@ def generate_samples(generator: models.Generator, variables: Mapping[str, Any], 
         raise ValueError(f"num must be >= 1, got {num}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    mesh = mesh if mesh is not None else make_mesh(jax.local_devices())
+    if mesh is None:
+        mesh = _multi_process_mesh(variables) or make_mesh(jax.local_devices())
     z_dim = z_dim or int(variables["params"]["dense"]["kernel"].shape[0])
     batch_size = -(-min(batch_size, num) // mesh.size) * mesh.size
     variables = replicate(variables, mesh)
@@ -68,6 +96,13 @@ def generate_samples(generator: models.Generator, variables: Mapping[str, Any], 
     for start in range(0, num, batch_size):
         # The last batch is padded up to batch_size (one compiled shape); the padding is dropped.
         indices = np.arange(start, start + batch_size, dtype=np.int32)
-        images = _generate_batch(variables, key, shard_batch(indices, mesh), generator=generator, z_dim=z_dim)
+        if mesh.is_multi_process:
+            # Every process knows all indices and hands each of its devices its rows; the images
+            # are then gathered so every process returns all of them (one of them writes).
+            sharded = jax.make_array_from_callback(indices.shape, batch_sharded(mesh), lambda i: indices[i])
+            images = _generate_batch(variables, key, sharded, generator=generator, z_dim=z_dim)
+            images = multihost_utils.process_allgather(images, tiled=True)
+        else:
+            images = _generate_batch(variables, key, shard_batch(indices, mesh), generator=generator, z_dim=z_dim)
         out.append(np.asarray(images)[: num - start])
     return np.concatenate(out)

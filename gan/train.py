@@ -516,7 +516,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     def save_samples(step: int, state: TrainState, writer: MetricWriter) -> dict[str, float]:
         variables = generator_variables(state, use_ema=True)
         grid = np.asarray(sampling.generate_images(generator, variables, grid_z))
-        save_image_grid(grid, workdir_path / f"samples_{step:07d}.png")
+        if jax.process_index() == 0:  # every process has the grid; one writes it
+            save_image_grid(grid, workdir_path / f"samples_{step:07d}.png")
         writer.write_image(step, "samples", image_grid(grid))
         if digits_scorer is None:
             return {}

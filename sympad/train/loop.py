@@ -39,7 +39,7 @@ from jax.sharding import Mesh
 import sympad
 from sympad.train import data as sdata
 from sympad.train.checkpoint import Checkpointer
-from sympad.train.mesh import make_mesh, replicate, replicated
+from sympad.train.mesh import make_mesh, replicate
 from sympad.train.metrics import MetricWriter, check_finite
 from sympad.train.progress import Progress
 
@@ -264,7 +264,7 @@ def train(
         state, start = restore_or_init(checkpointer, init_state, mesh)
 
         if on_device(data.dataset, host_data=config.host_data):
-            arrays = tuple(jax.device_put(a, replicated(mesh)) for a in data.device_arrays())
+            arrays = tuple(replicate(a, mesh) for a in data.device_arrays())
 
             def next_step(state: State) -> tuple[State, Metrics]:
                 return data.device_step(state, *arrays)

@@ -99,8 +99,28 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
-    """Places every leaf of ``tree`` (state: params, optimizer state, keys) on all devices."""
-    return jax.device_put(tree, replicated(mesh))
+    """Places every leaf of ``tree`` (state: params, optimizer state, keys) on all devices.
+
+    Single process: ``jax.device_put``. Several processes: ``device_put`` cannot reach another
+    process's devices, so each leaf becomes a global array built from this process's copy
+    (``jax.make_array_from_callback``); every process must pass equal values (the state is a
+    pure function of the config's seed). Leaves already on ``mesh`` with that sharding are kept.
+    """
+    sharding = replicated(mesh)
+    if not mesh.is_multi_process:
+        return jax.device_put(tree, sharding)
+    return jax.tree_util.tree_map(lambda x: _replicate_leaf(x, sharding), tree)
+
+
+def _replicate_leaf(x: Any, sharding: NamedSharding) -> Any:
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+        return x
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        # Typed keys: replicate the raw key data, then re-wrap with the same implementation.
+        data = _replicate_leaf(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    host = np.asarray(jax.device_get(x)) if isinstance(x, jax.Array) else np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def shard_batch(tree: PyTree, mesh: Mesh) -> PyTree:
