@@ -13,6 +13,9 @@ hands it to :func:`train`, which does the rest once for everyone:
   guard runs on every fetched step before anything is saved; periodic hooks (:class:`Hook`: samples,
   evaluation) and checkpoints at :func:`itstime`; a final save; every resource closed in
   ``finally`` (also on error or Ctrl-C);
+* preemption: SIGTERM or SIGINT saves a checkpoint of the step in progress and stops with
+  :class:`Preempted` (exit status :data:`PREEMPTED_EXIT_CODE`); rerunning the command resumes
+  there exactly. Multi-host runs stop at jax's preemption sync point, the same step everywhere;
 * ``config.conv_implementation`` applied with ``sympad.use_implementation`` around everything that
   traces (the steps and the hooks).
 
@@ -25,6 +28,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -44,8 +49,10 @@ from sympad.train.metrics import MetricWriter, check_finite
 from sympad.train.progress import Progress
 
 __all__ = [
+    "PREEMPTED_EXIT_CODE",
     "Hook",
     "Input",
+    "Preempted",
     "checked_mesh",
     "itstime",
     "on_device",
@@ -182,6 +189,92 @@ def restore_latest(directory: str | os.PathLike[str], template: State) -> tuple[
 
 
 # ----------------------------------------------------------------------------------------------
+# Preemption
+
+#: Exit status of a run stopped by SIGTERM/SIGINT after saving its checkpoint: ``EX_TEMPFAIL``
+#: (sysexits.h, "try again"), so a wrapper can tell "rerun to resume" from success (0), a user
+#: error (2) or a crash (1).
+PREEMPTED_EXIT_CODE = 75
+
+
+class Preempted(SystemExit):
+    """Training stopped on SIGTERM/SIGINT after checkpointing ``step``; rerun the command to resume.
+
+    A ``SystemExit`` (code :data:`PREEMPTED_EXIT_CODE`): it passes through the suites' code
+    unhandled (no final evaluation of a partial run) and ends the process with that status.
+    """
+
+    def __init__(self, step: int, signum: int | None):
+        name = signal.Signals(signum).name if signum else "a preemption notice"
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.step = step
+        self.message = f"stopped by {name} after saving the checkpoint of step {step}; rerun the same command to resume"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _PreemptionWatch:
+    """Turns SIGTERM/SIGINT into a flag that the loop reads once per step.
+
+    Single process: Python handlers set the flag (XLA keeps running the step in flight; the
+    handler runs when it returns, so the save starts within a step). A second signal restores
+    the previous handler and re-raises it: Ctrl-C twice still kills a hung run.
+
+    Several processes: one host's notice must stop all of them at the same step, or the
+    checkpoint would mix steps. ``jax.distributed.initialize`` starts jax's preemption service,
+    which owns SIGTERM and agrees on a step with the others; every process asks it every step
+    (``multihost_utils.reached_preemption_sync_point``). SIGINT is forwarded to it as SIGTERM.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._synced = jax.process_count() > 1 and _preemption_service_running()
+
+    def __enter__(self) -> _PreemptionWatch:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers can only be installed from the main thread
+        signums = (signal.SIGINT,) if self._synced else (signal.SIGTERM, signal.SIGINT)
+        for signum in signums:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self._synced:
+            self.signum = signum
+            os.kill(os.getpid(), signal.SIGTERM)  # to jax's preemption notifier
+            return
+        if self.signum is not None:  # the second one: give up waiting for the save
+            self._restore()
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+        logging.warning("Received %s: saving a checkpoint after this step, then stopping.", signal.Signals(signum).name)
+
+    def reached(self, step: int) -> bool:
+        if self._synced:
+            from jax.experimental import multihost_utils
+
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+        return self.signum is not None
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc: Any) -> None:
+        self._restore()
+
+
+def _preemption_service_running() -> bool:
+    from jax._src import distributed  # jax exposes no public query for it
+
+    return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
+
+
+# ----------------------------------------------------------------------------------------------
 # The loop
 
 
@@ -252,6 +345,8 @@ def train(
     Raises:
       sympad.train.metrics.DivergenceError: a train metric is NaN/Inf; nothing after the last good
         checkpoint is saved.
+      Preempted: SIGTERM/SIGINT arrived (multi-host: jax's preemption sync point was reached);
+        the step's metrics were logged and its checkpoint saved first.
     """
     log_every = resolve_every(config.log_every, steps_per_epoch=steps_per_epoch, name="log_every")
     checkpoint_every = resolve_every(config.checkpoint_every, steps_per_epoch=steps_per_epoch, name="checkpoint_every")
@@ -279,6 +374,7 @@ def train(
         progress = resources.enter_context(Progress(total_steps, initial=start, desc=desc))
         if start == 0 and first_record:
             writer.write(0, dict(first_record))
+        preemption = resources.enter_context(_PreemptionWatch())
         pending: list[Metrics] = []  # on the device, not yet fetched
         since_log: list[dict[str, Any]] = []  # fetched, not yet logged
         train_time, tick, fetched_at, logged_at = 0.0, time.monotonic(), start, start
@@ -286,8 +382,10 @@ def train(
             state, metrics = next_step(state)
             pending.append(metrics)
             due = [hook for hook, every in zip(hooks, periods) if itstime(step, every, total_steps)]
-            log_now = itstime(step, log_every, total_steps)
-            save_now = itstime(step, checkpoint_every, total_steps)
+            # Every process asks every step (the sync point's contract), even when it will not stop.
+            stop = preemption.reached(step) and step < total_steps
+            log_now = itstime(step, log_every, total_steps) or stop
+            save_now = itstime(step, checkpoint_every, total_steps) or stop
             if not (due or log_now or save_now):
                 progress.update(step)
                 continue
@@ -311,5 +409,9 @@ def train(
             progress.update(step, **{k: record[k] for k in progress_keys if k in record})
             if save_now:
                 checkpointer.save(step, state, metrics=record)
+            if stop:
+                preempted = Preempted(step, preemption.signum)
+                logging.warning("%s", preempted)
+                raise preempted
             tick = time.monotonic()  # steps/s counts training only, not hooks or saving
     return state, record
