@@ -504,7 +504,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         dataset=dataset,
         device_step=lambda state, images: step_fn(state, images, data_key),
         host_loader=lambda start: sdata.HostLoader(dataset.images, None, batch_size=config.batch_size, key=data_key,
-                                                   start_step=start * n_critic, sharding=None),
+                                                   start_step=start * n_critic,
+                                                   # several processes: each loads its own rows
+                                                   sharding=batch_sharded(mesh) if jax.process_count() > 1 else None),
         host_step=lambda state, loader: step_fn(
             state, jnp.stack([next(loader)[0] for _ in range(n_critic)]), host_batches=True),
     )

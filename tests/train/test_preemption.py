@@ -49,6 +49,7 @@ def _signal_run(workdir: Path, signum: int, *, after_step: int) -> tuple[int, fl
         mp.kill(procs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_saves_current_step_and_resume_is_exact(tmp_path, signum):
     work = tmp_path / "preempted"
