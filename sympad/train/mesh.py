@@ -5,6 +5,11 @@ sharded along their leading axis (``shard_batch``), the training state is replic
 (``replicate``), and the same jitted step runs unchanged on 1 or N devices: XLA inserts the
 cross-device mean of the gradients because the loss is a mean over a sharded batch. Multi-host
 runs call ``maybe_initialize_distributed()`` first.
+
+With several processes every array the step touches is a global ``jax.Array`` over all
+processes' devices: ``replicate`` builds one from each process's (equal) copy, ``shard_batch``
+from each process's rows. Scalars the step returns are replicated, so every process can read
+them (``jax.device_get``); a sharded result is read with ``multihost_utils.process_allgather``.
 """
 
 from __future__ import annotations
