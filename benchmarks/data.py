@@ -9,6 +9,9 @@ Measures, on the default JAX backend (CPU here):
   (+ cutout), compile time excluded;
 * ``host_loader``: :class:`sympad.data.HostLoader` batches from a host array
   (gather + ``device_put``), consumed as fast as possible;
+* ``--loaders_only``: images/s of :class:`sympad.data.HostLoader` and
+  :class:`sympad.data.GrainLoader` (per reader-thread count) over the CIFAR-10
+  train JPEG folder (``sympad.train.data.cifar10_folder()``, decoded once);
 * ``folder_decode``: :func:`sympad.data.load` of an image folder, first load
   (decode + cache write, per thread count) and cached reload. Uses the shared
   CIFAR-10 JPEG archives (``$SYMPAD_SHARED_DATA`` or ``../shared/data``,
@@ -50,6 +53,29 @@ def _host_loader(images, labels, *, batch_size, steps) -> float:
         for batch in it:
             jax.block_until_ready(batch)
     return batch_size * steps / (time.perf_counter() - start)
+
+
+def _grain_loader(images, labels, *, batch_size, steps, num_threads) -> float:
+    key = jax.random.key(0)
+    with data.GrainLoader(images, labels, batch_size=batch_size, key=key, num_steps=steps + 1,
+                          num_threads=num_threads) as it:
+        jax.block_until_ready(next(it))  # Compile the permutation, start the readers.
+        start = time.perf_counter()
+        for batch in it:
+            jax.block_until_ready(batch)
+    return batch_size * steps / (time.perf_counter() - start)
+
+
+def _loaders_on_cifar10_folder(*, batch_size: int, steps: int, threads: list[int]) -> dict:
+    """HostLoader vs GrainLoader over the CIFAR-10 train JPEG folder (decoded once into the cache)."""
+    root = data.cifar10_folder(("train",))
+    ds = data.load(f"folder:{root}", "train")
+    result = {"source": f"cifar10 train JPEG folder ({len(ds)} images, decoded cache)"}
+    result["host_loader"] = round(_host_loader(ds.images, ds.labels, batch_size=batch_size, steps=steps))
+    for n in threads:
+        result[f"grain_loader_threads_{n}"] = round(
+            _grain_loader(ds.images, ds.labels, batch_size=batch_size, steps=steps, num_threads=n))
+    return result
 
 
 def _prepare_folder(tmp: Path, cifar_dir: str | None) -> tuple[Path, str]:
@@ -116,7 +142,13 @@ def main() -> None:
     parser.add_argument("--cifar_dir", default=None, help="an extracted class-folder split")
     parser.add_argument("--threads", default="1,2", help="thread counts for the folder decode")
     parser.add_argument("--skip_folder", action="store_true")
+    parser.add_argument("--loaders_only", action="store_true",
+                        help="only HostLoader vs GrainLoader on the CIFAR-10 train JPEG folder")
     args = parser.parse_args()
+    if args.loaders_only:
+        print(json.dumps(_loaders_on_cifar10_folder(
+            batch_size=args.batch_size, steps=args.steps, threads=[int(t) for t in args.threads.split(",")]), indent=1))
+        return
 
     rng = np.random.default_rng(0)
     host_images = rng.integers(0, 256, (50_000, 32, 32, 3), dtype=np.uint8)
