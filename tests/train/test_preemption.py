@@ -75,6 +75,29 @@ def test_signal_saves_current_step_and_resume_is_exact(tmp_path, signum):
     assert mp.checkpoint_steps(resumed) == [stopped, end]
 
 
+@pytest.mark.slow
+def test_two_processes_stop_at_the_same_step(tmp_path):
+    """SIGTERM to one of 2 processes: jax's preemption sync point stops both at one step, one checkpoint."""
+    work = tmp_path / "two"
+    procs = mp.start([*GAN, "--config.num_train_steps=1000", f"--workdir={work}"], processes=2,
+                     devices_per_process=1, logdir=work / "logs")
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not any(s >= 2 for s in _logged_steps(work)):
+            assert all(p.poll() is None for p in procs), mp.tails(work / "logs")
+            assert time.monotonic() < deadline, mp.tails(work / "logs")
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=120) for p in procs]
+    finally:
+        mp.kill(procs)
+    logs = mp.tails(work / "logs")
+    assert codes == [loop.PREEMPTED_EXIT_CODE] * 2, logs
+    stopped = max(_logged_steps(work))
+    assert mp.checkpoint_steps(work) == [stopped], logs
+    assert logs.count("rerun the same command to resume") == 2, logs
+
+
 def test_preempted_is_a_clean_exit_with_its_status():
     e = loop.Preempted(7, signal.SIGTERM)
     assert isinstance(e, SystemExit) and e.code == loop.PREEMPTED_EXIT_CODE == 75
