@@ -33,7 +33,8 @@ Two input pipelines, both driven by a PRNG key and the global step:
 * **On host** (:class:`HostLoader`): a background thread gathers uint8 batches
   from any random-access source (a memory-mapped cache, for example) and puts
   them on the devices ahead of time; :func:`prepare_batch` then augments them
-  on device exactly as :func:`get_batch` would.
+  on device exactly as :func:`get_batch` would. :class:`GrainLoader` yields the
+  same batches with grain reader threads doing the reading (optional ``grain``).
 
 Steps and epochs: with ``N`` examples and batch size ``B`` an epoch is
 ``N // B`` steps (:func:`steps_per_epoch`); step ``s`` belongs to epoch
