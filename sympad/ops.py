@@ -754,8 +754,11 @@ def use_implementation(name: str | None) -> Iterator[None]:
     The setting is per thread.
 
     The choice is made when a function is traced, so it applies to the calls
-    traced inside the block: a function jitted and traced before keeps its
-    formulation (jax reuses the cached trace). Where ``name`` does not apply to
+    traced inside the block. jax caches the trace of a Python function per
+    argument shapes (also across ``jax.jit`` wrappers of the same function), so
+    a function traced before, outside the block or in another, keeps the
+    formulation of its first trace: set the choice before the first trace
+    (as a training config does), or trace a new function. Where ``name`` does not apply to
     a call (``group_sum`` with feature groups), that call keeps the measured
     choice. Explicit ``implementation=`` arguments are not affected, and on
     CPU a forced 16-bit call still computes in float32, as ``'auto'`` does.
