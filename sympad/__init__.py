@@ -1,7 +1,11 @@
 """sympad: convolutions with even-sized kernels and symmetric padding in JAX/Flax.
 
 Importing ``sympad`` gives the pure ops; the Flax modules live in
-``sympad.linen`` and ``sympad.nnx``.
+``sympad.linen`` and ``sympad.nnx``. ``implementation='auto'`` picks a
+formulation per call; :func:`choose_implementation` tells which, and
+:func:`use_implementation` forces one on every ``'auto'`` conv traced inside a
+block. The formulations ``'auto'`` never picks live in ``sympad.experimental``
+(loaded on first use).
 """
 
 from sympad.kinds import KINDS, KernelKind, parse_kind

@@ -823,8 +823,8 @@ def _auto(backend: str, x_shape: Sequence[int], kernel_shape: Sequence[int], fea
     Every row was measured on the backend it names (BENCHMARKS.md: "The
     automatic choice: the figures behind each row"); what was not measured
     there (1D/3D, grouped convs, other backends) stays on ``pad_select``, the
-    plain pad-then-VALID form. The dtype does not enter: on
-    CPU 16-bit calls are computed in float32 (``_work_dtype``).
+    plain pad-then-VALID form. The dtype does not enter: on CPU 16-bit calls
+    are computed in float32 (``_work_dtype``).
     """
     channels = x_shape[-1]
     two_d = len(x_shape) == 4
@@ -842,8 +842,8 @@ def _auto(backend: str, x_shape: Sequence[int], kernel_shape: Sequence[int], fea
             # VALID conv on a padded copy), so the conv pads one axis itself
             # (*_crop); concat_crop builds the copy from channel runs, without
             # XLA:CPU's slow per-channel select. Exception: a 2x2 kernel on
-            # few channels, where the copy is small and pad_concat's VALID conv
-            # measured faster in the networks.
+            # few channels, where pad_concat's VALID conv on the small copy
+            # measured at least as fast in the networks.
             return "pad_concat" if small_kernel and channels <= 32 else "concat_crop"
     if backend == "gpu" and two_d and ungrouped and small_kernel:
         # 128+ channels: pad_concat's copy costs as little as plain C2's own
