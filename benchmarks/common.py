@@ -11,13 +11,12 @@ baseline. Every call ends in ``jax.block_until_ready``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
@@ -35,7 +34,6 @@ __all__ = [
     "add_run_args",
     "compile_all",
     "environment",
-    "force_implementation",
     "markdown_table",
     "memory",
     "ratio",
@@ -148,34 +146,6 @@ def memory(compiled: Any) -> dict[str, int | None]:
     }
 
 
-@contextlib.contextmanager
-def force_implementation(name: str | None) -> Iterator[None]:
-    """Makes ``implementation='auto'`` in ``sympad.ops`` resolve to ``name`` (None: no change).
-
-    For model benchmarks, whose convs are built by other code and always ask for
-    'auto'. Formulations that support ungrouped convs only fall back to the
-    automatic choice for grouped ones. Active only while tracing inside the block.
-    The rest of 'auto' stays: on CPU a 16-bit call still computes in float32.
-    """
-    from sympad import ops
-
-    if name is None or name == "auto":
-        yield
-        return
-    if name not in ops.IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {ops.IMPLEMENTATIONS}, got {name!r}")
-    original = ops._choose
-
-    def choose(implementation: str, x: Any, kernel: Any, feature_group_count: int) -> str:
-        if implementation == "auto" and not (name in ops._UNGROUPED_ONLY and feature_group_count != 1):
-            return name
-        return original(implementation, x, kernel, feature_group_count)
-
-    ops._choose = choose
-    try:
-        yield
-    finally:
-        ops._choose = original
 
 
 def size_parser(module: str, doc: str, *, gpu: str, tiny: str) -> argparse.ArgumentParser:
