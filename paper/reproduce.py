@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="gan.metrics feature network for --evaluate (default %(default)s: the paper's)")
     p.add_argument("--inception_weights", default="", help="gan.metrics inception weights file ('' = its default)")
     p.add_argument("--reference", default="", help="reference dataset for --evaluate (default: CIFAR-10 test JPEGs)")
+    p.add_argument("--num_reference", type=int, default=0, help="reference images (default 0: the protocol's 10k)")
     p.add_argument("--report", nargs="?", const=Path("REPRODUCTION.md"), type=Path, default=None,
                    help="write the report (default path REPRODUCTION.md)")
     p.add_argument("--write-plan", action="store_true", help="rewrite --plan from build_plan and measured step times")
@@ -85,7 +86,7 @@ def _evaluate(args: argparse.Namespace, command: str) -> list[dict]:
         reference = f"folder:{folder}"
     config = ml_collections.ConfigDict({"data": reference, "eval": dict(
         feature_network=args.feature_network, inception_weights=args.inception_weights, protocol="test10k",
-        reference_dataset=reference)})
+        reference_dataset=reference, num_reference=args.num_reference)})
     evaluator = build_evaluator(config)
     network = evaluate_lib.network_label(evaluator.network.identity)
     env = runner.environment()

@@ -340,3 +340,30 @@ def test_smoke_plan_end_to_end(tmp_path):
     assert 0.0 <= resnet["metrics"]["test_error"] <= 1.0 and resnet["metrics"]["num_params"] > 0
     assert gan["commands"][0].startswith("python -m gan.main --config=configs/gan/sngan_cifar10.py:kernel=C2sp")
     assert all(r["campaign"] == "smoke" for r in recs if r["record"] in ("run", "result"))
+
+
+def test_evaluate_command_merges_and_labels_with_the_network(tmp_path, monkeypatch):
+    from gan.metrics import Evaluator, eval_settings
+    import ml_collections
+
+    monkeypatch.setenv("SYMPAD_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    run.mkdir()
+    images = np.random.default_rng(2).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    names = runner.write_samples(images, out=run, stem="samples-g", max_bytes=4096 + 25 * 32 * 32 * 3)
+    results.append(run / "results.jsonl", {"record": "run", "run": "r", "campaign": "device"})
+    results.append(run / "results.jsonl", _gan_result("table4-sngan-C3-seed0", "r", names))
+    committed = tmp_path / "results.jsonl"
+    args = ["--evaluate", f"--out={run}", f"--results={committed}", "--feature_network=offline",
+            "--reference=synthetic", "--num_reference=64"]
+    reproduce.main(args)
+    recs = results.read(committed)
+    (ev,) = [r for r in recs if r["record"] == "evaluation"]
+    assert ev["id"] == "table4-sngan-C3-seed0" and ev["num_samples"] == 40 and ev["num_reference"] == 64
+    assert ev["feature_network"]["name"] == "offline_cifar10" and len(ev["feature_network"]["sha256"]) == 64
+    assert ev["network"] == f"offline_cifar10-{ev['feature_network']['sha256'][:12]}"
+    config = ml_collections.ConfigDict({"data": "synthetic", "eval": dict(feature_network="offline", num_reference=64)})
+    direct = Evaluator(eval_settings(config)).report(images)["metrics"]
+    assert ev["metrics"]["fid_offline_cifar10"] == pytest.approx(direct["fid_offline_cifar10"], rel=1e-6)
+    reproduce.main(args)  # nothing new: merged and scored once
+    assert len(results.read(committed)) == len(recs)
