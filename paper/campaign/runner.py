@@ -324,8 +324,9 @@ def run_plan(entries: Sequence[Entry], *, out: Path, deadline_s: float, committe
         workdir.mkdir(parents=True)
         if entry.suite == "bench":
             # benchmarks.all --resume measures only what earlier runs' records lack.
+            # Only the same device's: benchmarks.all refuses to resume another device's records.
             earlier = [b for r in records if r.get("id") == entry.id and r.get("record") == "result"
-                       for b in r.get("bench_records", [])]
+                       and r.get("device") == env["device"] for b in r.get("bench_records", [])]
             for b in earlier:
                 results_lib.append(workdir / "results.jsonl", b)
         print(f"[campaign] {entry.id}: start (estimate {estimate:.0f} s, {left:.0f} s left)", flush=True)
