@@ -54,7 +54,7 @@ def _fid(records: Records, result: Mapping[str, Any], network: str = VERDICT_NET
 
 def _diverged(result: Mapping[str, Any]) -> bool:
     tail = result.get("log_tail", "")
-    return result.get("status") == "failed" and ("finite" in tail or "NaN" in tail or "nan" in tail)
+    return result.get("status") == "failed" and any(s in tail for s in ("DivergenceError", "finite", "nan", "NaN"))
 
 
 def _budget_of(entries: Sequence[Entry], experiment: str, **match: Any) -> str:

@@ -367,3 +367,23 @@ def test_evaluate_command_merges_and_labels_with_the_network(tmp_path, monkeypat
     assert ev["metrics"]["fid_offline_cifar10"] == pytest.approx(direct["fid_offline_cifar10"], rel=1e-6)
     reproduce.main(args)  # nothing new: merged and scored once
     assert len(results.read(committed)) == len(recs)
+
+
+def test_bench_entries_resume_their_records_until_complete(tmp_path):
+    # A stand-in for benchmarks.all: measures one group per run, says what is left as it does.
+    code = ("import json, pathlib, sys\n"
+            "out = pathlib.Path(next(a for a in sys.argv if a.startswith('--out=')).split('=', 1)[1])\n"
+            "path = out / 'results.jsonl'\n"
+            "have = [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []\n"
+            "n = sum(r['record'] == 'model' for r in have)\n"
+            "path.open('a').write(json.dumps({'record': 'model', 'group': n}) + '\\n')\n"
+            "print('done: x y; complete' if n == 1 else 'done: x y; 1 groups left (step 1: g1)')\n")
+    entry = plan.Entry(id="bench-x", experiment="bench", suite="bench", estimate_s=1, budget="b",
+                       argv=("python", "-c", code))
+    out = tmp_path / "out"
+    first = runner.run_plan([entry], out=out, deadline_s=60, workroot=tmp_path / "work")
+    assert [r["status"] for r in first if r["record"] == "result"] == ["partial"]
+    # A fresh machine (the work root is gone): the records come from the results.
+    second = runner.run_plan([entry], out=out, deadline_s=60, workroot=tmp_path / "work2")
+    (done,) = [r for r in second if r["record"] == "result"]
+    assert done["status"] == "done" and [b["group"] for b in done["bench_records"]] == [0, 1]
