@@ -105,14 +105,17 @@ def load_cifar_test(num_images: int, seed: int) -> np.ndarray:
     return np.asarray(ds.images[index])
 
 
-def measure(images_u8: np.ndarray, *, inits: int, batch: int, seed: int) -> dict[str, Any]:
-    """Per-batch, per-layer Q of every (network, kind, input, init) for ``inits`` initializations."""
+def measure(images_u8: np.ndarray, *, inits: int, batch: int, seed: int,
+            only: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Per-batch, per-layer Q of every (network, kind, input, init) for ``inits`` initializations;
+    ``only=(network, cell)`` measures just that one."""
     x = images_u8.astype(np.float32)
     inputs = {"[-1,1]": x / 127.5 - 1.0,
               "standardized": (x - x.mean(axis=(0, 1, 2))) / x.std(axis=(0, 1, 2))}
     q: dict[str, Any] = {}
-    for (name, (down_at, pad, cells)), kind in itertools.product(NETWORKS.items(), KINDS):
-        if kind == "C2sp" and pad == "symmetric":
+    networks = NETWORKS if only is None else {only[0]: (*NETWORKS[only[0]][:2], (only[1],))}
+    for (name, (down_at, pad, cells)), kind in itertools.product(networks.items(), KINDS):
+        if kind == "C2sp" and pad == "symmetric" and only is None:
             q[f"{name}|{kind}"] = q[f"project|{kind}"]  # C3's padding does not touch C2sp
             continue
         model = Stack(kind, down_at=down_at, c3_stride_padding=pad)
@@ -121,7 +124,7 @@ def measure(images_u8: np.ndarray, *, inits: int, batch: int, seed: int) -> dict
         cell = {}
         for r in range(inits):
             params = init(measures.init_key(seed, r), jnp.asarray(inputs["[-1,1]"][:1]))
-            if name == "project" and r == 0:
+            if name == "project" and r == 0 and only is None:
                 # The stack here is the project's Fig. 3 network on its own setup.
                 ref = measures.plain_resnet(kind).apply(params, jnp.asarray(inputs["[-1,1]"][:4]))
                 mine = apply_fn(params, jnp.asarray(inputs["[-1,1]"][:4]))
@@ -143,6 +146,19 @@ def summary(q: np.ndarray, *, normalize: bool, geometric: bool, inits: int | Non
     q = q[:inits, :batches].mean(axis=1)  # (inits, 55)
     last = q[:, -1] / q[:, 0] if normalize else q[:, -1]
     return float(np.exp(np.log(last).mean()) if geometric else last.mean())
+
+
+def compare(c3: np.ndarray, c2sp: np.ndarray) -> dict[str, float]:
+    """C2sp vs C3 on per-init Q55/Q0 ((inits, batches, 55) each): the ratio of geometric means
+    with its normal-theory 95% interval (log Q is near normal over inits), the ratio of arithmetic
+    means, and the fraction of (C2sp init, C3 init) pairs where C2sp is higher."""
+    a, b = (np.log(x.mean(axis=1)[:, -1] / x.mean(axis=1)[:, 0]) for x in (c3, c2sp))
+    d = b.mean() - a.mean()
+    se = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+    return {"inits": len(a), "geometric_ratio": float(np.exp(d)), "ci95_low": float(np.exp(d - 1.96 * se)),
+            "ci95_high": float(np.exp(d + 1.96 * se)), "arithmetic_ratio": float(np.exp(b).mean() / np.exp(a).mean()),
+            "p_c2sp_higher": float((b[:, None] > a[None, :]).mean()),
+            "log_sd_c3": float(a.std(ddof=1)), "log_sd_c2sp": float(b.std(ddof=1))}
 
 
 def table(q: dict[str, Any], *, inits: int, batches: int, batch: int) -> tuple[list[dict[str, Any]], str]:
@@ -178,10 +194,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--markdown", type=Path, default=None, help="also write the table here")
+    p.add_argument("--network", choices=tuple(NETWORKS), default=None,
+                   help="measure only this network (with --cell) and print C2sp vs C3 with its interval")
+    p.add_argument("--cell", default="[-1,1]|truncated", help="'<inputs>|<init>' for --network")
     args = p.parse_args(argv)
     if args.num_images % args.batch or args.num_images < args.batch:
         raise SystemExit(f"--num_images={args.num_images} must be a positive multiple of --batch={args.batch}")
     start = time.time()
+    if args.network:
+        q = measure(load_cifar_test(args.num_images, args.seed), inits=args.inits, batch=args.batch, seed=args.seed,
+                    only=(args.network, args.cell))
+        result = {"network": args.network, "cell": args.cell, "num_images": args.num_images,
+                  **compare(q[f"{args.network}|C3"][args.cell], q[f"{args.network}|C2sp"][args.cell]),
+                  "seconds": time.time() - start}
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "compare.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
+        return result
     q = measure(load_cifar_test(args.num_images, args.seed), inits=args.inits, batch=args.batch, seed=args.seed)
     rows, md = table(q, inits=args.inits, batches=args.num_images // args.batch, batch=args.batch)
     args.out.mkdir(parents=True, exist_ok=True)
