@@ -28,15 +28,15 @@ __all__ = [
 ]
 
 #: The plan's neutral names for config fields -> each suite's field (dotted for nested ones).
-#: The training-loop redesign may rename these: change them here, nowhere else.
+#: Both suites share the loop's keys (sympad.train.config.LOOP_FIELDS); renames change here only.
 CONFIG_KEYS: dict[str, dict[str, str]] = {
     "gan": {
         "steps": "num_train_steps",  # G updates (n_critic D updates each)
         "log_every": "log_every",
         "checkpoint_every": "checkpoint_every",
         "sample_every": "sample_every",
-        "max_checkpoints": "max_to_keep",
-        "learning_rate": "lr",
+        "max_checkpoints": "max_checkpoints",
+        "learning_rate": "optimizer.learning_rate",
         "n_critic": "n_critic",
         "batch_size": "batch_size",
     },
@@ -44,9 +44,9 @@ CONFIG_KEYS: dict[str, dict[str, str]] = {
         "epochs": "num_epochs",
         "steps": "num_train_steps",
         "batch_size": "batch_size",
-        "log_every": "log_every_steps",
-        "eval_every": "eval_every_steps",
-        "checkpoint_every": "checkpoint_every_steps",
+        "log_every": "log_every",
+        "eval_every": "eval_every",
+        "checkpoint_every": "checkpoint_every",
         "max_checkpoints": "max_checkpoints",
         "learning_rate": "optimizer.learning_rate",
     },

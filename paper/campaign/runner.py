@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import datetime
-import importlib.metadata
 import json
 import os
 import platform
@@ -23,7 +22,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,6 +31,7 @@ import numpy as np
 
 from paper.campaign import results as results_lib
 from paper.campaign.plan import Entry, config_overrides
+from sympad.train import environment as renv
 
 __all__ = ["MAX_FILE_BYTES", "MAX_TRIES", "cifar10_folder", "entry_commands", "environment", "run_plan",
            "write_samples"]
@@ -51,18 +50,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------------------------
-# Environment and data (minimal; the runtime's shared environment() / CIFAR-archive helper can
-# replace these two functions one for one).
+# Environment and data, through the runtime's helpers.
 
 
 def environment(*, commit: str = "") -> dict[str, Any]:
-    """Device, versions and commit of this run, found without initializing JAX in this process."""
-    versions = {"python": platform.python_version()}
-    for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
+    """Device, versions and commit of this run, found without initializing JAX in this process
+    (the runner leaves the accelerator to the experiments it starts): the GPU from nvidia-smi."""
     device = ""
     if shutil.which("nvidia-smi"):
         probe = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
@@ -72,42 +65,31 @@ def environment(*, commit: str = "") -> dict[str, Any]:
             device = f"{len(names)} x {names[0]} (gpu)"
     if not device:
         device = f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})"
-    if not commit:
-        commit = _git_commit()
+    found = {k: v for k, v in renv.versions().items() if v}
     return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": device,
-            "cpu_count": os.cpu_count(), "versions": versions, "commit": commit or "unknown"}
+            "cpu_count": os.cpu_count(), "versions": found, "commit": commit or renv.git_commit() or "unknown"}
 
 
-def _git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False)
-        if head.returncode != 0:
-            return ""
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                               text=True, check=False).stdout.strip()
-        return head.stdout.strip() + ("-dirty" if dirty else "")
-    except OSError:
-        return ""
+def cifar10_folder(target: Path) -> Path | None:
+    """The CIFAR-10 JPEG folders (train/ and test/) extracted into ``target`` by the runtime's one
+    helper; the git-ignored ``data/`` copy carried to a device comes before ``../shared/data``.
+    None when no archives are found."""
+    from sympad.train import data
 
-
-def cifar10_folder(target: Path, *, archives: Sequence[Path] = ()) -> Path | None:
-    """``target/cifar10-jpeg`` (train/ and test/), extracted once from the shared CIFAR-10 JPEG
-    archives: ``archives``, else ``data/`` (the git-ignored copy carried to a device), else
-    ``../shared/data``. None when none are found."""
-    folder = target / "cifar10-jpeg"
-    if (folder / "train").is_dir() and (folder / "test").is_dir():
-        return folder
+    carried = REPO / "data"
     names = ("cifar10-train.tar.gz", "cifar10-test.tar.gz")
-    candidates = [tuple(archives)] if archives else [tuple(d / n for n in names)
-                                                     for d in (REPO / "data", REPO.parent / "shared" / "data")]
-    for found in candidates:
-        if found and all(Path(a).is_file() for a in found):
-            target.mkdir(parents=True, exist_ok=True)
-            for archive in found:
-                with tarfile.open(archive) as tar:
-                    tar.extractall(target, filter="data")
-            return folder
-    return None
+    previous = os.environ.get(data.SHARED_DATA_ENV)
+    if all((carried / n).is_file() for n in names):
+        os.environ[data.SHARED_DATA_ENV] = str(carried)
+    try:
+        return data.cifar10_folder(cache_dir=target)
+    except FileNotFoundError:
+        return None
+    finally:
+        if previous is None:
+            os.environ.pop(data.SHARED_DATA_ENV, None)
+        else:
+            os.environ[data.SHARED_DATA_ENV] = previous
 
 
 # ----------------------------------------------------------------------------------------------

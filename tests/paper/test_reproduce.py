@@ -196,7 +196,7 @@ def test_commands_are_recorded_relative_to_the_repository(tmp_path):
                         "data=folder:data/cifar10-jpeg --workdir=runs/campaign/table4-sngan-C2sp-seed0 "
                         f"--config.num_train_steps={entry.set['steps']} --config.log_every=500 "
                         f"--config.sample_every={entry.set['steps']} --config.checkpoint_every={entry.set['steps']} "
-                        "--config.max_to_keep=1")
+                        "--config.max_checkpoints=1")
     assert shown[1].startswith("python -m gan.sample --workdir=runs/campaign/table4-sngan-C2sp-seed0 --num=10000")
     assert str(REPO) not in " ".join(shown)
 
