@@ -368,8 +368,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.input.crop_pad={crop_pad}: must be < config.input.image_size={image_size}")
     check_bool(config, "input.flip")
     check_int(config, "eval_batch_size", min_value=1)
-    if check_int(config, "num_train_steps", min_value=0) == 0:
-        check_int(config, "num_epochs", min_value=1)
+    steps = check_int(config, "num_train_steps", min_value=0)
+    check_int(config, "num_epochs", min_value=1 if steps == 0 else 0)  # unused when num_train_steps > 0
     check_number(config, "optimizer.momentum", min_value=0.0, max_value=1.0, max_open=True)
     check_bool(config, "optimizer.nesterov")
     check_number(config, "optimizer.weight_decay", min_value=0.0)
@@ -379,10 +379,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
     cutout = check_int(config, "cutout", min_value=0)
     if image_size and cutout > image_size:
         raise ValueError(f"config.cutout={cutout}: must be <= config.input.image_size={image_size}")
-    try:  # the model's own fields: building the unbound module checks them and compiles nothing
-        create_model(config)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"config.model: {e}") from None
+    # The model's own fields: build it and trace its init abstractly (jax.eval_shape compiles
+    # nothing), so a width or stride the architecture cannot take fails here, not after the data.
+    try:
+        model = create_model(config)
+        size = image_size or 32
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise ValueError(_model_error(config, e)) from None
+
+
+def _model_error(config: ml_collections.ConfigDict, error: BaseException) -> str:
+    """``config.model.<field>=value: ...`` when the message starts with a field's name."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    for name, value in config.model.items():
+        if text.startswith(f"{name} "):
+            return f"config.model.{name}={value!r}: {text[len(name) + 1:]}"
+    fields = ", ".join(f"{k}={v!r}" for k, v in config.model.items())
+    return f"config.model ({fields}): the model does not build: {text}"
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:

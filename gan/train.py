@@ -536,7 +536,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         check_int(config, "eval.num_samples", min_value=0)
         check_int(config, "eval.num_reference", min_value=0)
         check_choice(config, "eval.feature_network", FEATURE_NETWORKS)
-        check_str(config, "eval.inception_weights")
+        weights = check_str(config, "eval.inception_weights")
+        if weights and config.eval_every != 0 and not Path(weights).expanduser().is_file():
+            raise ValueError(f"config.eval.inception_weights={weights!r}: no such file ('' for the default: "
+                             "Inception when its weights are found, else the offline network)")
         check_str(config, "eval.reference_dataset")
         if config.eval.reference_dataset:
             check_data(config, "eval.reference_dataset")
@@ -635,7 +638,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         init_state=lambda: create_train_state(config, generator, discriminator, g_tx, d_tx),
         hooks=hooks, summarize=lambda step, means: {**means, "d_steps": step * n_critic},
         progress_keys=("d_loss", "g_loss"), desc=f"gan {config.kernel}",
-        first_record={"data/skipped": len(dataset.skipped)},
+        # A step-0 record only when files were skipped: a clean run's metrics start at step 1.
+        first_record={"data/skipped": len(dataset.skipped)} if dataset.skipped else None,
         # With evaluation, the lowest FID's checkpoint is kept besides the latest ones.
         best_metric="eval/fid" if evaluator is not None else None)
     return state

@@ -278,6 +278,7 @@ def test_gan_keeps_the_best_fid_when_it_evaluates(monkeypatch, tmp_path):
     gan_train.train_and_evaluate(config, str(tmp_path))
     (kwargs,) = calls
     assert kwargs["best_metric"] == "eval/fid"
+    assert kwargs["first_record"] is None  # digits: nothing skipped, so no step-0 record
     (evaluate,) = [h for h in kwargs["hooks"] if h.name == "eval_every"]
     state = types.SimpleNamespace(ema_params=None, g_params={}, g_stats={})
     record = evaluate.fn(10, state, None)
