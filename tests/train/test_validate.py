@@ -22,7 +22,13 @@ import pytest
 from sympad.train import data as sdata
 from sympad.train import loop
 from sympad.train.checkpoint import CheckpointError
-from sympad.train.config import LOOP_FIELDS, RESUME_CORRUPT, add_loop_fields, check_data, validate_common
+from sympad.train.config import (
+    LOOP_FIELDS,
+    RESUME_CORRUPT,
+    add_loop_fields,
+    check_data,
+    validate_common,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 GAN_CONFIGS = sorted(p.stem for p in (ROOT / "configs" / "gan").glob("*.py") if p.stem not in ("__init__", "common"))
