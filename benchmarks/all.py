@@ -49,6 +49,7 @@ from pathlib import Path
 
 import sympad
 from benchmarks import common, conv, models
+from sympad.train import errors
 
 #: Formulations compared (the automatic choice is one of them; records name it).
 FORMULATIONS = (
@@ -289,4 +290,4 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    errors.run_cli(main)

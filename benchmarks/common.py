@@ -24,6 +24,7 @@ from typing import Any, TextIO
 import jax
 import jax.numpy as jnp
 
+from sympad.train import errors
 from sympad.train.environment import environment  # the header record of every run
 
 __all__ = [
@@ -156,7 +157,7 @@ def size_parser(module: str, doc: str, *, gpu: str, tiny: str) -> argparse.Argum
       doc: the module docstring; its first paragraph is the description.
       gpu, tiny: help texts of the two size flags.
     """
-    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
+    parser = errors.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--gpu", action="store_true", help=gpu)
     size.add_argument("--tiny", action="store_true", help=tiny)

@@ -33,6 +33,7 @@ from jax import lax
 import sympad
 import sympad.linen
 from benchmarks import common
+from sympad.train import errors
 
 __all__ = ["CPU_SHAPES", "GPU_SHAPES", "TINY_SHAPES", "LayerShape", "main", "markdown", "run"]
 
@@ -430,4 +431,4 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main()
+    errors.run_cli(main)

@@ -36,6 +36,7 @@ import optax
 
 import sympad
 from benchmarks import common
+from sympad.train import errors
 
 __all__ = ["Case", "build_cases", "main", "markdown", "run"]
 
@@ -464,4 +465,4 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main()
+    errors.run_cli(main)

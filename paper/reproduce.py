@@ -28,6 +28,7 @@ from paper.campaign import plan as plan_lib
 from paper.campaign import report as report_lib
 from paper.campaign import results as results_lib
 from paper.campaign import runner
+from sympad.train import errors
 
 REPO = Path(__file__).resolve().parents[1]
 PLAN = Path("paper/plan.json")
@@ -36,7 +37,7 @@ SECTIONS = REPO / "paper" / "sections"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m paper.reproduce", description=__doc__.splitlines()[0])
+    p = errors.ArgumentParser(prog="python -m paper.reproduce", description=__doc__.splitlines()[0])
     p.add_argument("--budget", choices=("device", "smoke"), help="run the plan (device) or the CPU smoke plan")
     p.add_argument("--deadline", type=float, default=plan_lib.RUN_SECONDS,
                    help="seconds this run may take; no entry starts that cannot finish by then")
@@ -71,8 +72,11 @@ def measured_step_times(entries: Sequence[plan_lib.Entry], records: Sequence[dic
 
 
 def _evaluate(args: argparse.Namespace, command: str) -> list[dict]:
-    from gan.metrics import build_evaluator  # the CPU side only: the device run never needs it
     import ml_collections
+
+    from gan.metrics import (
+        build_evaluator,  # the CPU side only: the device run never needs it
+    )
 
     if args.out is None:
         raise SystemExit("--evaluate needs --out=DIR (a device run's results directory)")
@@ -137,4 +141,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run_cli(main))
