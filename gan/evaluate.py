@@ -32,7 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from gan.metrics.evaluator import PROTOCOLS, Evaluator, default_eval_config, eval_settings
+from gan.metrics.evaluator import (
+    PROTOCOLS,
+    Evaluator,
+    default_eval_config,
+    eval_settings,
+)
 from gan.metrics.features import FEATURE_NETWORKS
 from gan.metrics.inception import RESIZE_MODES
 

@@ -54,16 +54,16 @@ import numpy as np
 from flax import linen as nn
 
 __all__ = [
-    "FIDInceptionV3",
     "RESIZE_MODES",
     "WEIGHTS_FILENAME",
     "WEIGHTS_HELP",
     "WEIGHTS_URL",
+    "FIDInceptionV3",
+    "has_logits",
     "inception_apply_fn",
     "load_inception_weights",
     "load_state_dict",
     "read_safetensors",
-    "has_logits",
     "resize_bilinear",
     "state_dict_from_torchscript",
     "tf1_bilinear_matrix",
@@ -520,7 +520,7 @@ def weights_digest(state_dict: Mapping[str, np.ndarray]) -> str:
     """
     h = hashlib.sha256()
     for name in sorted(state_dict):
-        if name.startswith("fc.") or name.endswith("num_batches_tracked") or name.startswith("AuxLogits"):
+        if name.startswith(("fc.", "AuxLogits")) or name.endswith("num_batches_tracked"):
             continue
         arr = np.ascontiguousarray(np.asarray(state_dict[name], "<f4"))
         h.update(f"{name}:{arr.shape};".encode())
@@ -590,7 +590,7 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     ``.npz``/``.safetensors``: written by ``python -m gan.metrics.fetch`` or ``gan.metrics.convert``.
     Metadata: ``source`` (file name), ``sha256`` of the original file, ``has_logits``.
     """
-    from gan.metrics import torch_archive  # noqa: PLC0415 - only the torch formats need it
+    from gan.metrics import torch_archive
 
     path = Path(path).expanduser()
     if not path.is_file():

@@ -25,7 +25,6 @@ import hashlib
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -144,18 +143,17 @@ def download(url: str, dest: str | os.PathLike, *, sha256_prefix: str = "", time
                     out.write(block)
                     digest.update(block)
                     received += len(block)
-            if expected is not None and received != int(expected):
-                raise ConnectionError(f"download of {url} interrupted: got {received} of {expected} bytes")
         except http.client.IncompleteRead as e:
             raise ConnectionError(f"download of {url} interrupted after {received + len(e.partial)} bytes") from e
         except urllib.error.HTTPError as e:
             raise ConnectionError(f"download of {url} failed: HTTP {e.code} {e.reason}") from e
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as e:
-            if isinstance(e, ConnectionError) and "interrupted" in str(e):
-                raise
-            reason = getattr(e, "reason", e)
-            raise ConnectionError(f"cannot reach {url} ({reason}); this machine may be offline or behind a "
-                                  "firewall") from e
+        except (urllib.error.URLError, OSError) as e:  # DNS, refused, reset, timeout
+            if received:
+                raise ConnectionError(f"download of {url} interrupted after {received} bytes ({e})") from e
+            raise ConnectionError(f"cannot reach {url} ({getattr(e, 'reason', e)}); this machine may be offline "
+                                  "or behind a firewall") from e
+        if expected is not None and received != int(expected):
+            raise ConnectionError(f"download of {url} interrupted: got {received} of {expected} bytes")
         if sha256_prefix and not digest.hexdigest().startswith(sha256_prefix):
             raise ValueError(f"download of {url}: sha256 {digest.hexdigest()[:16]}... does not start with "
                              f"{sha256_prefix}; corrupt or a different file (not kept)")

@@ -168,7 +168,7 @@ def _read_legacy(path: str | os.PathLike, f: BinaryIO) -> Any:
 
     try:
         magic = plain_load()
-    except Exception as e:  # noqa: BLE001 - any failure here means "not this format"
+    except Exception as e:
         raise ValueError(f"{path}: neither a zip archive nor a legacy torch.save file ({e})") from e
     if magic != _LEGACY_MAGIC:
         raise ValueError(f"{path}: neither a zip archive nor a legacy torch.save file (bad magic number)")

@@ -20,13 +20,17 @@ import numpy as np
 import pytest
 
 from gan.metrics import features, fetch, inception_weights
-from tests.gan.test_inception_archive import conv_shapes, synthetic_fid_torchscript, write_zip
+from tests.gan.test_inception_archive import (
+    conv_shapes,
+    synthetic_fid_torchscript,
+    write_zip,
+)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     routes: dict[str, tuple[bytes, str]] = {}
 
-    def do_GET(self):  # noqa: N802 - http.server's name
+    def do_GET(self):
         body, mode = self.routes.get(self.path, (b"", "missing"))
         if mode == "missing":
             self.send_error(404)

@@ -376,7 +376,7 @@ def test_real_torchscript_weights():
     # The table inverted: every pytorch-fid conv has its four TorchScript tensors, shapes OIHW.
     for module, ts in pytorch_fid_to_torchscript().items():
         assert tensors[f"net.layers.{ts}.weight"].shape == conv_shapes()[module], module
-    variables, meta = inc.load_inception_weights(REAL_PT)
+    _, meta = inc.load_inception_weights(REAL_PT)
     assert meta["weights_sha256"] == KNOWN_WEIGHTS_SHA256
 
 
