@@ -18,7 +18,7 @@ network is the fallback and the JSON says so (keys ``*_offline_cifar10``).
 Output (default ``<samples dir>/eval_<network>_<protocol>.json``, also printed): ``metrics``,
 ``unavailable`` (metric → reason), ``feature_network`` (name, weights, sha256 = content digest
 of the pool3 weights, source, resize), ``protocol``, ``num_samples``, ``num_reference``,
-``reference``, ``settings``, ``notes``, ``samples_file``; then one summary line per metric.
+``reference``, ``settings``, ``notes``, ``samples_file``; then a short summary.
 """
 
 from __future__ import annotations
@@ -143,15 +143,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def summary(report: dict[str, Any]) -> str:
-    """One line per metric, each labelled with the network, its weights digest and the sample counts."""
+    """The network, its weights digest and the sample counts, then one line per metric."""
     net = report["feature_network"]
     label = f"{net['name']} sha256:{str(net.get('sha256', '?'))[:12]}"
     if net.get("resize"):
         label += f" resize={net['resize']}"
     counts = f"{report['num_samples']} samples vs {report['num_reference']} {report['reference']['dataset']}" \
              f"/{report['reference']['split']}"
-    lines = [f"{k} = {v:.6g}   [{label}; {counts}]" for k, v in report["metrics"].items()]
-    lines += [f"{k}: unavailable ({why})" for k, why in report.get("unavailable", {}).items()]
+    lines = [f"[{label}; {counts}]"]
+    lines += [f"  {k} = {v:.6g}" for k, v in report["metrics"].items()]
+    lines += [f"  {k}: unavailable ({why})" for k, why in report.get("unavailable", {}).items()]
     if net["name"] != "inception":
         lines.append("Inception weights not found: these are offline-network numbers. Get the weights once with "
                      "`python -m gan.metrics.fetch`.")
