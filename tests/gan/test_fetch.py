@@ -15,6 +15,7 @@ import socket
 import threading
 import zipfile
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ from tests.gan.test_inception_archive import (
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    routes: dict[str, tuple[bytes, str]] = {}
+    routes: ClassVar[dict[str, tuple[bytes, str]]] = {}
 
     def do_GET(self):
         body, mode = self.routes.get(self.path, (b"", "missing"))
