@@ -40,6 +40,7 @@ from gan.metrics.evaluator import (
 )
 from gan.metrics.features import FEATURE_NETWORKS
 from gan.metrics.inception import RESIZE_MODES
+from sympad.train import errors
 
 __all__ = ["evaluate_samples", "find_samples", "load_samples", "main"]
 
@@ -93,7 +94,7 @@ def evaluate_samples(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Evaluate GAN samples (FID, IS, KID, precision/recall) → JSON.")
+    p = errors.ArgumentParser(prog="python -m gan.evaluate", description="Evaluate GAN samples (FID, IS, KID, precision/recall) → JSON.")
     p.add_argument("--workdir", help="run directory (samples.npz, config.json)")
     p.add_argument("--samples", help="samples .npz (key 'images', uint8 NHWC); default: found in --workdir")
     p.add_argument("--out", help="output JSON (default: next to the samples)")
@@ -160,4 +161,4 @@ def summary(report: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    errors.run_cli(main)

@@ -1,4 +1,4 @@
-"""Keeps the GAN tests hermetic: no test sees the user's fetched Inception weights or stats cache.
+"""Keeps the tests hermetic: no test sees the user's fetched Inception weights or stats cache.
 
 ``feature_network='auto'`` uses Inception whenever ``python -m gan.metrics.fetch`` has filled
 the cache; pointing ``SYMPAD_CACHE`` at a fresh directory makes 'auto' mean the offline network
