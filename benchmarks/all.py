@@ -49,18 +49,19 @@ from pathlib import Path
 
 import sympad
 from benchmarks import common, conv, models
+from sympad.train import errors
 
 #: Formulations compared (the automatic choice is one of them; records name it).
 FORMULATIONS = (
     "pad_select", "pad_concat", "group_sum", "select_crop", "concat_crop", "split_grad", "split_dw", "embed", "im2col"
 )
-#: On a GPU the others measured 0.3-0.9x of C3 at every suite shape (BENCHMARKS.md);
+#: On a GPU the others lost to these at every suite shape (BENCHMARKS.md, "GPU: NVIDIA H200");
 #: im2col (one GEMM) is not measured there yet.
 GPU_FORMULATIONS = ("pad_select", "pad_concat", "embed", "im2col")
 GPU_MODEL_KINDS = ("C3", "C2", "C2sp")
 #: ResNet-56 at batch 512 on a GPU also runs C2sp under these: there the automatic choice
 #: (embed below 128 channels, C3's FLOPs) is least certain, and the issue's baseline
-#: measured pad_concat at 1.17x C3.
+#: measured pad_concat faster than C3 there (DESIGN.md section 5).
 GPU_B512_FORMULATIONS = ("pad_select", "pad_concat")
 
 
@@ -289,4 +290,4 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    errors.run_cli(main)

@@ -11,13 +11,12 @@ baseline. Every call ends in ``jax.block_until_ready``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
@@ -25,6 +24,7 @@ from typing import Any, TextIO
 import jax
 import jax.numpy as jnp
 
+from sympad.train import errors
 from sympad.train.environment import environment  # the header record of every run
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "add_run_args",
     "compile_all",
     "environment",
-    "force_implementation",
     "markdown_table",
     "memory",
     "ratio",
@@ -148,34 +147,6 @@ def memory(compiled: Any) -> dict[str, int | None]:
     }
 
 
-@contextlib.contextmanager
-def force_implementation(name: str | None) -> Iterator[None]:
-    """Makes ``implementation='auto'`` in ``sympad.ops`` resolve to ``name`` (None: no change).
-
-    For model benchmarks, whose convs are built by other code and always ask for
-    'auto'. Formulations that support ungrouped convs only fall back to the
-    automatic choice for grouped ones. Active only while tracing inside the block.
-    The rest of 'auto' stays: on CPU a 16-bit call still computes in float32.
-    """
-    from sympad import ops
-
-    if name is None or name == "auto":
-        yield
-        return
-    if name not in ops.IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {ops.IMPLEMENTATIONS}, got {name!r}")
-    original = ops._choose
-
-    def choose(implementation: str, x: Any, kernel: Any, feature_group_count: int) -> str:
-        if implementation == "auto" and not (name in ops._UNGROUPED_ONLY and feature_group_count != 1):
-            return name
-        return original(implementation, x, kernel, feature_group_count)
-
-    ops._choose = choose
-    try:
-        yield
-    finally:
-        ops._choose = original
 
 
 def size_parser(module: str, doc: str, *, gpu: str, tiny: str) -> argparse.ArgumentParser:
@@ -186,7 +157,7 @@ def size_parser(module: str, doc: str, *, gpu: str, tiny: str) -> argparse.Argum
       doc: the module docstring; its first paragraph is the description.
       gpu, tiny: help texts of the two size flags.
     """
-    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
+    parser = errors.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--gpu", action="store_true", help=gpu)
     size.add_argument("--tiny", action="store_true", help=tiny)

@@ -33,7 +33,7 @@ from jax import lax
 import sympad
 import sympad.linen
 from benchmarks import common
-from sympad import ops
+from sympad.train import errors
 
 __all__ = ["CPU_SHAPES", "GPU_SHAPES", "TINY_SHAPES", "LayerShape", "main", "markdown", "run"]
 
@@ -122,7 +122,7 @@ def candidates(
             raise ValueError(f"compare_kind must be a symmetric kind such as 'C2sp', got {compare_kind!r}")
         base = [Candidate("C3", "C3"), Candidate(f"C{k.size}", f"C{k.size}")]
         return base + [
-            Candidate(f"{compare_kind}:{impl}", compare_kind, impl) for impl in formulations or ops.IMPLEMENTATIONS
+            Candidate(f"{compare_kind}:{impl}", compare_kind, impl) for impl in formulations or sympad.IMPLEMENTATIONS
         ]
     kinds = ["C3"] + [k for k in kinds if k != "C3"]
     out = []
@@ -198,7 +198,7 @@ def auto_choice(shape: LayerShape, dtype: Any, kind: str = "C2sp", groups: int =
     size = sympad.parse_kind(kind).size
     x = jax.ShapeDtypeStruct((shape.batch, shape.size, shape.size, shape.channels), dtype)
     w = jax.ShapeDtypeStruct((size, size, shape.channels // groups, shape.features), dtype)
-    return ops._choose("auto", x, w, groups)
+    return sympad.choose_implementation(x, w, feature_group_count=groups)
 
 
 def group_key(shape: str, dtype: str) -> str:
@@ -372,7 +372,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--shapes", default=None, help="comma-separated shape names to keep (see GPU_SHAPES/CPU_SHAPES)")
     p.add_argument("--kinds", default=",".join(sympad.KINDS), help="comma-separated kinds; C3 is always included")
     p.add_argument("--dtypes", default="float32,bfloat16")
-    p.add_argument("--implementation", default=None, choices=ops.IMPLEMENTATIONS, help="force a C*sp formulation")
+    p.add_argument("--implementation", default=None, choices=sympad.IMPLEMENTATIONS, help="force a C*sp formulation")
     p.add_argument("--compare", action="store_true", help="C3, C2 and C2sp under every formulation")
     p.add_argument("--formulations", default=None, help="with --compare: comma-separated subset of formulations")
     p.add_argument("--compare-kind", default="C2sp", help="with --compare: the symmetric kind compared (C2sp, C4sp)")
@@ -431,4 +431,4 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main()
+    errors.run_cli(main)

@@ -36,6 +36,7 @@ import optax
 
 import sympad
 from benchmarks import common
+from sympad.train import errors
 
 __all__ = ["Case", "build_cases", "main", "markdown", "run"]
 
@@ -282,13 +283,18 @@ def _gan_maker(generator, discriminator, batch, image_size, implementation=None)
 
 
 def _with_implementation(step: Any, implementation: str | None) -> Any:
-    """Wraps ``step.lower`` so that tracing sees ``implementation`` as 'auto'."""
+    """Wraps ``step.lower`` so that its convs' ``'auto'`` resolves to ``implementation``.
+
+    :func:`sympad.use_implementation` acts while a function is traced, and
+    ``common.compile_all`` traces (lowers) every case of a group before compiling
+    them, so each case's choice is set around its own ``lower``.
+    """
     if implementation is None:
         return step
 
     class Forced:
         def lower(self, *args):
-            with common.force_implementation(implementation):
+            with sympad.use_implementation(implementation):
                 return step.lower(*args)
 
     return Forced()
@@ -328,7 +334,7 @@ def run(
             report.write({"record": "skipped", "bench": "models", "group": group})
             continue
         report.write({"record": "started", "bench": "models", "group": group})
-        with common.force_implementation(implementation):
+        with sympad.use_implementation(implementation):
             built = {c.label: c.make() for c in members}
             t0 = time.perf_counter()
             compiled = common.compile_all(
@@ -412,7 +418,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--depths", default=None, help="comma-separated ResNet/Table-1 depths to keep")
     p.add_argument("--batches", default=None, help="comma-separated batch sizes to keep")
     p.add_argument("--formulations", default="", help="resnet, GANs: also C2sp under these formulations")
-    p.add_argument("--implementation", default=None, help="force every C*sp conv to this formulation")
+    p.add_argument(
+        "--implementation", default=None, choices=sympad.IMPLEMENTATIONS, help="force every C*sp conv to this formulation"
+    )
     common.add_run_args(
         p,
         repeats="timed rounds (default 5, 10 with --gpu)",
@@ -457,4 +465,4 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main()
+    errors.run_cli(main)

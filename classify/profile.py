@@ -183,8 +183,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     flags.DEFINE_integer("steps", 5, "train steps per timing", flag_values=flag_values)
 
     def run(_: Any) -> dict[str, Any]:
-        if flag_values.config is None:
+        from sympad.train.config import loaded_config
+
+        if loaded_config(flag_values) is None:
             raise app.UsageError("--config is required, e.g. --config=configs/classify/resnet_cifar.py:runlocal")
+        from classify.train import validate
+
+        for name in ("batch_size", "image_size"):
+            if flag_values[name].value is not None and flag_values[name].value < 1:
+                raise ValueError(f"--{name}={flag_values[name].value}: must be a positive int (or unset: the config's)")
+        for name, least in (("warmup", 0), ("repeats", 1), ("steps", 1)):
+            if flag_values[name].value < least:
+                raise ValueError(f"--{name}={flag_values[name].value}: must be an int >= {least}")
+        validate(flag_values.config)  # before anything compiles
         result = profile(
             flag_values.config,
             batch_size=flag_values.batch_size,
@@ -201,7 +212,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         return result
 
     if argv is None:
-        app.run(lambda args: (run(args), None)[1])
+        from sympad.train.errors import run_absl
+
+        run_absl(run)  # a user error: one error line, status 2
         return None
     flag_values(list(argv))
     return run(None)

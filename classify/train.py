@@ -49,6 +49,14 @@ import sympad
 from classify import models
 from sympad.train import data as sdata
 from sympad.train import loop
+from sympad.train.config import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    check_str,
+    validate_common,
+)
 from sympad.train.mesh import batch_sharded, replicate
 from sympad.train.metrics import check_finite
 
@@ -63,6 +71,7 @@ __all__ = [
     "make_eval_step",
     "make_train_step",
     "train_and_evaluate",
+    "validate",
     "weight_decay_mask",
 ]
 
@@ -321,7 +330,73 @@ def _load_split(config: ml_collections.ConfigDict, split: str) -> sdata.Dataset:
         cache_dir=inp.cache_dir or None,
         data_dir=inp.data_dir or None,
         max_examples=max_examples,
+        allow_corrupt=bool(config.get("allow_corrupt", False)),
     )
+
+
+#: config.optimizer.schedule values (see learning_rate_schedule).
+SCHEDULES = ("cosine", "piecewise")
+#: config.model.dtype values (classify.models.create_model).
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks every field of a classify config before anything is loaded or compiled.
+
+    The shared rules (``sympad.train.config.validate_common``: loop fields, seed, data, batch
+    size vs the devices, steps, learning rate, schedule) and the suite's own: the model (name
+    one of ``classify.models.MODELS``, num_classes >= 1, dtype, and its fields, by building the
+    unbound module), the input block (sizes >= 0, crop_pad < image_size), eval_batch_size >= 1,
+    num_epochs >= 1 when num_train_steps is 0, SGD's momentum in [0, 1), weight decay and warm-up
+    >= 0, mixup_alpha >= 0, cutout >= 0.
+
+    Raises:
+      ValueError: naming the first offending ``config.<field>`` and its allowed values.
+    """
+    validate_common(config, schedules=SCHEDULES, min_steps=0)
+    check_choice(config, "model.name", tuple(sorted(models.MODELS)))
+    check_int(config, "model.num_classes", min_value=1)
+    if "dtype" in config.model:
+        check_choice(config, "model.dtype", DTYPES)
+    image_size = check_int(config, "input.image_size", min_value=0)
+    check_int(config, "input.max_examples", min_value=0)
+    check_int(config, "input.eval_max_examples", min_value=0)
+    check_str(config, "input.cache_dir")
+    check_str(config, "input.data_dir")
+    crop_pad = check_int(config, "input.crop_pad", min_value=0)
+    if image_size and crop_pad >= image_size:
+        raise ValueError(f"config.input.crop_pad={crop_pad}: must be < config.input.image_size={image_size}")
+    check_bool(config, "input.flip")
+    check_int(config, "eval_batch_size", min_value=1)
+    steps = check_int(config, "num_train_steps", min_value=0)
+    check_int(config, "num_epochs", min_value=1 if steps == 0 else 0)  # unused when num_train_steps > 0
+    check_number(config, "optimizer.momentum", min_value=0.0, max_value=1.0, max_open=True)
+    check_bool(config, "optimizer.nesterov")
+    check_number(config, "optimizer.weight_decay", min_value=0.0)
+    check_number(config, "optimizer.warmup_epochs", min_value=0.0)
+    check_bool(config, "augment")
+    check_number(config, "mixup_alpha", min_value=0.0)
+    cutout = check_int(config, "cutout", min_value=0)
+    if image_size and cutout > image_size:
+        raise ValueError(f"config.cutout={cutout}: must be <= config.input.image_size={image_size}")
+    # The model's own fields: build it and trace its init abstractly (jax.eval_shape compiles
+    # nothing), so a width or stride the architecture cannot take fails here, not after the data.
+    try:
+        model = create_model(config)
+        size = image_size or 32
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise ValueError(_model_error(config, e)) from None
+
+
+def _model_error(config: ml_collections.ConfigDict, error: BaseException) -> str:
+    """``config.model.<field>=value: ...`` when the message starts with a field's name."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    for name, value in config.model.items():
+        if text.startswith(f"{name} "):
+            return f"config.model.{name}={value!r}: {text[len(name) + 1:]}"
+    fields = ", ".join(f"{k}={v!r}" for k, v in config.model.items())
+    return f"config.model ({fields}): the model does not build: {text}"
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -335,10 +410,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns:
       The last logged train metrics and the final test metrics.
     """
+    validate(config)  # everything, before any data is loaded or anything compiled
     workdir_path = Path(workdir)
     mesh = loop.checked_mesh(config.batch_size)
-    if int(config.eval_batch_size) < 1:
-        raise ValueError(f"config.eval_batch_size={config.eval_batch_size} must be positive")
     # Eval batches are padded and masked, so any size works: round up to split evenly over the devices.
     eval_batch = -(-int(config.eval_batch_size) // mesh.size) * mesh.size
 
@@ -354,6 +428,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             config.model.num_classes, config.data, num_classes, num_classes,
         )
     image_size = train_ds.image_shape[0]
+    skipped = len(train_ds.skipped) + len(test_ds.skipped)
+    if skipped:
+        logging.warning("config.allow_corrupt: skipped %d undecodable files of %s (data/skipped in metrics.jsonl)",
+                        skipped, config.data)
     per_epoch = sdata.steps_per_epoch(num_examples=len(train_ds), batch_size=int(config.batch_size))
     total_steps = int(config.num_train_steps) if int(config.num_train_steps) > 0 else int(config.num_epochs) * per_epoch
 
@@ -394,7 +472,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         init_state=lambda: create_train_state(model, tx, seed=int(config.seed), image_size=image_size),
         hooks=[loop.Hook(config.eval_every, evaluate_test, "eval_every")], summarize=summarize,
         progress_keys=("train_loss", "train_error", "test_error"),
-        first_record={"num_params": num_params, "steps_per_epoch": per_epoch}, best_metric="test_error")
+        first_record={"num_params": num_params, "steps_per_epoch": per_epoch, "data/skipped": skipped}, best_metric="test_error")
     if "test_error" not in record:  # resumed at the end: evaluate the restored state once
         with sympad.use_implementation(config.conv_implementation):
             record = {**record, **evaluate_test(int(state.step), state)}

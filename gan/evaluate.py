@@ -1,19 +1,24 @@
 """Evaluates saved GAN samples and writes every metric to JSON.
 
+    python -m gan.metrics.fetch                               # once: Inception weights into the cache
     python -m gan.evaluate --workdir=DIR                      # DIR/samples.npz, settings from DIR/config.json
     python -m gan.evaluate --samples=FILE.npz --reference=cifar10 --protocol=test10k
-    python -m gan.evaluate --workdir=DIR --inception_weights=pt_inception-2015-12-05-6726825d.pth
+    python -m gan.evaluate --samples=FILE.npz --reference=folder:../cifar10-jpeg --resize=tf1
 
 Samples: an .npz with key 'images', uint8 (N, H, W, 3), as ``python -m gan.sample --workdir=DIR
 --num=10000`` writes (to ``DIR/samples.npz`` unless --out says otherwise). Reference:
-a ``sympad.data`` dataset name, or ``npz:PATH`` for an .npz of uint8 'images'. Settings come from
-the run's config.json (its ``eval`` and ``data`` blocks, see ``gan.metrics.evaluator``); flags
-override them. Without Inception weights the shipped offline CIFAR-10 network is used, and the
-JSON says so (keys ``*_offline_cifar10``).
+a ``sympad.data`` dataset name ('cifar10' from TFDS, ``folder:PATH`` for an image folder), or
+``npz:PATH`` for an .npz of uint8 'images'; its statistics are cached per dataset, split, size,
+resize mode and weights digest. Settings come from the run's config.json (its ``eval`` and
+``data`` blocks, see ``gan.metrics.evaluator``); flags override them. With weights fetched
+(``python -m gan.metrics.fetch``) or named, metrics are Inception FID/KID/precision/recall
+(``*_inception``, plus IS when the weights have logits); otherwise the shipped offline CIFAR-10
+network is the fallback and the JSON says so (keys ``*_offline_cifar10``).
 
 Output (default ``<samples dir>/eval_<network>_<protocol>.json``, also printed): ``metrics``,
-``feature_network`` (name, weights, sha256), ``protocol``, ``num_samples``, ``num_reference``,
-``reference``, ``settings``, ``notes``, ``samples_file``.
+``unavailable`` (metric → reason), ``feature_network`` (name, weights, sha256 = content digest
+of the pool3 weights, source, resize), ``protocol``, ``num_samples``, ``num_reference``,
+``reference``, ``settings``, ``notes``, ``samples_file``; then a short summary.
 """
 
 from __future__ import annotations
@@ -27,8 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from gan.metrics.evaluator import PROTOCOLS, Evaluator, default_eval_config, eval_settings
+from gan.metrics.evaluator import (
+    PROTOCOLS,
+    Evaluator,
+    default_eval_config,
+    eval_settings,
+)
 from gan.metrics.features import FEATURE_NETWORKS
+from gan.metrics.inception import RESIZE_MODES
+from sympad.train import errors
 
 __all__ = ["evaluate_samples", "find_samples", "load_samples", "main"]
 
@@ -82,13 +94,17 @@ def evaluate_samples(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Evaluate GAN samples (FID, IS, KID, precision/recall) → JSON.")
+    p = errors.ArgumentParser(prog="python -m gan.evaluate", description="Evaluate GAN samples (FID, IS, KID, precision/recall) → JSON.")
     p.add_argument("--workdir", help="run directory (samples.npz, config.json)")
     p.add_argument("--samples", help="samples .npz (key 'images', uint8 NHWC); default: found in --workdir")
     p.add_argument("--out", help="output JSON (default: next to the samples)")
-    p.add_argument("--reference", help="sympad.data dataset name or npz:PATH (default: config data.name / cifar10)")
+    p.add_argument("--reference", help="sympad.data dataset name (cifar10, folder:PATH, ...) or npz:PATH "
+                                       "(default: config data.name / cifar10)")
     p.add_argument("--feature_network", choices=FEATURE_NETWORKS)
-    p.add_argument("--inception_weights", help="pytorch-fid .pth or converted .npz/.safetensors")
+    p.add_argument("--inception_weights",
+                   help="pytorch-fid .pth, TorchScript .pt or converted .npz (default: the fetched cache)")
+    p.add_argument("--resize", choices=RESIZE_MODES,
+                   help="Inception input resize: pytorch_fid (default) or tf1 (TF FID, torch-fidelity)")
     p.add_argument("--offline_weights", help="offline network .npz (default: the shipped one)")
     p.add_argument("--protocol", choices=tuple(PROTOCOLS))
     for name in ("num_reference", "batch_size", "is_splits", "kid_subsets", "kid_subset_size", "pr_k",
@@ -123,8 +139,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     print(f"wrote {out}")
+    print(summary(report))
     return report
 
 
+def summary(report: dict[str, Any]) -> str:
+    """The network, its weights digest and the sample counts, then one line per metric."""
+    net = report["feature_network"]
+    label = f"{net['name']} sha256:{str(net.get('sha256', '?'))[:12]}"
+    if net.get("resize"):
+        label += f" resize={net['resize']}"
+    counts = f"{report['num_samples']} samples vs {report['num_reference']} {report['reference']['dataset']}" \
+             f"/{report['reference']['split']}"
+    lines = [f"[{label}; {counts}]"]
+    lines += [f"  {k} = {v:.6g}" for k, v in report["metrics"].items()]
+    lines += [f"  {k}: unavailable ({why})" for k, why in report.get("unavailable", {}).items()]
+    if net["name"] != "inception":
+        lines.append("Inception weights not found: these are offline-network numbers. Get the weights once with "
+                     "`python -m gan.metrics.fetch`.")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    main()
+    errors.run_cli(main)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from absl import app, flags, logging
 
 from gan import models
+from sympad.train.errors import run_absl
 
 __all__ = ["export_generator", "save", "load", "main"]
 
@@ -68,6 +69,8 @@ def load(path: str | Path) -> jax.export.Exported:
 
 
 FLAGS = flags.FLAGS
+#: Lowering platforms jax.export knows.
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 
 def main(argv: list[str]) -> None:
@@ -75,10 +78,16 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required")
+    platforms = [p.strip() for p in FLAGS.platforms.split(",") if p.strip()] or None
+    unknown = sorted(set(platforms or ()) - set(PLATFORMS))
+    if unknown:  # before the checkpoint is read
+        raise ValueError(f"--platforms={FLAGS.platforms!r}: {', '.join(unknown)} unknown; use "
+                         f"comma-separated {', '.join(PLATFORMS)} (or '' for this machine's)")
+    if not FLAGS.out:
+        raise ValueError("--out is empty: name the output file, e.g. --out=generator.bin")
     from gan.train import generator_variables, output_size, restore_state
 
     config, generator, state = restore_state(FLAGS.workdir)
-    platforms = [p for p in FLAGS.platforms.split(",") if p] or None
     exported = export_generator(generator, generator_variables(state, use_ema=FLAGS.ema), z_dim=config.z_dim,
                                 platforms=platforms)
     metadata = dict(z_dim=int(config.z_dim), image_size=output_size(generator), kernel=config.kernel,
@@ -94,4 +103,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", "generator.bin", "Output file (serialized StableHLO).")
     flags.DEFINE_string("platforms", "cpu,cuda", "Comma-separated lowering platforms ('' = this machine's).")
     flags.DEFINE_bool("ema", True, "Use the EMA generator weights when the run kept them.")
-    app.run(main)
+    run_absl(main)  # a user error (no checkpoint, bad flag): one error line, status 2

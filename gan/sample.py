@@ -21,6 +21,7 @@ from absl import app, flags, logging
 
 from gan.sampling import generate_samples
 from gan.train import generator_variables, restore_state
+from sympad.train.errors import run_absl
 from sympad.train.metrics import save_image_grid
 
 FLAGS = flags.FLAGS
@@ -44,6 +45,11 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required")
+    for name in ("num", "grid_num", "batch"):  # before the checkpoint is read
+        if FLAGS[name].value < 1:
+            raise ValueError(f"--{name}={FLAGS[name].value}: must be a positive int")
+    if FLAGS.seed < 0:
+        raise ValueError(f"--seed={FLAGS.seed}: must be >= 0")
     config, generator, state = restore_state(FLAGS.workdir)
     num = max(FLAGS.num, FLAGS.grid_num if FLAGS.grid else 0)
     images = generate_samples(generator, generator_variables(state, use_ema=FLAGS.ema), num=num, seed=FLAGS.seed,
@@ -61,4 +67,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    run_absl(main)  # a user error (no checkpoint, bad flag): one error line, status 2

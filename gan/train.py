@@ -32,6 +32,15 @@ import sympad
 from gan import losses, models, sampling
 from sympad.train import data as sdata
 from sympad.train import loop
+from sympad.train.config import (
+    check_bool,
+    check_choice,
+    check_data,
+    check_int,
+    check_number,
+    check_str,
+    validate_common,
+)
 from sympad.train.mesh import batch_sharded
 from sympad.train.metrics import MetricWriter, image_grid, save_image_grid
 
@@ -41,12 +50,13 @@ __all__ = [
     "create_models",
     "create_optimizers",
     "create_train_state",
-    "train_step",
     "generator_variables",
-    "model_summary",
     "load_config",
+    "model_summary",
     "restore_state",
     "train_and_evaluate",
+    "train_step",
+    "validate",
 ]
 
 # Offsets for fold_in on the root key: one independent stream per purpose.
@@ -427,7 +437,11 @@ def restore_state(workdir: str | Path, config: ml_collections.ConfigDict | None 
 
 
 def _load_data(config: ml_collections.ConfigDict, size: int) -> sdata.Dataset:
-    dataset = sdata.load(config.data, "train", image_size=size, max_examples=config.max_examples or None)
+    dataset = sdata.load(config.data, "train", image_size=size, max_examples=config.max_examples or None,
+                         allow_corrupt=bool(config.get("allow_corrupt", False)))
+    if dataset.skipped:
+        logging.warning("config.allow_corrupt: skipped %d undecodable files of %s (data/skipped in metrics.jsonl)",
+                        len(dataset.skipped), config.data)
     if dataset.images.shape[1:3] != (size, size):
         raise ValueError(f"config.data={config.data!r} has {dataset.images.shape[1:3]} images; the generator makes "
                          f"{size}x{size} (set image_size/bottom_size/g_channels to match)")
@@ -460,13 +474,90 @@ def _digits_scorer(config: ml_collections.ConfigDict) -> Callable[[np.ndarray], 
     return lambda images: {f"digits/{k}": v for k, v in digits_quality.score(images, classifier).items()}
 
 
-def _validate(config: ml_collections.ConfigDict) -> None:
-    if config.loss not in losses.LOSSES:
-        raise ValueError(f"config.loss must be one of {losses.LOSSES}, got {config.loss!r}")
-    if config.n_critic < 1:
-        raise ValueError(f"config.n_critic must be >= 1, got {config.n_critic}")
-    if not 0.0 <= config.ema_decay < 1.0:
-        raise ValueError(f"config.ema_decay must be in [0, 1), got {config.ema_decay}")
+#: config.optimizer.schedule values (see _schedule).
+SCHEDULES = ("constant", "linear")
+#: config.eval.feature_network values (gan.metrics.features).
+FEATURE_NETWORKS = ("auto", "inception", "offline")
+
+
+def _check_channels(config: ml_collections.ConfigDict, name: str) -> tuple[int, ...] | None:
+    try:
+        channels = _channels(config.get(name))
+    except (TypeError, ValueError):
+        channels = ()  # not ints: reported below
+    if channels == () or (channels is not None and any(c < 1 for c in channels)):
+        raise ValueError(f"config.{name}={config.get(name)!r}: must be () (the architecture's) or positive ints, "
+                         "one per block, e.g. (32, 32, 32, 32)")
+    return channels
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks every field of a GAN config before anything is loaded or compiled.
+
+    The shared rules (``sympad.train.config.validate_common``: loop fields, seed, data, batch
+    size vs the devices, steps, learning rate, schedule) and the suite's own: enums (arch, norm,
+    upsample, weight_init, loss, eval.protocol, eval.feature_network), ranges (n_critic >= 1,
+    0 <= ema_decay < 1, Adam's betas in [0, 1), z_dim >= 1, ...) and the architecture's
+    cross-field rules (d_downsample one 0/1 per d_channels entry; the image side divisible by
+    D's downsampling).
+
+    Raises:
+      ValueError: naming the first offending ``config.<field>`` and its allowed values.
+    """
+    validate_common(config, schedules=SCHEDULES, min_steps=1)
+    check_choice(config, "arch", tuple(models.ARCHS))
+    check_choice(config, "norm", models.NORMS)
+    check_choice(config, "upsample", models.UPSAMPLES)
+    check_choice(config, "weight_init", models.INITS)
+    check_choice(config, "loss", losses.LOSSES)
+    check_number(config, "width_multiplier")  # <= 0: the kind's default
+    check_int(config, "z_dim", min_value=1)
+    check_int(config, "bottom_size", min_value=0)
+    check_int(config, "max_examples", min_value=0)
+    check_number(config, "optimizer.b1", min_value=0.0, max_value=1.0, max_open=True)
+    check_number(config, "optimizer.b2", min_value=0.0, max_value=1.0, max_open=True)
+    check_int(config, "n_critic", min_value=1)
+    check_bool(config, "unroll_d_steps")
+    check_number(config, "ema_decay", min_value=0.0, max_value=1.0, max_open=True)
+    check_int(config, "sample_every")
+    check_int(config, "num_grid", min_value=1)
+    check_int(config, "digits_quality_samples", min_value=0)
+    g_channels = _check_channels(config, "g_channels")
+    d_channels = _check_channels(config, "d_channels")
+    downsample = config.get("d_downsample")
+    if d_channels is not None:
+        if (isinstance(downsample, str) or not hasattr(downsample, "__len__")
+                or len(downsample) != len(d_channels) or any(v not in (0, 1) for v in downsample)):
+            raise ValueError(f"config.d_downsample={downsample!r}: must be one 0/1 per config.d_channels entry "
+                             f"({len(d_channels)} of them)")
+    elif downsample:
+        raise ValueError(f"config.d_downsample={downsample!r}: only with config.d_channels; must be () without it")
+    if "eval" in config:
+        check_int(config, "eval.num_samples", min_value=0)
+        check_int(config, "eval.num_reference", min_value=0)
+        check_choice(config, "eval.feature_network", FEATURE_NETWORKS)
+        weights = check_str(config, "eval.inception_weights")
+        if weights and config.eval_every != 0 and not Path(weights).expanduser().is_file():
+            raise ValueError(f"config.eval.inception_weights={weights!r}: no such file ('' for the default: "
+                             "Inception when its weights are found, else the offline network)")
+        check_str(config, "eval.reference_dataset")
+        if config.eval.reference_dataset:
+            check_data(config, "eval.reference_dataset")
+        try:
+            from gan.metrics.evaluator import PROTOCOLS
+        except ImportError:  # the metrics' extra is not installed: evaluation is skipped anyway
+            PROTOCOLS = {}
+        if PROTOCOLS:
+            check_choice(config, "eval.protocol", tuple(PROTOCOLS))
+    # The architecture: builds the (unbound) modules, which compiles nothing.
+    generator, _ = create_models(config)
+    size = output_size(generator)
+    if g_channels is not None and len(g_channels) < 2:
+        raise ValueError(f"config.g_channels={config.g_channels!r}: needs at least 2 entries (one per resolution)")
+    n_down = sum(int(v) for v in (downsample or ())) if d_channels is not None else None
+    if n_down is not None and size % 2**n_down:
+        raise ValueError(f"config.d_downsample={downsample!r}: halves the {size}x{size} images {n_down} times; "
+                         f"the side must stay a whole number (fewer 1s, or change bottom_size/g_channels)")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -475,9 +566,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     Runs ``sympad.train.loop.train`` with GAN pieces: the state of create_train_state, train_step
     on the split on the device (or n_critic host batches per step), and two hooks: sample grids
     (+ the digits scores) every ``config.sample_every`` steps and FID/IS every
-    ``config.eval_every`` steps (none when 0).
+    ``config.eval_every`` steps (none when 0). With evaluation, the checkpoint of the lowest FID
+    (``eval/fid``) is kept besides the latest ``config.max_checkpoints``. The config is validated
+    first (:func:`validate`).
     """
-    _validate(config)
+    validate(config)  # everything, before any data is loaded or anything compiled
     mesh = loop.checked_mesh(config.batch_size)
     workdir_path = Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
@@ -534,7 +627,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             samples = sampling.generate_samples(
                 generator, generator_variables(state, use_ema=True), num=_eval_num_samples(config, evaluator),
                 seed=config.seed + 1, batch_size=256, mesh=mesh)
-            return {f"eval/{k}": v for k, v in evaluator(samples).items()}
+            scores = {f"eval/{k}": v for k, v in evaluator(samples).items()}
+            # One name for the best-checkpoint rule, whichever feature network computed the FID.
+            fids = [v for k, v in scores.items() if k.startswith("eval/fid_")]
+            return {**scores, "eval/fid": fids[0]} if fids else scores
 
         hooks.append(loop.Hook(config.eval_every, evaluate, "eval_every"))
 
@@ -544,7 +640,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         config, workdir, mesh=mesh, data=data, total_steps=int(config.num_train_steps), steps_per_epoch=per_epoch,
         init_state=lambda: create_train_state(config, generator, discriminator, g_tx, d_tx),
         hooks=hooks, summarize=lambda step, means: {**means, "d_steps": step * n_critic},
-        progress_keys=("d_loss", "g_loss"), desc=f"gan {config.kernel}")
+        progress_keys=("d_loss", "g_loss"), desc=f"gan {config.kernel}",
+        # A step-0 record only when files were skipped: a clean run's metrics start at step 1.
+        first_record={"data/skipped": len(dataset.skipped)} if dataset.skipped else None,
+        # With evaluation, the lowest FID's checkpoint is kept besides the latest ones.
+        best_metric="eval/fid" if evaluator is not None else None)
     return state
 
 

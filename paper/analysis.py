@@ -52,6 +52,7 @@ import numpy as np
 
 from paper import measures
 from sympad.kinds import KINDS, parse_kind
+from sympad.train.errors import ArgumentParser
 
 __all__ = ["Network", "build_network", "load_images", "main", "parse_args"]
 
@@ -92,7 +93,8 @@ def _positive(value: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m paper.analysis", description=__doc__.split("\n\n")[0])
+    # Usage mistakes as one error line, like every other user error (sympad.train.errors).
+    parser = ArgumentParser(prog="python -m paper.analysis", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
 
     def common(p: argparse.ArgumentParser, *, inits: int, num_images: int) -> None:
@@ -776,15 +778,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       The payload written to the command's JSON file.
     """
     args = parse_args(argv)
-    try:
-        payload = _RUNNERS[args.command](args, argv)
-    except ValueError as err:
-        if argv is not None:
-            raise
-        sys.exit(f"error: {err}")
+    payload = _RUNNERS[args.command](args, argv)
     print(f"wrote {args.out} ({payload['seconds']:.1f} s)")
     return payload
 
 
 if __name__ == "__main__":
-    main()
+    from sympad.train.errors import run_cli
+
+    run_cli(main)  # a user error (bad value, missing file): one error line, status 2

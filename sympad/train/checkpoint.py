@@ -433,7 +433,8 @@ class Checkpointer:
             return ""
         return (
             f" Earlier checkpoints: steps {earlier}; to resume from step {earlier[-1]}, move "
-            f"{self.step_path(step)} aside (or pass step={earlier[-1]}, or on_corrupt='fall_back' to "
+            f"{self.step_path(step)} aside (or pass step={earlier[-1]}, or on_corrupt='fall_back' - on the "
+            f"command line --config.resume_corrupt=fall_back - to "
             f"do both automatically)."
         )
 

@@ -20,14 +20,34 @@ with ``learning_rate`` and ``schedule``; the suite defaults live in ``configs/<s
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import ml_collections
+import numpy as np
 
-__all__ = ["LOOP_FIELDS", "add_loop_fields", "lock_and_validate", "parse_config_arg", "run_main", "write_config"]
+__all__ = [
+    "LOOP_FIELDS",
+    "RESUME_CORRUPT",
+    "add_loop_fields",
+    "check_bool",
+    "check_choice",
+    "check_data",
+    "check_int",
+    "check_number",
+    "check_str",
+    "field",
+    "loaded_config",
+    "lock_and_validate",
+    "parse_config_arg",
+    "run_main",
+    "validate_common",
+    "write_config",
+]
 
 _CADENCE = "in train steps; 0 = only at the last step; -n = every n epochs"
 #: The training loop's config keys, the same in both suites: name -> (default, meaning).
@@ -35,10 +55,15 @@ LOOP_FIELDS: dict[str, tuple[Any, str]] = {
     "log_every": (100, f"train metrics (mean since the last record) to metrics.jsonl, {_CADENCE}"),
     "eval_every": (0, f"evaluation, {_CADENCE} (classify: test error; gan: FID/IS, none at all with 0)"),
     "checkpoint_every": (1000, f"checkpoints, {_CADENCE}"),
-    "max_checkpoints": (3, "most recent checkpoints kept (classify also keeps its best test error)"),
+    "max_checkpoints": (3, "most recent checkpoints kept (besides the best: test error, or FID when evaluated)"),
     "host_data": (False, "True: stream batches from the host even when the split fits on the device"),
     "conv_implementation": ("auto", "formulation of the C*sp convs (sympad.IMPLEMENTATIONS); same results"),
+    "allow_corrupt": (False, "True: skip image files that do not decode (counted in the log and as data/skipped)"),
+    "resume_corrupt": ("raise", ("latest checkpoint corrupt: 'raise', or 'fall_back' to the newest intact step "
+                                 "(the damaged one moved aside, never deleted)")),
 }
+#: Values of ``config.resume_corrupt`` (``sympad.train.checkpoint.Checkpointer``'s ``on_corrupt``).
+RESUME_CORRUPT = ("raise", "fall_back")
 
 _TRUE = ("true", "1", "yes", "y", "on")
 _FALSE = ("false", "0", "no", "n", "off")
@@ -155,6 +180,165 @@ def _check_loop_fields(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.conv_implementation={config.conv_implementation!r}: must be one of {', '.join(IMPLEMENTATIONS)}"
         )
+    if "allow_corrupt" in config:
+        check_bool(config, "allow_corrupt")
+    if "resume_corrupt" in config:
+        check_choice(config, "resume_corrupt", RESUME_CORRUPT)
+
+
+# ----------------------------------------------------------------------------------------------
+# Field checks: each raises a ValueError naming ``config.<name>`` and what it may be.
+
+
+def field(config: ml_collections.ConfigDict, name: str) -> Any:
+    """``config``'s value at the dotted ``name`` ('optimizer.learning_rate')."""
+    value: Any = config
+    for part in name.split("."):
+        value = value[part]
+    return value
+
+
+def _bad(name: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"config.{name}={value!r}: must be {allowed}")
+
+
+def check_int(config: ml_collections.ConfigDict, name: str, *, min_value: int | None = None,
+              max_value: int | None = None) -> int:
+    """``config.<name>`` as an int in ``[min_value, max_value]`` (bools refused)."""
+    value = field(config, name)
+    bounds = " ".join(filter(None, [f">= {min_value}" if min_value is not None else "",
+                                    f"<= {max_value}" if max_value is not None else ""]))
+    allowed = f"an int {bounds}".strip()
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise _bad(name, value, allowed)
+    if (min_value is not None and value < min_value) or (max_value is not None and value > max_value):
+        raise _bad(name, value, allowed)
+    return int(value)
+
+
+def check_number(config: ml_collections.ConfigDict, name: str, *, min_value: float | None = None,
+                 max_value: float | None = None, min_open: bool = False, max_open: bool = False) -> float:
+    """``config.<name>`` as a finite float in the range (open ends where asked)."""
+    value = field(config, name)
+    lo = f"{'>' if min_open else '>='} {min_value}" if min_value is not None else ""
+    hi = f"{'<' if max_open else '<='} {max_value}" if max_value is not None else ""
+    allowed = ("a number " + " and ".join(filter(None, [lo, hi]))).strip()
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise _bad(name, value, allowed)
+    number = float(value)
+    if not math.isfinite(number):
+        raise _bad(name, value, allowed)
+    if min_value is not None and (number < min_value or (min_open and number == min_value)):
+        raise _bad(name, value, allowed)
+    if max_value is not None and (number > max_value or (max_open and number == max_value)):
+        raise _bad(name, value, allowed)
+    return number
+
+
+def check_bool(config: ml_collections.ConfigDict, name: str) -> bool:
+    value = field(config, name)
+    if not isinstance(value, bool):
+        raise _bad(name, value, "True or False")
+    return value
+
+
+def check_str(config: ml_collections.ConfigDict, name: str) -> str:
+    value = field(config, name)
+    if not isinstance(value, str):
+        raise _bad(name, value, "a string")
+    return value
+
+
+def check_choice(config: ml_collections.ConfigDict, name: str, allowed: Collection[Any]) -> Any:
+    value = field(config, name)
+    if isinstance(value, bool) or value not in allowed:
+        raise _bad(name, value, "one of " + ", ".join(map(repr, allowed)))
+    return value
+
+
+# A TFDS name ('cifar10', 'celeb_a_hq/128', 'lsun/bedroom', 'cifar10:3.0.2').
+_TFDS_NAME = re.compile(r"[a-z0-9_]+(/[A-Za-z0-9_.]+)?(:[0-9.*]+)?")
+
+
+def check_data(config: ml_collections.ConfigDict, name: str = "data") -> str:
+    """``config.<name>`` is a data source ``sympad.train.data.load`` accepts; a folder must exist.
+
+    Checked before anything is loaded, so a typo fails in a second, not after a compile.
+    """
+    value = field(config, name)
+    allowed = "'digits', 'synthetic', a TFDS name (cifar10, lsun/bedroom, ...) or 'folder:PATH'"
+    if not isinstance(value, str) or not value:
+        raise _bad(name, value, allowed)
+    if value.startswith("folder:"):
+        path = Path(os.path.expanduser(value[len("folder:"):]))
+        if not value[len("folder:"):]:
+            raise _bad(name, value, "'folder:PATH' with a PATH")
+        if not path.is_dir():
+            raise ValueError(f"config.{name}={value!r}: {path} is not a directory (folder:PATH needs a folder of "
+                             "images, or of class subfolders)")
+        return value
+    if value in ("digits", "synthetic") or _TFDS_NAME.fullmatch(value):
+        return value
+    raise _bad(name, value, allowed)
+
+
+def validate_common(config: ml_collections.ConfigDict, *, schedules: Collection[str], min_steps: int = 0) -> None:
+    """The rules every suite shares: the loop fields, seed, data, batch size, steps, optimizer basics.
+
+    Args:
+      config: a suite's config.
+      schedules: the suite's ``config.optimizer.schedule`` values.
+      min_steps: the least ``config.num_train_steps`` (GAN: 1; classify: 0 = from num_epochs).
+
+    Raises:
+      ValueError: naming the first offending field and its allowed values.
+    """
+    import jax
+
+    from sympad.kinds import KINDS
+
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(f"config must be an ml_collections.ConfigDict, got {type(config).__name__}")
+    check_choice(config, "kernel", KINDS)
+    if "runlocal" in config:
+        check_bool(config, "runlocal")
+    _check_loop_fields(config)
+    for name in LOOP_FIELDS:
+        if name not in config:
+            raise ValueError(f"config.{name} is missing: every suite config has the loop fields "
+                             "(sympad.train.config.add_loop_fields)")
+    check_int(config, "seed", min_value=0)
+    check_data(config)
+    batch = check_int(config, "batch_size", min_value=1)
+    devices = jax.device_count()  # every host's: the batch is split over the whole mesh
+    if batch % devices:
+        raise ValueError(f"config.batch_size={batch}: must be a multiple of the {devices} devices")
+    check_int(config, "num_train_steps", min_value=min_steps)
+    check_number(config, "optimizer.learning_rate", min_value=0.0, min_open=True)
+    check_choice(config, "optimizer.schedule", tuple(schedules))
+
+
+def loaded_config(flag_values: Any, name: str = "config") -> ml_collections.ConfigDict:
+    """The config of an ml_collections ``--config`` flag, or a one-line error if it did not load.
+
+    ml_collections defers a config file that does not exist or does not import until its first
+    use, and then reports it over several lines; this names the flag and the cause.
+
+    Raises:
+      sympad.train.errors.UserError: the file did not load.
+    """
+    from sympad.train.errors import UserError
+
+    value = flag_values[name].value
+    if value is None or isinstance(value, ml_collections.ConfigDict):
+        return value
+    try:
+        value.lock()  # an _ErrorConfig raises its loading error on any use
+    except Exception as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise UserError(f"--{name}={flag_values[name].serialize().split('=', 1)[-1]}: the config did not load: "
+                        f"{lines[-1] if lines else type(e).__name__}") from e
+    return value
 
 
 def lock_and_validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -247,7 +431,8 @@ def run_main(
     Defines ``--config`` (absl ``config_flags.DEFINE_config_file``: ``path.py[:args]`` plus
     ``--config.a.b=value`` overrides) and ``--workdir``; initialises multi-host JAX when launched
     that way; creates the workdir, validates and locks the config, writes ``config.json`` and
-    calls ``train_and_evaluate(config, workdir)``.
+    calls ``train_and_evaluate(config, workdir)``. On the real command line a user error is one
+    ``error: ...`` line and exit status 2 (``sympad.train.errors.run_absl``).
 
     Args:
       train_and_evaluate: the suite's entry point.
@@ -271,7 +456,7 @@ def run_main(
         from sympad.train.mesh import maybe_initialize_distributed
 
         maybe_initialize_distributed()  # before anything touches a device
-        config = lock_and_validate(flag_values[_CONFIG_FLAG].value)
+        config = lock_and_validate(loaded_config(flag_values, _CONFIG_FLAG))
         workdir = os.path.abspath(os.path.expanduser(flag_values[_WORKDIR_FLAG].value))
         Path(workdir).mkdir(parents=True, exist_ok=True)
         path = write_config(config, workdir)
@@ -279,12 +464,15 @@ def run_main(
         return train_and_evaluate(config, workdir)
 
     if argv is None:
+        from sympad.train.errors import run_absl
+
         _define_flags(flags.FLAGS, None)
 
         def app_main(args: list[str]) -> None:
             main(flags.FLAGS, args)  # app.run passes a return value to sys.exit: drop it
 
-        app.run(app_main)
+        # A user's mistake (bad flag or config value, corrupt data or checkpoint): one error line, status 2.
+        run_absl(app_main)
         return None
     flag_values = flags.FlagValues()
     _define_flags(flag_values, list(argv))

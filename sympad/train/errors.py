@@ -30,6 +30,7 @@ What counts as a user error (:func:`is_user_error`):
 
 from __future__ import annotations
 
+import argparse
 import dis
 import errno
 import functools
@@ -44,6 +45,7 @@ from typing import Any, NoReturn
 __all__ = [
     "TRACEBACK_ENV",
     "USER_ERROR_STATUS",
+    "ArgumentParser",
     "UserError",
     "format_error",
     "is_user_error",
@@ -229,6 +231,38 @@ def run_cli(main: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise
 
 
+def _flag_message(error: BaseException) -> BaseException | str:
+    """A flag error as one line: ml_collections puts the config file's whole traceback in it."""
+    text = str(error)
+    if "Traceback (most recent call last)" not in text:
+        return error
+    flag = text.split(": ", 1)[0]  # 'flag --config=path.py:args'
+    last = [line.strip() for line in text.splitlines() if line.strip()][-1]
+    # 'ValueError: unknown config arg ...' -> the message; a bug in the config file keeps its type.
+    kind, _, message = last.partition(": ")
+    if kind in ("ValueError", "UserError") and message:
+        last = message
+    return f"{flag.removeprefix('flag ')}: {last} (--help lists the flags)"
+
+
+def _unknown_override(error: BaseException, args: list[str]) -> str | None:
+    """The message for ``--config.a.b=...`` naming a field the (locked) config lacks, else None.
+
+    ml_collections reports it as ``AttributeError(KeyError('b'))`` with only the last part of the
+    path; the override on the command line that ends in it gives the whole path.
+    """
+    inner = error.args[0] if isinstance(error, AttributeError) and error.args else error
+    if not isinstance(inner, KeyError) or not inner.args or not isinstance(inner.args[0], str):
+        return None
+    key = inner.args[0].strip("'\"")  # ml_collections passes the repr: "'b'"
+    for arg in args[1:]:
+        name = arg.split("=", 1)[0].lstrip("-")
+        if name.startswith("config.") and name.split(".")[-1] == key:
+            return (f"--{name}: the config has no field {name[len('config.'):]!r} (a typo? the config file and "
+                    "the run's config.json list the fields; new fields cannot be added from the command line)")
+    return None
+
+
 def run_absl(main: Callable[[list[str]], Any], *, argv: list[str] | None = None) -> NoReturn:
     """``absl.app.run(main)``, with flag errors and user errors as one ``error:`` line, status 2.
 
@@ -249,9 +283,12 @@ def run_absl(main: Callable[[list[str]], Any], *, argv: list[str] | None = None)
         try:
             return flags.FLAGS(args)
         except flags.Error as e:
-            report_and_exit(e)
+            report_and_exit(_flag_message(e))
         except Exception as e:  # noqa: BLE001 - e.g. ml_collections' AttributeError for an unknown key
             # Whatever fails while parsing the command line is the command line's fault.
+            unknown = _unknown_override(e, args)
+            if unknown is not None:
+                report_and_exit(unknown)
             report_and_exit(_Prefixed("cannot parse the command line: ", e))
 
     @functools.wraps(main)
@@ -261,3 +298,14 @@ def run_absl(main: Callable[[list[str]], Any], *, argv: list[str] | None = None)
 
     app.run(guarded, argv=argv, flags_parser=parse)
     sys.exit(0)  # app.run exits itself; this only keeps the NoReturn promise
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors are one ``error:`` line (status 2, as argparse).
+
+    argparse prints the usage block and ``prog: error: ...``; a command of this project prints
+    what every other user error prints, pointing at ``--help`` for the usage.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        report_and_exit(f"{self.prog}: {message} (--help shows the usage)")

@@ -318,7 +318,7 @@ def train(
     """Trains from the latest checkpoint in ``workdir/checkpoints`` (or from ``init_state()``) to ``total_steps``.
 
     Config keys read (``sympad.train.config.LOOP_FIELDS``): log_every, checkpoint_every,
-    max_checkpoints, host_data, conv_implementation.
+    max_checkpoints, host_data, conv_implementation, resume_corrupt.
 
     Args:
       config: the run's config.
@@ -355,7 +355,8 @@ def train(
     with contextlib.ExitStack() as resources, sympad.use_implementation(config.conv_implementation):
         # Every resource is closed on the way out, in reverse order, whatever happens in between.
         checkpointer = resources.enter_context(Checkpointer(
-            Path(workdir) / "checkpoints", max_to_keep=int(config.max_checkpoints), best_metric=best_metric))
+            Path(workdir) / "checkpoints", max_to_keep=int(config.max_checkpoints), best_metric=best_metric,
+            on_corrupt=config.get("resume_corrupt", "raise")))
         state, start = restore_or_init(checkpointer, init_state, mesh)
 
         if on_device(data.dataset, host_data=config.host_data):

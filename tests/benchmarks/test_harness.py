@@ -15,7 +15,6 @@ import sympad
 import sympad.linen
 from benchmarks import all as bench_all
 from benchmarks import common, conv, models
-from sympad import ops
 
 ENV_KEYS = {"date", "backend", "device", "cpu", "jax", "jaxlib", "flax", "XLA_FLAGS"}
 
@@ -72,20 +71,21 @@ def test_markdown_table_shape():
     assert text.splitlines() == ["| a | b |", "|---|---|", "| 1.23 | - |", "| x | 2 |"]
 
 
-def test_force_implementation_patches_auto_only_inside():
-    x = jax.ShapeDtypeStruct((2, 8, 8, 8), jnp.float32)
-    w = jax.ShapeDtypeStruct((2, 2, 8, 8), jnp.float32)
-    before = ops._choose("auto", x, w, 1)
-    with common.force_implementation("pad_concat"):
-        assert ops._choose("auto", x, w, 1) == "pad_concat"
-        assert ops._choose("group_sum", x, w, 1) == "group_sum"
-    with common.force_implementation("group_sum"):
-        # ungrouped-only formulations leave grouped convs to the automatic choice
-        assert ops._choose("auto", x, jax.ShapeDtypeStruct((2, 2, 4, 8), jnp.float32), 2) != "group_sum"
-    assert ops._choose("auto", x, w, 1) == before
+def test_models_force_a_case_formulation_while_lowering_it():
+    # benchmarks.models forces each case's formulation (sympad.use_implementation) around its
+    # own lower(), where tracing happens; a case without one keeps the automatic choice.
+    x, w = jnp.ones((2, 8, 8, 16)), jnp.ones((2, 2, 16, 16))
+    measured = sympad.choose_implementation(x, w)
+
+    def lowered(implementation):
+        step = jax.jit(lambda a, b: sympad.sym_pad_conv(a, b))  # a new function: a new trace
+        return models._with_implementation(step, implementation).lower(x, w).as_text()
+
+    assert "3x3x16x16" in lowered("embed")  # embed: the 2x2 taps inside a 3x3 kernel
+    assert "3x3x16x16" not in lowered("pad_select") and "3x3x16x16" not in lowered(None)
+    assert sympad.choose_implementation(x, w) == measured
     with pytest.raises(ValueError, match="implementation"):
-        with common.force_implementation("fast"):
-            pass
+        lowered("fast")
 
 
 def test_conv_bench_tiny_emits_jsonl_and_tables(tmp_path):

@@ -174,11 +174,11 @@ def _conv_macs(model, size: int = 32) -> int:
 
 # Table 1's complexity column (MFLOPs, i.e. multiply-adds) at depth 20; the definitions reproduce it to 0.1M.
 @pytest.mark.parametrize("block,mflops", [("shift", 70.0), ("invert", 76.7), ("sep", 73.6), ("c2sp", 73.2)])
-def test_table1_complexity_depth20(block, mflops, monkeypatch):
+def test_table1_complexity_depth20(block, mflops):
     # Nominal multiply-adds: pin the pad-then-VALID formulation, because the CPU's automatic choice
     # (concat_crop) computes one extra output row per conv and crops it.
-    monkeypatch.setattr(sympad.ops, "_choose", lambda implementation, *args, **kwargs: "pad_select")
-    assert _conv_macs(models.blocks_cifar(block=block, depth=20)) / 1e6 == pytest.approx(mflops, abs=0.15)
+    with sympad.use_implementation("pad_select"):
+        assert _conv_macs(models.blocks_cifar(block=block, depth=20)) / 1e6 == pytest.approx(mflops, abs=0.15)
 
 
 # Table 3 (ImageNet): params in millions; within 3%. Counted at 32 px: the counts do not depend on it.

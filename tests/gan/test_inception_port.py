@@ -84,7 +84,7 @@ def test_missing_weights_error_says_where_and_how(tmp_path):
         inc.load_inception_weights(tmp_path / "nope.pth")
     msg = str(e.value)
     assert "github.com/mseitzer/pytorch-fid/releases" in msg and inc.WEIGHTS_FILENAME in msg
-    assert "--inception_weights" in msg and "gan.metrics.convert" in msg
+    assert "--inception_weights" in msg and "gan.metrics.fetch" in msg
 
 
 @functools.lru_cache(maxsize=1)

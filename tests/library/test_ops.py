@@ -9,33 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
-from jax.test_util import check_grads
 
 import sympad
+from tests.library.checks import check as _check
+from tests.library.checks import check_gradients
+from tests.library.checks import random as _random
 from tests.reference import TABLES, reference_conv, reference_pads
 
-FORMULATIONS = [
-    "pad_select", "pad_concat", "group_sum", "select_crop", "split_grad", "split_dw", "embed", "im2col", "concat_crop",
-]
-
-
-def _random(shape, seed):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-
-def _check(x, w, strides, dilation, groups=1, implementation="auto", tol=1e-5):
-    ndim = x.ndim - 2
-    strides_t = (strides,) * ndim if isinstance(strides, int) else strides
-    dilation_t = (dilation,) * ndim if isinstance(dilation, int) else dilation
-    expected = reference_conv(x, w, strides_t, dilation_t, groups)
-    got = jax.jit(
-        lambda a, b: sympad.sym_pad_conv(
-            a, b, strides, kernel_dilation=dilation, feature_group_count=groups, implementation=implementation
-        )
-    )(x, w)
-    assert got.shape == expected.shape
-    scale = max(1.0, float(np.abs(expected).max()))
-    np.testing.assert_allclose(np.asarray(got), expected, atol=tol * scale, rtol=tol)
+#: The core formulations, those ``'auto'`` picks from (the experimental ones: test_experimental.py).
+#: depthwise_taps is tested with the depthwise convs it is for.
+FORMULATIONS = ["pad_select", "pad_concat", "select_crop", "concat_crop", "embed"]
 
 
 # The grid of the issue: k {2,4} x strides {1,2} x dilation {1,2} x channels {3,4,5,8,13} x odd/even size.
@@ -79,7 +62,7 @@ def test_1d_and_3d_every_formulation(implementation, ndim, k, stride, channels):
     _check(x, w, stride, 1, implementation=implementation)
 
 
-@pytest.mark.parametrize("implementation", ["pad_select", "pad_concat", "embed", "depthwise_taps", "im2col", "concat_crop"])
+@pytest.mark.parametrize("implementation", FORMULATIONS + ["depthwise_taps"])
 @pytest.mark.parametrize("channels,groups,features", [(8, 2, 4), (12, 3, 6), (13 * 2, 2, 4), (6, 6, 6), (5, 5, 10), (12, 4, 8)])
 def test_grouped_and_depthwise_match_reference(implementation, channels, groups, features):
     x = _random((2, 8, 7, channels), seed=channels)
@@ -123,20 +106,21 @@ def test_depthwise_taps_bfloat16_accumulates_in_float32():
 
 
 @pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
-@pytest.mark.parametrize("shape,k,groups,dilation", [
-    ((2, 6, 7, 8), 2, 1, 1),      # few channels: CPU pad_concat, GPU embed
-    ((1, 6, 5, 40), 2, 1, 1),     # CPU concat_crop
-    ((1, 5, 4, 128), 2, 1, 1),    # 128 channels: GPU pad_concat
-    ((1, 5, 6, 8), 4, 1, 1),      # C4sp: CPU select_crop, GPU pad_select
-    ((2, 6, 5, 6), 2, 6, 1),      # depthwise: CPU depthwise_taps
-    ((1, 7, 6, 4), 2, 1, (1, 3)),  # dilated odd axis
+@pytest.mark.parametrize("shape,k,groups,dilation,choices", [
+    ((2, 6, 7, 8), 2, 1, 1, {"cpu": "pad_concat", "gpu": "embed"}),
+    ((1, 6, 5, 40), 2, 1, 1, {"cpu": "concat_crop", "gpu": "embed"}),
+    ((1, 5, 4, 128), 2, 1, 1, {"cpu": "concat_crop", "gpu": "pad_concat"}),
+    ((1, 5, 6, 8), 4, 1, 1, {"cpu": "concat_crop", "gpu": "pad_select"}),
+    ((2, 6, 5, 6), 2, 6, 1, {"cpu": "depthwise_taps", "gpu": "pad_select"}),
+    ((1, 7, 6, 4), 2, 1, (1, 3), {"cpu": "pad_concat", "gpu": "embed"}),  # embed falls back: dilated odd axis
 ])
-def test_auto_matches_reference_on_every_backend_branch(monkeypatch, backend, shape, k, groups, dilation):
+def test_auto_matches_reference_on_every_backend_branch(monkeypatch, backend, shape, k, groups, dilation, choices):
     # The automatic choice branches on jax.default_backend(); every branch must
     # pick a formulation that is exact for the call (run here on the CPU).
-    monkeypatch.setattr(sympad.ops.jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
     x = _random(shape, seed=k + groups)
     w = _random((k, k, shape[-1] // groups, 6 if groups == 1 else shape[-1]), seed=shape[-1])
+    assert sympad.choose_implementation(x, w, feature_group_count=groups) == choices.get(backend, "pad_select")
     _check(x, w, 1, dilation, groups=groups, tol=2e-5)
 
 
@@ -196,7 +180,7 @@ def test_symmetric_pad_then_valid_conv():
 @pytest.mark.parametrize("backend", ["cpu", "gpu"])  # concat of channel runs / per-channel select
 @pytest.mark.parametrize("channels,k,groups", [(5, 2, 1), (13, 4, 1), (6, 2, 6), (12, 2, 3)])
 def test_symmetric_pad_matches_reference_pads(monkeypatch, backend, channels, k, groups):
-    monkeypatch.setattr(sympad.ops.jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
     x = _random((2, 6, 7, channels), seed=channels)
     got = np.asarray(sympad.symmetric_pad(x, (k, k), feature_group_count=groups))
     pads = reference_pads(channels, (k, k), (1, 1), groups)
@@ -246,17 +230,7 @@ def test_channels_first_dimension_numbers():
 
 @pytest.mark.parametrize("implementation", FORMULATIONS)
 def test_gradients(implementation):
-    x = _random((1, 5, 6, 5), seed=13)
-    w = _random((2, 2, 5, 3), seed=14)
-    f = lambda a, b: sympad.sym_pad_conv(a, b, 2, implementation=implementation)  # noqa: E731
-    check_grads(f, (x.astype(np.float64), w.astype(np.float64)), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
-    # The gradient wrt x is the reference's adjoint: <conv(x), g> = <x, conv^T(g)>.
-    g = _random((1, 3, 3, 3), seed=15)
-    grad_x = jax.grad(lambda a: jnp.vdot(f(a, w), g))(x)
-    eps_dir = _random(x.shape, seed=16)
-    lhs = float(jnp.vdot(grad_x, eps_dir))
-    rhs = float(np.vdot(reference_conv(eps_dir, w, (2, 2), (1, 1)), g))
-    assert abs(lhs - rhs) < 1e-3 * max(1.0, abs(rhs))
+    check_gradients(implementation)
 
 
 def test_vmap_matches_batched_call():
@@ -308,7 +282,7 @@ def _intermediate_dtypes(fn, *args) -> set[str]:
 def test_auto_on_cpu_computes_16_bit_convs_in_float32(monkeypatch, dtype, shape, groups):
     # XLA:CPU builds padded copies slowly in 16 bits, so 'auto' converts the
     # operands first; the result is rounded once, to the input dtype.
-    monkeypatch.setattr(sympad.ops.jax, "default_backend", lambda: "cpu")
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     x = _random(shape, seed=3)
     w = _random((2, 2, shape[-1] // groups, 6 if groups == 1 else shape[-1]), seed=4)
     g = _random(shape[:-1] + (w.shape[-1],), seed=5)
