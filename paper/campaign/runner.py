@@ -197,7 +197,7 @@ def _collect(entry: Entry, workdir: Path, out: Path) -> dict[str, Any]:
     """Metrics, timings and artifacts of a finished entry."""
     if entry.suite == "gan":
         lines = _metric_lines(workdir)
-        found: dict[str, Any] = dict(_timing(lines, rate_key="steps_per_sec"))
+        found: dict[str, Any] = dict(_timing(lines, rate_key="steps_per_s"))
         last = lines[-1] if lines else {}
         found["metrics"] = {k: last[k] for k in ("step", "d_steps", "d_loss", "g_loss") if k in last}
         summary = workdir / "model_summary.json"
