@@ -42,12 +42,10 @@ from sympad.linen import conv
 __all__ = [
     "OFFLINE_WEIGHTS",
     "OfflineCNN",
-    "load_image_folder",
     "load_offline_weights",
     "offline_apply_fn",
     "random_variables",
     "save_offline_weights",
-    "train_offline",
 ]
 
 OFFLINE_WEIGHTS = Path(__file__).resolve().parent / "weights" / "offline_cifar10.npz"

@@ -19,23 +19,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gan.metrics.offline import (
+    OFFLINE_NAME,
+    OFFLINE_WEIGHTS,
+    OfflineCNN,
+    offline_apply_fn,
+    preprocess,
+    save_offline_weights,
+)
 
-__all__ = [
-    "OFFLINE_WEIGHTS",
-    "OfflineCNN",
-    "load_image_folder",
-    "load_offline_weights",
-    "offline_apply_fn",
-    "random_variables",
-    "save_offline_weights",
-    "train_offline",
-]
-
-OFFLINE_WEIGHTS = Path(__file__).resolve().parent / "weights" / "offline_cifar10.npz"
-# Name used in metric keys and reports ('fid_offline_cifar10').
-OFFLINE_NAME = "offline_cifar10"
-
-from gan.metrics.offline import OfflineCNN, offline_apply_fn, preprocess, random_variables, save_offline_weights
+__all__ = ["evaluate_accuracy", "load_image_folder", "main", "train_offline"]
 
 
 def load_image_folder(root: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
