@@ -3,9 +3,11 @@
     python -m gan.export --workdir=DIR --out=generator.bin [--platforms=cpu,cuda] [--no_ema]
 
 The exported function maps latents ``z`` float32 (B, z_dim) to images float32 (B, S, S, 3) in
-[-1, 1]; the batch size ``B`` is symbolic (any B works), the weights are baked in as constants
-(inference mode: the EMA weights when the run kept them, BN running averages). A JSON file next to
-it (``generator.bin.json``) records z_dim, the image size, the kernel kind and the step.
+[-1, 1]; a class-conditional generator takes ``(z, labels)`` with ``labels`` int32 (B,) in
+[0, num_classes). The batch size ``B`` is symbolic (any B works), the weights are baked in as
+constants (inference mode: the EMA weights when the run kept them, BN running averages). A JSON file
+next to it (``generator.bin.json``) records z_dim, num_classes (0: unconditional), the inputs, the
+image size, the kernel kind and the step.
 
 Loading needs only JAX (any version that reads the serialization version it was written with)::
 
@@ -13,6 +15,8 @@ Loading needs only JAX (any version that reads the serialization version it was 
     gen = jax.export.deserialize(bytearray(open("generator.bin", "rb").read()))
     z = np.random.default_rng(0).standard_normal((16, gen.in_avals[0].shape[1])).astype(np.float32)
     images = np.asarray(gen.call(z))                          # (16, S, S, 3) in [-1, 1]
+    # A conditional generator (metadata num_classes > 0) also takes the class of each image:
+    # images = np.asarray(gen.call(z, np.arange(16, dtype=np.int32) % num_classes))
     uint8 = np.clip(np.round((images + 1) * 127.5), 0, 255).astype(np.uint8)
 """
 
@@ -28,14 +32,18 @@ import jax.numpy as jnp
 from absl import app, flags, logging
 
 from gan import models
+from gan.sampling import num_classes_of
 from sympad.train.errors import run_absl
 
-__all__ = ["export_generator", "save", "load", "main"]
+__all__ = ["export_generator", "input_metadata", "save", "load", "main"]
 
 
 def export_generator(generator: models.Generator, variables: Mapping[str, Any], *, z_dim: int,
                      platforms: Sequence[str] | None = None) -> jax.export.Exported:
     """``jax.export`` of ``z -> generator.apply(variables, z)`` with a symbolic batch dimension.
+
+    A class-conditional generator (``num_classes > 0``) is exported as ``(z, labels) -> images``,
+    ``labels`` int32 (B,) sharing the batch dimension with ``z``.
 
     Args:
       generator: the model.
@@ -44,13 +52,26 @@ def export_generator(generator: models.Generator, variables: Mapping[str, Any], 
       platforms: lowering platforms, e.g. ('cpu', 'cuda'); None: the default backend's.
     """
     variables = jax.device_get(variables)
-
-    def generate(z: jax.Array) -> jax.Array:
-        return generator.apply(variables, z, train=False)
-
     (batch,) = jax.export.symbolic_shape("b")
-    spec = jax.ShapeDtypeStruct((batch, z_dim), jnp.float32)
-    return jax.export.export(jax.jit(generate), platforms=tuple(platforms) if platforms else None)(spec)
+    specs = [jax.ShapeDtypeStruct((batch, z_dim), jnp.float32)]
+    if num_classes_of(generator):
+        specs.append(jax.ShapeDtypeStruct((batch,), jnp.int32))
+
+        def generate(z: jax.Array, labels: jax.Array) -> jax.Array:
+            return generator.apply(variables, z, labels=labels, train=False)
+    else:
+        def generate(z: jax.Array) -> jax.Array:
+            return generator.apply(variables, z, train=False)
+
+    return jax.export.export(jax.jit(generate), platforms=tuple(platforms) if platforms else None)(*specs)
+
+
+def input_metadata(*, z_dim: int, num_classes: int) -> list[dict[str, Any]]:
+    """The exported function's inputs, as recorded in the JSON metadata (``B`` is the batch size)."""
+    inputs: list[dict[str, Any]] = [dict(name="z", dtype="float32", shape=["B", int(z_dim)])]
+    if num_classes:
+        inputs.append(dict(name="labels", dtype="int32", shape=["B"], range=[0, int(num_classes)]))
+    return inputs
 
 
 def save(exported: jax.export.Exported, path: str | Path, *, metadata: Mapping[str, Any] | None = None) -> Path:
@@ -90,7 +111,10 @@ def main(argv: list[str]) -> None:
     config, generator, state = restore_state(FLAGS.workdir)
     exported = export_generator(generator, generator_variables(state, use_ema=FLAGS.ema), z_dim=config.z_dim,
                                 platforms=platforms)
-    metadata = dict(z_dim=int(config.z_dim), image_size=output_size(generator), kernel=config.kernel,
+    num_classes = num_classes_of(generator)
+    metadata = dict(z_dim=int(config.z_dim), num_classes=num_classes,
+                    inputs=input_metadata(z_dim=config.z_dim, num_classes=num_classes),
+                    image_size=output_size(generator), kernel=config.kernel,
                     arch=config.arch, step=int(state.step), ema=bool(FLAGS.ema and state.ema_params is not None),
                     platforms=list(exported.platforms), output="float32 (B, S, S, 3) in [-1, 1]")
     path = save(exported, FLAGS.out, metadata=metadata)
