@@ -250,10 +250,11 @@ def slerp(z0: jax.typing.ArrayLike, z1: jax.typing.ArrayLike, t: jax.typing.Arra
     t = jnp.asarray(t, dtype)[..., None]
     norms = jnp.linalg.norm(z0, axis=-1, keepdims=True) * jnp.linalg.norm(z1, axis=-1, keepdims=True)
     cos = jnp.sum(z0 * z1, axis=-1, keepdims=True) / jnp.where(norms > 0, norms, 1)
-    omega = jnp.arccos(jnp.clip(cos, -1, 1))
-    sin = jnp.sin(omega)
-    parallel = sin < _PARALLEL_SIN
-    safe_sin = jnp.where(parallel, 1, sin)  # keeps the unused branch finite (and its gradient)
+    parallel = 1 - cos * cos < _PARALLEL_SIN**2
+    # Decided before arccos, whose gradient is infinite at +-1: the unused branch stays finite
+    # (and so does the gradient through jnp.where).
+    omega = jnp.arccos(jnp.where(parallel, 0, jnp.clip(cos, -1, 1)))
+    safe_sin = jnp.where(parallel, 1, jnp.sin(omega))
     # Coefficients first: at t = 0 or 1 they are exactly 1 and 0, so the endpoints come out exactly.
     spherical = jnp.sin((1 - t) * omega) / safe_sin * z0 + jnp.sin(t * omega) / safe_sin * z1
     linear = (1 - t) * z0 + t * z1
