@@ -10,7 +10,9 @@ given at 16 and 32 px like the demo's data) then classifies them. Reported:
 * ``class_entropy``: entropy of the predicted-class histogram over log(10) (1 = all ten classes
   equally often, 0 = a single class: mode collapse);
 * ``classes``: how many classes at least 2% of the samples are assigned to;
-* ``score``: confident * class_entropy, one number for "recognisable and diverse".
+* ``score``: confident * class_entropy, one number for "recognisable and diverse";
+* ``class_agreement`` (conditional models: the requested labels given): share of samples the
+  classifier assigns to the class they were generated for (chance: 0.1).
 
 The same figures for the real test digits and for uniform noise are printed as references.
 """
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CONFIDENCE", "features", "fit_classifier", "score", "reference_scores", "main"]
+__all__ = ["CONFIDENCE", "features", "fit_classifier", "score", "reference_scores"]
 
 #: A sample counts as a recognisable digit above this top-class probability.
 CONFIDENCE = 0.9
@@ -59,8 +61,13 @@ def fit_classifier(*, sizes: tuple[int, ...] = (16, 32)) -> Any:
     return classifier.fit(np.concatenate(xs), np.concatenate(ys))
 
 
-def score(images: np.ndarray, classifier: Any) -> dict[str, float]:
-    """The figures of the module docstring for uint8 ``images``."""
+def score(images: np.ndarray, classifier: Any, labels: np.ndarray | None = None) -> dict[str, float]:
+    """The figures of the module docstring for uint8 ``images`` (N, H, W[, C]).
+
+    ``labels`` (N,): the classes the samples were generated for; adds ``class_agreement``.
+    """
+    if labels is not None and np.shape(labels) != (len(images),):
+        raise ValueError(f"labels must have shape ({len(images)},), got {np.shape(labels)}")
     probs = classifier.predict_proba(features(images))
     top = probs.max(axis=1)
     counts = np.bincount(probs.argmax(axis=1), minlength=10).astype(np.float64)
@@ -68,7 +75,9 @@ def score(images: np.ndarray, classifier: Any) -> dict[str, float]:
     nonzero = share[share > 0]
     entropy = float(max(0.0, -(nonzero * np.log(nonzero)).sum() / np.log(10)))
     confident = float((top > CONFIDENCE).mean())
+    agreement = {} if labels is None else {"class_agreement": float((probs.argmax(axis=1) == labels).mean())}
     return {
+        **agreement,
         "confident": confident,
         "class_entropy": entropy,
         "classes": float((share >= 0.02).sum()),

@@ -8,7 +8,9 @@ spectral norm in D, no normalization in G.
 Randomness is a pure function of ``(config.seed, step)``: the latents of train step ``s`` come from
 ``fold_in(state.key, s)`` and its real batches are data steps ``s * n_critic + i`` of
 ``sympad.data.get_batch``, so a run interrupted and resumed from a checkpoint follows exactly the
-same trajectory as an uninterrupted one.
+same trajectory as an uninterrupted one. The class labels of generated images (``config.conditional``)
+and the DiffAugment draws (``config.diffaugment``) come from their own sub-stream of the same key,
+which runs without either never touch: switching both off gives today's unconditional step bit for bit.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import optax
 from absl import logging
 
 import sympad
-from gan import losses, models, sampling
+from gan import diffaugment, losses, models, sampling
 from sympad.train import data as sdata
 from sympad.train import loop
 from sympad.train.config import (
@@ -40,6 +42,7 @@ from sympad.train.config import (
     check_number,
     check_str,
     validate_common,
+    write_config,
 )
 from sympad.train.mesh import batch_sharded
 from sympad.train.metrics import MetricWriter, image_grid, save_image_grid
@@ -61,6 +64,9 @@ __all__ = [
 
 # Offsets for fold_in on the root key: one independent stream per purpose.
 _INIT_STREAM, _TRAIN_STREAM, _DATA_STREAM, _GRID_STREAM = 0, 1, 2, 3
+# fold_in offset, on a train step's key, of the sub-stream for fake labels and DiffAugment; far above
+# the latents' offsets 0..n_critic, so those stay what they were before labels and augmentation existed.
+_AUX_STREAM = 1 << 20
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,11 +82,29 @@ def _channels(value: Any) -> tuple[int, ...] | None:
     return tuple(int(v) for v in value)
 
 
-def create_models(config: ml_collections.ConfigDict) -> tuple[models.Generator, models.Discriminator]:
+def num_classes(config: ml_collections.ConfigDict) -> int:
+    """Classes the models condition on: 0 for an unconditional run, else ``config.num_classes``.
+
+    Raises:
+      ValueError: a conditional config whose ``num_classes`` is not resolved yet (training sets it
+        from the dataset; a finished run's config.json records it).
+    """
+    if not config.get("conditional", False):
+        return 0
+    if int(config.num_classes) < 2:
+        raise ValueError(f"config.num_classes={config.num_classes!r}: a conditional run needs >= 2 classes "
+                         "(0 = the dataset's, resolved when training starts)")
+    return int(config.num_classes)
+
+
+def create_models(config: ml_collections.ConfigDict, *, classes: int | None = None
+                  ) -> tuple[models.Generator, models.Discriminator]:
     """Generator and discriminator for ``config.arch`` with the config's overrides.
 
     Fields used: arch, kernel, width_multiplier (<= 0: from the kind), norm, upsample,
-    weight_init, and the shrinking overrides g_channels, d_channels, d_downsample, bottom_size.
+    weight_init, the shrinking overrides g_channels, d_channels, d_downsample, bottom_size, and
+    for conditional runs num_classes and class_embedding. ``classes`` overrides
+    :func:`num_classes` (validation builds a conditional model before the data says how many).
 
     Raises:
       ValueError: for an unknown arch (or any invalid field, when the models are built).
@@ -88,6 +112,7 @@ def create_models(config: ml_collections.ConfigDict) -> tuple[models.Generator, 
     if config.arch not in models.ARCHS:
         raise ValueError(f"config.arch must be one of {tuple(models.ARCHS)}, got {config.arch!r}")
     make_g, make_d, _, _ = models.ARCHS[config.arch]
+    classes = num_classes(config) if classes is None else classes
     g_kwargs: dict[str, Any] = dict(
         kernel=config.kernel,
         width_multiplier=config.width_multiplier if config.width_multiplier > 0 else None,
@@ -95,11 +120,14 @@ def create_models(config: ml_collections.ConfigDict) -> tuple[models.Generator, 
         upsample=config.upsample,
         weight_init=config.weight_init,
     )
+    d_kwargs: dict[str, Any] = dict(weight_init=config.weight_init)
+    if classes:
+        g_kwargs.update(num_classes=classes, class_embedding=config.class_embedding)
+        d_kwargs.update(num_classes=classes)
     if _channels(config.get("g_channels")):
         g_kwargs["channels"] = _channels(config.g_channels)
     if config.get("bottom_size", 0):
         g_kwargs["bottom_size"] = int(config.bottom_size)
-    d_kwargs: dict[str, Any] = dict(weight_init=config.weight_init)
     if _channels(config.get("d_channels")):
         d_kwargs["channels"] = _channels(config.d_channels)
         downsample = _channels(config.get("d_downsample"))
@@ -179,8 +207,9 @@ def create_train_state(config: ml_collections.ConfigDict, generator: models.Gene
     root = jax.random.key(config.seed)
     g_key, d_key = jax.random.split(jax.random.fold_in(root, _INIT_STREAM))
     size = output_size(generator)
-    g_vars = generator.init(g_key, jnp.zeros((1, config.z_dim), jnp.float32), train=False)
-    d_vars = discriminator.init(d_key, jnp.zeros((1, size, size, 3), jnp.float32))
+    labels = jnp.zeros((1,), jnp.int32) if generator.num_classes else None
+    g_vars = generator.init(g_key, jnp.zeros((1, config.z_dim), jnp.float32), labels, train=False)
+    d_vars = discriminator.init(d_key, jnp.zeros((1, size, size, 3), jnp.float32), labels)
     g_params, d_params = g_vars["params"], d_vars["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -225,12 +254,15 @@ class StepConfig:
     # Part of the jit cache key: the formulation is fixed at tracing, so a process that trains
     # twice with different ones (tests) must not reuse the first compiled step.
     conv_implementation: str = "auto"
+    num_classes: int = 0  # > 0: conditional models, the real batches' labels feed D
+    diffaugment: tuple[str, ...] = ()  # gan.diffaugment policies, on every image D sees
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> StepConfig:
         return cls(batch_size=int(config.batch_size), n_critic=int(config.n_critic), z_dim=int(config.z_dim),
                    loss=str(config.loss), ema_decay=float(config.ema_decay), unroll=bool(config.unroll_d_steps),
-                   conv_implementation=str(config.conv_implementation))
+                   conv_implementation=str(config.conv_implementation), num_classes=num_classes(config),
+                   diffaugment=diffaugment.parse_policy(config.get("diffaugment", "")))
 
 
 def _sigmoid_mean(logits: jax.Array) -> jax.Array:
@@ -240,13 +272,17 @@ def _sigmoid_mean(logits: jax.Array) -> jax.Array:
 @functools.partial(jax.jit, donate_argnums=(0,), static_argnames=(
     "generator", "discriminator", "g_tx", "d_tx", "config", "batch_sharding", "host_batches"))
 def train_step(state: TrainState, dataset: jax.Array, data_key: jax.Array | None = None, *,
-               generator: models.Generator, discriminator: models.Discriminator,
+               labels: jax.Array | None = None, generator: models.Generator, discriminator: models.Discriminator,
                g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation, config: StepConfig,
                batch_sharding: Any = None, host_batches: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
     """``n_critic`` D updates then one G update, one jit-compiled program; ``state`` is donated.
 
     The D updates are a ``lax.scan`` (``config.unroll=False``) or the same body unrolled (default).
     The C*sp convs use ``config.conv_implementation`` (``sympad.use_implementation``).
+    Conditional models (``config.num_classes > 0``): D sees real images with their labels and
+    generated ones with the uniformly drawn classes they were generated for. DiffAugment
+    (``config.diffaugment``): the same policy on everything D sees, real and generated, in D's
+    updates and in G's (gradients reach G through it).
 
     Args:
       state: current state.
@@ -254,6 +290,8 @@ def train_step(state: TrainState, dataset: jax.Array, data_key: jax.Array | None
         ``get_batch(dataset, None, data_key, step * n_critic + i)``. Host mode
         (``host_batches=True``): this step's batches, uint8 (n_critic, B, H, W, 3).
       data_key: the input pipeline's key (on-device mode).
+      labels: conditional models only: the split's int labels (N,) on the device, or this step's
+        (n_critic, B) in host mode.
       generator, discriminator, g_tx, d_tx: from create_models / create_optimizers.
       config: static hyperparameters.
       batch_sharding: sharding of the batch axis (data parallel over the mesh), or None.
@@ -265,46 +303,64 @@ def train_step(state: TrainState, dataset: jax.Array, data_key: jax.Array | None
       g_d_fake (mean sigmoid on the G update's samples), d_grad_norm, g_grad_norm.
     """
     with sympad.use_implementation(config.conv_implementation):
-        return _train_step(state, dataset, data_key, generator=generator, discriminator=discriminator, g_tx=g_tx,
-                           d_tx=d_tx, config=config, batch_sharding=batch_sharding, host_batches=host_batches)
+        return _train_step(state, dataset, data_key, labels, generator=generator, discriminator=discriminator,
+                           g_tx=g_tx, d_tx=d_tx, config=config, batch_sharding=batch_sharding,
+                           host_batches=host_batches)
 
 
-def _train_step(state: TrainState, dataset: jax.Array, data_key: jax.Array | None, *,
+def _train_step(state: TrainState, dataset: jax.Array, data_key: jax.Array | None, labels: jax.Array | None, *,
                 generator: models.Generator, discriminator: models.Discriminator,
                 g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation, config: StepConfig,
                 batch_sharding: Any, host_batches: bool) -> tuple[TrainState, dict[str, jax.Array]]:
     batch_size, n_critic, z_dim = config.batch_size, config.n_critic, config.z_dim
-    loss, ema_decay = config.loss, config.ema_decay
+    loss, ema_decay, classes = config.loss, config.ema_decay, config.num_classes
     step_key = jax.random.fold_in(state.key, state.step)
+    aux_key = jax.random.fold_in(step_key, _AUX_STREAM)
 
-    def constrain(x: jax.Array) -> jax.Array:
-        return x if batch_sharding is None else jax.lax.with_sharding_constraint(x, batch_sharding)
+    def constrain(x: jax.Array | None) -> jax.Array | None:
+        return x if batch_sharding is None or x is None else jax.lax.with_sharding_constraint(x, batch_sharding)
 
     def latents(i: jax.Array) -> jax.Array:
         return constrain(jax.random.normal(jax.random.fold_in(step_key, i), (batch_size, z_dim)))
 
-    def generate_train(g_params: Any, z: jax.Array) -> tuple[jax.Array, Any]:
+    def fake_labels(i: jax.Array) -> jax.Array | None:
+        # The classes update i generates, uniform over the classes (None: unconditional).
+        if not classes:
+            return None
+        return constrain(jax.random.randint(jax.random.fold_in(aux_key, 2 * i), (batch_size,), 0, classes))
+
+    def augment(images: jax.Array, i: jax.Array) -> jax.Array:
+        # One draw per image: real and generated images of a D update get independent parameters.
+        if not config.diffaugment:
+            return images
+        return diffaugment.diff_augment(images, jax.random.fold_in(aux_key, 2 * i + 1), policy=config.diffaugment)
+
+    def join(a: jax.Array | None, b: jax.Array | None) -> jax.Array | None:
+        return None if a is None else jnp.concatenate([a, b])
+
+    def generate_train(g_params: Any, z: jax.Array, y: jax.Array | None) -> tuple[jax.Array, Any]:
         # Batch statistics in training mode; the updated BN averages are kept from G steps only.
         if state.g_stats:
-            images, new = generator.apply(_g_variables(g_params, state.g_stats), z, train=True,
+            images, new = generator.apply(_g_variables(g_params, state.g_stats), z, y, train=True,
                                           mutable=["batch_stats"])
             return images, new["batch_stats"]
-        return generator.apply({"params": g_params}, z, train=True), state.g_stats
+        return generator.apply({"params": g_params}, z, y, train=True), state.g_stats
 
     def d_update(carry: tuple[Any, Any, Any], i: jax.Array) -> tuple[tuple[Any, Any, Any], dict[str, jax.Array]]:
         d_params, d_stats, d_opt_state = carry
         if host_batches:
-            real = sdata.to_float(dataset[i])
+            real, real_y = sdata.to_float(dataset[i]), labels[i] if classes else None
         else:
-            real, _ = sdata.get_batch(dataset, None, data_key, state.step * n_critic + i, batch_size=batch_size)
-        real = constrain(real)
-        fake = jax.lax.stop_gradient(generate_train(state.g_params, latents(i))[0])
+            real, real_y = sdata.get_batch(dataset, labels if classes else None, data_key, state.step * n_critic + i,
+                                           batch_size=batch_size)
+        real, real_y, fake_y = constrain(real), constrain(real_y), fake_labels(i)
+        fake = jax.lax.stop_gradient(generate_train(state.g_params, latents(i), fake_y)[0])
+        images, images_y = augment(jnp.concatenate([real, fake]), i), join(real_y, fake_y)
 
         def d_loss_fn(d_params: Any) -> tuple[jax.Array, tuple[Any, jax.Array, jax.Array]]:
             # One D call on real+fake, so the power iteration advances once per D update.
-            logits, new = discriminator.apply({"params": d_params, "batch_stats": d_stats},
-                                              jnp.concatenate([real, fake]), update_stats=True,
-                                              mutable=["batch_stats"])
+            logits, new = discriminator.apply({"params": d_params, "batch_stats": d_stats}, images, images_y,
+                                              update_stats=True, mutable=["batch_stats"])
             real_logits, fake_logits = logits[:batch_size], logits[batch_size:]
             value = losses.discriminator_loss(real_logits, fake_logits, loss=loss)
             return value, (new["batch_stats"], real_logits, fake_logits)
@@ -333,9 +389,12 @@ def _train_step(state: TrainState, dataset: jax.Array, data_key: jax.Array | Non
     d_params, d_stats, d_opt_state = carry
 
     def g_loss_fn(g_params: Any) -> tuple[jax.Array, tuple[Any, jax.Array]]:
-        fake, g_stats = generate_train(g_params, latents(jnp.asarray(n_critic)))
+        g_index = jnp.asarray(n_critic)
+        fake_y = fake_labels(g_index)
+        fake, g_stats = generate_train(g_params, latents(g_index), fake_y)
         # update_stats=False: the spectral-norm state advances in D updates only.
-        logits = discriminator.apply({"params": d_params, "batch_stats": d_stats}, fake, update_stats=False)
+        logits = discriminator.apply({"params": d_params, "batch_stats": d_stats}, augment(fake, g_index), fake_y,
+                                     update_stats=False)
         return losses.generator_loss(logits, loss=loss), (g_stats, logits)
 
     (g_loss, (g_stats, g_logits)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state.g_params)
@@ -361,18 +420,23 @@ def model_summary(config: ml_collections.ConfigDict, generator: models.Generator
                   discriminator: models.Discriminator) -> dict[str, Any]:
     """Parameter counts (from shapes only) and the resolved architecture, for model_summary.json."""
     size = output_size(generator)
-    g_shapes = jax.eval_shape(lambda: generator.init(jax.random.key(0), jnp.zeros((1, config.z_dim)), train=False))
-    d_shapes = jax.eval_shape(lambda: discriminator.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
+    labels = jnp.zeros((1,), jnp.int32) if generator.num_classes else None
+    g_shapes = jax.eval_shape(lambda: generator.init(jax.random.key(0), jnp.zeros((1, config.z_dim)), labels,
+                                                     train=False))
+    d_shapes = jax.eval_shape(lambda: discriminator.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), labels))
     paper = models.ARCHS[config.arch][3]
     return {
         "arch": config.arch,
         "kernel": config.kernel,
         "image_size": size,
+        "num_classes": generator.num_classes,  # 0: unconditional
+        "diffaugment": list(diffaugment.parse_policy(config.get("diffaugment", ""))),
         "generator": {
             "params": models.count_params(g_shapes["params"]),
             "widths": list(generator.widths),
             "width_multiplier": generator.widths[0] / generator.channels[0],
             "norm": generator.norm,
+            "class_embedding": generator.class_embedding if generator.num_classes else None,
             "upsample": generator.upsample,
             "paper_params_approx": paper[0],
         },
@@ -381,6 +445,7 @@ def model_summary(config: ml_collections.ConfigDict, generator: models.Generator
             "channels": list(discriminator.channels),
             "kernel": models.DISCRIMINATOR_KIND,
             "spectral_norm": True,
+            "projection": bool(discriminator.num_classes),
             "paper_params_approx": paper[1],
         },
     }
@@ -401,6 +466,8 @@ def _upgrade(fields: dict[str, Any]) -> dict[str, Any]:
         fields["optimizer"] = dict(learning_rate=fields.pop("lr"), b1=fields.pop("b1"), b2=fields.pop("b2"),
                                    schedule={"none": "constant"}.get(fields.pop("lr_decay"), "linear"))
     fields.setdefault("conv_implementation", "auto")
+    for key, value in dict(conditional=False, num_classes=0, class_embedding="per_class", diffaugment="").items():
+        fields.setdefault(key, value)
     return fields
 
 
@@ -464,14 +531,40 @@ def _build_evaluator(config: ml_collections.ConfigDict) -> Callable[[np.ndarray]
     return build_evaluator(eval_config)
 
 
-def _digits_scorer(config: ml_collections.ConfigDict) -> Callable[[np.ndarray], dict[str, float]] | None:
-    """The digits demo's quality measure (gan.digits_quality) when training on digits."""
+def _digits_scorer(config: ml_collections.ConfigDict) -> Callable[..., dict[str, float]] | None:
+    """The digits demo's quality measure (gan.digits_quality) when training on digits.
+
+    Conditional runs pass the requested labels too, which adds ``digits/class_agreement``.
+    """
     if config.data != "digits" or config.digits_quality_samples <= 0:
         return None
     from gan import digits_quality
 
     classifier = digits_quality.fit_classifier()
-    return lambda images: {f"digits/{k}": v for k, v in digits_quality.score(images, classifier).items()}
+
+    def scorer(images: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
+        return {f"digits/{k}": v for k, v in digits_quality.score(images, classifier, labels).items()}
+
+    return scorer
+
+
+def _resolve_classes(config: ml_collections.ConfigDict, dataset: sdata.Dataset, workdir: Path) -> None:
+    """Sets ``config.num_classes`` of a conditional run from the data (and re-writes config.json).
+
+    Raises:
+      ValueError: the data has no labels, or more classes than ``config.num_classes`` allows.
+    """
+    if not config.conditional:
+        return
+    if dataset.labels is None or not dataset.num_classes:
+        raise ValueError(f"config.conditional=True needs labelled data; config.data={config.data!r} has no labels "
+                         "(an image folder needs one subfolder per class)")
+    if config.num_classes == 0:
+        config.num_classes = int(dataset.num_classes)
+        write_config(config, workdir)  # sampling and export rebuild the models from config.json
+    elif int(dataset.labels.max()) >= config.num_classes:
+        raise ValueError(f"config.num_classes={config.num_classes}: config.data={config.data!r} has "
+                         f"{dataset.num_classes} classes (0 = the data's)")
 
 
 #: config.optimizer.schedule values (see _schedule).
@@ -522,6 +615,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_int(config, "sample_every")
     check_int(config, "num_grid", min_value=1)
     check_int(config, "digits_quality_samples", min_value=0)
+    check_bool(config, "conditional")
+    check_int(config, "num_classes", min_value=0)
+    check_choice(config, "class_embedding", models.CLASS_EMBEDDINGS)
+    policy = check_str(config, "diffaugment")
+    try:
+        diffaugment.parse_policy(policy)
+    except ValueError as e:
+        raise ValueError(f"config.diffaugment={policy!r}: {e}") from None
+    if config.conditional and config.norm != "batch":
+        raise ValueError(f"config.norm={config.norm!r}: a conditional generator needs 'batch' "
+                         "(its class-conditional BatchNorm)")
+    if config.conditional and config.num_classes == 1:
+        raise ValueError("config.num_classes=1: a conditional run needs >= 2 classes (0 = the data's)")
     g_channels = _check_channels(config, "g_channels")
     d_channels = _check_channels(config, "d_channels")
     downsample = config.get("d_downsample")
@@ -550,7 +656,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if PROTOCOLS:
             check_choice(config, "eval.protocol", tuple(PROTOCOLS))
     # The architecture: builds the (unbound) modules, which compiles nothing.
-    generator, _ = create_models(config)
+    generator, _ = create_models(config, classes=(config.num_classes or 2) if config.conditional else 0)
     size = output_size(generator)
     if g_channels is not None and len(g_channels) < 2:
         raise ValueError(f"config.g_channels={config.g_channels!r}: needs at least 2 entries (one per resolution)")
@@ -575,9 +681,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     workdir_path = Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
 
+    # The training split (a conditional run learns its number of classes from it).
+    size = output_size(create_models(config, classes=0)[0])
+    dataset = _load_data(config, size)
+    _resolve_classes(config, dataset, workdir_path)
+    classes = num_classes(config)
+
     # Models, optimizers, the step.
     generator, discriminator = create_models(config)
-    size = output_size(generator)
     summary = model_summary(config, generator, discriminator)
     if jax.process_index() == 0:
         (workdir_path / "model_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -589,47 +700,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         config=StepConfig.from_config(config), batch_sharding=batch_sharded(mesh))
 
     # Input: data step s * n_critic + i feeds D update i of train step s, on the device or from the host.
-    dataset = _load_data(config, size)
     root = jax.random.key(config.seed)
     data_key = jax.random.fold_in(root, _DATA_STREAM)
     n_critic = int(config.n_critic)
+
+    def host_step(state: TrainState, loader: sdata.HostLoader) -> tuple[TrainState, dict[str, jax.Array]]:
+        images, labels = zip(*(next(loader) for _ in range(n_critic)))
+        return step_fn(state, jnp.stack(images), labels=jnp.stack(labels) if classes else None, host_batches=True)
+
     data = loop.Input(
         dataset=dataset,
-        device_step=lambda state, images: step_fn(state, images, data_key),
-        host_loader=lambda start: sdata.HostLoader(dataset.images, None, batch_size=config.batch_size, key=data_key,
+        arrays="images_labels" if classes else "images",
+        device_step=lambda state, images, labels=None: step_fn(state, images, data_key, labels=labels),
+        host_loader=lambda start: sdata.HostLoader(dataset.images, dataset.labels if classes else None,
+                                                   batch_size=config.batch_size, key=data_key,
                                                    start_step=start * n_critic,
                                                    # several processes: each loads its own rows
                                                    sharding=batch_sharded(mesh) if jax.process_count() > 1 else None),
-        host_step=lambda state, loader: step_fn(
-            state, jnp.stack([next(loader)[0] for _ in range(n_critic)]), host_batches=True),
+        host_step=host_step,
     )
 
-    # Hooks: sample grids (and the digits scores), FID/IS.
-    grid_z = jax.random.normal(jax.random.fold_in(root, _GRID_STREAM), (config.num_grid, config.z_dim))
+    # Hooks: sample grids (and the digits scores), FID/IS. A conditional grid has one row per class,
+    # the same latents in every row (so a column is one z across the classes).
+    grid_key = jax.random.fold_in(root, _GRID_STREAM)
+    if classes:
+        per_row = max(1, int(config.num_grid) // classes)
+        grid_z = jnp.tile(jax.random.normal(grid_key, (per_row, config.z_dim)), (classes, 1))
+        grid_labels, grid_cols = jnp.repeat(jnp.arange(classes, dtype=jnp.int32), per_row), per_row
+    else:
+        grid_z, grid_labels, grid_cols = jax.random.normal(grid_key, (config.num_grid, config.z_dim)), None, None
     digits_scorer = _digits_scorer(config)
+
+    def sample_labels(num: int) -> np.ndarray | None:
+        return sampling.class_labels(num, classes) if classes else None
 
     def save_samples(step: int, state: TrainState, writer: MetricWriter) -> dict[str, float]:
         variables = generator_variables(state, use_ema=True)
-        grid = np.asarray(sampling.generate_images(generator, variables, grid_z))
+        grid = np.asarray(sampling.generate_images(generator, variables, grid_z, grid_labels))
         if jax.process_index() == 0:  # every process has the grid; one writes it
-            save_image_grid(grid, workdir_path / f"samples_{step:07d}.png")
-        writer.write_image(step, "samples", image_grid(grid))
+            save_image_grid(grid, workdir_path / f"samples_{step:07d}.png", ncols=grid_cols)
+        writer.write_image(step, "samples", image_grid(grid, ncols=grid_cols))
         if digits_scorer is None:
             return {}
-        samples = sampling.generate_samples(generator, variables, num=config.digits_quality_samples,
-                                           seed=config.seed + 1, batch_size=256, mesh=mesh)
-        return digits_scorer(samples)
+        num = config.digits_quality_samples
+        samples = sampling.generate_samples(generator, variables, num=num, seed=config.seed + 1, batch_size=256,
+                                            mesh=mesh, labels=sample_labels(num))
+        return digits_scorer(samples, sample_labels(num))
 
     hooks = [loop.Hook(config.sample_every, save_samples, "sample_every")]
     evaluator = _build_evaluator(config)
     if evaluator is not None:
         def evaluate(step: int, state: TrainState, writer: MetricWriter) -> dict[str, float]:
-            samples = sampling.generate_samples(
-                generator, generator_variables(state, use_ema=True), num=_eval_num_samples(config, evaluator),
-                seed=config.seed + 1, batch_size=256, mesh=mesh)
-            scores = {f"eval/{k}": v for k, v in evaluator(samples).items()}
+            num = _eval_num_samples(config, evaluator)
+            samples = sampling.generate_samples(generator, generator_variables(state, use_ema=True), num=num,
+                                                seed=config.seed + 1, batch_size=256, mesh=mesh,
+                                                labels=sample_labels(num))
+            # Conditional runs: overall and intra-class (per class) scores through the same network.
+            scores = evaluator(samples, labels=sample_labels(num)) if classes else evaluator(samples)
+            scores = {f"eval/{k}": v for k, v in scores.items()}
             # One name for the best-checkpoint rule, whichever feature network computed the FID.
-            fids = [v for k, v in scores.items() if k.startswith("eval/fid_")]
+            fids = [v for k, v in scores.items()
+                    if k.startswith("eval/fid_") and not k.startswith(("eval/fid_intra", "eval/fid_class"))]
             return {**scores, "eval/fid": fids[0]} if fids else scores
 
         hooks.append(loop.Hook(config.eval_every, evaluate, "eval_every"))

@@ -7,10 +7,20 @@ the shared vocabulary of ``sympad.train.config.LOOP_FIELDS``.
 
 import ml_collections
 
+from sympad.kinds import KINDS
 from sympad.train.config import add_loop_fields
 
 #: D updates of the paper's runs (section 4.5): Table 4 and Figure 5.
 BUDGETS = {"table4": 200_000, "fig5": 500_000}
+
+
+#: The config-file args every GAN config takes (after the colon), with their defaults.
+ARGS = dict(kernel="C3", data="cifar10", loss="", norm="", conditional=False, diffaugment="", ema=False,
+            lr_decay=False, budget="table4", eval=False, seed=0, runlocal=False)
+
+
+#: Allowed values of the config-file args (loss and norm '': the mode's default).
+ARG_CHOICES = {"kernel": KINDS, "loss": ("", "ns", "hinge"), "norm": ("", "none", "batch"), "budget": tuple(BUDGETS)}
 
 
 def base_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -20,7 +30,8 @@ def base_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.arch = "sngan"
     config.kernel = args.kernel
     config.width_multiplier = 0.0  # <= 0: 1.5 for C2/C2sp, 0.75 for C4/C4sp, 1 for odd kernels
-    config.norm = args.norm
+    # A conditional G normalizes with class-conditional BatchNorm: norm '' picks 'batch' for it.
+    config.norm = args.norm or ("batch" if args.conditional else "none")
     config.upsample = "nearest"
     config.weight_init = "sngan"
     config.z_dim = 128
@@ -28,11 +39,17 @@ def base_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.bottom_size = 0  # 0 = the architecture's (4)
     config.d_channels = ()
     config.d_downsample = ()  # one 0/1 per d_channels entry
+    # Class-conditional models (labels from the data): conditional BN in G, a projection head in D.
+    config.conditional = args.conditional
+    config.num_classes = 0  # 0 = the dataset's (resolved when training starts; config.json records it)
+    config.class_embedding = "per_class"  # G's class gains/biases: 'per_class' (SNGAN) or 'shared' (BigGAN)
+    # DiffAugment (gan.diffaugment): policies applied to real and generated images alike, '' = off.
+    config.diffaugment = args.diffaugment.replace("+", ",")
     # Data.
     config.data = args.data
     config.max_examples = 0  # 0 = all
     # Optimization (paper 4.5 / compare_gan): Adam for G and D.
-    config.loss = args.loss
+    config.loss = args.loss or ("hinge" if args.conditional else "ns")  # '': hinge when conditional (SNGAN-cGAN)
     config.optimizer = ml_collections.ConfigDict(dict(
         learning_rate=2e-4, b1=0.5, b2=0.999,
         schedule="linear" if args.lr_decay else "constant",  # 'linear': to 0 at the last update

@@ -1,0 +1,183 @@
+"""Conditional GAN training and DiffAugment inside the step: both architectures, resume, bit-identity."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.gan import resnet19_128, sngan_cifar10
+from gan import digits_quality, sampling, train
+from sympad.train import data as sdata
+from sympad.train.config import lock_and_validate
+from tests.gan.test_train import _all_leaves_differ, _assert_trees_equal, tiny_config
+
+DATA = Path(__file__).resolve().parent / "data"
+POLICY = "color,translation,cutout"
+
+
+def conditional_config(**overrides):
+    return tiny_config(conditional=True, norm="batch", loss="hinge", **overrides)
+
+
+def _three_steps(config, *, labels: bool = False):
+    """Three train steps on the device, from the config's initial state; the final state and metrics."""
+    generator, discriminator = train.create_models(config)
+    g_tx, d_tx = train.create_optimizers(config)
+    state = train.create_train_state(config, generator, discriminator, g_tx, d_tx)
+    dataset = sdata.load("synthetic", image_size=8, max_examples=64)
+    step = functools.partial(train.train_step, generator=generator, discriminator=discriminator, g_tx=g_tx,
+                             d_tx=d_tx, config=train.StepConfig.from_config(config))
+    for _ in range(3):
+        state, metrics = step(state, jnp.asarray(dataset.images), jax.random.key(5),
+                              labels=jnp.asarray(dataset.labels) if labels else None)
+    return state, metrics
+
+
+def test_switches_off_give_the_unconditional_step_bit_for_bit():
+    # The fixture holds G, D and EMA parameters after these three steps, computed by this same code
+    # at commit b3b7f3c, before conditional models and DiffAugment existed. Bitwise equality is
+    # only promised by the same XLA build, so another jax version skips rather than compares.
+    fixture = np.load(DATA / "unconditional_steps_b3b7f3c.npz")
+    if str(fixture["jax_version"]) != jax.__version__:
+        pytest.skip(f"fixture made with jax {fixture['jax_version']}, this is {jax.__version__}")
+    config = tiny_config(kernel="C2sp", num_train_steps=3)
+    assert config.loss == "ns" and config.norm == "none" and config.diffaugment == "" and not config.conditional
+    state, _ = _three_steps(config)
+    leaves = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(
+        {"g": state.g_params, "d": state.d_params, "ema": state.ema_params})}
+    assert set(leaves) == set(fixture.files) - {"jax_version"}
+    for name, value in leaves.items():
+        np.testing.assert_array_equal(value, fixture[name], err_msg=name)
+
+
+def test_conditional_step_uses_the_labels_and_trains_the_class_tables():
+    config = conditional_config(diffaugment=POLICY, num_classes=10)
+    state0 = train.create_train_state(config, *train.create_models(config), *train.create_optimizers(config))
+    state, metrics = _three_steps(config, labels=True)
+    for name in ("d_loss", "g_loss", "d_grad_norm", "g_grad_norm"):
+        assert np.isfinite(float(metrics[name])) and float(metrics[name]) != 0, name
+    # Every G parameter moved, the per-class BN tables and D's projection embedding included.
+    assert _all_leaves_differ(state0.g_params, state.g_params)
+    assert _all_leaves_differ(state0.d_params, state.d_params)
+    # The real labels reach D: the same step with every label shifted by one gives another D.
+    generator, discriminator = train.create_models(config)
+    g_tx, d_tx = train.create_optimizers(config)
+    dataset = sdata.load("synthetic", image_size=8, max_examples=64)
+    step = functools.partial(train.train_step, generator=generator, discriminator=discriminator, g_tx=g_tx,
+                             d_tx=d_tx, config=train.StepConfig.from_config(config))
+    fresh = lambda: train.create_train_state(config, generator, discriminator, g_tx, d_tx)  # noqa: E731
+    a, _ = step(fresh(), jnp.asarray(dataset.images), jax.random.key(5), labels=jnp.asarray(dataset.labels))
+    b, _ = step(fresh(), jnp.asarray(dataset.images), jax.random.key(5), labels=jnp.asarray((dataset.labels + 1) % 10))
+    assert not np.allclose(np.asarray(jax.tree_util.tree_leaves(a.d_params)[0]),
+                           np.asarray(jax.tree_util.tree_leaves(b.d_params)[0]))
+
+
+@pytest.mark.parametrize("policy", ["color", "translation", "cutout"])
+def test_diffaugment_in_the_step_changes_d_and_g(policy):
+    # Each policy alone changes the step's outcome (it is applied) and G still gets gradients.
+    base, base_metrics = _three_steps(tiny_config())
+    augmented, metrics = _three_steps(tiny_config(diffaugment=policy))
+    assert float(metrics["g_grad_norm"]) > 0 and np.isfinite(float(metrics["g_grad_norm"]))
+    assert not np.allclose(float(metrics["d_loss"]), float(base_metrics["d_loss"]))
+    assert _all_leaves_differ(base.g_params, augmented.g_params)
+
+
+def test_host_batches_give_the_device_step_for_conditional_runs(tmp_path):
+    # Labels travel with the host batches exactly as get_batch takes them on the device.
+    config = conditional_config(diffaugment=POLICY)
+    device = train.train_and_evaluate(config, str(tmp_path / "device"))
+    host = train.train_and_evaluate(conditional_config(diffaugment=POLICY, host_data=True), str(tmp_path / "host"))
+    for field in ("g_params", "d_params", "g_stats", "d_stats"):
+        _assert_trees_equal(getattr(device, field), getattr(host, field))
+    saved = train.load_config(tmp_path / "device")
+    assert saved.conditional and saved.num_classes == 10  # resolved from the data, for sampling and export
+    summary = json.loads((tmp_path / "device" / "model_summary.json").read_text())
+    assert summary["num_classes"] == 10 and summary["discriminator"]["projection"]
+    assert summary["diffaugment"] == ["color", "translation", "cutout"]
+
+
+@pytest.mark.slow
+def test_conditional_resume_with_diffaugment_is_exact(tmp_path):
+    straight = train.train_and_evaluate(conditional_config(diffaugment=POLICY, num_train_steps=4),
+                                        str(tmp_path / "straight"))
+    train.train_and_evaluate(conditional_config(diffaugment=POLICY, num_train_steps=2), str(tmp_path / "resumed"))
+    resumed = train.train_and_evaluate(conditional_config(diffaugment=POLICY, num_train_steps=4),
+                                       str(tmp_path / "resumed"))
+    for field in ("g_params", "g_stats", "d_params", "d_stats", "g_opt_state", "d_opt_state"):
+        _assert_trees_equal(getattr(straight, field), getattr(resumed, field))
+
+
+def test_resnet19_trains_conditionally_with_diffaugment(tmp_path):
+    config = resnet19_128.get_config(f"runlocal,conditional,diffaugment={POLICY.replace(',', '+')}")
+    config.data, config.max_examples, config.num_train_steps, config.digits_quality_samples = "synthetic", 64, 2, 0
+    config.sample_every = 2
+    assert config.class_embedding == "shared" and config.loss == "hinge" and config.norm == "batch"
+    state = train.train_and_evaluate(config, str(tmp_path / "r19"))
+    assert int(state.step) == 2
+    assert "shared_embedding" in state.g_params
+    assert (tmp_path / "r19" / "samples_0000002.png").is_file()
+
+
+def test_conditional_digits_run_logs_class_agreement(tmp_path):
+    config = sngan_cifar10.get_config("data=digits,conditional,runlocal")
+    config.num_train_steps, config.sample_every, config.digits_quality_samples = 2, 2, 100
+    config.log_every, config.checkpoint_every = 2, 2
+    train.train_and_evaluate(config, str(tmp_path / "digits"))
+    records = [json.loads(line) for line in (tmp_path / "digits" / "metrics.jsonl").read_text().splitlines()]
+    assert 0.0 <= records[-1]["digits/class_agreement"] <= 1.0
+    # The training grid: one row per class.
+    _, generator, state = train.restore_state(tmp_path / "digits")
+    assert generator.num_classes == 10
+
+
+def test_class_agreement_of_real_digits_is_the_classifier_accuracy():
+    classifier = digits_quality.fit_classifier()
+    test = sdata.load("digits", "test", image_size=16)
+    right = digits_quality.score(test.images, classifier, test.labels)["class_agreement"]
+    wrong = digits_quality.score(test.images, classifier, (test.labels + 1) % 10)["class_agreement"]
+    assert right > 0.85 and wrong < 0.1
+    np.testing.assert_allclose(right, (classifier.predict(digits_quality.features(test.images)) == test.labels).mean())
+    with pytest.raises(ValueError, match="labels"):
+        digits_quality.score(test.images, classifier, test.labels[:5])
+
+
+def test_bad_conditional_configs():
+    with pytest.raises(ValueError, match=r"config.norm='none'.*conditional"):
+        train.validate(lock_and_validate(tiny_config(conditional=True, norm="none")))
+    with pytest.raises(ValueError, match=r"config.diffaugment='colour'.*color"):
+        train.validate(lock_and_validate(tiny_config(diffaugment="colour")))
+    with pytest.raises(ValueError, match="config.class_embedding"):
+        train.validate(lock_and_validate(conditional_config(class_embedding="onehot")))
+    with pytest.raises(ValueError, match="config.num_classes=1"):
+        train.validate(lock_and_validate(conditional_config(num_classes=1)))
+    with pytest.raises(ValueError, match="loss"):
+        sngan_cifar10.get_config("loss=wgan")
+
+
+def test_conditional_needs_labelled_data(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "flat" / "train"
+    folder.mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    config = conditional_config(data=f"folder:{tmp_path / 'flat'}", batch_size=2, max_examples=0)
+    with pytest.raises(ValueError, match="config.conditional=True needs labelled data"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_conditional_samples_follow_the_balanced_labels(tmp_path):
+    config = conditional_config(num_classes=10)
+    generator, discriminator = train.create_models(config)
+    state = train.create_train_state(config, generator, discriminator, *train.create_optimizers(config))
+    variables = train.generator_variables(state)
+    images = sampling.generate_samples(generator, variables, num=12, seed=1, batch_size=5)
+    z = sampling.sample_latents(jax.random.key(1), jnp.arange(12), z_dim=config.z_dim)
+    want = sdata.to_uint8(generator.apply(variables, z, jnp.arange(12) % 10))
+    np.testing.assert_array_equal(images, np.asarray(want))
