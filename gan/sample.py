@@ -41,7 +41,8 @@ from absl import app, flags, logging
 
 from gan.sampling import (class_labels, generate_from_latents, generate_samples, interpolation_latents,
                           num_classes_of, sample_latents)
-from gan.train import generator_variables, restore_state
+from gan.train import generator_variables, load_config, restore_state
+from gan.train import num_classes as run_num_classes
 from sympad.train.errors import run_absl
 from sympad.train.metrics import save_image_grid
 
@@ -120,15 +121,16 @@ def main(argv: list[str]) -> None:
         _check_png(name)
     labels = _parse_labels(FLAGS.labels)
 
-    config, generator, state = restore_state(FLAGS.workdir)
-    num_classes = num_classes_of(generator) if config.get("conditional", False) else 0
-    if config.get("conditional", False) and not num_classes:
-        raise ValueError(f"{FLAGS.workdir}: config.conditional is set but its generator has no classes")
+    # The run's config says whether it is conditional: flags that need classes fail before the
+    # (slower) checkpoint restore.
+    config = load_config(FLAGS.workdir)
+    num_classes = run_num_classes(config)
     for name in ("class_grid", "labels"):
         if FLAGS[name].value and not num_classes:
             raise ValueError(f"--{name} needs a conditional run (config.conditional=True); "
                              f"{FLAGS.workdir} is unconditional")
     classes = _classes(num_classes, labels) if num_classes else None
+    config, generator, state = restore_state(FLAGS.workdir, config)
     variables = generator_variables(state, use_ema=FLAGS.ema)
     key = jax.random.key(FLAGS.seed)
     truncation = FLAGS.truncation
