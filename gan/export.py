@@ -35,7 +35,7 @@ from gan import models
 from gan.sampling import num_classes_of
 from sympad.train.errors import run_absl
 
-__all__ = ["export_generator", "input_metadata", "save", "load", "main"]
+__all__ = ["export_generator", "input_metadata", "load", "main", "save"]
 
 
 def export_generator(generator: models.Generator, variables: Mapping[str, Any], *, z_dim: int,
@@ -68,9 +68,9 @@ def export_generator(generator: models.Generator, variables: Mapping[str, Any], 
 
 def input_metadata(*, z_dim: int, num_classes: int) -> list[dict[str, Any]]:
     """The exported function's inputs, as recorded in the JSON metadata (``B`` is the batch size)."""
-    inputs: list[dict[str, Any]] = [dict(name="z", dtype="float32", shape=["B", int(z_dim)])]
+    inputs: list[dict[str, Any]] = [{"name": "z", "dtype": "float32", "shape": ["B", int(z_dim)]}]
     if num_classes:
-        inputs.append(dict(name="labels", dtype="int32", shape=["B"], range=[0, int(num_classes)]))
+        inputs.append({"name": "labels", "dtype": "int32", "shape": ["B"], "range": [0, int(num_classes)]})
     return inputs
 
 

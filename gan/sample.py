@@ -39,8 +39,13 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from gan.sampling import (class_labels, generate_from_latents, generate_samples, interpolation_latents,
-                          num_classes_of, sample_latents)
+from gan.sampling import (
+    class_labels,
+    generate_from_latents,
+    generate_samples,
+    interpolation_latents,
+    sample_latents,
+)
 from gan.train import generator_variables, load_config, restore_state
 from gan.train import num_classes as run_num_classes
 from sympad.train.errors import run_absl

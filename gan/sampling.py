@@ -122,11 +122,14 @@ def sample_latents(key: jax.Array, indices: jax.Array, *, z_dim: int, truncation
     """
     if truncation < 0:
         raise ValueError(f"truncation must be >= 0 (0 = off), got {truncation}")
-    if truncation == 0:
-        draw = lambda k: jax.random.normal(k, (z_dim,))  # noqa: E731 -- today's latents, bit for bit
-    else:
-        draw = lambda k: jax.random.truncated_normal(k, -truncation, truncation, (z_dim,))  # noqa: E731
-    return jax.vmap(lambda i: draw(jax.random.fold_in(key, i)))(indices)
+
+    def draw(i: jax.Array) -> jax.Array:
+        k = jax.random.fold_in(key, i)
+        if truncation == 0:  # today's latents, bit for bit
+            return jax.random.normal(k, (z_dim,))
+        return jax.random.truncated_normal(k, -truncation, truncation, (z_dim,))
+
+    return jax.vmap(draw)(indices)
 
 
 @functools.partial(jax.jit, static_argnames=("generator", "z_dim", "truncation"))
