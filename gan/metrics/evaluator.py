@@ -314,10 +314,10 @@ def intra_class_scores(
         m = min(kid_subset_size, len(x), len(y))
         subsets[c] = 1 if m == len(x) == len(y) else kid_subsets
         kid[c] = kernel_inception_distance(x, y, num_subsets=subsets[c], subset_size=kid_subset_size)[0]
-        n_fake[c], n_real[c] = int(len(y)), int(len(x))
+        n_fake[c], n_real[c] = len(y), len(x)
     return {"classes": classes, "fid": fid, "kid": kid, "fid_intra": float(np.mean(list(fid.values()))),
             "kid_intra": float(np.mean(list(kid.values()))), "num_samples": n_fake, "num_reference": n_real,
-            "missing_classes": sorted(set(int(c) for c in np.unique(real_labels)) - set(classes)),
+            "missing_classes": sorted({int(c) for c in np.unique(real_labels)} - set(classes)),
             "kid_subsets": subsets}
 
 

@@ -165,19 +165,19 @@ def _conditional_section(entries: Sequence[Entry], records: Records,
     cond = [e for e in entries if e.experiment == "conditional"]
     if not cond:
         return []
-    lines = ["", "## Conditional SNGAN on CIFAR-10 (issue 18)", "",
-             "Not in the paper: class-conditional SNGAN (conditional BN in G, projection D, hinge loss), G C3 vs "
+    about = ("Not in the paper: class-conditional SNGAN (conditional BN in G, projection D, hinge loss), G C3 vs "
              "C2sp, without and with DiffAugment, at one D-step budget. FID: 10k samples (class `i % 10`) vs the "
              "10k test images; intra-FID: the mean over classes of each class's FID against that class's 1k test "
              "images (biased upward by the small per-class counts: compare it only with intra-FIDs at the same "
-             "counts).", "",
-             f"Yardstick, a different protocol and budget: PyTorch-StudioGAN reports Inception FID on "
-             f"{STUDIOGAN['num_reference'] // 1000}k CIFAR-10 test images of conditional SNGAN "
-             f"{STUDIOGAN['fid_sngan']} and BigGAN {STUDIOGAN['fid_biggan']}, after "
-             f"{STUDIOGAN['sngan_d_steps'] // 1000}k D steps (SNGAN) with its own code, augmentation and "
-             "best-checkpoint selection; the rows below are at the fraction of that budget shown.", "",
-             "| entry | G kind | DiffAugment | budget | G params | FID | intra-FID | KID | feature network | samples | "
-             "labels | step ms | compile s | status | device, date, commit | commands |", "|" + "---|" * 16]
+             "counts).")
+    yardstick = (f"Yardstick, a different protocol and budget: PyTorch-StudioGAN reports Inception FID on "
+                 f"{STUDIOGAN['num_reference'] // 1000}k CIFAR-10 test images of conditional SNGAN "
+                 f"{STUDIOGAN['fid_sngan']} and BigGAN {STUDIOGAN['fid_biggan']}, after "
+                 f"{STUDIOGAN['sngan_d_steps'] // 1000}k D steps (SNGAN) with its own code, random flips and "
+                 "its best checkpoint; the rows below are at the fraction of that budget shown.")
+    header = ("| entry | G kind | DiffAugment | budget | G params | FID | intra-FID | KID | feature network | "
+              "samples | labels | step ms | compile s | status | device, date, commit | commands |")
+    lines = ["", "## Conditional SNGAN on CIFAR-10 (issue 18)", "", about, "", yardstick, "", header, "|" + "---|" * 16]
     for e in cond:
         r = results.get(e.id)
         if r is None:

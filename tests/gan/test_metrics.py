@@ -373,7 +373,7 @@ def test_intra_class_errors_are_clear(colour_network, tmp_path):
 
 
 def test_reference_labels_extend_an_old_cache_only_when_needed(colour_network, tmp_path):
-    kw = dict(dataset="synthetic", split="test", image_size=32, num_examples=60, cache_dir=tmp_path)
+    kw = {"dataset": "synthetic", "split": "test", "image_size": 32, "num_examples": 60, "cache_dir": tmp_path}
     ds = data.load("synthetic", "test", max_examples=60)
     pool = np.asarray(_colour_features(jnp.asarray(ds.images)), np.float32)
     mu, sigma = scores.feature_statistics(pool)

@@ -460,8 +460,9 @@ def test_evaluate_command_merges_and_labels_with_the_network(tmp_path, monkeypat
 
 
 def test_evaluate_command_scores_conditional_entries_per_class(tmp_path, monkeypatch):
-    from gan.metrics import Evaluator, eval_settings
     import ml_collections
+
+    from gan.metrics import Evaluator, eval_settings
 
     monkeypatch.setenv("SYMPAD_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"
@@ -476,7 +477,7 @@ def test_evaluate_command_scores_conditional_entries_per_class(tmp_path, monkeyp
                     "--reference=synthetic", "--num_reference=64"])
     (ev,) = [r for r in results.read(committed) if r["record"] == "evaluation"]
     assert "i % 10" in ev["labels"] and ev["intra_class"]["classes"] == list(range(10))
-    config = ml_collections.ConfigDict({"data": "synthetic", "eval": dict(feature_network="offline", num_reference=64)})
+    config = ml_collections.ConfigDict({"data": "synthetic", "eval": {"feature_network": "offline", "num_reference": 64}})
     direct = Evaluator(eval_settings(config)).report(images, np.arange(40) % 10)["metrics"]
     for key in ("fid_offline_cifar10", "fid_intra_offline_cifar10", "fid_class3_offline_cifar10"):
         assert ev["metrics"][key] == pytest.approx(direct[key], rel=1e-6), key
