@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -252,7 +253,7 @@ def test_discriminator_gradients_reach_embedding():
 
 def _bn_widths(widths) -> list[int]:
     """Channels of every G BatchNorm: norm1 (block input), norm2 (block output) per block, final."""
-    return [c for cin, cout in zip(widths[:-1], widths[1:]) for c in (cin, cout)] + [widths[-1]]
+    return [c for cin, cout in itertools.pairwise(widths) for c in (cin, cout)] + [widths[-1]]
 
 
 @pytest.mark.parametrize("arch", ["sngan", "resnet19"])
