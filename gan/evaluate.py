@@ -4,12 +4,17 @@
     python -m gan.evaluate --workdir=DIR                      # DIR/samples.npz, settings from DIR/config.json
     python -m gan.evaluate --samples=FILE.npz --reference=cifar10 --protocol=test10k
     python -m gan.evaluate --samples=FILE.npz --reference=folder:../cifar10-jpeg --resize=tf1
+    python -m gan.evaluate --workdir=DIR --no_intra_class                # conditional run, overall only
 
 Samples: an .npz with key 'images', uint8 (N, H, W, 3), as ``python -m gan.sample --workdir=DIR
---num=10000`` writes (to ``DIR/samples.npz`` unless --out says otherwise). Reference:
-a ``sympad.data`` dataset name ('cifar10' from TFDS, ``folder:PATH`` for an image folder), or
-``npz:PATH`` for an .npz of uint8 'images'; its statistics are cached per dataset, split, size,
-resize mode and weights digest. Settings come from the run's config.json (its ``eval`` and
+--num=10000`` writes (to ``DIR/samples.npz`` unless --out says otherwise), and for a class-conditional
+generator 'labels', int (N,). Reference: a ``sympad.data`` dataset name ('cifar10' from TFDS,
+``folder:PATH`` for an image folder, classes from its subfolders), or ``npz:PATH`` for an .npz of
+uint8 'images' (and optional int 'labels'); its features and labels are cached per dataset, split,
+size, resize mode and weights digest. Intra-class metrics (``--intra_class``; default: when the
+samples have labels): per class FID of that class's samples against that class's reference images
+(``fid_class<c>_<net>``), their mean ``fid_intra_<net>`` and ``kid_intra_<net>``, with the per-class
+counts under ``intra_class``. Settings come from the run's config.json (its ``eval`` and
 ``data`` blocks, see ``gan.metrics.evaluator``); flags override them. With weights fetched
 (``python -m gan.metrics.fetch``) or named, metrics are Inception FID/KID/precision/recall
 (``*_inception``, plus IS when the weights have logits); otherwise the shipped offline CIFAR-10
@@ -42,7 +47,7 @@ from gan.metrics.features import FEATURE_NETWORKS
 from gan.metrics.inception import RESIZE_MODES
 from sympad.train import errors
 
-__all__ = ["evaluate_samples", "find_samples", "load_samples", "main"]
+__all__ = ["evaluate_samples", "find_samples", "load_labels", "load_samples", "main"]
 
 
 def find_samples(workdir: str | Path) -> Path:
@@ -67,6 +72,18 @@ def load_samples(path: str | Path) -> np.ndarray:
     return images
 
 
+def load_labels(path: str | Path, num: int) -> np.ndarray | None:
+    """int32 (num,) class labels from the .npz's 'labels' key; None when it has none."""
+    with np.load(path, allow_pickle=False) as f:
+        if "labels" not in f.files:
+            return None
+        labels = f["labels"]
+    if labels.shape != (num,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"samples: 'labels' in {path} must be integers of shape ({num},) (one per image), "
+                         f"got {labels.dtype} {labels.shape}")
+    return labels.astype(np.int32)
+
+
 def _load_config(workdir: Path | None) -> dict[str, Any]:
     if workdir is not None and (workdir / "config.json").is_file():
         return json.loads((workdir / "config.json").read_text())
@@ -74,23 +91,26 @@ def _load_config(workdir: Path | None) -> dict[str, Any]:
 
 
 def evaluate_samples(
-    images: np.ndarray, *, config: dict[str, Any], reference: str | None = None,
+    images: np.ndarray, *, config: dict[str, Any], reference: str | None = None, labels: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Runs the evaluator configured by ``config`` ({'eval': ..., 'data': ...}) on ``images``.
 
-    ``reference``: a ``sympad.data`` name, or ``npz:PATH`` (uint8 'images'), overriding the config.
+    ``reference``: a ``sympad.data`` name, or ``npz:PATH`` (uint8 'images', optional int 'labels'),
+    overriding the config. ``labels``: the samples' classes (N,); adds the intra-class metrics.
     """
-    reference_images, reference_name = None, None
+    reference_images, reference_name, reference_labels = None, None, None
     if reference and reference.startswith("npz:"):
         path = Path(reference[4:])
         reference_images = load_samples(path)
+        reference_labels = load_labels(path, len(reference_images))
         # Name the set by content so a changed file never hits a stale cache entry.
         digest = hashlib.sha256(reference_images.tobytes()).hexdigest()[:12]
         reference_name = f"npz-{path.stem}-{digest}"
     elif reference:
         config = {**config, "eval": {**config.get("eval", {}), "reference_dataset": reference}}
-    evaluator = Evaluator(eval_settings(config), reference_images=reference_images, reference_name=reference_name)
-    return evaluator.report(images)
+    evaluator = Evaluator(eval_settings(config), reference_images=reference_images, reference_name=reference_name,
+                          reference_labels=reference_labels)
+    return evaluator.report(images, labels)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,6 +134,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache_dir", help="reference-statistics cache directory")
     p.add_argument("--precision_recall", type=lambda s: s.lower() in ("1", "true", "yes"),
                    help="true/false (default true)")
+    intra = p.add_mutually_exclusive_group()
+    intra.add_argument("--intra_class", dest="intra_class", action="store_const", const=True, default=None,
+                       help="per-class FID/KID against the reference's classes (default: when the samples "
+                            "have 'labels')")
+    intra.add_argument("--no_intra_class", dest="intra_class", action="store_const", const=False,
+                       help="overall metrics only, even for labelled samples")
     return p
 
 
@@ -131,7 +157,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             eval_block[key] = value
     config = {**config, "eval": eval_block}
     images = load_samples(samples_path)
-    report = evaluate_samples(images, config=config, reference=args.reference)
+    labels = load_labels(samples_path, len(images)) if args.intra_class is not False else None
+    if args.intra_class and labels is None:
+        raise ValueError(f"intra_class: {samples_path} has no 'labels' (gan.sample writes them for a "
+                         "class-conditional generator); drop --intra_class")
+    report = evaluate_samples(images, config=config, reference=args.reference, labels=labels)
     report["samples_file"] = str(samples_path)
     out = Path(args.out) if args.out else (
         samples_path.parent / f"eval_{report['feature_network']['name']}_{report['protocol']['name']}.json")

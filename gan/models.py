@@ -75,7 +75,7 @@ INITS: tuple[str, ...] = ("sngan", "normal")
 CLASS_EMBEDDINGS: tuple[str, ...] = ("per_class", "shared")
 
 # momentum 0.9: short runs (runlocal) still get usable running averages.
-_BN = dict(momentum=0.9, epsilon=1e-5)
+_BN = {"momentum": 0.9, "epsilon": 1e-5}
 
 # The discriminator never changes kind (paper 4.4: "we remain all discriminators as the same").
 DISCRIMINATOR_KIND = "C3"

@@ -94,8 +94,11 @@ def _evaluate(args: argparse.Namespace, command: str) -> list[dict]:
     evaluator = build_evaluator(config)
     network = evaluate_lib.network_label(evaluator.network.identity)
     env = runner.environment()
+    conditional = [e.id for e in plan_lib.load_plan(args.plan) if e.set.get("conditional")] \
+        if args.plan.is_file() else []
     new = evaluate_lib.evaluate_samples(results_lib.read(args.results), run_dir=args.out, scorer=evaluator.report,
-                                        network=network, device=env["device"], command=command)
+                                        network=network, device=env["device"], command=command,
+                                        conditional=conditional)
     for record in new:
         results_lib.append(args.results, record)
         print(f"[reproduce] {record['id']}: {record['metrics']}")

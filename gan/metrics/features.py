@@ -39,6 +39,7 @@ __all__ = [
     "default_cache_dir",
     "extract_features",
     "get_feature_network",
+    "load_reference",
     "reference_features",
     "resolve_inception_weights",
 ]
@@ -182,42 +183,89 @@ def _cache_path(cache_dir: Path, *, dataset: str, split: str, image_size: int, n
 
 def load_reference_images(dataset: str, split: str, *, image_size: int, num_examples: int) -> np.ndarray:
     """Reference images via ``sympad.data.load`` (uint8 (N, image_size, image_size, 3))."""
+    return load_reference(dataset, split, image_size=image_size, num_examples=num_examples)[0]
+
+
+def load_reference(dataset: str, split: str, *, image_size: int,
+                   num_examples: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reference images and their int32 class labels (None for unlabelled data) via ``sympad.data.load``."""
     from sympad.train import data  # the shared data module; imported late so metrics work without it
 
     ds = data.load(dataset, split, image_size=image_size, max_examples=num_examples)
-    return np.asarray(ds.images[:num_examples])
+    labels = None if ds.labels is None else np.asarray(ds.labels[:num_examples], np.int32)
+    return np.asarray(ds.images[:num_examples]), labels
+
+
+def _check_labels(labels: np.ndarray | None, num: int, what: str) -> np.ndarray | None:
+    if labels is None:
+        return None
+    labels = np.asarray(labels)
+    if labels.shape != (num,) or not np.issubdtype(labels.dtype, np.integer) or (num and labels.min() < 0):
+        raise ValueError(f"{what} must be non-negative integers of shape ({num},), got {labels.dtype} {labels.shape}")
+    return labels.astype(np.int32)
+
+
+def _save_cache(path: Path, info: dict[str, Any], **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays, info=np.frombuffer(json.dumps(info).encode(), np.uint8))
+    os.replace(tmp, path)  # atomic: a killed run never leaves a truncated cache file
 
 
 def reference_features(
     network: FeatureNetwork, *, dataset: str, split: str, image_size: int, num_examples: int,
-    cache_dir: str | os.PathLike | None = None, images: np.ndarray | None = None, batch_size: int = 200,
+    cache_dir: str | os.PathLike | None = None, images: np.ndarray | None = None,
+    labels: np.ndarray | None = None, with_labels: bool = False, batch_size: int = 200,
 ) -> dict[str, Any]:
-    """Reference-set features and Gaussian statistics, cached to .npz.
+    """Reference-set features, Gaussian statistics and class labels, cached to .npz.
 
     The cache file is keyed by dataset, split, image size, requested example count and the
     network (name + weights sha256). ``images`` overrides loading through ``sympad.data`` (the
-    caller then names them via ``dataset``).
+    caller then names them via ``dataset``; ``labels`` are theirs, or None).
 
-    Returns ``{'pool': (N, D) float32, 'mu': (D,), 'sigma': (D, D), 'num_examples': N,
-    'cache_file': str | None}``.
+    Labels are stored beside the features: 'labels' (N,) int32, or 'unlabelled' when the dataset
+    has none. A cache written before labels were stored still serves unlabelled evaluation as is;
+    with ``with_labels`` it is extended once by the dataset's labels (the features are kept:
+    ``sympad.data.load`` returns the same examples in the same order for the same key).
+
+    Returns ``{'pool': (N, D) float32, 'mu': (D,), 'sigma': (D, D), 'labels': (N,) int32 or None,
+    'num_examples': N, 'cache_file': str | None}``.
     """
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     path = _cache_path(cache_dir, dataset=dataset, split=split, image_size=image_size,
                        num_examples=num_examples, network=network)
+    info = {"dataset": dataset, "split": split, "image_size": image_size, "network": network.identity}
     if path.is_file():
         with np.load(path, allow_pickle=False) as f:
-            return {"pool": f["pool"], "mu": f["mu"], "sigma": f["sigma"],
-                    "num_examples": int(f["pool"].shape[0]), "cache_file": str(path)}
+            found = {k: f[k] for k in f.files}
+        pool = found["pool"]
+        out = {"pool": pool, "mu": found["mu"], "sigma": found["sigma"], "labels": found.get("labels"),
+               "num_examples": int(pool.shape[0]), "cache_file": str(path)}
+        if images is not None:  # the caller's labels are the truth for the caller's images
+            if labels is not None:
+                labels = np.asarray(labels)[:num_examples]
+            out["labels"] = _check_labels(labels, len(pool), "reference labels")
+            return out
+        if with_labels and "labels" not in found and "unlabelled" not in found:
+            _, loaded = load_reference(dataset, split, image_size=image_size, num_examples=num_examples)
+            loaded = _check_labels(loaded, len(loaded), "reference labels") if loaded is not None else None
+            if loaded is not None and len(loaded) != len(pool):
+                raise ValueError(f"reference {dataset}/{split}: {len(loaded)} labels for {len(pool)} cached "
+                                 f"features in {path}; delete the cache file")
+            extra = {"labels": loaded} if loaded is not None else {"unlabelled": np.array(True)}
+            _save_cache(path, info, pool=pool, mu=found["mu"], sigma=found["sigma"], **extra)
+            out["labels"] = loaded
+        return out
     if images is None:
-        images = load_reference_images(dataset, split, image_size=image_size, num_examples=num_examples)
+        images, labels = load_reference(dataset, split, image_size=image_size, num_examples=num_examples)
     images = np.asarray(images)[:num_examples]
     if images.shape[1:3] != (image_size, image_size):
         raise ValueError(f"reference images are {images.shape[1:3]}, expected {image_size}px")
+    if labels is not None:
+        labels = _check_labels(np.asarray(labels)[:num_examples], len(images), "reference labels")
     pool = extract_features(network, images, batch_size=batch_size, keys=("pool",))["pool"]
     mu, sigma = feature_statistics(pool)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    info = {"dataset": dataset, "split": split, "image_size": image_size, "network": network.identity}
-    np.savez(tmp, pool=pool, mu=mu, sigma=sigma, info=np.frombuffer(json.dumps(info).encode(), np.uint8))
-    os.replace(tmp, path)  # atomic: a killed run never leaves a truncated cache file
-    return {"pool": pool, "mu": mu, "sigma": sigma, "num_examples": int(pool.shape[0]), "cache_file": str(path)}
+    extra = {"labels": labels} if labels is not None else {"unlabelled": np.array(True)}
+    _save_cache(path, info, pool=pool, mu=mu, sigma=sigma, **extra)
+    return {"pool": pool, "mu": mu, "sigma": sigma, "labels": labels, "num_examples": int(pool.shape[0]),
+            "cache_file": str(path)}

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "CONFIG_FILES", "CONFIG_KEYS", "Entry", "PAPER", "RUN_SECONDS", "STEP_TIMES", "build_plan", "build_smoke_plan",
+    "CONFIG_FILES", "CONFIG_KEYS", "DIFFAUGMENT", "Entry", "PAPER", "RUN_SECONDS", "STEP_TIMES", "STUDIOGAN",
+    "build_plan", "build_smoke_plan",
     "config_overrides",
     "load_plan", "plan_json", "sizing",
 ]
@@ -39,6 +40,12 @@ CONFIG_KEYS: dict[str, dict[str, str]] = {
         "learning_rate": "optimizer.learning_rate",
         "n_critic": "n_critic",
         "batch_size": "batch_size",
+        # Class-conditional runs (issue 18): labels from the data, projection D, conditional BN in G.
+        "loss": "loss",
+        "norm": "norm",
+        "conditional": "conditional",
+        "class_embedding": "class_embedding",
+        "diffaugment": "diffaugment",
     },
     "classify": {
         "epochs": "num_epochs",
@@ -65,6 +72,15 @@ RUN_SECONDS = 480
 #: The paper's budgets: Table 4's SNGAN D updates, Figure 4's epochs (and batch).
 PAPER = {"sngan_d_steps": 200_000, "classify_epochs": 300, "classify_batch": 64}
 
+#: The conditional entries' yardstick, PyTorch-StudioGAN's CIFAR-10 SNGAN (cBN G, projection D,
+#: hinge): its config defaults give 100k steps of 5 D updates at batch 64 (500k D updates;
+#: SNGAN-DiffAug.yaml sets 200k steps), and its table reports Inception FID on 10k test images
+#: (SNGAN 13.16, BigGAN 8.13). Another code base and budget: a yardstick, not a target.
+STUDIOGAN = {"sngan_d_steps": 500_000, "fid_sngan": 13.16, "fid_biggan": 8.13, "num_reference": 10_000}
+
+#: The conditional entries' augmentations (gan.diffaugment.POLICIES, all three).
+DIFFAUGMENT = "color,translation,cutout"
+
 #: Seconds per step on one H200 (issue 15): an SNGAN G step = n_critic 5 D steps + 1 G step at
 #: batch 64 (C3@256 25 ms, C2sp@384 28 ms; C2@384 and C4sp@192 unmeasured, taken as the slower
 #: 28 ms); a ResNet train step at batch 128 (ResNet-56 C3 ~11k img/s; C2sp at 0.83x of C3 from
@@ -73,6 +89,11 @@ STEP_TIMES: dict[str, float] = {
     "sngan:C3": 0.025, "sngan:C2sp": 0.028, "sngan:C2": 0.028, "sngan:C4sp": 0.028,
     "resnet56:C3": 128 / 11_000, "resnet56:C2sp": 128 / (11_000 * 0.83), "resnet56:C2": 128 / 11_000,
     "resnet110:C3": 2 * 128 / 11_000, "resnet110:C2sp": 2 * 128 / (11_000 * 0.83), "resnet110:C2": 2 * 128 / 11_000,
+    # Conditional SNGAN (unmeasured until a device run replaces them): allowances over the
+    # unconditional step, +10% for conditional BN and the projection, +20% with DiffAugment
+    # (real and fake batches augmented at each of the 5 D updates).
+    "sngan-cond:C3": 1.1 * 0.025, "sngan-cond:C2sp": 1.1 * 0.028,
+    "sngan-cond-da:C3": 1.2 * 0.025, "sngan-cond-da:C2sp": 1.2 * 0.028,
 }
 
 #: Fixed costs per entry (seconds, allowances, not measurements): process start + CIFAR-10 decode,
@@ -89,7 +110,8 @@ class Entry:
 
     Attributes:
       id: unique name (results refer to it).
-      experiment: the paper item it measures ('table4', 'figure4', 'bench').
+      experiment: the paper item it measures ('table4', 'figure4', 'bench'), or 'conditional'
+        (issue 18's class-conditional SNGAN; samples carry labels, evaluated per class too).
       suite: 'gan' | 'classify' | 'bench' | 'command' (tests: a literal argv).
       config: config file (gan/classify), relative to the repository root.
       args: config-file arguments (after the colon); the value '{cifar10}' becomes the data folder.
@@ -196,6 +218,34 @@ def _gan_entries(step_times: Mapping[str, float], seeds: Sequence[int]) -> list[
     return entries
 
 
+def _conditional_entries(step_times: Mapping[str, float]) -> list[Entry]:
+    """Conditional SNGAN, G C3@256 vs C2sp@384, each without and with DiffAugment (issue 18)."""
+    variants = [(kind, da) for da in (False, True) for kind in ("C3", "C2sp")]
+    keys = {(kind, da): f"sngan-cond{'-da' if da else ''}:{kind}" for kind, da in variants}
+    fixed = sum(OVERHEAD_S.values())
+    # One D-step budget for all four (C3 vs C2sp and DiffAugment's effect at equal updates).
+    g_steps = min(sizing(step_s=step_times[keys[v]], fixed_s=fixed) for v in variants)
+    d_steps = 5 * g_steps
+    share = d_steps / STUDIOGAN["sngan_d_steps"]
+    entries = []
+    for kind, da in variants:
+        width = {"C3": 256, "C2sp": 384}[kind]
+        entries.append(Entry(
+            id=f"cond-sngan-{kind}{'-diffaug' if da else ''}-seed0", experiment="conditional", suite="gan",
+            config=CONFIG_FILES["sngan"], args={"kernel": kind, "seed": 0, "data": "{cifar10}"},
+            set={"steps": g_steps, "log_every": 500, "sample_every": g_steps, "checkpoint_every": g_steps,
+                 "max_checkpoints": 1, "loss": "hinge", "norm": "batch", "conditional": True,
+                 "class_embedding": "per_class", **({"diffaugment": DIFFAUGMENT} if da else {})},
+            samples=10_000, fraction=share, sizing=keys[(kind, da)],
+            estimate_s=round(fixed + g_steps * step_times[keys[(kind, da)]]),
+            budget=f"{d_steps // 1000}k D steps = {share:.1%} of StudioGAN's 500k "
+                   f"({d_steps / PAPER['sngan_d_steps']:.1%} of the paper's 200k); conditional G {kind}@{width}, "
+                   f"hinge, cBN per class, projection D, {'DiffAugment ' + DIFFAUGMENT if da else 'no DiffAugment'}, "
+                   "n_critic 5, batch 64, 10k samples (labels i % 10)",
+        ))
+    return entries
+
+
 def _classify_entries(step_times: Mapping[str, float]) -> list[Entry]:
     fixed = OVERHEAD_S["start"] + OVERHEAD_S["compile"] + OVERHEAD_S["margin"]
     batch = 128
@@ -234,10 +284,11 @@ def _bench_entries() -> list[Entry]:
 
 
 def build_plan(step_times: Mapping[str, float] | None = None) -> list[Entry]:
-    """The campaign in the issue's order: Table 4 (seed 0, then seed 1), Figure 4, benchmarks."""
+    """The campaign in the issues' order: Table 4 (seed 0, then seed 1), Figure 4, benchmarks, then
+    conditional SNGAN (issue 18; after everything earlier, so no earlier entry waits for it)."""
     times = {**STEP_TIMES, **(step_times or {})}
     return [*_gan_entries(times, seeds=(0,)), *_gan_entries(times, seeds=(1,)), *_classify_entries(times),
-            *_bench_entries()]
+            *_bench_entries(), *_conditional_entries(times)]
 
 
 def build_smoke_plan() -> list[Entry]:

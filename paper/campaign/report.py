@@ -1,7 +1,8 @@
 """REPRODUCTION.md from the plan and the results file (``python -m paper.reproduce --report``).
 
 Generated sections: how to run the campaign, the claims with verdicts, the plan's status, Table 4,
-Figure 4, the benchmark entries, the device runs. Hand-written sections are Markdown fragments in
+Figure 4, the benchmark entries, conditional SNGAN (issue 18, beside StudioGAN's numbers as a
+yardstick of another protocol and budget), the device runs. Hand-written sections are Markdown fragments in
 ``paper/sections/*.md``, included verbatim in name order after the generated ones, so a section
 that ``--report`` does not produce survives every regeneration: edit the fragment, not the report.
 
@@ -17,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from paper.campaign.plan import Entry
+from paper.campaign.plan import STUDIOGAN, Entry
 
 __all__ = ["PAPER_FID", "claims", "render_report"]
 
@@ -158,6 +159,47 @@ def _provenance(r: Mapping[str, Any]) -> str:
     return f"{r.get('device', '?')}, {r.get('date', '?')}, commit {str(r.get('commit', '?'))[:12]}"
 
 
+def _conditional_section(entries: Sequence[Entry], records: Records,
+                         results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Conditional SNGAN rows (overall and intra-class FID) and StudioGAN's numbers as a yardstick."""
+    cond = [e for e in entries if e.experiment == "conditional"]
+    if not cond:
+        return []
+    about = ("Not in the paper: class-conditional SNGAN (conditional BN in G, projection D, hinge loss), G C3 vs "
+             "C2sp, without and with DiffAugment, at one D-step budget. FID: 10k samples (class `i % 10`) vs the "
+             "10k test images; intra-FID: the mean over classes of each class's FID against that class's 1k test "
+             "images (biased upward by the small per-class counts: compare it only with intra-FIDs at the same "
+             "counts).")
+    yardstick = (f"Yardstick, a different protocol and budget: PyTorch-StudioGAN reports Inception FID on "
+                 f"{STUDIOGAN['num_reference'] // 1000}k CIFAR-10 test images of conditional SNGAN "
+                 f"{STUDIOGAN['fid_sngan']} and BigGAN {STUDIOGAN['fid_biggan']}, after "
+                 f"{STUDIOGAN['sngan_d_steps'] // 1000}k D steps (SNGAN) with its own code, random flips and "
+                 "its best checkpoint; the rows below are at the fraction of that budget shown.")
+    header = ("| entry | G kind | DiffAugment | budget | G params | FID | intra-FID | KID | feature network | "
+              "samples | labels | step ms | compile s | status | device, date, commit | commands |")
+    lines = ["", "## Conditional SNGAN on CIFAR-10 (issue 18)", "", about, "", yardstick, "", header, "|" + "---|" * 16]
+    for e in cond:
+        r = results.get(e.id)
+        if r is None:
+            continue
+        params = (r.get("params") or {}).get("generator")
+        for ev in _evaluations(records, r) or [{}]:
+            m = ev.get("metrics", {})
+            net = ev.get("feature_network", {}).get("name")
+            lines.append(
+                f"| {e.id} | {e.args['kernel']} | {e.set.get('diffaugment') or 'off'} | {e.budget.split(';')[0]} | "
+                f"{f'{params:,}' if params else '-'} | {_fmt(m.get(f'fid_{net}') if net else None, '.2f')} | "
+                f"{_fmt(m.get(f'fid_intra_{net}') if net else None, '.2f')} | "
+                f"{_fmt(m.get(f'kid_{net}') if net else None, '.4f')} | {ev.get('network', 'not evaluated')} | "
+                f"{ev.get('num_samples', r.get('num_samples', '-'))} | {ev.get('labels', '-')} | "
+                f"{_fmt(r['step_time_s'] * 1e3 if r.get('step_time_s') else None, '.1f')} | "
+                f"{_fmt(r.get('compile_s'), '.0f')} | {r['status']} | {_provenance(r)} | {_commands(r)} |")
+    lines += ["", "| yardstick (StudioGAN, another protocol and budget) | FID |", "|---|---|",
+              f"| conditional SNGAN, {STUDIOGAN['sngan_d_steps'] // 1000}k D steps | {STUDIOGAN['fid_sngan']} |",
+              f"| conditional BigGAN | {STUDIOGAN['fid_biggan']} |"]
+    return lines
+
+
 def render_report(entries: Sequence[Entry], records: Records, *, sections: Sequence[Path] = (),
                   plan_path: str = "paper/plan.json", results_path: str = "paper/results.jsonl") -> str:
     """The text of REPRODUCTION.md."""
@@ -239,6 +281,8 @@ def render_report(entries: Sequence[Entry], records: Records, *, sections: Seque
         measured = sum(1 for b in r.get("bench_records", []) if b.get("record") in ("conv", "model"))
         lines.append(f"| {e.id} | {e.budget} | {r['status']} | {measured} measurements | {_provenance(r)} | "
                      f"{_commands(r)} |")
+
+    lines += _conditional_section(entries, records, results)
 
     runs = [r for r in records if r.get("record") == "run"]
     lines += ["", "## Device runs", ""]

@@ -5,7 +5,8 @@ One call = one device run: it reads the plan and the results so far (the committ
 left; every entry runs as the suites' own command lines in subprocesses, killed at the deadline
 whatever they are doing. ``OUT`` receives ``results.jsonl`` (records: :mod:`paper.campaign.results`),
 ``log.txt`` (the tail of every command's output) and, for GAN entries, the samples as uint8
-``.npz`` files of at most :data:`MAX_FILE_BYTES`; run directories (checkpoints) stay in a separate
+``.npz`` files of at most :data:`MAX_FILE_BYTES` (with their int32 class labels for a conditional
+generator); run directories (checkpoints) stay in a separate
 work root, so nothing large comes back. The runner itself never initializes JAX: the GPU belongs
 to the experiment's process.
 """
@@ -175,20 +176,27 @@ def _timing(lines: Sequence[Mapping[str, Any]], *, rate_key: str) -> dict[str, f
     return {"step_time_s": step_time, "compile_s": max(0.0, first_steps / first_rate - first_steps * step_time)}
 
 
-def write_samples(images: np.ndarray, *, out: Path, stem: str, max_bytes: int = MAX_FILE_BYTES) -> list[str]:
-    """Writes uint8 ``images`` (N, H, W, C) as ``stem-<k>.npz`` files (key 'images') of at most
-    ``max_bytes`` each; returns the file names in order."""
+def write_samples(images: np.ndarray, *, out: Path, stem: str, max_bytes: int = MAX_FILE_BYTES,
+                  labels: np.ndarray | None = None) -> list[str]:
+    """Writes uint8 ``images`` (N, H, W, C) as ``stem-<k>.npz`` files (key 'images', and 'labels'
+    int32 (n,) when ``labels`` are given) of at most ``max_bytes`` each; returns the file names in order."""
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
-    per_image = int(np.prod(images.shape[1:]))
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must be integers of shape ({len(images)},), got {labels.dtype} {labels.shape}")
+        labels = labels.astype(np.int32)
+    per_image = int(np.prod(images.shape[1:])) + (4 if labels is not None else 0)
     per_file = (max_bytes - 4096) // per_image  # 4 KiB for the zip and .npy headers
     if per_file < 1:
         raise ValueError(f"max_bytes={max_bytes} holds no {images.shape[1:]} image")
     names = []
     for k, lo in enumerate(range(0, len(images), per_file)):
         name = f"{stem}-{k}.npz"
-        np.savez(out / name, images=images[lo:lo + per_file])
+        part = {"labels": labels[lo:lo + per_file]} if labels is not None else {}
+        np.savez(out / name, images=images[lo:lo + per_file], **part)
         names.append(name)
     return names
 
@@ -210,8 +218,10 @@ def _collect(entry: Entry, workdir: Path, out: Path) -> dict[str, Any]:
         if entry.samples and samples.is_file():
             with np.load(samples) as z:
                 images = z["images"]
-            found["artifacts"] = write_samples(images, out=out, stem=f"samples-{entry.id}")
+                labels = z["labels"] if "labels" in z.files else None  # gan.sample's, for a conditional G
+            found["artifacts"] = write_samples(images, out=out, stem=f"samples-{entry.id}", labels=labels)
             found["num_samples"] = int(len(images))
+            found["labelled_samples"] = labels is not None
         return found
     if entry.suite == "classify":
         lines = _metric_lines(workdir)
@@ -336,6 +346,8 @@ def run_plan(entries: Sequence[Entry], *, out: Path, deadline_s: float, committe
             "commands": shown, "seconds": seconds, "exit_code": rc, "device": env["device"],
             "versions": env["versions"], "commit": env["commit"], "date": env["date"],
         }
+        if entry.set.get("conditional"):
+            record["conditional"] = True
         if status == "killed":
             record["allotted_s"] = round(left, 1)
         if status != "done":

@@ -62,9 +62,13 @@ def test_conditional_step_uses_the_labels_and_trains_the_class_tables():
     state, metrics = _three_steps(config, labels=True)
     for name in ("d_loss", "g_loss", "d_grad_norm", "g_grad_norm"):
         assert np.isfinite(float(metrics[name])) and float(metrics[name]) != 0, name
-    # Every G parameter moved, the per-class BN tables and D's projection embedding included.
+    # Every G parameter moved, the per-class BN tables included, and every D parameter but the output
+    # bias: its hinge gradient is -1 + 1 = 0 while all logits are inside the margin, as at the start.
     assert _all_leaves_differ(state0.g_params, state.g_params)
-    assert _all_leaves_differ(state0.d_params, state.d_params)
+    d_before, d_after = dict(state0.d_params), dict(state.d_params)
+    assert np.array_equal(d_before.pop("dense")["bias"], d_after.pop("dense")["bias"])
+    assert _all_leaves_differ(d_before, d_after)
+    assert "embed" in state.d_params and "gamma" in state.g_params["block1"]["norm1"]
     # The real labels reach D: the same step with every label shifted by one gives another D.
     generator, discriminator = train.create_models(config)
     g_tx, d_tx = train.create_optimizers(config)

@@ -88,3 +88,46 @@ def test_errors_are_clear(tmp_path):
         evaluate.main([f"--samples={tmp_path / 'samples.npz'}", f"--inception_weights={tmp_path / 'x.pth'}"])
     with pytest.raises(FileNotFoundError, match="samples"):
         evaluate.main([f"--workdir={tmp_path / 'empty'}"])
+
+
+def test_labelled_samples_get_intra_class_metrics(tmp_path, offline_weights):
+    from sympad.train import data
+
+    ref = data.load("synthetic", "test", max_examples=60)  # 6 per class
+    np.savez(tmp_path / "reference.npz", images=ref.images, labels=ref.labels)
+    np.savez(tmp_path / "reference_unlabelled.npz", images=ref.images)
+    np.savez(tmp_path / "samples.npz", images=ref.images, labels=ref.labels)
+    base = [f"--samples={tmp_path / 'samples.npz'}", f"--offline_weights={offline_weights}",
+            f"--cache_dir={tmp_path / 'cache'}", "--num_reference=60", f"--out={tmp_path / 'eval.json'}", *SMALL]
+    report = evaluate.main([*base, f"--reference=npz:{tmp_path / 'reference.npz'}"])
+    m = report["metrics"]
+    assert {f"fid_class{c}_offline_cifar10" for c in range(10)} <= set(m)
+    assert {"fid_intra_offline_cifar10", "kid_intra_offline_cifar10", "fid_offline_cifar10"} <= set(m)
+    written = json.loads((tmp_path / "eval.json").read_text())
+    assert written["intra_class"]["num_samples"] == {str(c): 6 for c in range(10)}
+    # Samples == reference: every class's FID vanishes (relative to the class's feature spread).
+    net = offline.offline_apply_fn(offline.load_offline_weights(offline_weights)[0])
+    feats = np.asarray(net(jnp.asarray(ref.images))["pool"], np.float64)
+    spread = min(np.trace(np.cov(feats[ref.labels == c], rowvar=False)) for c in range(10))
+    assert max(m[f"fid_class{c}_offline_cifar10"] for c in range(10)) < 1e-3 * spread
+    # Shuffled labels: the same images, a large intra-class FID, the same overall FID.
+    np.savez(tmp_path / "samples.npz", images=ref.images, labels=np.roll(ref.labels, 1))
+    shuffled = evaluate.main([*base, f"--reference=npz:{tmp_path / 'reference.npz'}"])["metrics"]
+    assert shuffled["fid_intra_offline_cifar10"] > 0.1 * spread
+    assert shuffled["fid_offline_cifar10"] == pytest.approx(m["fid_offline_cifar10"], abs=1e-6 * spread)
+    # --no_intra_class: overall metrics only; an unlabelled reference then works too.
+    plain = evaluate.main([*base, "--no_intra_class", f"--reference=npz:{tmp_path / 'reference_unlabelled.npz'}"])
+    assert not any("intra" in k or "class" in k for k in plain["metrics"]) and "intra_class" not in plain
+    with pytest.raises(ValueError, match="reference labels"):
+        evaluate.main([*base, f"--reference=npz:{tmp_path / 'reference_unlabelled.npz'}"])
+
+
+def test_intra_class_flag_errors(tmp_path):
+    np.savez(tmp_path / "samples.npz", images=np.zeros((4, 8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="intra_class: .* has no 'labels'"):
+        evaluate.main([f"--samples={tmp_path / 'samples.npz'}", "--intra_class"])
+    np.savez(tmp_path / "bad.npz", images=np.zeros((4, 8, 8, 3), np.uint8), labels=np.zeros(3, np.int32))
+    with pytest.raises(ValueError, match=r"'labels' .* must be integers of shape \(4,\)"):
+        evaluate.main([f"--samples={tmp_path / 'bad.npz'}"])
+    with pytest.raises(SystemExit):
+        evaluate.main([f"--samples={tmp_path / 'samples.npz'}", "--intra_class", "--no_intra_class"])

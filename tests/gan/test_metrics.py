@@ -263,3 +263,145 @@ def test_shipped_offline_weights_accuracy_on_cifar10_test(tmp_path):
     acc = offline_train.evaluate_accuracy(variables, images, labels, batch_size=250)
     # 500 images: binomial std about 2%, so 4 std around the recorded 10k-image accuracy.
     assert abs(acc - meta["test_accuracy"]) < 0.08 and acc > 0.5
+
+
+# ---------------------------------------------------------------- intra-class (conditional) metrics
+
+
+def _colour_features(images):
+    """A stand-in network with 9-d features (per-channel mean, std and mean |horizontal gradient|):
+    few dimensions, so per-class covariances are full rank and scipy's sqrtm is well posed."""
+    x = images.astype(jnp.float32) / 255.0
+    grad = jnp.abs(x[:, :, 1:] - x[:, :, :-1]).mean(axis=(1, 2))
+    return jnp.concatenate([x.mean(axis=(1, 2)), x.std(axis=(1, 2)), grad], axis=-1)
+
+
+@pytest.fixture(scope="module")
+def colour_network():
+    return features.FeatureNetwork("colour", lambda images: {"pool": _colour_features(images)},
+                                   {"sha256": "c" * 64}, is_logits=None)
+
+
+def _fid_scipy(x, y):
+    """FID from its definition with NumPy/SciPy: |mu_x - mu_y|^2 + tr(Sx + Sy - 2 (Sx Sy)^1/2)."""
+    import scipy.linalg
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    sx, sy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    covmean = scipy.linalg.sqrtm(sx @ sy).real
+    return float(np.sum((x.mean(0) - y.mean(0)) ** 2) + np.trace(sx + sy - 2 * covmean))
+
+
+def _intra_evaluator(network, ref, ref_labels, tmp_path, **overrides):
+    settings = metrics.eval_settings({"eval": {"num_reference": len(ref), "cache_dir": str(tmp_path),
+                                               "batch_size": 50, "kid_subset_size": 1000, "kid_subsets": 3,
+                                               "precision_recall": False, **overrides}})
+    return metrics.Evaluator(settings, network=network, reference_images=ref, reference_labels=ref_labels,
+                             reference_name="synthetic-ref")
+
+
+def test_intra_class_fid_is_small_for_the_reference_distribution_and_large_for_shuffled_labels(
+        colour_network, tmp_path):
+    ref = data.load("synthetic", "test", max_examples=400)  # 40 per class; the hue tells the classes apart
+    fresh = data.load("synthetic", "train", max_examples=400)  # other images, same class-conditionals
+    ev = _intra_evaluator(colour_network, ref.images, ref.labels, tmp_path)
+    same = ev.report(ref.images, ref.labels)
+    m = same["metrics"]
+    assert {f"fid_class{c}_colour" for c in range(10)} | {"fid_intra_colour", "kid_intra_colour"} <= set(m)
+    assert max(m[f"fid_class{c}_colour"] for c in range(10)) < 1e-8
+    assert same["intra_class"]["num_samples"] == {c: 40 for c in range(10)}
+    assert same["intra_class"]["num_reference"] == {c: 40 for c in range(10)}
+    assert any("biased upward" in n for n in same["notes"])
+    good = ev(fresh.images, fresh.labels)
+    shuffled = ev(fresh.images, np.random.default_rng(0).permutation(fresh.labels))
+    assert shuffled["fid_intra_colour"] > 20 * good["fid_intra_colour"] > 0
+    assert shuffled["kid_intra_colour"] > 20 * max(good["kid_intra_colour"], 1e-6)
+    # Labels change only the intra-class keys: the overall FID is the unlabelled one.
+    assert good["fid_colour"] == pytest.approx(ev(fresh.images)["fid_colour"], rel=1e-12)
+    assert "fid_intra_colour" not in ev(fresh.images)
+
+
+def test_per_class_fid_and_kid_match_independent_computations(colour_network, tmp_path):
+    ref = data.load("synthetic", "test", max_examples=300)
+    fake = data.load("synthetic", "train", max_examples=300)
+    # Uneven fake classes: 3 classes only, one of them with 5 samples; the others are left out.
+    keep = np.concatenate([np.flatnonzero(fake.labels == c)[:n] for c, n in ((1, 30), (4, 5), (7, 30))])
+    images, labels = fake.images[keep], fake.labels[keep]
+    ev = _intra_evaluator(colour_network, ref.images, ref.labels, tmp_path)
+    report = ev.report(images, labels)
+    real_f = np.asarray(_colour_features(jnp.asarray(ref.images)))
+    fake_f = np.asarray(_colour_features(jnp.asarray(images)))
+    want = {c: _fid_scipy(fake_f[labels == c], real_f[ref.labels == c]) for c in (1, 4, 7)}
+    got = {c: report["metrics"][f"fid_class{c}_colour"] for c in (1, 4, 7)}
+    assert got == pytest.approx(want, rel=1e-6)
+    assert report["metrics"]["fid_intra_colour"] == pytest.approx(np.mean(list(want.values())), rel=1e-6)
+    assert report["intra_class"]["classes"] == [1, 4, 7]
+    assert report["intra_class"]["missing_classes"] == [0, 2, 3, 5, 6, 8, 9]
+    assert report["intra_class"]["num_samples"] == {1: 30, 4: 5, 7: 30}
+    # KID: classes whose sets differ in size draw subsets; equal sizes use the whole sets once,
+    # which is the unbiased MMD^2 of the loop reference. Classes 2 and 3 swapped: a KID far from
+    # 0, so float32 round-off in the features does not dominate the comparison.
+    equal = np.concatenate([np.flatnonzero(fake.labels == c)[:30] for c in (2, 3)])
+    swapped = 5 - fake.labels[equal]
+    kid_report = ev.report(fake.images[equal], swapped)
+    assert report["intra_class"]["kid_subsets"] == {1: 1, 4: 3, 7: 1}
+    assert kid_report["intra_class"]["kid_subsets"] == {2: 1, 3: 1}
+    eq_f = np.asarray(_colour_features(jnp.asarray(fake.images[equal])), np.float64)
+    real_64 = real_f.astype(np.float64)
+    loop = [_mmd2_unbiased_loop(real_64[ref.labels == c], eq_f[swapped == c]) for c in (2, 3)]
+    assert kid_report["metrics"]["kid_intra_colour"] == pytest.approx(np.mean(loop), rel=1e-5)
+    assert np.mean(loop) > 1e-3
+
+
+def test_intra_class_errors_are_clear(colour_network, tmp_path):
+    ref = data.load("synthetic", "test", max_examples=100)
+    ev = _intra_evaluator(colour_network, ref.images, ref.labels, tmp_path)
+    with pytest.raises(ValueError, match=r"labels must be integers of shape \(100,\)"):
+        ev(ref.images, ref.labels[:50])
+    with pytest.raises(ValueError, match="labels must be integers"):
+        ev(ref.images, ref.labels.astype(np.float32))
+    one = ref.labels.copy()
+    one[np.flatnonzero(one == 3)[1:]] = 4  # class 3 keeps a single sample
+    with pytest.raises(ValueError, match="class 3 has 1 sample"):
+        ev(ref.images, one)
+    with pytest.raises(ValueError, match="class 12 has 0 reference images"):
+        ev(ref.images, np.where(ref.labels == 0, 12, ref.labels))
+    unlabelled = _intra_evaluator(colour_network, ref.images, None, tmp_path / "u")
+    assert "fid_colour" in unlabelled(ref.images)
+    with pytest.raises(ValueError, match="need reference labels.*has none"):
+        unlabelled(ref.images, ref.labels)
+
+
+def test_reference_labels_extend_an_old_cache_only_when_needed(colour_network, tmp_path):
+    kw = {"dataset": "synthetic", "split": "test", "image_size": 32, "num_examples": 60, "cache_dir": tmp_path}
+    ds = data.load("synthetic", "test", max_examples=60)
+    pool = np.asarray(_colour_features(jnp.asarray(ds.images)), np.float32)
+    mu, sigma = scores.feature_statistics(pool)
+    # A cache file as written before labels were stored: pool, mu, sigma only.
+    path = features._cache_path(tmp_path, dataset="synthetic", split="test", image_size=32, num_examples=60,
+                                network=colour_network)
+    np.savez(path, pool=pool, mu=mu, sigma=sigma)
+
+    def fail(_):
+        raise AssertionError("the cached features should have been used")
+
+    cached_net = features.FeatureNetwork("colour", fail, {"sha256": "c" * 64})
+    old = features.reference_features(cached_net, **kw)
+    assert old["labels"] is None
+    with np.load(path) as f:
+        assert "labels" not in f.files  # unconditional evaluation leaves the old file alone
+    extended = features.reference_features(cached_net, with_labels=True, **kw)
+    np.testing.assert_array_equal(extended["labels"], ds.labels)
+    np.testing.assert_array_equal(extended["pool"], pool)
+    with np.load(path) as f:
+        np.testing.assert_array_equal(f["labels"], ds.labels)
+        np.testing.assert_array_equal(f["pool"], pool)
+    # A fresh cache stores the labels at once; an unlabelled set records that it has none.
+    fresh = features.reference_features(colour_network, **{**kw, "cache_dir": tmp_path / "fresh"})
+    np.testing.assert_array_equal(fresh["labels"], ds.labels)
+    images_only = features.reference_features(colour_network, images=ds.images,
+                                              **{**kw, "dataset": "toy", "cache_dir": tmp_path / "toy"})
+    assert images_only["labels"] is None
+    again = features.reference_features(cached_net, images=ds.images, with_labels=True,
+                                        **{**kw, "dataset": "toy", "cache_dir": tmp_path / "toy"})
+    assert again["labels"] is None

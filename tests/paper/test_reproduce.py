@@ -49,7 +49,7 @@ def test_committed_plan_is_the_built_plan():
 
 def test_plan_follows_the_issue_order_and_every_entry_fits_one_run():
     entries = plan.load_plan(REPO / "paper" / "plan.json")
-    assert [e.experiment for e in entries] == ["table4"] * 8 + ["figure4"] * 6 + ["bench"] * 4
+    assert [e.experiment for e in entries] == ["table4"] * 8 + ["figure4"] * 6 + ["bench"] * 4 + ["conditional"] * 4
     assert [e.args.get("seed") for e in entries[:8]] == [0] * 4 + [1] * 4
     assert {e.args["kernel"] for e in entries[:4]} == {"C3", "C2sp", "C2", "C4sp"}
     for e in entries:
@@ -66,6 +66,34 @@ def test_plan_follows_the_issue_order_and_every_entry_fits_one_run():
     assert fixed + steps * slowest <= plan.RUN_SECONDS - plan.RUNNER_S < fixed + (steps + 1000) * slowest
 
 
+def test_conditional_entries_follow_the_papers_and_share_one_budget():
+    entries = plan.load_plan(REPO / "paper" / "plan.json")
+    cond = [e for e in entries if e.experiment == "conditional"]
+    first = entries.index(cond[0])
+    assert all(e.experiment != "conditional" for e in entries[:first]) and entries[first:] == cond
+    assert [(e.args["kernel"], e.set.get("diffaugment", "")) for e in cond] == [
+        ("C3", ""), ("C2sp", ""), ("C3", plan.DIFFAUGMENT), ("C2sp", plan.DIFFAUGMENT)]
+    assert plan.DIFFAUGMENT == "color,translation,cutout"
+    for e in cond:
+        assert e.set["conditional"] is True and e.set["loss"] == "hinge" and e.set["norm"] == "batch"
+        assert e.set["class_embedding"] == "per_class" and e.samples == 10_000
+        assert e.estimate_s <= plan.RUN_SECONDS - plan.RUNNER_S, e.id
+    (steps,) = {e.set["steps"] for e in cond}
+    # Sized like Table 4: the slowest variant's fixed costs plus its steps fit one run, 1000 more do not.
+    slowest = max(plan.STEP_TIMES[e.sizing] for e in cond)
+    fixed = sum(plan.OVERHEAD_S.values())
+    assert fixed + steps * slowest <= plan.RUN_SECONDS - plan.RUNNER_S < fixed + (steps + 1000) * slowest
+    assert cond[0].fraction == pytest.approx(5 * steps / plan.STUDIOGAN["sngan_d_steps"])
+    assert f"{5 * steps // 1000}k D steps = {cond[0].fraction:.1%} of StudioGAN's 500k" in cond[0].budget
+    assert f"{5 * steps / 200_000:.1%} of the paper's 200k" in cond[0].budget
+    data = "folder:/data/cifar10-jpeg"
+    train = runner.entry_commands(cond[3], workdir=Path("w"), data=data)[0]
+    assert {"--config.conditional=True", "--config.loss=hinge", "--config.norm=batch",
+            "--config.class_embedding=per_class", "--config.diffaugment=color,translation,cutout"} <= set(train)
+    assert not any(a.startswith("--config.diffaugment") for a in runner.entry_commands(cond[0], workdir=Path("w"),
+                                                                                        data=data)[0])
+
+
 def _load_config(entry: plan.Entry):
     spec = importlib.util.spec_from_file_location("_config_under_test", REPO / entry.config)
     module = importlib.util.module_from_spec(spec)
@@ -74,11 +102,14 @@ def _load_config(entry: plan.Entry):
     return module.get_config(args)
 
 
-@pytest.mark.parametrize("entry_id", ["table4-sngan-C2sp-seed1", "figure4-resnet110-C2"])
+@pytest.mark.parametrize("entry_id", ["table4-sngan-C2sp-seed1", "figure4-resnet110-C2",
+                                      "cond-sngan-C2sp-diffaug-seed0"])
 def test_plan_overrides_name_existing_config_fields(entry_id):
     # A renamed config field fails here (fix it in plan.CONFIG_KEYS), not on the GPU machine.
     entry = next(e for e in plan.load_plan(REPO / "paper" / "plan.json") if e.id == entry_id)
     config = _load_config(entry)
+    if entry.experiment == "conditional" and "conditional" not in config:
+        pytest.skip("configs/gan/common.py has no conditional fields yet (issue 18's train side lands separately)")
     for name, value in entry.set.items():
         node = config
         for part in plan.CONFIG_KEYS[entry.suite][name].split("."):
@@ -216,6 +247,16 @@ def test_samples_are_split_into_files_under_the_limit(tmp_path):
     assert (runner.MAX_FILE_BYTES - 4096) // (32 * 32 * 3) * 2 >= 10_000
     with pytest.raises(ValueError, match="uint8"):
         runner.write_samples(images.astype(np.float32), out=tmp_path, stem="f")
+    assert evaluate.load_labels(tmp_path, names) is None
+    # A conditional generator's labels travel with their images, split at the same places.
+    labels = np.arange(50) % 7
+    limit = 4096 + 20 * (8 * 8 * 3 + 4) + 100
+    named = runner.write_samples(images, out=tmp_path, stem="l", max_bytes=limit, labels=labels)
+    assert len(named) == 3 and all((tmp_path / n).stat().st_size <= limit for n in named)
+    np.testing.assert_array_equal(evaluate.load_labels(tmp_path, named), labels)
+    np.testing.assert_array_equal(evaluate.load_samples(tmp_path, named), images)
+    with pytest.raises(ValueError, match="labels"):
+        runner.write_samples(images, out=tmp_path, stem="b", labels=labels[:3])
 
 
 def _gan_result(entry_id, run, artifacts):
@@ -242,6 +283,35 @@ def test_evaluation_scores_each_returned_sample_set_once(tmp_path):
     assert {r["num_samples"] for r in new} == {30, 12} and all(r["of_run"] == "r1" for r in new)
     assert evaluate.evaluate_samples([*recs, *new], run_dir=tmp_path, scorer=scorer, network=label, device="cpu",
                                      command="c") == []
+
+
+def test_evaluation_passes_labels_for_conditional_results(tmp_path):
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (30, 4, 4, 3), dtype=np.uint8)
+    stored = rng.integers(0, 10, 30)
+    recs = [{**_gan_result("cond-stored", "r1", runner.write_samples(images, out=tmp_path, stem="a", labels=stored)),
+             "conditional": True},
+            _gan_result("cond-sngan-C3-seed0", "r1", runner.write_samples(images, out=tmp_path, stem="b")),
+            _gan_result("uncond", "r1", runner.write_samples(images, out=tmp_path, stem="c"))]
+    seen = {}
+
+    def scorer(images, labels=None):  # a stand-in network: records what it was given
+        seen[len(seen)] = None if labels is None else np.asarray(labels)
+        metrics = {"fid_fake": 1.0, **({"fid_intra_fake": 2.0} if labels is not None else {})}
+        return {"metrics": metrics, "feature_network": {"name": "fake", "sha256": "f" * 64},
+                "num_samples": len(images), **({"intra_class": {"classes": sorted(set(labels.tolist()))}}
+                                               if labels is not None else {})}
+
+    new = evaluate.evaluate_samples(recs, run_dir=tmp_path, scorer=scorer, network="fake-ffff", device="cpu",
+                                    command="c", conditional=["cond-sngan-C3-seed0"])
+    np.testing.assert_array_equal(seen[0], stored)  # stored with the samples
+    np.testing.assert_array_equal(seen[1], np.arange(30) % 10)  # by the sampling contract
+    assert seen[2] is None  # unconditional: no labels, no intra-class metrics
+    by_id = {r["id"]: r for r in new}
+    assert by_id["cond-stored"]["labels"] == "stored with the samples"
+    assert "i % 10" in by_id["cond-sngan-C3-seed0"]["labels"]
+    assert by_id["cond-sngan-C3-seed0"]["metrics"]["fid_intra_fake"] == 2.0
+    assert "labels" not in by_id["uncond"] and "fid_intra_fake" not in by_id["uncond"]["metrics"]
 
 
 def test_merge_appends_new_records_once_and_refuses_smoke_runs(tmp_path):
@@ -314,6 +384,26 @@ def test_report_names_budgets_and_includes_hand_written_sections(tmp_path):
     assert "| 18 | bench-step4 |" in text
 
 
+def test_report_shows_conditional_rows_beside_the_studiogan_yardstick():
+    entries = plan.load_plan(REPO / "paper" / "plan.json")
+    rid = "cond-sngan-C2sp-diffaug-seed0"
+    recs = [{"record": "run", "run": "r", "device": "1 x NVIDIA H200 (gpu)", "commit": "c0ffee", "versions": {}},
+            {**_gan_result(rid, "r", ["s.npz"]), "device": "1 x NVIDIA H200 (gpu)", "commit": "c0ffee",
+             "conditional": True, "step_time_s": 0.03},
+            {"record": "evaluation", "id": rid, "of_run": "r", "network": "inception-abc",
+             "feature_network": {"name": "inception", "sha256": "abc"}, "num_samples": 10000,
+             "labels": "stored with the samples",
+             "metrics": {"fid_inception": 17.5, "fid_intra_inception": 41.25, "kid_inception": 0.012}}]
+    text = report.render_report(entries, recs)
+    section = text.split("## Conditional SNGAN on CIFAR-10")[1].split("\n## ")[0]
+    row = next(line for line in section.splitlines() if line.startswith(f"| {rid} |"))
+    assert "| 17.50 | 41.25 | 0.0120 |" in row and "color,translation,cutout" in row and "StudioGAN's 500k" in row
+    assert "13.16" in section and "8.13" in section and "different protocol and budget" in section
+    # Conditional results never enter Table 4's rows or claims.
+    table4 = text.split("## Table 4")[1].split("\n## ")[0]
+    assert rid not in table4
+
+
 def test_committed_report_is_regenerated_from_the_committed_results():
     entries = plan.load_plan(REPO / "paper" / "plan.json")
     recs = results.read(REPO / "paper" / "results.jsonl")
@@ -367,6 +457,30 @@ def test_evaluate_command_merges_and_labels_with_the_network(tmp_path, monkeypat
     assert ev["metrics"]["fid_offline_cifar10"] == pytest.approx(direct["fid_offline_cifar10"], rel=1e-6)
     reproduce.main(args)  # nothing new: merged and scored once
     assert len(results.read(committed)) == len(recs)
+
+
+def test_evaluate_command_scores_conditional_entries_per_class(tmp_path, monkeypatch):
+    import ml_collections
+
+    from gan.metrics import Evaluator, eval_settings
+
+    monkeypatch.setenv("SYMPAD_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    run.mkdir()
+    images = np.random.default_rng(4).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    # gan.sample wrote no labels here: the plan says the entry is conditional, the contract gives i % 10.
+    names = runner.write_samples(images, out=run, stem="samples-c")
+    results.append(run / "results.jsonl", {"record": "run", "run": "r", "campaign": "device"})
+    results.append(run / "results.jsonl", _gan_result("cond-sngan-C2sp-seed0", "r", names))
+    committed = tmp_path / "results.jsonl"
+    reproduce.main(["--evaluate", f"--out={run}", f"--results={committed}", "--feature_network=offline",
+                    "--reference=synthetic", "--num_reference=64"])
+    (ev,) = [r for r in results.read(committed) if r["record"] == "evaluation"]
+    assert "i % 10" in ev["labels"] and ev["intra_class"]["classes"] == list(range(10))
+    config = ml_collections.ConfigDict({"data": "synthetic", "eval": {"feature_network": "offline", "num_reference": 64}})
+    direct = Evaluator(eval_settings(config)).report(images, np.arange(40) % 10)["metrics"]
+    for key in ("fid_offline_cifar10", "fid_intra_offline_cifar10", "fid_class3_offline_cifar10"):
+        assert ev["metrics"][key] == pytest.approx(direct[key], rel=1e-6), key
 
 
 def test_bench_entries_resume_their_records_until_complete(tmp_path):
