@@ -26,6 +26,13 @@ class KernelKind:
     size: int
     symmetric: bool
 
+    def __post_init__(self):
+        # Caught here, not as an odd shape error in the first conv built from it.
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
+            raise ValueError(f"size must be a positive int, got {self.size!r}")
+        if not isinstance(self.symmetric, bool):
+            raise ValueError(f"symmetric must be a bool, got {self.symmetric!r}")
+
     @property
     def name(self) -> str:
         return f"C{self.size}{'sp' if self.symmetric else ''}"
@@ -35,7 +42,8 @@ def parse_kind(kind: str) -> KernelKind:
     """Parses ``'C<k>'`` or ``'C<k>sp'``.
 
     Raises:
-      ValueError: if ``kind`` is not of that form; the message lists the valid form.
+      ValueError: if ``kind`` is not a string of that form (case matters); the
+        message shows the bad kind and lists the valid form.
     """
     match = _PATTERN.match(kind) if isinstance(kind, str) else None
     if match is None:

@@ -136,22 +136,64 @@ _CHANNELS_LAST = {
 # ----------------------------------------------------------------------------
 
 
+def _is_int(value: Any) -> bool:
+    """An int or numpy integer, not a bool (``True`` would silently mean 1)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _int_entries(value: Any) -> tuple[int, ...] | None:
+    """The entries of a sequence of ints as a tuple, or None if ``value`` is not one.
+
+    A string is not a sequence of ints here ('22' is not (2, 2)), nor is a sequence
+    of floats (``int(1.5)`` would silently be 1).
+    """
+    if isinstance(value, (str, bytes)):
+        return None
+    try:
+        entries = tuple(value)
+    except TypeError:
+        return None
+    return tuple(int(v) for v in entries) if all(_is_int(v) for v in entries) else None
+
+
 def _as_tuple(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
     """Broadcasts an int to ``ndim`` positive ints and validates a sequence."""
-    if isinstance(value, (int, np.integer)):
-        values = (int(value),) * ndim
-    else:
-        try:
-            values = tuple(int(v) for v in value)
-        except TypeError:
-            raise ValueError(f"{name} must be an int or a sequence of {ndim} ints, got {value!r}") from None
-        if len(values) != ndim:
-            raise ValueError(
-                f"{name} must have one entry per spatial dimension ({ndim}), got {value!r}"
-            )
+    values = (int(value),) * ndim if _is_int(value) else _int_entries(value)
+    if values is None:
+        # sym_pad_conv(x, kernel, 'SAME') as for lax.conv_general_dilated: there is no padding argument.
+        hint = " (the padding is always the symmetric 'SAME'; there is no padding argument)" if isinstance(value, str) else ""
+        raise ValueError(f"{name} must be an int or a sequence of {ndim} ints, got {value!r}{hint}")
+    if len(values) != ndim:
+        raise ValueError(f"{name} must have one entry per spatial dimension ({ndim}), got {value!r}")
     if any(v < 1 for v in values):
         raise ValueError(f"{name} must be positive, got {value!r}")
     return values
+
+
+def _kernel_size(value: int | Sequence[int], ndim: int | None = None) -> tuple[int, ...]:
+    """``kernel_size`` as one positive int per spatial axis.
+
+    An int means the same extent on every axis, as ``strides`` and
+    ``kernel_dilation`` do, where the number of axes ``ndim`` comes from an
+    input; without an input (``ndim=None``) an int cannot say how many axes
+    there are, and a silent 1D reading would be wrong for the common 2D case.
+    """
+    if _is_int(value) and ndim is not None:
+        return _as_tuple(value, ndim, "kernel_size")
+    values = _int_entries(value)
+    if values is None or not values or any(v < 1 for v in values):
+        allowed = "a non-empty sequence of positive ints, one per spatial axis, e.g. (2, 2)"
+        if ndim is not None:
+            allowed += f", or a positive int (the same on all {ndim} axes)"
+        elif _is_int(value):
+            allowed += f" (an int does not say how many axes: ({value},) for 1D, ({value}, {value}) for 2D)"
+        raise ValueError(f"kernel_size must be {allowed}; got {value!r}")
+    return values
+
+
+def _check_channels(channels: Any) -> None:
+    if not _is_int(channels) or channels < 1:
+        raise ValueError(f"channels must be a positive int (the number of input channels), got {channels!r}")
 
 
 def _total_pads(kernel_size: Sequence[int], dilation: Sequence[int]) -> tuple[int, ...]:
@@ -211,8 +253,9 @@ def shift_directions(
     """Which side of each spatial axis gets the extra zero, for every input channel.
 
     Args:
-      channels: number of input channels ``C``.
-      kernel_size: kernel extent per spatial axis, e.g. ``(2, 2)``.
+      channels: number of input channels ``C``, a positive int.
+      kernel_size: kernel extent per spatial axis, a sequence such as ``(2, 2)``
+        (an int is rejected: nothing here says how many axes it would cover).
       kernel_dilation: dilation per spatial axis (int or sequence).
       feature_group_count: feature groups of the convolution; directions are
         assigned within each group (see the module docstring).
@@ -221,10 +264,14 @@ def shift_directions(
       Read-only int8 array of shape ``(C, len(kernel_size))``: ``+1`` where the
       extra zero goes on the high side (bottom/right), ``-1`` on the low side
       (top/left), ``0`` on axes whose padding is even (no extra zero).
+
+    Raises:
+      ValueError: on a bad ``channels``, ``kernel_size``, ``kernel_dilation`` or
+        ``feature_group_count``; the message names the argument and what is allowed.
     """
-    ndim = len(kernel_size)
-    kernel_size = _as_tuple(kernel_size, ndim, "kernel_size")
-    dilation = _as_tuple(kernel_dilation, ndim, "kernel_dilation")
+    _check_channels(channels)
+    kernel_size = _kernel_size(kernel_size)
+    dilation = _as_tuple(kernel_dilation, len(kernel_size), "kernel_dilation")
     _check_groups(channels, feature_group_count)
     return _shift_directions_cached(int(channels), _total_pads(kernel_size, dilation), int(feature_group_count))
 
@@ -236,8 +283,12 @@ def channel_pads(
     kernel_dilation: int | Sequence[int] = 1,
     feature_group_count: int = 1,
 ) -> np.ndarray:
-    """Zero padding ``(low, high)`` per channel and axis, shape ``(C, ndim, 2)``."""
-    kernel_size = tuple(kernel_size)
+    """Zero padding ``(low, high)`` per channel and axis, shape ``(C, ndim, 2)``.
+
+    Arguments and errors as for :func:`shift_directions`.
+    """
+    _check_channels(channels)
+    kernel_size = _kernel_size(kernel_size)
     dilation = _as_tuple(kernel_dilation, len(kernel_size), "kernel_dilation")
     dirs = shift_directions(channels, kernel_size, kernel_dilation=dilation, feature_group_count=feature_group_count)
     return _pads_from(_total_pads(kernel_size, dilation), dirs)
@@ -254,7 +305,7 @@ def _pads_from(totals: Sequence[int], dirs: np.ndarray, axes: Sequence[int] | No
 
 
 def _check_groups(channels: int, feature_group_count: int) -> None:
-    if not isinstance(feature_group_count, (int, np.integer)) or feature_group_count < 1:
+    if not _is_int(feature_group_count) or feature_group_count < 1:
         raise ValueError(f"feature_group_count must be a positive int, got {feature_group_count!r}")
     if channels < 1:
         raise ValueError(f"the input must have at least one channel, got {channels}")
@@ -271,7 +322,7 @@ def _check_groups(channels: int, feature_group_count: int) -> None:
 
 def symmetric_pad(
     x: jax.typing.ArrayLike,
-    kernel_size: Sequence[int],
+    kernel_size: int | Sequence[int],
     *,
     kernel_dilation: int | Sequence[int] = 1,
     feature_group_count: int = 1,
@@ -283,20 +334,34 @@ def symmetric_pad(
 
     Args:
       x: input of shape ``(N, *spatial, C)``.
-      kernel_size: kernel extent per spatial axis.
+      kernel_size: kernel extent per spatial axis, or an int for the same
+        extent on every spatial axis of ``x`` (as ``strides`` in :func:`sym_pad_conv`).
       kernel_dilation: dilation per spatial axis.
       feature_group_count: feature groups of the convolution that follows.
 
     Returns:
       Array of shape ``(N, *(spatial + k_eff - 1), C)`` and the dtype of ``x``.
+
+    Raises:
+      ValueError: if ``x`` does not have one spatial axis per ``kernel_size``
+        entry, or on a bad ``kernel_size``, ``kernel_dilation`` or
+        ``feature_group_count``; the message names the argument.
     """
     x = jnp.asarray(x)
+    if _is_int(kernel_size):
+        if x.ndim < 3:
+            raise ValueError(f"x must have shape (N, *spatial, C) with at least one spatial dim, got shape {x.shape}")
+        kernel_size = _kernel_size(kernel_size, x.ndim - 2)
+    else:
+        kernel_size = _kernel_size(kernel_size)
     ndim = len(kernel_size)
     if x.ndim != ndim + 2:
         raise ValueError(
             f"x must have shape (N, *spatial, C) with {ndim} spatial dims for "
-            f"kernel_size={tuple(kernel_size)}, got shape {x.shape}"
+            f"kernel_size={kernel_size}, got shape {x.shape}"
         )
+    if x.shape[-1] < 1:
+        raise ValueError(f"x must have at least one channel, got shape {x.shape}")
     return _pad_select(x, kernel_size, _as_tuple(kernel_dilation, ndim, "kernel_dilation"), feature_group_count)
 
 
@@ -418,8 +483,10 @@ def sym_pad_conv(
       ``dimension_numbers[2]``.
 
     Raises:
-      ValueError: on inconsistent shapes, bad strides/dilation/groups, or
-        unsupported ``dimension_numbers``; the message names the argument.
+      ValueError: on inconsistent shapes, bad strides/dilation/groups (not
+        positive ints: bools, floats and strings are rejected, not rounded), an
+        unknown ``implementation`` or unsupported ``dimension_numbers``; the
+        message names the argument, the bad value and what is allowed.
     """
     x = jnp.asarray(x)
     kernel = jnp.asarray(kernel)
@@ -439,6 +506,8 @@ def sym_pad_conv(
     x = _to_layout(x, lhs, canon_lhs)
     kernel = _to_layout(kernel, rhs, canon_rhs)
     channels = x.shape[-1]
+    if channels < 1:
+        raise ValueError(f"x must have at least one channel, got shape {x.shape} (layout {lhs})")
     _check_groups(channels, feature_group_count)
     if kernel.shape[-2] * feature_group_count != channels:
         raise ValueError(
@@ -801,7 +870,21 @@ def choose_implementation(x: Any, kernel: Any, *, feature_group_count: int = 1) 
     Returns:
       One of :data:`IMPLEMENTATIONS` other than ``'auto'`` (the one forced by
       :func:`use_implementation`, if any).
+
+    Raises:
+      ValueError: if ``x`` or ``kernel`` has no shape, ranks or channels that
+        :func:`sym_pad_conv` would reject, or a bad ``feature_group_count``.
     """
+    x_shape, kernel_shape = getattr(x, "shape", None), getattr(kernel, "shape", None)
+    if x_shape is None or len(x_shape) not in (3, 4, 5):
+        got = f"shape {tuple(x_shape)}" if x_shape is not None else f"{type(x).__name__!r} object without .shape"
+        raise ValueError(f"x must be channels-last (N, *spatial, C) with 1, 2 or 3 spatial dims, got {got}")
+    if kernel_shape is None or len(kernel_shape) != len(x_shape):
+        got = f"shape {tuple(kernel_shape)}" if kernel_shape is not None else f"{type(kernel).__name__!r} object without .shape"
+        raise ValueError(f"kernel must have the rank of x ({len(x_shape)}), got {got}")
+    if x_shape[-1] < 1:
+        raise ValueError(f"x must have at least one channel, got shape {tuple(x_shape)}")
+    _check_groups(x_shape[-1], feature_group_count)
     return _choose("auto", x, kernel, feature_group_count)
 
 
