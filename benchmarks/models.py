@@ -199,7 +199,14 @@ def build_cases(
     depths: Sequence[int] | None = None,
     batches: Sequence[int] | None = None,
 ) -> list[Case]:
-    """Every case of the selected suites, grouped; baseline first in each group."""
+    """Every case of the selected suites, grouped; baseline first in each group.
+
+    Raises:
+      ValueError: on a suite not in :data:`SUITES`, naming ``suites``.
+    """
+    unknown = [suite for suite in suites if suite not in SUITES]
+    if unknown:
+        raise ValueError(f"suites: unknown {unknown[0]!r}; choose from {', '.join(SUITES)}")
     from classify.models import BLOCKS, blocks_cifar, resnet_cifar
     from classify.models.resnet_cifar import TABLE1_WIDTHS
 
@@ -431,21 +438,74 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _ints(text: str | None) -> list[int] | None:
-    return [int(v) for v in text.split(",")] if text else None
+def _names(flag: str, text: str, allowed: Sequence[str], *, empty_ok: bool = False) -> list[str]:
+    """The comma-separated names of ``flag``; one not in ``allowed`` is a user error.
+
+    Without this a misspelt suite selected nothing and the command exited 0.
+    """
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        if name not in allowed:
+            raise ValueError(f"{flag}: unknown {name!r}; choose from {', '.join(allowed)}")
+    if not names and not empty_ok:
+        raise ValueError(f"{flag}: empty; choose from {', '.join(allowed)}")
+    return names
+
+
+def _kinds(text: str) -> list[str]:
+    """``--kinds``: any 'C<k>' or 'C<k>sp', not only the paper's five."""
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    for kind in kinds:
+        try:
+            sympad.parse_kind(kind)
+        except ValueError:
+            raise ValueError(
+                f"--kinds: unknown {kind!r}; choose from {', '.join(sympad.KINDS)} or any 'C<k>' / 'C<k>sp'"
+            ) from None
+    if not kinds:
+        raise ValueError(f"--kinds: empty; choose from {', '.join(sympad.KINDS)} or any 'C<k>' / 'C<k>sp'")
+    return kinds
+
+
+def _ints(flag: str, text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values or not all(v.isdigit() and int(v) > 0 for v in values):
+        raise ValueError(f"{flag}: expected comma-separated positive ints, got {text!r}")
+    return [int(v) for v in values]
+
+
+def _available(sizes: Sizes, suites: Sequence[str]) -> str:
+    """The depths and batches the selected suites have in ``sizes``, for an empty selection's message."""
+    depths, batches = set(), set()
+    if "resnet" in suites:
+        depths |= {d for d, _, _ in sizes.resnet}
+        batches |= {b for _, b, _ in sizes.resnet}
+    if "table1" in suites:
+        depths |= {d for d, _ in sizes.table1}
+        batches |= {b for _, b in sizes.table1}
+    batches |= {sizes.sngan_batch} if "sngan" in suites else set()
+    batches |= {sizes.resnet19_batch} if "resnet19" in suites else set()
+    parts = [f"{name} {','.join(map(str, sorted(values)))}" for name, values in (("depths", depths), ("batches", batches)) if values]
+    return ", ".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     sizes = GPU if args.gpu else TINY if args.tiny else CPU
-    cases = build_cases(
-        sizes,
-        suites=args.suites.split(","),
-        kinds=args.kinds.split(","),
-        formulations=[f for f in args.formulations.split(",") if f],
-        depths=_ints(args.depths),
-        batches=_ints(args.batches),
-    )
+    # Checked before any model is built, so that a typo answers at once.
+    suites = _names("--suites", args.suites, SUITES)
+    kinds = _kinds(args.kinds)
+    formulations = _names("--formulations", args.formulations, sympad.IMPLEMENTATIONS, empty_ok=True)
+    depths, batches = _ints("--depths", args.depths), _ints("--batches", args.batches)
+    cases = build_cases(sizes, suites=suites, kinds=kinds, formulations=formulations, depths=depths, batches=batches)
+    if not cases:
+        size = "--gpu" if args.gpu else "--tiny" if args.tiny else "the CPU"
+        raise ValueError(
+            f"--depths/--batches: no case matches {args.depths or 'any'} / {args.batches or 'any'}; "
+            f"{size} sizes of {','.join(suites)} have {_available(sizes, suites)}"
+        )
     report = common.Report(args.out, stream=None if args.out else sys.stdout)
     report.write({"record": "environment", "bench": "models", **common.environment()})
     records = run(
