@@ -31,7 +31,7 @@ class KernelKind:
         if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
             raise ValueError(f"size must be a positive int, got {self.size!r}")
         if not isinstance(self.symmetric, bool):
-            raise ValueError(f"symmetric must be a bool, got {self.symmetric!r}")
+            raise TypeError(f"symmetric must be a bool, got {self.symmetric!r}")
 
     @property
     def name(self) -> str:
