@@ -14,7 +14,7 @@ and FID verdicts only from the Inception network: 'holds' / 'does not hold' at t
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 

@@ -8,7 +8,6 @@ slow smoke test.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import signal
 import subprocess
