@@ -32,7 +32,6 @@ import jax.numpy as jnp
 from absl import app, flags, logging
 
 from gan import models
-from gan.sampling import num_classes_of
 from sympad.train.errors import run_absl
 
 __all__ = ["export_generator", "input_metadata", "load", "main", "save"]
@@ -54,14 +53,11 @@ def export_generator(generator: models.Generator, variables: Mapping[str, Any], 
     variables = jax.device_get(variables)
     (batch,) = jax.export.symbolic_shape("b")
     specs = [jax.ShapeDtypeStruct((batch, z_dim), jnp.float32)]
-    if num_classes_of(generator):
+    if generator.num_classes:
         specs.append(jax.ShapeDtypeStruct((batch,), jnp.int32))
 
-        def generate(z: jax.Array, labels: jax.Array) -> jax.Array:
-            return generator.apply(variables, z, labels=labels, train=False)
-    else:
-        def generate(z: jax.Array) -> jax.Array:
-            return generator.apply(variables, z, train=False)
+    def generate(z: jax.Array, *labels: jax.Array) -> jax.Array:  # labels: () or the (B,) classes
+        return generator.apply(variables, z, *labels, train=False)
 
     return jax.export.export(jax.jit(generate), platforms=tuple(platforms) if platforms else None)(*specs)
 
@@ -111,7 +107,7 @@ def main(argv: list[str]) -> None:
     config, generator, state = restore_state(FLAGS.workdir)
     exported = export_generator(generator, generator_variables(state, use_ema=FLAGS.ema), z_dim=config.z_dim,
                                 platforms=platforms)
-    num_classes = num_classes_of(generator)
+    num_classes = generator.num_classes
     metadata = dict(z_dim=int(config.z_dim), num_classes=num_classes,
                     inputs=input_metadata(z_dim=config.z_dim, num_classes=num_classes),
                     image_size=output_size(generator), kernel=config.kernel,

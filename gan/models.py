@@ -65,6 +65,7 @@ __all__ = [
     "ARCHS",
     "default_width_multiplier",
     "scaled_width",
+    "check_labels",
     "count_params",
     "upsample",
 ]
@@ -213,8 +214,8 @@ def _normalize(norm: str, num_classes: int, class_embedding: str, x: jax.Array, 
     return _Norm(norm, name=name)(x, train=train)
 
 
-def _check_labels(labels: jax.typing.ArrayLike | None, *, num_classes: int, batch: int,
-                  model: str) -> jax.Array | None:
+def check_labels(labels: jax.typing.ArrayLike | None, *, num_classes: int, batch: int,
+                 model: str) -> jax.Array | None:
     """``labels`` as an array; ValueError unless they fit a model with ``num_classes`` classes.
 
     Values are checked only when concrete: under ``jit`` an out-of-range label
@@ -336,7 +337,7 @@ class Generator(nn.Module):
             raise ValueError(f"class_embedding must be one of {CLASS_EMBEDDINGS}, got {self.class_embedding!r}")
         if self.num_classes > 0 and self.norm != "batch":
             raise ValueError(f"class-conditional G needs norm='batch' (conditional BatchNorm), got norm={self.norm!r}")
-        labels = _check_labels(labels, num_classes=self.num_classes, batch=z.shape[0], model="generator")
+        labels = check_labels(labels, num_classes=self.num_classes, batch=z.shape[0], model="generator")
         condition = labels
         if self.num_classes and self.class_embedding == "shared":
             if self.shared_dim < 1:
@@ -434,7 +435,7 @@ class Discriminator(nn.Module):
                              "must have the same length")
         if x.ndim != 4:
             raise ValueError(f"images must have shape (batch, H, W, C), got {x.shape}")
-        labels = _check_labels(labels, num_classes=self.num_classes, batch=x.shape[0], model="discriminator")
+        labels = check_labels(labels, num_classes=self.num_classes, batch=x.shape[0], model="discriminator")
         _, skip_init = _initializers(self.weight_init)
         h = x
         for i, (features, down) in enumerate(zip(self.channels, self.downsample)):

@@ -29,7 +29,6 @@ __all__ = [
     "generate_images",
     "generate_samples",
     "interpolation_latents",
-    "num_classes_of",
     "sample_latents",
     "slerp",
 ]
@@ -40,11 +39,6 @@ __all__ = [
 _PARALLEL_SIN = 1e-3
 
 
-def num_classes_of(generator: models.Generator) -> int:
-    """Classes of a class-conditional generator; 0 for an unconditional one."""
-    return int(getattr(generator, "num_classes", 0) or 0)
-
-
 def class_labels(num: int, num_classes: int) -> np.ndarray:
     """The default labels of ``num`` conditional samples: ``i % num_classes`` as int32 (num,), balanced."""
     if num_classes < 1:
@@ -52,31 +46,16 @@ def class_labels(num: int, num_classes: int) -> np.ndarray:
     return (np.arange(num) % num_classes).astype(np.int32)
 
 
-def _check_labels(labels: Any, *, num: int, num_classes: int) -> np.ndarray:
-    """``labels`` as int32 (num,) in [0, num_classes), or a ValueError naming what is wrong."""
-    if num_classes < 1:
-        raise ValueError("labels were given, but the generator is unconditional (num_classes=0)")
-    array = np.asarray(labels)
-    if array.shape != (num,) or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"labels must be integers of shape ({num},), got {array.dtype} {array.shape}")
-    bad = array[(array < 0) | (array >= num_classes)]
-    if bad.size:
-        raise ValueError(f"labels must lie in [0, {num_classes}), got {sorted(set(bad.tolist()))[:5]}")
-    return array.astype(np.int32)
-
-
-def _apply(generator: models.Generator, variables: Mapping[str, Any], z: jax.Array,
-           labels: jax.Array | None) -> jax.Array:
-    # An unconditional call keeps today's signature, so generators without a labels argument work.
-    if labels is None:
-        return generator.apply(variables, z, train=False)
-    return generator.apply(variables, z, labels=labels, train=False)
+def _check_labels(labels: Any, *, num: int, generator: models.Generator) -> np.ndarray | None:
+    """``labels`` as int32 (num,) (None for an unconditional G), checked as the model checks them."""
+    labels = models.check_labels(labels, num_classes=generator.num_classes, batch=num, model="generator")
+    return None if labels is None else np.asarray(labels, np.int32)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _generate_images(generator: models.Generator, variables: Mapping[str, Any], z: jax.Array,
                      labels: jax.Array | None) -> jax.Array:
-    return to_uint8(_apply(generator, variables, z, labels))
+    return to_uint8(generator.apply(variables, z, labels, train=False))
 
 
 def _multi_process_mesh(variables: Mapping[str, Any]) -> Mesh | None:
@@ -167,11 +146,9 @@ def generate_samples(generator: models.Generator, variables: Mapping[str, Any], 
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if truncation < 0:
         raise ValueError(f"truncation must be >= 0 (0 = off), got {truncation}")
-    num_classes = num_classes_of(generator)
-    if labels is not None:
-        labels = _check_labels(labels, num=num, num_classes=num_classes)
-    elif num_classes:
-        labels = class_labels(num, num_classes)
+    if labels is None and generator.num_classes:
+        labels = class_labels(num, generator.num_classes)
+    labels = _check_labels(labels, num=num, generator=generator)
     if mesh is None:
         mesh = _multi_process_mesh(variables) or make_mesh(jax.local_devices())
     z_dim = z_dim or int(variables["params"]["dense"]["kernel"].shape[0])
@@ -217,10 +194,7 @@ def generate_from_latents(generator: models.Generator, variables: Mapping[str, A
     if z.ndim != 2 or not len(z):
         raise ValueError(f"z must have shape (N >= 1, z_dim), got {z.shape}")
     num = len(z)
-    if labels is not None:
-        labels = _check_labels(labels, num=num, num_classes=num_classes_of(generator))
-    elif num_classes_of(generator):
-        raise ValueError("a class-conditional generator needs labels (N,)")
+    labels = _check_labels(labels, num=num, generator=generator)
     batch_size = min(batch_size, num)
     pad = -num % batch_size
     z = np.pad(z, ((0, pad), (0, 0)))

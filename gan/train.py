@@ -732,6 +732,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     digits_scorer = _digits_scorer(config)
 
     def sample_labels(num: int) -> np.ndarray | None:
+        # The classes generate_samples gives a conditional G by default (sample i: i % classes).
         return sampling.class_labels(num, classes) if classes else None
 
     def save_samples(step: int, state: TrainState, writer: MetricWriter) -> dict[str, float]:
@@ -744,7 +745,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             return {}
         num = config.digits_quality_samples
         samples = sampling.generate_samples(generator, variables, num=num, seed=config.seed + 1, batch_size=256,
-                                            mesh=mesh, labels=sample_labels(num))
+                                            mesh=mesh)
         return digits_scorer(samples, sample_labels(num))
 
     hooks = [loop.Hook(config.sample_every, save_samples, "sample_every")]
@@ -753,11 +754,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         def evaluate(step: int, state: TrainState, writer: MetricWriter) -> dict[str, float]:
             num = _eval_num_samples(config, evaluator)
             samples = sampling.generate_samples(generator, generator_variables(state, use_ema=True), num=num,
-                                                seed=config.seed + 1, batch_size=256, mesh=mesh,
-                                                labels=sample_labels(num))
+                                                seed=config.seed + 1, batch_size=256, mesh=mesh)
             # Conditional runs: overall and intra-class (per class) scores through the same network.
-            scores = evaluator(samples, labels=sample_labels(num)) if classes else evaluator(samples)
-            scores = {f"eval/{k}": v for k, v in scores.items()}
+            scores = {f"eval/{k}": v for k, v in evaluator(samples, labels=sample_labels(num)).items()}
             # One name for the best-checkpoint rule, whichever feature network computed the FID.
             fids = [v for k, v in scores.items()
                     if k.startswith("eval/fid_") and not k.startswith(("eval/fid_intra", "eval/fid_class"))]

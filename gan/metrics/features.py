@@ -181,11 +181,6 @@ def _cache_path(cache_dir: Path, *, dataset: str, split: str, image_size: int, n
     return cache_dir / f"{safe}-{split}-{image_size}px-n{num_examples}-{network.cache_id}.npz"
 
 
-def load_reference_images(dataset: str, split: str, *, image_size: int, num_examples: int) -> np.ndarray:
-    """Reference images via ``sympad.data.load`` (uint8 (N, image_size, image_size, 3))."""
-    return load_reference(dataset, split, image_size=image_size, num_examples=num_examples)[0]
-
-
 def load_reference(dataset: str, split: str, *, image_size: int,
                    num_examples: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Reference images and their int32 class labels (None for unlabelled data) via ``sympad.data.load``."""

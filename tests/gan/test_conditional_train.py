@@ -135,9 +135,14 @@ def test_conditional_digits_run_logs_class_agreement(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / "digits"))
     records = [json.loads(line) for line in (tmp_path / "digits" / "metrics.jsonl").read_text().splitlines()]
     assert 0.0 <= records[-1]["digits/class_agreement"] <= 1.0
-    # The training grid: one row per class.
     _, generator, state = train.restore_state(tmp_path / "digits")
     assert generator.num_classes == 10
+    # The training grid: one row per class, num_grid // classes columns of 16 px images, 2 px padding.
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "digits" / "samples_0000002.png")
+    columns = config.num_grid // 10
+    assert grid.size == (columns * 18 + 2, 10 * 18 + 2)
 
 
 def test_class_agreement_of_real_digits_is_the_classifier_accuracy():

@@ -275,7 +275,7 @@ def test_gan_skipped_files_reach_the_first_record(monkeypatch, tmp_path):
 def test_gan_keeps_the_best_fid_when_it_evaluates(monkeypatch, tmp_path):
     gan_train = importlib.import_module("gan.train")
     config = _with(_config("gan", "sngan_cifar10"), eval_every=10, digits_quality_samples=0)
-    monkeypatch.setattr(gan_train, "_build_evaluator", lambda config: lambda images: {
+    monkeypatch.setattr(gan_train, "_build_evaluator", lambda config: lambda images, labels=None: {
         "fid_offline_cifar10": 12.5, "is_offline_cifar10": 2.0})
     monkeypatch.setattr(gan_train.sampling, "generate_samples",
                         lambda *a, num, **k: np.zeros((num, 16, 16, 3), np.uint8))
