@@ -39,13 +39,18 @@ def _three_steps(config, *, labels: bool = False):
     return state, metrics
 
 
-def test_switches_off_give_the_unconditional_step_bit_for_bit():
+def test_switches_off_give_the_unconditional_step():
     # The fixture holds G, D and EMA parameters after these three steps, computed by this same code
-    # at commit b3b7f3c, before conditional models and DiffAugment existed. Bitwise equality is
-    # only promised by the same XLA build, so another jax version skips rather than compares.
+    # at commit b3b7f3c, before conditional models and DiffAugment existed, on another machine.
+    # Across machines the same jax gives the same step only to rounding: XLA:CPU compiles for the
+    # host's vector width and splits reductions by its core count, so sums run in another order
+    # (4 of 8 D biases 2.3e-10 apart, a few float32 ulps, measured). One Adam step moves a weight
+    # by ~lr = 2e-4, so any change of the step's math is orders of magnitude above this tolerance.
+    # (Bit-for-bit equality holds on one machine only; the resume tests check it there.)
     fixture = np.load(DATA / "unconditional_steps_b3b7f3c.npz")
-    if str(fixture["jax_version"]) != jax.__version__:
-        pytest.skip(f"fixture made with jax {fixture['jax_version']}, this is {jax.__version__}")
+    made_with, here = str(fixture["jax_version"]), jax.__version__
+    if made_with.split(".")[:2] != here.split(".")[:2]:
+        pytest.skip(f"fixture made with jax {made_with}, this is {here}: initial weights may differ")
     config = tiny_config(kernel="C2sp", num_train_steps=3)
     assert config.loss == "ns" and config.norm == "none" and config.diffaugment == "" and not config.conditional
     state, _ = _three_steps(config)
@@ -53,7 +58,7 @@ def test_switches_off_give_the_unconditional_step_bit_for_bit():
         {"g": state.g_params, "d": state.d_params, "ema": state.ema_params})}
     assert set(leaves) == set(fixture.files) - {"jax_version"}
     for name, value in leaves.items():
-        np.testing.assert_array_equal(value, fixture[name], err_msg=name)
+        np.testing.assert_allclose(value, fixture[name], rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 def test_conditional_step_uses_the_labels_and_trains_the_class_tables():
