@@ -13,11 +13,11 @@ import importlib.util as _importlib_util
 
 # Checked here, before any submodule import fails on one of them with a bare
 # ModuleNotFoundError that does not say which install brings them. Module -> PyPI name.
+# tensorboardX is in the extra but optional at run time (sympad.train.metrics.MetricWriter).
 _TRAIN_EXTRA = {
     "absl": "absl-py",
     "ml_collections": "ml-collections",
     "orbax.checkpoint": "orbax-checkpoint",
-    "tensorboardX": "tensorboardX",
     "tqdm": "tqdm",
     "PIL": "pillow",
 }

@@ -59,6 +59,9 @@ LOOP_FIELDS: dict[str, tuple[Any, str]] = {
     "host_data": (False, "True: stream batches from the host even when the split fits on the device"),
     "conv_implementation": ("auto", "formulation of the C*sp convs (sympad.IMPLEMENTATIONS); same results"),
     "allow_corrupt": (False, "True: skip image files that do not decode (counted in the log and as data/skipped)"),
+    "step_limit_file": ("", ("a file holding an int N: the run ends at step min(N, num_train_steps), final "
+                             "checkpoint and hooks included, when the file appears or changes; '' = none (a "
+                             "scheduler sizes a run while it trains: paper.campaign packs runs on one GPU)")),
     "resume_corrupt": ("raise", ("latest checkpoint corrupt: 'raise', or 'fall_back' to the newest intact step "
                                  "(the damaged one moved aside, never deleted)")),
 }
@@ -184,6 +187,8 @@ def _check_loop_fields(config: ml_collections.ConfigDict) -> None:
         check_bool(config, "allow_corrupt")
     if "resume_corrupt" in config:
         check_choice(config, "resume_corrupt", RESUME_CORRUPT)
+    if "step_limit_file" in config:
+        check_str(config, "step_limit_file")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,6 +16,9 @@ hands it to :func:`train`, which does the rest once for everyone:
 * preemption: SIGTERM or SIGINT saves a checkpoint of the step in progress and stops with
   :class:`Preempted` (exit status :data:`PREEMPTED_EXIT_CODE`); rerunning the command resumes
   there exactly. Multi-host runs stop at jax's preemption sync point, the same step everywhere;
+* ``config.step_limit_file``: a scheduler may shorten the run while it trains by writing a step
+  count there (:class:`_StepLimit`); the run then ends at that step as if it were
+  ``total_steps`` (last record, hooks and checkpoint). The learning-rate schedule is not rebuilt;
 * ``config.conv_implementation`` applied with ``sympad.use_implementation`` around everything that
   traces (the steps and the hooks).
 
@@ -275,6 +278,41 @@ def _preemption_service_running() -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
+# An outside step limit
+
+
+class _StepLimit:
+    """Reads ``config.step_limit_file`` (an int in text) whenever the file changes.
+
+    The run ends at ``max(N, the next step)`` when ``N`` is below its current end; a larger
+    ``N`` never lengthens it.
+
+    Looked at once per dispatched step: one ``stat`` call, microseconds beside any train step.
+    A missing, empty or unreadable file means no limit (a writer replaces it atomically).
+    """
+
+    def __init__(self, path: str):
+        self.path = Path(path) if path else None
+        self._seen: tuple[int, int] | None = None
+        self.value: int | None = None
+
+    def get(self) -> int | None:
+        if self.path is None:
+            return None
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return self.value
+        if (stat.st_mtime_ns, stat.st_size) != self._seen:
+            self._seen = (stat.st_mtime_ns, stat.st_size)
+            try:
+                self.value = int(self.path.read_text(encoding="utf-8").strip())
+            except (OSError, ValueError):
+                pass  # a half-written file: the next change is read
+        return self.value
+
+
+# ----------------------------------------------------------------------------------------------
 # The loop
 
 
@@ -318,7 +356,7 @@ def train(
     """Trains from the latest checkpoint in ``workdir/checkpoints`` (or from ``init_state()``) to ``total_steps``.
 
     Config keys read (``sympad.train.config.LOOP_FIELDS``): log_every, checkpoint_every,
-    max_checkpoints, host_data, conv_implementation, resume_corrupt.
+    max_checkpoints, host_data, conv_implementation, resume_corrupt, step_limit_file.
 
     Args:
       config: the run's config.
@@ -379,7 +417,16 @@ def train(
         pending: list[Metrics] = []  # on the device, not yet fetched
         since_log: list[dict[str, Any]] = []  # fetched, not yet logged
         train_time, tick, fetched_at, logged_at = 0.0, time.monotonic(), start, start
-        for step in range(start + 1, total_steps + 1):
+        limit = _StepLimit(config.get("step_limit_file", ""))
+        step = start
+        while step < total_steps:
+            limited = limit.get()
+            if limited is not None and limited < total_steps:
+                # Only ever shortens; a limit already passed ends the run at the next step, which
+                # then gets the last step's record, hooks and checkpoint.
+                total_steps = max(limited, step + 1)
+                progress.set_total(total_steps)
+            step += 1
             state, metrics = next_step(state)
             pending.append(metrics)
             due = [hook for hook, every in zip(hooks, periods) if itstime(step, every, total_steps)]

@@ -7,6 +7,7 @@ message that says where the last good checkpoint is.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -93,7 +94,8 @@ class MetricWriter:
 
     Args:
       workdir: the run directory (created if missing).
-      tensorboard: also write TensorBoard event files (tensorboardX, no TensorFlow needed).
+      tensorboard: also write TensorBoard event files (tensorboardX, no TensorFlow needed; without
+        tensorboardX installed, one note line and the JSON lines only).
     """
 
     def __init__(self, workdir: str | os.PathLike[str], *, tensorboard: bool = True):
@@ -106,7 +108,11 @@ class MetricWriter:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
-        if tensorboard:
+        if tensorboard and importlib.util.find_spec("tensorboardX") is None:
+            # A minimal image (the GPU machines' has no tensorboardX) still gets the JSON lines.
+            print(f"note: tensorboardX is not installed; {self.path.name} only, no TensorBoard events "
+                  "(pip install tensorboardX)", file=sys.stderr, flush=True)
+        elif tensorboard:
             self._tb = _summary_writer_class()(logdir=str(self.workdir), flush_secs=30)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:

@@ -103,6 +103,13 @@ class Progress:
             self._last_time = now
             self._next_step = (step // self._every_steps + 1) * self._every_steps
 
+    def set_total(self, total: int) -> None:
+        """Moves the end of the run (a run shortened while it trains)."""
+        self.total = int(total)
+        if self._bar is not None:
+            self._bar.total = self.total
+            self._bar.refresh()
+
     def _write_line(self, step: int, now: float, postfix: Mapping[str, Any]) -> None:
         elapsed = now - self._start
         done = step - self._initial

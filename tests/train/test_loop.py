@@ -237,3 +237,35 @@ def test_restore_latest(tmp_path):
     step, state = loop.restore_latest(tmp_path / "checkpoints", _init())
     assert step == 3
     np.testing.assert_array_equal(np.asarray(state.w), np.asarray(final.w))
+
+
+# ----------------------------------------------------------------------------------------------
+# An outside step limit (config.step_limit_file)
+
+
+@pytest.mark.parametrize("written_at, limit, ends_at", [
+    (0, "5", 5),     # there from the start
+    (2, "4", 4),     # written while training: the run ends there, as if total were 4
+    (3, "2", 4),     # already passed: the next step is the last
+    (2, "50", 8),    # a limit never lengthens a run
+    (2, "oops", 8),  # unreadable: no limit
+])
+def test_step_limit_file_ends_the_run_with_its_last_step_records(tmp_path, written_at, limit, ends_at):
+    limit_file = tmp_path / "limit"
+    if written_at == 0:
+        limit_file.write_text(limit)
+    seen = []
+
+    def hook(step, state, writer):
+        seen.append(step)
+        if step == written_at:
+            limit_file.write_text(limit)
+        return {}
+
+    workdir = tmp_path / "run"
+    state, record = _train(workdir, 8, config=_config(step_limit_file=str(limit_file), checkpoint_every=100),
+                           hooks=[loop.Hook(every=1, fn=hook)])
+    assert int(state.step) == ends_at
+    assert seen == list(range(1, ends_at + 1))
+    assert _steps(workdir) == [ends_at]  # the final checkpoint, at the limit
+    assert [r["step"] for r in _records(workdir)] == list(range(1, ends_at + 1))
