@@ -1,8 +1,10 @@
 """The flax FID Inception port against pytorch-fid itself (random weights; no download ever).
 
-The equivalence test needs the optional reference packages (``pip install torch==2.14.1
-torchvision==0.29.1 pytorch-fid``) and skips with the reason otherwise. The other tests need
-only NumPy/JAX.
+``test_matches_committed_pytorch_fid_outputs`` (full suite) needs only NumPy/JAX: it compares
+the port with pytorch-fid's outputs committed in ``tests/gan/data/pytorch_fid_reference.npz``
+(``python -m tests.gan.make_fid_reference`` regenerates them, reference extra). The live
+equivalence tests need the reference packages (``pip install -e '.[reference]'``) and skip with
+the reason otherwise.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +20,8 @@ import numpy as np
 import pytest
 
 from gan.metrics import inception as inc
+from gan.metrics import scores
+from tests.gan import fid_reference
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("torchvision") is not None
 HAVE_PYTORCH_FID = HAVE_TORCH and importlib.util.find_spec("pytorch_fid") is not None
@@ -88,26 +93,29 @@ def test_missing_weights_error_says_where_and_how(tmp_path):
 
 
 @functools.lru_cache(maxsize=1)
-def _random_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
-    """A torch-named state dict with the FID Inception's shapes, built from the flax shapes."""
+def _torch_shapes() -> dict[str, tuple[int, ...]]:
+    """pytorch-fid's state-dict names and shapes of the FID Inception, built from the flax shapes."""
     shapes = jax.eval_shape(lambda: inc.FIDInceptionV3().init(jax.random.PRNGKey(0), jnp.zeros((1, 299, 299, 3))))
-    rng = np.random.default_rng(seed)
-    state = {}
+    torch_shapes = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
         keys = [p.key for p in path]
         col, name, leafname = keys[0], ".".join(keys[1:-1]), keys[-1]
-        if col == "params" and leafname == "kernel" and name != "fc":
-            kh, kw, i, o = leaf.shape
-            # He scaling keeps activations finite through the ~95 layers.
-            state[f"{name}.weight"] = rng.normal(0, (2 / (i * kh * kw)) ** 0.5, (o, i, kh, kw)).astype(np.float32)
-        elif name == "fc":
-            state[f"fc.{'weight' if leafname == 'kernel' else 'bias'}"] = (
-                rng.normal(size=leaf.shape[::-1]) if leafname == "kernel" else rng.normal(size=leaf.shape)
-            ).astype(np.float32)
+        if col == "params" and leafname == "kernel":
+            if name == "fc":  # torch (out, in), flax (in, out)
+                torch_shapes["fc.weight"] = leaf.shape[::-1]
+            else:  # torch OIHW, flax HWIO
+                kh, kw, i, o = leaf.shape
+                torch_shapes[f"{name}.weight"] = (o, i, kh, kw)
         else:
             torch_name = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}[leafname]
-            state[f"{name}.{torch_name}"] = (0.5 + rng.random(leaf.shape)).astype(np.float32)
-    return state
+            torch_shapes[f"{name}.{torch_name}"] = leaf.shape
+    return torch_shapes
+
+
+@functools.lru_cache(maxsize=1)
+def _random_state_dict(seed: int = fid_reference.WEIGHTS_SEED) -> dict[str, np.ndarray]:
+    """A torch-named state dict with the FID Inception's shapes and the reference file's random weights."""
+    return fid_reference.random_state_dict(_torch_shapes(), seed)
 
 
 def test_converted_files_load_identically(tmp_path):
@@ -158,6 +166,7 @@ def test_wrong_state_dict_is_rejected():
         inc.variables_from_state_dict(state)
 
 
+@pytest.mark.slow
 @needs_pytorch_fid
 def test_matches_pytorch_fid(tmp_path, monkeypatch):
     """pytorch-fid's own InceptionV3 (random weights) vs the port: pool features and logits to 1e-4."""
@@ -221,6 +230,38 @@ def test_matches_pytorch_fid(tmp_path, monkeypatch):
         np.testing.assert_allclose(out[name], ref, rtol=1e-4, atol=1e-4 * np.max(np.abs(ref)))
 
 
+@pytest.mark.slow
+def test_matches_committed_pytorch_fid_outputs():
+    """The port against pytorch-fid's own outputs, committed (tests/gan/make_fid_reference.py): no torch here.
+
+    Same random weights, same images: pool3 and the 1008 logits at 32 and 64 px to 1e-4 of their
+    scale, and the FID between two 32 px sets as pytorch-fid's calculate_frechet_distance gave it.
+    """
+    reference = np.load(Path(__file__).resolve().parent / "data" / fid_reference.REFERENCE_FILE)
+    state = _random_state_dict()
+    assert fid_reference.digest(state) == str(reference["weights_sha256"]), "not the weights pytorch-fid ran"
+    images = fid_reference.reference_images()
+    for name, batch in images.items():
+        np.testing.assert_array_equal(batch, reference[name], err_msg=name)
+
+    # One compiled network for every image: each size is resized to 299 px first, as the port does.
+    model = inc.FIDInceptionV3(num_classes=inc.NUM_CLASSES)
+    out = jax.jit(model.apply)(inc.variables_from_state_dict(state),
+                               jnp.concatenate([inc.preprocess(jnp.asarray(b)) for b in images.values()]))
+    starts = np.cumsum([0, *(len(b) for b in images.values())])
+    for (name, _), lo, hi in zip(images.items(), starts[:-1], starts[1:]):
+        key = name.removeprefix("images_")
+        for output in ("pool", "logits"):
+            got, want = np.asarray(out[output][lo:hi], np.float64), reference[f"{output}_{key}"]
+            scale = np.max(np.abs(want))
+            print(f"pytorch-fid reference: {output} {key}: max |port - ref| / max |ref| = "
+                  f"{np.max(np.abs(got - want)) / scale:.2e}")
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale, err_msg=f"{output}_{key}")
+    pool_a, pool_b = (np.asarray(out["pool"][lo:hi], np.float64) for lo, hi in zip(starts[:2], starts[1:3]))
+    fid = scores.frechet_distance(*scores.feature_statistics(pool_a), *scores.feature_statistics(pool_b))
+    assert fid == pytest.approx(float(reference["fid_a_b"]), rel=1e-3)
+
+
 @needs_torch
 def test_pth_name_hash_is_checked(tmp_path):
     import torch
@@ -229,3 +270,25 @@ def test_pth_name_hash_is_checked(tmp_path):
     torch.save({"fc.bias": torch.zeros(3)}, path)
     with pytest.raises(ValueError, match="sha256"):
         inc.load_state_dict(path)
+
+
+def test_half_form_loads_the_float16_rounded_weights_and_says_so(tmp_path):
+    # The compact form the GPU campaign carries (37.6 MB for the real weights instead of 87.4 MB).
+    from gan.metrics import convert
+    from gan.metrics.features import get_feature_network
+
+    state = _random_state_dict()
+    src = tmp_path / "w.npz"
+    np.savez(src, __metadata__=np.frombuffer(json.dumps({"sha256": "abc"}).encode(), np.uint8), **state)
+    meta = convert.convert(src, tmp_path / "w16.npz", half=True)
+    assert meta["form"] == inc.HALF_FORM and meta["float32_weights_sha256"] == inc.weights_digest(state)
+    assert (tmp_path / "w16.npz").stat().st_size < 0.55 * src.stat().st_size
+    variables, loaded = inc.load_inception_weights(tmp_path / "w16.npz")
+    rounded = {k: v.astype(np.float16).astype(np.float32) for k, v in state.items()}
+    jax.tree.map(np.testing.assert_array_equal, variables, inc.variables_from_state_dict(rounded))
+    assert loaded["weights_sha256"] == inc.weights_digest(rounded) != inc.weights_digest(state)
+    identity = get_feature_network("inception", inception_weights=tmp_path / "w16.npz").identity
+    assert identity["form"] == inc.HALF_FORM and identity["float32_sha256"] == inc.weights_digest(state)
+    assert get_feature_network("inception", inception_weights=src).identity["form"] == "float32"
+    with pytest.raises(ValueError, match="npz"):
+        convert.convert(src, tmp_path / "w16.safetensors", half=True)
