@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import itertools
 
 import jax
@@ -49,43 +50,63 @@ LABELS = np.array([0, 4, 2], np.int32)
 
 # ----------------------------------------------------------------------------------------------
 # num_classes=0: the models of main before the conditional ones, same tree, init and outputs.
-# The numbers were computed with main's gan/models.py (commit b3b7f3c) by this file's _checksum.
+# The numbers were computed with main's gan/models.py (commit b3b7f3c) by this file's _checksum,
+# with jax 0.10 and flax 0.12. They catch a change, not an error, and they rest on jax's random
+# stream and flax's initializers: another minor version of either may draw other weights, so the
+# pins skip there (the trees are checked everywhere; the models' values against NumPy below).
+
+PINNED_WITH = {"jax": "0.10", "flax": "0.12"}
+_versions = {name: ".".join(importlib.metadata.version(name).split(".")[:2]) for name in PINNED_WITH}
+pinned = pytest.mark.skipif(_versions != PINNED_WITH,
+                            reason=f"checksums pinned with {PINNED_WITH}, this is {_versions}")
 
 
-def test_unconditional_generator_unchanged():
-    z = Z()
-    g = models.Generator(channels=(8, 6), kernel="C2sp", norm="none", bottom_size=4)
-    v = jax.jit(g.init)(jax.random.key(0), z)
+def _unconditional_generators():
+    return (models.Generator(channels=(8, 6), kernel="C2sp", norm="none", bottom_size=4), _tiny_generator())
+
+
+def test_unconditional_trees_unchanged():
+    z, x = Z(), X()
+    plain, batch_norm = _unconditional_generators()
+    v = jax.eval_shape(plain.init, jax.random.key(0), z)
     assert sorted(_flat(v["params"])) == sorted(
         [f"block1/{c}/{p}" for c in ("conv1", "conv2", "shortcut") for p in ("bias", "kernel")]
         + ["dense/bias", "dense/kernel", "final_conv/bias", "final_conv/kernel"])
-    np.testing.assert_allclose(_checksum(v["params"]), -0.2773364829051861, rtol=1e-4)
-    np.testing.assert_allclose(_checksum(jax.jit(g.apply)(v, z)), 0.548361345400546, rtol=1e-4)
-
-    g = _tiny_generator()
-    v = jax.jit(g.init)(jax.random.key(0), z)
+    v = jax.eval_shape(batch_norm.init, jax.random.key(0), z)
     norms = [f"{n}/BatchNorm_0" for n in ("block1/norm1", "block1/norm2", "final_norm")]
     assert sorted(_flat(v["batch_stats"])) == sorted(f"{n}/{s}" for n in norms for s in ("mean", "var"))
     assert {f"{n}/{s}" for n in norms for s in ("scale", "bias")} <= set(_flat(v["params"]))
     assert len(_flat(v["params"])) == 16
-    np.testing.assert_allclose(_checksum(v["params"]), 29.75678920154094, rtol=1e-4)
-    np.testing.assert_allclose(_checksum(v["batch_stats"]), 12.501496348116525, rtol=1e-4)
-    np.testing.assert_allclose(_checksum(jax.jit(g.apply)(v, z)), 0.5483435770995788, rtol=1e-4)
-    out, new = jax.jit(lambda v, z: g.apply(v, z, train=True, mutable=["batch_stats"]))(v, z)
-    np.testing.assert_allclose(_checksum(out), 3.733691634953007, rtol=1e-4)
-    np.testing.assert_allclose(_checksum(new), 14.331683556596282, rtol=1e-4)
-
-
-def test_unconditional_discriminator_unchanged():
-    x = X()
-    d = _tiny_discriminator()
-    v = jax.jit(d.init)(jax.random.key(0), x)
+    v = jax.eval_shape(_tiny_discriminator().init, jax.random.key(0), x)
     convs = [f"block{b}/{c}" for b in (1, 2) for c in ("conv1", "conv2", "shortcut")]
     assert sorted(_flat(v["params"])) == sorted(
         [f"{c}/conv/{p}" for c in convs for p in ("bias", "kernel")] + ["dense/bias", "dense/kernel"])
     assert sorted(_flat(v["batch_stats"])) == sorted(
         [f"{c}/sn/conv/kernel/{s}" for c in convs for s in ("sigma", "u")]
         + ["sn_dense/dense/kernel/sigma", "sn_dense/dense/kernel/u"])
+
+
+@pinned
+def test_unconditional_generator_pinned_to_b3b7f3c():
+    z = Z()
+    plain, batch_norm = _unconditional_generators()
+    v = jax.jit(plain.init)(jax.random.key(0), z)
+    np.testing.assert_allclose(_checksum(v["params"]), -0.2773364829051861, rtol=1e-4)
+    np.testing.assert_allclose(_checksum(jax.jit(plain.apply)(v, z)), 0.548361345400546, rtol=1e-4)
+    v = jax.jit(batch_norm.init)(jax.random.key(0), z)
+    np.testing.assert_allclose(_checksum(v["params"]), 29.75678920154094, rtol=1e-4)
+    np.testing.assert_allclose(_checksum(v["batch_stats"]), 12.501496348116525, rtol=1e-4)
+    np.testing.assert_allclose(_checksum(jax.jit(batch_norm.apply)(v, z)), 0.5483435770995788, rtol=1e-4)
+    out, new = jax.jit(lambda v, z: batch_norm.apply(v, z, train=True, mutable=["batch_stats"]))(v, z)
+    np.testing.assert_allclose(_checksum(out), 3.733691634953007, rtol=1e-4)
+    np.testing.assert_allclose(_checksum(new), 14.331683556596282, rtol=1e-4)
+
+
+@pinned
+def test_unconditional_discriminator_pinned_to_b3b7f3c():
+    x = X()
+    d = _tiny_discriminator()
+    v = jax.jit(d.init)(jax.random.key(0), x)
     np.testing.assert_allclose(_checksum(v["params"]), 12.998698774909219, rtol=1e-4)
     np.testing.assert_allclose(_checksum(v["batch_stats"]), 99.11621764715176, rtol=1e-4)
     np.testing.assert_allclose(_checksum(jax.jit(d.apply)(v, x)), 0.33361104428874094, rtol=1e-4)
