@@ -43,7 +43,7 @@ def _signal_run(workdir: Path, signum: int, *, after_step: int) -> tuple[int, fl
             time.sleep(0.2)
         sent = time.monotonic()
         procs[0].send_signal(signum)
-        code = procs[0].wait(timeout=120)
+        code = procs[0].wait(timeout=300)
         return code, time.monotonic() - sent
     finally:
         mp.kill(procs)
@@ -56,8 +56,10 @@ def test_signal_saves_current_step_and_resume_is_exact(tmp_path, signum):
     code, seconds = _signal_run(work, signum, after_step=2)
     logs = mp.tails(work / "logs")
     assert code == loop.PREEMPTED_EXIT_CODE, logs
-    assert seconds < 60, logs
     stopped = max(_logged_steps(work))
+    # Prompt, by steps rather than seconds (load stretches both the steps and the exit): it stops
+    # near the step it was signalled at, not at the 1000th. The time bound only catches a hang.
+    assert stopped < 100 and seconds < 240, (stopped, seconds, logs)
     assert mp.checkpoint_steps(work) == [stopped], logs  # the step in progress, nothing else due
     assert "rerun the same command to resume" in logs
     if signum != signal.SIGTERM:
@@ -88,7 +90,7 @@ def test_two_processes_stop_at_the_same_step(tmp_path):
             assert time.monotonic() < deadline, mp.tails(work / "logs")
             time.sleep(0.2)
         procs[1].send_signal(signal.SIGTERM)
-        codes = [p.wait(timeout=120) for p in procs]
+        codes = [p.wait(timeout=300) for p in procs]  # a loaded machine is slow, not hung
     finally:
         mp.kill(procs)
     logs = mp.tails(work / "logs")
