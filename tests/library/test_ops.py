@@ -253,8 +253,14 @@ def test_bfloat16_close_to_float32():
     assert y16.dtype == jnp.bfloat16
     expected = reference_conv(x, w, (1, 1), (1, 1))
     np.testing.assert_allclose(np.asarray(y16, np.float32), expected, atol=0.1, rtol=0.05)
-    y32 = sympad.sym_pad_conv(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+    x16, w16 = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    y32 = sympad.sym_pad_conv(x16, w16, preferred_element_type=jnp.float32)
     assert y32.dtype == jnp.float32
+    # bfloat16 operands, float32 accumulation: the float64 reference on the same rounded operands,
+    # to float32 rounding, and far closer than the bfloat16 result.
+    rounded = reference_conv(np.asarray(x16, np.float64), np.asarray(w16, np.float64), (1, 1), (1, 1))
+    np.testing.assert_allclose(np.asarray(y32), rounded, rtol=1e-5, atol=1e-5)
+    assert np.max(np.abs(np.asarray(y16, np.float64) - rounded)) > 10 * np.max(np.abs(np.asarray(y32) - rounded))
 
 
 def _intermediate_dtypes(fn, *args) -> set[str]:
@@ -305,7 +311,9 @@ def test_auto_on_cpu_computes_16_bit_convs_in_float32(monkeypatch, dtype, shape,
     assert _intermediate_dtypes(conv, x16, w16) == {"float32"}
     # An explicit formulation computes in the dtype it is given.
     assert jnp.dtype(dtype).name in _intermediate_dtypes(lambda a, b: conv(a, b, "pad_select"), x16, w16)
-    assert sympad.sym_pad_conv(x16, w16, feature_group_count=groups, preferred_element_type=jnp.float32).dtype == jnp.float32
+    y32 = sympad.sym_pad_conv(x16, w16, feature_group_count=groups, preferred_element_type=jnp.float32)
+    assert y32.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(y32), reference_conv(x_in, w_in, (1, 1), (1, 1), groups), rtol=1e-5, atol=1e-5)
 
 
 def _impulse_centroid(kind: str, layers: int, channels: int = 8, size: int = 41) -> np.ndarray:
