@@ -1,13 +1,78 @@
-"""Keeps the tests hermetic: no test sees the user's fetched Inception weights or stats cache.
+"""Suite-wide fixtures and the tier rule.
 
+Hermetic: no test sees the user's fetched Inception weights or stats cache.
 ``feature_network='auto'`` uses Inception whenever ``python -m gan.metrics.fetch`` has filled
 the cache; pointing ``SYMPAD_CACHE`` at a fresh directory makes 'auto' mean the offline network
 in every test unless the test itself provides weights.
+
+Shared: the CIFAR-10 test JPEGs, extracted once per test run (``cifar10_test_root``).
+
+Tiers (tests/tiers.py): a test that starts a Python process or builds a venv and carries neither
+``slow`` nor ``integration`` fails, in both tiers, with the fix in its message: at setup when its
+code shows it (checked at collection), at teardown when it started Python through library code.
 """
 
+import subprocess
+from pathlib import Path
+
 import pytest
+
+from sympad.train import data
+from tests import shared, tiers
+
+_UNMARKED_PROCESS = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: the rule holds for every collected test
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if isinstance(item, pytest.Function) and not tiers.tier_marks(item) and tiers.item_starts_a_process(item):
+            item.stash[_UNMARKED_PROCESS] = True
+
+
+def _unmarked(nodeid: str, what: str) -> str:
+    return (f"{nodeid} {what} but carries neither mark of {tiers.TIER_MARKS}: mark it "
+            f"@pytest.mark.integration (or slow) so the fast tier stays fast (tests/tiers.py)")
+
+
+def pytest_runtest_setup(item):
+    if item.stash.get(_UNMARKED_PROCESS, False):
+        pytest.fail(_unmarked(item.nodeid, "starts a process or builds a venv"), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _unmarked_tests_start_no_python(request, monkeypatch):
+    """Catches what reading the test cannot: library code it calls that starts a Python process."""
+    if tiers.tier_marks(request.node):
+        yield
+        return
+    started = []
+    popen_init = subprocess.Popen.__init__
+
+    def recording_init(self, args, *rest, **kwargs):
+        started.append(args)
+        popen_init(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", recording_init)
+    yield
+    python = [args for args in started if tiers.is_python_command(args)]
+    if python:
+        pytest.fail(_unmarked(request.node.nodeid, f"started Python ({python[0]!r})"), pytrace=False)
 
 
 @pytest.fixture(autouse=True)
 def _private_sympad_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SYMPAD_CACHE", str(tmp_path_factory.mktemp("sympad_cache")))
+
+
+@pytest.fixture(scope="session")
+def cifar10_test_root(tmp_path_factory) -> Path:
+    """ROOT with ROOT/test/<class>/<n>.jpg from the shared archive, extracted once per test run.
+
+    Every test that read the 10k JPEGs used to extract them into a folder of its own. Skips
+    without the archive.
+    """
+    if data.shared_data_file("cifar10-test.tar.gz") is None:
+        pytest.skip(f"shared CIFAR-10 archives not present (../shared/data or ${data.SHARED_DATA_ENV})")
+    cache = shared.build_once(tmp_path_factory, "cifar10", lambda path: data.cifar10_folder("test", cache_dir=path))
+    return cache / "cifar10-jpeg"

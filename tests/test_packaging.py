@@ -112,6 +112,7 @@ def _expand(extras: dict[str, list[Requirement]], names: set[str]) -> set[str]:
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_wheel_installs_the_library_and_runtime_only(dists):
     with zipfile.ZipFile(dists["wheel"]) as z:
         names = z.namelist()
@@ -125,6 +126,7 @@ def test_wheel_installs_the_library_and_runtime_only(dists):
         assert z.read(f"sympad-{VERSION}.dist-info/licenses/LICENSE") == (REPO / "LICENSE").read_bytes()
 
 
+@pytest.mark.integration
 def test_sdist_holds_the_library_sources_only(dists):
     with tarfile.open(dists["sdist"]) as tar:
         names = [m.name.split("/", 1)[1] for m in tar.getmembers() if m.isfile()]
@@ -137,6 +139,7 @@ def test_sdist_holds_the_library_sources_only(dists):
     }
 
 
+@pytest.mark.integration
 def test_metadata_version_license_and_dependencies(dists):
     meta = _metadata(dists["wheel"])
     assert meta["Name"] == "sympad" and meta["Version"] == VERSION
@@ -164,6 +167,7 @@ def test_no_machine_paths_in_code():
     assert not found, "\n".join(found)
 
 
+@pytest.mark.integration
 def test_twine_check(dists):
     result = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", *map(str, dists.values())],
                             capture_output=True, text=True)
@@ -195,6 +199,7 @@ def _layer_files(where: str) -> list[Path]:
     return files
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "where, extras",
     [
@@ -302,6 +307,7 @@ CORE_CHECK = textwrap.dedent(
 )
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_core_only_venv_runs_the_library(dists, tmp_path):
     python = _core_only_venv(tmp_path, dists["wheel"])

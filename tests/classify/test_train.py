@@ -139,6 +139,7 @@ def _records(workdir: Path) -> list[dict]:
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_main_end_to_end_two_steps_then_resume(tmp_path):
     # The first run also exercises mixup and cutout (neither is part of the checkpointed state).
     result = _run_main(tmp_path, "--config.num_train_steps=2", "--config.mixup_alpha=1.0", "--config.cutout=8")
@@ -166,6 +167,7 @@ def _tiny_model_config() -> ml_collections.ConfigDict:
     return config
 
 
+@pytest.mark.slow
 def test_profile_prints_every_column(tmp_path):
     out = io.StringIO()
     path = tmp_path / "profile.json"

@@ -15,7 +15,9 @@ from configs.gan import resnet19_128, sngan_cifar10
 from gan import digits_quality, sampling, train
 from sympad.train import data as sdata
 from sympad.train.config import lock_and_validate
-from tests.gan.test_train import _all_leaves_differ, _assert_trees_equal, tiny_config
+from tests.gan.tiny import all_leaves_differ as _all_leaves_differ
+from tests.gan.tiny import assert_trees_equal as _assert_trees_equal
+from tests.gan.tiny import tiny_config
 
 DATA = Path(__file__).resolve().parent / "data"
 POLICY = "color,translation,cutout"
@@ -87,6 +89,7 @@ def test_conditional_step_uses_the_labels_and_trains_the_class_tables():
                            np.asarray(jax.tree_util.tree_leaves(b.d_params)[0]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["color", "translation", "cutout"])
 def test_diffaugment_in_the_step_changes_d_and_g(policy):
     # Each policy alone changes the step's outcome (it is applied) and G still gets gradients.
@@ -97,6 +100,7 @@ def test_diffaugment_in_the_step_changes_d_and_g(policy):
     assert _all_leaves_differ(base.g_params, augmented.g_params)
 
 
+@pytest.mark.slow
 def test_host_batches_give_the_device_step_for_conditional_runs(tmp_path):
     # Labels travel with the host batches exactly as get_batch takes them on the device.
     config = conditional_config(diffaugment=POLICY)
@@ -122,6 +126,7 @@ def test_conditional_resume_with_diffaugment_is_exact(tmp_path):
         _assert_trees_equal(getattr(straight, field), getattr(resumed, field))
 
 
+@pytest.mark.slow
 def test_resnet19_trains_conditionally_with_diffaugment(tmp_path):
     config = resnet19_128.get_config(f"runlocal,conditional,diffaugment={POLICY.replace(',', '+')}")
     config.data, config.max_examples, config.num_train_steps, config.digits_quality_samples = "synthetic", 64, 2, 0
@@ -133,6 +138,7 @@ def test_resnet19_trains_conditionally_with_diffaugment(tmp_path):
     assert (tmp_path / "r19" / "samples_0000002.png").is_file()
 
 
+@pytest.mark.slow
 def test_conditional_digits_run_logs_class_agreement(tmp_path):
     config = sngan_cifar10.get_config("data=digits,conditional,runlocal")
     config.num_train_steps, config.sample_every, config.digits_quality_samples = 2, 2, 100
@@ -142,6 +148,13 @@ def test_conditional_digits_run_logs_class_agreement(tmp_path):
     assert 0.0 <= records[-1]["digits/class_agreement"] <= 1.0
     _, generator, state = train.restore_state(tmp_path / "digits")
     assert generator.num_classes == 10
+    # The logged value against a reference: the hook's samples (EMA G at step 2, seed + 1, sample i
+    # of class i % 10) classified by the digits classifier's own predict. One sample of 100 may
+    # flip on another device layout; a wrong agreement is off by far more.
+    samples = sampling.generate_samples(generator, train.generator_variables(state, use_ema=True), num=100,
+                                        seed=config.seed + 1)
+    predicted = digits_quality.fit_classifier().predict(digits_quality.features(samples))
+    assert records[-1]["digits/class_agreement"] == pytest.approx(np.mean(predicted == np.arange(100) % 10), abs=0.011)
     # The training grid: one row per class, num_grid // classes columns of 16 px images, 2 px padding.
     from PIL import Image
 

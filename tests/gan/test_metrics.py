@@ -248,13 +248,12 @@ def test_offline_weights_round_trip_as_float16(tmp_path):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want, np.float16).astype(np.float32))
 
 
-@pytest.mark.skipif(data.shared_data_file("cifar10-test.tar.gz") is None,
-                    reason=f"shared CIFAR-10 archives not present (../shared/data or ${data.SHARED_DATA_ENV})")
-def test_shipped_offline_weights_accuracy_on_cifar10_test(tmp_path):
+@pytest.mark.slow  # the 10k-JPEG archive (extracted once per run by the fixture), a CNN on 500 images
+def test_shipped_offline_weights_accuracy_on_cifar10_test(cifar10_test_root, tmp_path):
     """Re-measures the recorded test accuracy on 500 CIFAR-10 test images."""
     if not offline.OFFLINE_WEIGHTS.is_file():
         pytest.skip("offline weights not built yet")
-    root = data.cifar10_folder("test", cache_dir=tmp_path)
+    root = cifar10_test_root
     # Every 20th of the class-sorted 10,000: 50 per class.
     test = data.load(f"folder:{root}", "test", max_examples=500, cache_dir=tmp_path / "cache")
     images, labels = test.images, test.labels

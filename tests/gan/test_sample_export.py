@@ -17,7 +17,7 @@ from gan import export, sample, sampling, train
 from sympad.train.checkpoint import Checkpointer
 from sympad.train.config import write_config
 from sympad.train.data import to_uint8
-from tests.gan.test_train import tiny_config
+from tests.gan.tiny import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 3
@@ -58,8 +58,8 @@ def conditional_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def unconditional_run(tmp_path_factory):
-    return _make_run(tmp_path_factory.mktemp("unconditional") / "run", tiny_config())
+def unconditional_run(trained_workdir):
+    return trained_workdir  # the suite's trained run (tests/gan/conftest.py); read only
 
 
 def _run(module: str, *args: str) -> subprocess.CompletedProcess:
@@ -67,6 +67,7 @@ def _run(module: str, *args: str) -> subprocess.CompletedProcess:
                           timeout=300, check=False)
 
 
+@pytest.mark.integration
 def test_conditional_samples_and_sheets(conditional_run, tmp_path):
     result = _run("gan.sample", f"--workdir={conditional_run}", f"--out={tmp_path / 's.npz'}", "--num=7",
                   "--batch=4", "--seed=3", "--labels=2,0", "--truncation=0.8", f"--class_grid={tmp_path / 'c.png'}",
@@ -114,6 +115,7 @@ def test_conditional_samples_and_sheets(conditional_run, tmp_path):
         assert Image.open(tmp_path / png).size == (cols * 10 + 2, rows * 10 + 2)
 
 
+@pytest.mark.integration
 def test_default_labels_are_balanced(conditional_run, tmp_path):
     out = tmp_path / "s.npz"
     result = _run("gan.sample", f"--workdir={conditional_run}", f"--out={out}", "--num=5", f"--class_grid="
@@ -123,6 +125,7 @@ def test_default_labels_are_balanced(conditional_run, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "c.npz")["labels"], [[0, 0], [1, 1], [2, 2]])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args, message", [
     (("--labels=1,3",), "--labels=1,3: 3 out of range; this run has 3 classes (0 to 2)"),
     (("--class_grid=c.jpg",), "--class_grid='c.jpg': must name a .png file"),
@@ -140,6 +143,7 @@ def test_labels_flag_parsing():
         sample._parse_labels("a")
 
 
+@pytest.mark.integration
 def test_class_grid_needs_a_conditional_run(unconditional_run, tmp_path):
     result = _run("gan.sample", f"--workdir={unconditional_run}", "--out=", f"--class_grid={tmp_path / 'c.png'}")
     assert result.returncode == 2
@@ -147,6 +151,7 @@ def test_class_grid_needs_a_conditional_run(unconditional_run, tmp_path):
     assert not (tmp_path / "c.png").exists()
 
 
+@pytest.mark.integration
 def test_unconditional_interpolation_sheet(unconditional_run, tmp_path):
     result = _run("gan.sample", f"--workdir={unconditional_run}", f"--out={tmp_path / 's.npz'}", "--num=2",
                   f"--interpolate={tmp_path / 'i.png'}", "--interp_rows=2", "--interp_steps=3")
@@ -160,6 +165,7 @@ def test_unconditional_interpolation_sheet(unconditional_run, tmp_path):
     np.testing.assert_array_equal(interp["images"].reshape(6, 8, 8, 3), want)
 
 
+@pytest.mark.integration
 def test_exported_conditional_generator_matches(conditional_run, tmp_path):
     pytest.importorskip("flatbuffers")  # jax.export serialization needs it
     result = _run("gan.export", f"--workdir={conditional_run}", f"--out={tmp_path / 'g.bin'}", "--platforms=cpu")
@@ -181,6 +187,7 @@ def test_exported_conditional_generator_matches(conditional_run, tmp_path):
                            np.asarray(loaded.call(z, np.array([0, 1], np.int32)))[1])
 
 
+@pytest.mark.integration
 def test_unconditional_export_metadata(unconditional_run, tmp_path):
     pytest.importorskip("flatbuffers")
     result = _run("gan.export", f"--workdir={unconditional_run}", f"--out={tmp_path / 'g.bin'}", "--platforms=cpu")

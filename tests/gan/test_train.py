@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import jax
@@ -22,44 +21,14 @@ from sympad.train import data as sdata
 from sympad.train.checkpoint import Checkpointer
 from sympad.train.mesh import batch_sharded, make_mesh, replicate
 from sympad.train.metrics import DivergenceError
-from sympad.train.config import lock_and_validate, run_main
+from sympad.train.config import lock_and_validate
 
 REPO = Path(__file__).resolve().parents[2]
 
-# A tiny SNGAN-shaped run: 8x8 synthetic images, widths 8, batch 8, the paper's n_critic = 5.
-TINY = dict(data="synthetic", max_examples=64, bottom_size=2, g_channels=(8, 8, 8), d_channels=(8, 8),
-            d_downsample=(1, 0), z_dim=8, batch_size=8, n_critic=5, num_train_steps=2, log_every=1, sample_every=2,
-            checkpoint_every=2, num_grid=4, digits_quality_samples=0, ema_decay=0.5)
-# Every test trains with the same static step configuration, so the jitted step compiles once.
-
-
-def tiny_config(**overrides):
-    config = sngan_cifar10.get_config("data=synthetic,runlocal")
-    for key, value in {**TINY, **overrides}.items():
-        config[key] = value
-    return config
-
-
-def _numpy(tree):
-    def to_numpy(x):
-        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            x = jax.random.key_data(x)
-        return np.asarray(jax.device_get(x))
-
-    return jax.tree_util.tree_map(to_numpy, tree)
-
-
-def _assert_trees_equal(a, b):
-    flat_a, tree_a = jax.tree_util.tree_flatten(_numpy(a))
-    flat_b, tree_b = jax.tree_util.tree_flatten(_numpy(b))
-    assert tree_a == tree_b
-    for x, y in zip(flat_a, flat_b):
-        np.testing.assert_array_equal(x, y)
-
-
-def _all_leaves_differ(a, b) -> bool:
-    return all(not np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(_numpy(a)),
-                                                         jax.tree_util.tree_leaves(_numpy(b))))
+from tests.gan.tiny import TINY, tiny_config  # noqa: F401 (the other GAN test modules used to import them here)
+from tests.gan.tiny import all_leaves_differ as _all_leaves_differ
+from tests.gan.tiny import assert_trees_equal as _assert_trees_equal
+from tests.gan.tiny import numpy_tree as _numpy
 
 
 def _adam_count(opt_state) -> int:
@@ -138,31 +107,10 @@ def test_resume_gives_identical_parameters(tmp_path):
     assert steps == [1, 2, 3, 4]
 
 
-CONFIG_FILE = '''\
-"""Tiny test config: python -m gan.main --config=THIS_FILE --workdir=DIR"""
-from configs.gan import sngan_cifar10
+# trained_workdir: tests/gan/conftest.py, one trained run for the whole test run.
 
 
-def get_config(arg=None):
-    config = sngan_cifar10.get_config("data=synthetic,runlocal")
-    for key, value in {tiny!r}.items():
-        config[key] = value
-    return config
-'''
-
-
-@pytest.fixture(scope="module")
-def trained_workdir(tmp_path_factory):
-    """gan.main end to end (run_main with a config file), 2 steps on synthetic data."""
-    tmp = tmp_path_factory.mktemp("gan_main")
-    config_file = tmp / "tiny_gan.py"
-    config_file.write_text(textwrap.dedent(CONFIG_FILE).replace("{tiny!r}", repr(TINY)))
-    workdir = tmp / "run"
-    run_main(train.train_and_evaluate, argv=["gan.main", f"--config={config_file}", f"--workdir={workdir}",
-                                             "--config.sample_every=1"])
-    return workdir
-
-
+@pytest.mark.slow
 def test_main_end_to_end(trained_workdir):
     files = {p.name for p in trained_workdir.iterdir()}
     assert {"config.json", "model_summary.json", "metrics.jsonl", "samples_0000001.png", "samples_0000002.png",
@@ -182,6 +130,7 @@ def test_main_end_to_end(trained_workdir):
     assert sorted(int(p.name) for p in (trained_workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2]
 
 
+@pytest.mark.slow
 def test_samples_are_deterministic(trained_workdir):
     config, generator, state = train.restore_state(trained_workdir)
     assert int(state.step) == 2 and state.ema_params is not None
@@ -202,6 +151,7 @@ def test_samples_are_deterministic(trained_workdir):
     assert not np.array_equal(a, live)
 
 
+@pytest.mark.integration
 def test_sample_command_writes_next_to_the_run(trained_workdir, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(trained_workdir, workdir)
@@ -219,6 +169,7 @@ def test_sample_command_writes_next_to_the_run(trained_workdir, tmp_path):
     assert evaluate.find_samples(workdir) == workdir / "samples.npz"
 
 
+@pytest.mark.slow
 def test_exported_generator_matches(trained_workdir, tmp_path):
     pytest.importorskip("flatbuffers")  # jax.export serialization needs it
     config, generator, state = train.restore_state(trained_workdir)
@@ -257,6 +208,7 @@ def test_bad_config_values():
         lock_and_validate(tiny_config(conv_implementation="fastest"))
 
 
+@pytest.mark.slow
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(trained_workdir, tmp_path):
     workdir = tmp_path / "diverged"
     shutil.copytree(trained_workdir, workdir)

@@ -92,6 +92,7 @@ def _sphinx(source: Path, out: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.integration
 def test_docs_build_without_warnings_and_document_the_public_api(tmp_path):
     pytest.importorskip("sphinx", reason="the docs extra is not installed (pip install -e '.[docs]')")
     if not HAS_EQUINOX:
@@ -108,6 +109,7 @@ def test_docs_build_without_warnings_and_document_the_public_api(tmp_path):
     assert "Drop-in for" in html["modules"] and "Convolution with symmetric padding" in html["semantics"]
 
 
+@pytest.mark.integration
 def test_a_warning_fails_the_docs_build(tmp_path):
     """The build command can fail: a page with a broken reference is an error, not a warning."""
     pytest.importorskip("sphinx", reason="the docs extra is not installed (pip install -e '.[docs]')")

@@ -27,6 +27,7 @@ def test_registry_names_the_experimental_formulations():
     assert sympad.experimental.FORMULATIONS["group_sum"] is sympad.experimental.group_sum
 
 
+@pytest.mark.integration
 def test_importing_sympad_does_not_import_experimental():
     code = (
         "import sys, jax.numpy as jnp, sympad\n"

@@ -247,6 +247,7 @@ def write_image_archive(path: Path) -> Path:
     return archive
 
 
+@pytest.mark.slow
 def test_cli_q_curves_on_an_image_archive(tmp_path):
     archive = write_image_archive(tmp_path)
     out = tmp_path / "out"
@@ -274,6 +275,7 @@ def test_cli_shift(tmp_path):
     assert stage.shape == (3, 2) and np.all(np.isfinite(stage))
 
 
+@pytest.mark.slow
 def test_cli_receptive_field_on_classify_model(tmp_path):
     main(["receptive-field", f"--out={tmp_path}", *SMALL, "--data=synthetic", "--image_size=16",
           "--num_images=2", "--layers=stages", "--model=classify"])
@@ -285,6 +287,7 @@ def test_cli_receptive_field_on_classify_model(tmp_path):
     assert len(result["layers"]) == 3 and np.asarray(result["gradient_offset_mean"]).shape == (3, 2)
 
 
+@pytest.mark.slow
 def test_cli_shift_of_a_classify_checkpoint(tmp_path):
     from sympad.train.checkpoint import Checkpointer
     from sympad.train.config import write_config
@@ -311,6 +314,7 @@ def test_cli_rejects_bad_arguments(tmp_path):
         main(["shift", f"--out={tmp_path}", "--kinds=C5x"])
 
 
+@pytest.mark.integration
 def test_module_entry_point_help():
     result = subprocess.run(
         [sys.executable, "-m", "paper.analysis", "--help"], capture_output=True, text=True, cwd=REPO, timeout=120

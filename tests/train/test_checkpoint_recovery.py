@@ -229,6 +229,7 @@ print("RESULT " + json.dumps(out))
 """
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="needs RLIMIT_FSIZE (Linux)")
 def test_real_write_failure_in_a_subprocess(tmp_path):
     """A genuine failed write() in tensorstore, not a mock: the error names path and cause."""

@@ -201,6 +201,7 @@ _MAIN = textwrap.dedent(
 )
 
 
+@pytest.mark.integration
 def test_run_main_command_line(tmp_path, config_file):
     """The real path: absl app.run parsing sys.argv, as `python -m <suite>.main` does."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -353,12 +353,9 @@ def test_extract_archive_once_and_afresh_when_changed(tmp_path):
             data.extract_archive(bad, cache_dir=tmp_path / "cache")
 
 
-@pytest.mark.skipif(
-    data.shared_data_file("cifar10-test.tar.gz") is None,
-    reason=f"shared CIFAR-10 archives not present (../shared/data or ${data.SHARED_DATA_ENV})",
-)
-def test_real_cifar10_jpeg_folder(tmp_path):
-    root = data.cifar10_folder("test", cache_dir=tmp_path)
+@pytest.mark.slow  # reads 2000 of the 10k JPEGs (extracted once per run by the fixture)
+def test_real_cifar10_jpeg_folder(cifar10_test_root, tmp_path):
+    root = cifar10_test_root
     # 2000 evenly spaced of the 10,000 class-sorted files: 200 per class.
     ds = data.load(f"folder:{root}", "test", max_examples=2000, cache_dir=tmp_path / "cache")
     assert ds.class_names == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -133,33 +133,39 @@ def _assert_bug(result: subprocess.CompletedProcess, needle: str) -> None:
 # argparse-style CLI: run_cli(main)
 
 
+@pytest.mark.integration
 def test_argparse_ok(clis):
     result = _run(clis["argparse"])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "done" and not result.stderr
 
 
+@pytest.mark.integration
 def test_argparse_bad_value_is_one_line_status_2(clis):
     line = _assert_user_error(_run(clis["argparse"], "--size=-3"))
     assert line == "error: --size must be >= 1, got -3"
 
 
+@pytest.mark.integration
 def test_argparse_missing_file(clis, tmp_path):
     missing = tmp_path / "nowhere" / "data.txt"
     line = _assert_user_error(_run(clis["argparse"], f"--path={missing}"))
     assert line == f"error: No such file or directory: {str(missing)!r}"
 
 
+@pytest.mark.integration
 def test_argparse_own_usage_error_keeps_argparse_behaviour(clis):
     result = _run(clis["argparse"], "--size=abc")
     assert result.returncode == 2 and "invalid int value: 'abc'" in result.stderr
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.integration
 def test_sys_exit_message_becomes_an_error_line(clis):
     assert _assert_user_error(_run(clis["argparse"], "--case=exit-message")) == "error: give --path"
 
 
+@pytest.mark.integration
 def test_multiline_message_has_one_error_line_then_indented_lines(clis):
     result = _run(clis["argparse"], "--case=multiline")
     _assert_user_error(result, "3 files are broken:")
@@ -167,12 +173,14 @@ def test_multiline_message_has_one_error_line_then_indented_lines(clis):
     assert tail == ["  a.png", "  b.png", "  fix them"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case, needle", [("bug", "IndexError"), ("numpy-bug", "ValueError: operands could not be broadcast")])
 def test_genuine_bug_keeps_traceback_and_status_1(clis, case, needle):
     # A ValueError from inside numpy is a bug in our call, not the user's input.
     _assert_bug(_run(clis["argparse"], f"--case={case}"), needle)
 
 
+@pytest.mark.integration
 def test_env_var_shows_the_traceback_of_a_user_error(clis):
     result = _run(clis["argparse"], "--size=0", traceback=True)
     assert result.returncode == 2
@@ -185,12 +193,14 @@ def test_env_var_shows_the_traceback_of_a_user_error(clis):
 # absl-style CLI: run_absl(main) in place of app.run(main)
 
 
+@pytest.mark.integration
 def test_absl_ok_ignores_a_non_int_return_value(clis):
     result = _run(clis["absl"], f"--config={clis['config']}", "--config.batch_size=8")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "batch 8"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "args, needles",
     [
@@ -210,10 +220,12 @@ def test_absl_user_errors(clis, args, needles):
     assert "FATAL" not in result.stderr and "USAGE" not in result.stderr
 
 
+@pytest.mark.integration
 def test_absl_bug_keeps_traceback(clis):
     _assert_bug(_run(clis["absl"], "--case=bug"), "KeyError")
 
 
+@pytest.mark.integration
 def test_absl_env_var_shows_the_traceback(clis):
     result = _run(clis["absl"], "--size=0", traceback=True)
     assert result.returncode == 2 and "Traceback (most recent call last)" in result.stderr

@@ -119,6 +119,7 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.integration
 def test_four_devices_match_one_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     proc = subprocess.run(

@@ -1,0 +1,36 @@
+"""Test data built once per test run and shared by every pytest-xdist worker (used by the conftests)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+_DONE = ".complete"
+
+
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This test run's temporary folder, the same for every pytest-xdist worker."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """``RUN/name``, built by ``build(path)`` in the first worker that asks; the others wait on a lock.
+
+    Tests read it and never change it (a test that changes a run copies it first).
+    """
+    root = run_folder(tmp_path_factory)
+    target = root / name
+    with open(root / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / _DONE).is_file():
+            shutil.rmtree(target, ignore_errors=True)  # a build that failed half-way
+            target.mkdir(parents=True)
+            build(target)
+            (target / _DONE).touch()
+    return target
