@@ -1,7 +1,8 @@
 """The paper's headline results on real CIFAR-10, one sub-10-minute device run at a time.
 
-    python -m paper.reproduce --budget=device --deadline=480 --out=OUT   # GPU machine: next entries of the plan
-    python -m paper.reproduce --evaluate --out=OUT                       # CPU: merge OUT's results, FID/KID
+    bash paper/device/prepare.sh                                         # here: what the GPU run carries
+    bash paper/device/run.sh OUT                                         # GPU machine: the next entries, scored there
+    python -m paper.reproduce --evaluate --out=OUT                       # CPU: merge, check the device's features
     python -m paper.reproduce --report                                   # CPU: REPRODUCTION.md
     python -m paper.reproduce --write-plan                               # CPU: re-size the plan from measured steps
     python -m paper.reproduce --budget=smoke --out=/tmp/smoke            # CPU: the same pipeline, tiny, on digits
@@ -9,9 +10,10 @@
 The plan (``paper/plan.json``, written by ``paper.campaign.plan.build_plan``) is an ordered queue
 of experiments, each with its exact config and budget; the results file (``paper/results.jsonl``)
 is committed. A device run reads both, runs the entries not yet done whose estimates fit its
-deadline and writes ``OUT/results.jsonl``, ``OUT/log.txt`` and the GAN samples (uint8 ``.npz``,
-16 MiB at most each). Data: copy ``../shared/data/cifar10-*.tar.gz`` into ``data/`` (git-ignored)
-and carry it to the device. See ``paper.campaign``.
+deadline (a group's entries at once, sized to one step count), scores each GAN entry's 10k samples
+there (``--score``, Inception FID/KID from the carried weights) and writes ``OUT/results.jsonl``,
+``OUT/log.txt`` and the first samples of each GAN entry with their device features (uint8
+``.npz``). ``paper/device/`` prepares and runs it; see ``paper.campaign``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ REPO = Path(__file__).resolve().parents[1]
 PLAN = Path("paper/plan.json")
 RESULTS = Path("paper/results.jsonl")
 SECTIONS = REPO / "paper" / "sections"
+#: What ``paper/device/prepare.sh`` writes (git-ignored) and the device run carries.
+CARRY = REPO / "paper" / "device" / "carry"
+#: The compact Inception weights in CARRY (gan.metrics.inception.HALF_FORM).
+CARRIED_WEIGHTS = CARRY / "fid_inception_f16.npz"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,12 +54,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="", help="CIFAR-10 as 'folder:PATH' (default: extract the archives in data/)")
     p.add_argument("--commit", default="", help="the code's commit (default: git rev-parse HEAD)")
     p.add_argument("--retry", default="", help="comma-separated entry ids to run again though failed or given up")
-    p.add_argument("--evaluate", action="store_true", help="merge --out's results, FID/KID of its samples (CPU)")
+    p.add_argument("--return_samples", type=int, default=runner.RETURN_SAMPLES,
+                   help="samples of each GAN entry copied to --out (default %(default)s)")
+    p.add_argument("--no_score", action="store_true", help="--budget: do not score the samples on this machine")
+    p.add_argument("--score", action="store_true",
+                   help="FID/KID of run --run's samples in --workroot, written to --out (the runner starts it)")
+    p.add_argument("--run", default="", help="--score: the run id")
+    p.add_argument("--evaluate", action="store_true",
+                   help="merge --out's results; check the device's features on this CPU; score what the device did not")
     p.add_argument("--feature_network", default="inception", choices=("auto", "inception", "offline"),
-                   help="gan.metrics feature network for --evaluate (default %(default)s: the paper's)")
-    p.add_argument("--inception_weights", default="", help="gan.metrics inception weights file ('' = its default)")
+                   help="gan.metrics feature network for --score/--evaluate (default %(default)s: the paper's)")
+    p.add_argument("--inception_weights", default="",
+                   help="Inception weights file ('' = the carried paper/device/carry/fid_inception_f16.npz if "
+                        "present, else gan.metrics' fetched cache)")
     p.add_argument("--reference", default="", help="reference dataset for --evaluate (default: CIFAR-10 test JPEGs)")
     p.add_argument("--num_reference", type=int, default=0, help="reference images (default 0: the protocol's 10k)")
+    p.add_argument("--feature_batch", type=int, default=200,
+                   help="images per feature-network call (default %(default)s)")
     p.add_argument("--report", nargs="?", const=Path("REPRODUCTION.md"), type=Path, default=None,
                    help="write the report (default path REPRODUCTION.md)")
     p.add_argument("--write-plan", action="store_true", help="rewrite --plan from build_plan and measured step times")
@@ -71,17 +88,18 @@ def measured_step_times(entries: Sequence[plan_lib.Entry], records: Sequence[dic
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _evaluate(args: argparse.Namespace, command: str) -> list[dict]:
+def _inception_weights(args: argparse.Namespace) -> str:
+    if args.inception_weights or args.feature_network == "offline":
+        return args.inception_weights
+    return str(CARRIED_WEIGHTS) if CARRIED_WEIGHTS.is_file() else ""
+
+
+def _evaluator(args: argparse.Namespace):
+    """gan.metrics' evaluator of the paper's protocol: 10k samples vs the CIFAR-10 test JPEGs."""
     import ml_collections
 
-    from gan.metrics import (
-        build_evaluator,  # the CPU side only: the device run never needs it
-    )
+    from gan.metrics import build_evaluator
 
-    if args.out is None:
-        raise SystemExit("--evaluate needs --out=DIR (a device run's results directory)")
-    added = evaluate_lib.merge_run(args.out, args.results)
-    print(f"[reproduce] merged {added} records of {args.out} into {args.results}")
     reference = args.reference
     if not reference:
         folder = runner.cifar10_folder(REPO / "data")
@@ -89,28 +107,85 @@ def _evaluate(args: argparse.Namespace, command: str) -> list[dict]:
             raise SystemExit("--reference: no CIFAR-10 JPEG archives in data/ or ../shared/data; pass --reference")
         reference = f"folder:{folder}"
     config = ml_collections.ConfigDict({"data": reference, "eval": dict(
-        feature_network=args.feature_network, inception_weights=args.inception_weights, protocol="test10k",
-        reference_dataset=reference, num_reference=args.num_reference)})
-    evaluator = build_evaluator(config)
+        feature_network=args.feature_network, inception_weights=_inception_weights(args), protocol="test10k",
+        reference_dataset=reference, num_reference=args.num_reference, batch_size=args.feature_batch,
+        precision_recall=False)})  # the paper reports FID; k-NN precision/recall would cost the run's time
+    return build_evaluator(config)
+
+
+def _pool_features(evaluator):
+    from gan.metrics import extract_features
+
+    batch = evaluator.settings.batch_size
+    return lambda images: extract_features(evaluator.network, images, batch_size=batch, keys=("pool",))["pool"]
+
+
+def _score(args: argparse.Namespace, command: str) -> list[dict]:
+    """The device side: scores run --run's samples where they were made."""
+    if args.out is None or not args.run or args.workroot is None:
+        raise SystemExit("--score needs --out, --run and --workroot (the runner passes them)")
+    evaluator = _evaluator(args)
     network = evaluate_lib.network_label(evaluator.network.identity)
     env = runner.environment()
+    out_results = args.out / "results.jsonl"
+    new = evaluate_lib.score_run(results_lib.read(out_results), run_id=args.run, workroot=args.workroot,
+                                 out=args.out, scorer=evaluator.report, features=_pool_features(evaluator),
+                                 network=network, device=env["device"], command=command)
+    for record in new:
+        results_lib.append(out_results, record)
+        print(f"[reproduce] {record['id']}: {record['metrics']}", flush=True)
+    return new
+
+
+def _evaluate(args: argparse.Namespace, command: str) -> list[dict]:
+    """The CPU side: merges a device run, checks its features here, scores what it did not."""
+    if args.out is None:
+        raise SystemExit("--evaluate needs --out=DIR (a device run's results directory)")
+    added = evaluate_lib.merge_run(args.out, args.results)
+    print(f"[reproduce] merged {added} records of {args.out} into {args.results}")
+    evaluator = _evaluator(args)
+    network = evaluate_lib.network_label(evaluator.network.identity)
+    env = runner.environment()
+    records = results_lib.read(args.results)
+    new = evaluate_lib.crosscheck(records, run_dir=args.out, features=_pool_features(evaluator), network=network,
+                                  identity=evaluator.network.identity, device=env["device"], command=command)
+    scored = {(r["id"], r["of_run"]) for r in records if r.get("record") == "evaluation"}
     conditional = [e.id for e in plan_lib.load_plan(args.plan) if e.set.get("conditional")] \
         if args.plan.is_file() else []
-    new = evaluate_lib.evaluate_samples(results_lib.read(args.results), run_dir=args.out, scorer=evaluator.report,
-                                        network=network, device=env["device"], command=command,
-                                        conditional=conditional)
+    unscored = [r for r in records if (r.get("id"), r.get("run")) not in scored or r.get("record") != "result"]
+    new += evaluate_lib.evaluate_samples(unscored, run_dir=args.out, scorer=evaluator.report,
+                                         network=network, device=env["device"], command=command,
+                                         conditional=conditional)
     for record in new:
         results_lib.append(args.results, record)
-        print(f"[reproduce] {record['id']}: {record['metrics']}")
-    print(f"[reproduce] {len(new)} evaluations with {network} appended to {args.results}")
+        shown = record.get("metrics") or {k: record[k] for k in ("max_rel_diff", "mean_rel_diff") if k in record}
+        print(f"[reproduce] {record['record']} {record['id']}: {shown}")
+    print(f"[reproduce] {len(new)} records with {network} appended to {args.results}")
     return new
+
+
+def _score_command(args: argparse.Namespace) -> list[str]:
+    """The runner's scoring step for this run's samples; [] (with a note) without Inception weights."""
+    from gan.metrics.inception_weights import cached_weights
+
+    weights = _inception_weights(args)
+    if args.feature_network != "offline" and not weights and cached_weights() is None:
+        print("[reproduce] note: no Inception weights carried or cached: samples come back unscored "
+              "(bash paper/device/prepare.sh carries them)", flush=True)
+        return []
+    argv = ["python", "-m", "paper.reproduce", "--score", f"--out={args.out}",
+            f"--feature_network={args.feature_network}", f"--num_reference={args.num_reference}",
+            f"--feature_batch={args.feature_batch}"]
+    argv += [f"--inception_weights={weights}"] if weights else []
+    argv += [f"--reference={args.reference}"] if args.reference else []
+    return argv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = shlex.join(["python", "-m", "paper.reproduce", *(sys.argv[1:] if argv is None else argv)])
-    if not (args.budget or args.evaluate or args.report or args.write_plan):
-        raise SystemExit("nothing to do: pass --budget=device|smoke, --evaluate, --report or --write-plan")
+    if not (args.budget or args.score or args.evaluate or args.report or args.write_plan):
+        raise SystemExit("nothing to do: pass --budget=device|smoke, --score, --evaluate, --report or --write-plan")
     if args.write_plan:
         entries = plan_lib.load_plan(args.plan) if args.plan.is_file() else plan_lib.build_plan()
         times = measured_step_times(entries, results_lib.read(args.results))
@@ -129,7 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             raise SystemExit(f"--retry: unknown entry ids {unknown}")
         runner.run_plan(entries, out=args.out, deadline_s=args.deadline, committed=committed, workroot=args.workroot,
-                        data=args.data, commit=args.commit, command=command, retry=retry, budget=args.budget)
+                        data=args.data, commit=args.commit, command=command, retry=retry, budget=args.budget,
+                        packing=plan_lib.PACKING if smoke else plan_lib.load_packing(args.plan),
+                        overhead=plan_lib.OVERHEAD_S, return_samples=args.return_samples,
+                        # A smoke run scores only with weights named (a CPU needs minutes per 1k images).
+                        score=() if args.no_score or (smoke and not args.inception_weights) else _score_command(args))
+    if args.score:
+        _score(args, command)
     if args.evaluate:
         _evaluate(args, command)
     if args.report:

@@ -208,7 +208,7 @@ class Evaluator:
         ref = self.reference(images.shape[1], with_labels=labels is not None)
         is_logits = self.network.is_logits
         feats = extract_features(self.network, images, batch_size=s.batch_size,
-                                 keys=("pool", is_logits) if is_logits else ("pool",))
+                                 keys=("pool", is_logits) if is_logits else ("pool",), desc="samples")
         fake = feats["pool"]
         mu, sigma = feature_statistics(fake)
         metrics = {f"fid_{net}": frechet_distance(mu, sigma, ref["mu"], ref["sigma"])}

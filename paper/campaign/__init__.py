@@ -1,9 +1,11 @@
 """The device campaign: a committed plan of sub-10-minute GPU experiments, the runner that works
-through it inside a deadline, the CPU-side evaluation of what comes back, and the report.
+through it inside a deadline (packing a group's GAN entries on one GPU and scoring their samples
+there), the CPU's check of what comes back, and the report.
 
-    python -m paper.reproduce --budget=device --deadline=480 --out=OUT   # GPU machine
-    python -m paper.reproduce --evaluate --out=OUT                       # CPU: FID/KID of the samples
-    python -m paper.reproduce --report                                   # REPRODUCTION.md
+    bash paper/device/prepare.sh                       # here: what the GPU run carries
+    bash paper/device/run.sh OUT                       # GPU machine (python -m paper.reproduce --budget=device)
+    python -m paper.reproduce --evaluate --out=OUT     # CPU: merge, check the device's features
+    python -m paper.reproduce --report                 # REPRODUCTION.md
 """
 
 from paper.campaign.plan import CONFIG_KEYS, Entry, build_plan, load_plan

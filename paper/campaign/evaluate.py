@@ -1,4 +1,11 @@
-"""CPU side of the campaign: FID/KID of the samples a device run returned, through ``gan.metrics``.
+"""Scores of the campaign's GAN samples, through ``gan.metrics``: on the device, and checked on the CPU.
+
+On the device (:func:`score_run`, ``python -m paper.reproduce --score``, started by the runner
+after each group): every sample set of the run (10k) is scored where it was made and an
+``evaluation`` record is written; the pool3 features of the first samples copied back are stored
+in their ``.npz`` (``features``). On the CPU (:func:`crosscheck`): the same images' features from
+this machine's network, compared with the device's (a ``crosscheck`` record).
+
 
 The device run's results go into the committed results file first (:func:`merge_run`); then every
 'done' GAN result whose samples are in the run directory and that has no evaluation by the same
@@ -20,8 +27,11 @@ import numpy as np
 
 from paper.campaign import results as results_lib
 
-__all__ = ["contract_labels", "evaluate_samples", "load_labels", "load_samples", "merge_run", "network_label",
-           "pending_evaluations"]
+__all__ = ["FEATURE_CHECK", "contract_labels", "crosscheck", "evaluate_samples", "load_labels", "load_samples",
+           "merge_run", "network_label", "pending_crosschecks", "pending_evaluations", "score_run"]
+
+#: Returned samples whose device features are stored beside them (float32 (n, 2048): 4 MiB).
+FEATURE_CHECK = 512
 
 #: An evaluator: uint8 images (N, H, W, 3) [, labels=int (N,)] -> gan.metrics' report dict
 #: (metrics, feature_network, ...); called with ``labels`` only for conditional results.
@@ -112,15 +122,97 @@ def evaluate_samples(records: Sequence[Mapping[str, Any]], *, run_dir: Path, sco
                 labels = contract_labels(len(images), num_classes)
                 labels_from = f"reconstructed by the sampling contract: sample i has class i % {num_classes}"
         report = scorer(images) if labels is None else scorer(images, labels=labels)
-        identity = dict(report.get("feature_network", {}))
-        out.append({
-            "record": "evaluation", "id": result["id"], "of_run": result["run"], "network": network,
-            "feature_network": {k: identity.get(k) for k in ("name", "sha256", "description") if k in identity},
-            "metrics": dict(report["metrics"]), "num_samples": int(report.get("num_samples", len(images))),
-            "num_reference": report.get("num_reference"), "protocol": report.get("protocol", {}).get("name"),
-            "reference": {k: v for k, v in report.get("reference", {}).items() if k != "cache_file"},
-            "notes": list(report.get("notes", [])), "device": device, "command": command,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            **({"labels": labels_from, "intra_class": report.get("intra_class")} if labels is not None else {}),
-        })
+        out.append(_evaluation_record(result, report, network=network, device=device, command=command,
+                                      num=len(images), labels_from=labels_from if labels is not None else None))
     return out
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _evaluation_record(result: Mapping[str, Any], report: Mapping[str, Any], *, network: str, device: str,
+                       command: str, num: int, labels_from: str | None) -> dict[str, Any]:
+    identity = dict(report.get("feature_network", {}))
+    return {
+        "record": "evaluation", "id": result["id"], "of_run": result["run"], "network": network,
+        "feature_network": {k: identity.get(k) for k in ("name", "sha256", "description", "form", "float32_sha256")
+                            if k in identity},
+        "metrics": dict(report["metrics"]), "num_samples": int(report.get("num_samples", num)),
+        "num_reference": report.get("num_reference"), "protocol": report.get("protocol", {}).get("name"),
+        "reference": {k: v for k, v in report.get("reference", {}).items() if k != "cache_file"},
+        "notes": list(report.get("notes", [])), "device": device, "command": command, "date": _now(),
+        **({"labels": labels_from, "intra_class": report.get("intra_class")} if labels_from else {}),
+    }
+
+
+def score_run(records: Sequence[Mapping[str, Any]], *, run_id: str, workroot: Path, out: Path, scorer: Scorer,
+              features: Callable[[np.ndarray], np.ndarray], network: str, device: str, command: str,
+              feature_check: int = FEATURE_CHECK) -> list[dict[str, Any]]:
+    """Evaluation records of run ``run_id``'s finished GAN results, scored where they were made.
+
+    Args:
+      records: the run's records (``out/results.jsonl``).
+      run_id: the run whose results to score.
+      workroot: the runner's run directories (``<workroot>/<id>/samples.npz``: every sample).
+      out: the results directory holding the returned samples (their first file gets the device
+        features of its first ``feature_check`` images as ``features``).
+      scorer: ``Evaluator.report``; features: uint8 images -> pool3 features (float32 (n, D)).
+      network: the scorer's label; device, command: recorded.
+    """
+    evaluated = {(r["id"], r["of_run"]) for r in records
+                 if r.get("record") == "evaluation" and r.get("network") == network}
+    new = []
+    for result in records:
+        if not (result.get("record") == "result" and result.get("run") == run_id and result.get("suite") == "gan"
+                and result.get("status") == "done" and result.get("artifacts")
+                and (result["id"], run_id) not in evaluated):
+            continue
+        with np.load(workroot / result["id"] / "samples.npz") as z:
+            images = z["images"]
+            labels = z["labels"].astype(np.int32) if "labels" in z.files else None
+        report = scorer(images) if labels is None else scorer(images, labels=labels)
+        record = _evaluation_record(result, report, network=network, device=device, command=command,
+                                    num=len(images),
+                                    labels_from=None if labels is None else "stored with the samples")
+        first = out / result["artifacts"][0]
+        with np.load(first) as z:
+            returned = {k: z[k] for k in z.files}
+        n = min(feature_check, len(returned["images"]))
+        returned["features"] = np.asarray(features(returned["images"][:n]), np.float32)
+        np.savez(first, **returned)
+        record["feature_check"] = {"file": first.name, "num": n}
+        new.append(record)
+    return new
+
+
+def pending_crosschecks(records: Sequence[Mapping[str, Any]], *, network: str,
+                        run_dir: Path) -> list[Mapping[str, Any]]:
+    """Device evaluations with stored features in ``run_dir`` and no cross-check by ``network`` yet."""
+    checked = {(r["id"], r["of_run"], r.get("of_network")) for r in records
+               if r.get("record") == "crosscheck" and r.get("network") == network}
+    return [r for r in records if r.get("record") == "evaluation" and r.get("feature_check")
+            and (r["id"], r["of_run"], r["network"]) not in checked
+            and (run_dir / r["feature_check"]["file"]).is_file()]
+
+
+def crosscheck(records: Sequence[Mapping[str, Any]], *, run_dir: Path, features: Callable[[np.ndarray], np.ndarray],
+               network: str, identity: Mapping[str, Any], device: str, command: str) -> list[dict[str, Any]]:
+    """``crosscheck`` records: this machine's pool3 features of the returned images whose device
+    features were stored, against those: per image, the largest difference over the largest
+    feature; its max and mean over the images."""
+    new = []
+    for ev in pending_crosschecks(records, network=network, run_dir=run_dir):
+        with np.load(run_dir / ev["feature_check"]["file"]) as z:
+            theirs = z["features"].astype(np.float64)
+            images = z["images"][:len(theirs)]
+        ours = np.asarray(features(images), np.float64)
+        rel = np.abs(ours - theirs).max(axis=1) / np.maximum(np.abs(theirs).max(axis=1), 1e-12)
+        new.append({
+            "record": "crosscheck", "id": ev["id"], "of_run": ev["of_run"], "of_network": ev["network"],
+            "network": network, "form": identity.get("form", "float32"), "num": len(images),
+            "max_rel_diff": float(rel.max()), "mean_rel_diff": float(rel.mean()),
+            "device": device, "command": command,
+            "date": _now(),
+        })
+    return new

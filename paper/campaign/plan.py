@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "CONFIG_FILES", "CONFIG_KEYS", "DIFFAUGMENT", "Entry", "PAPER", "RUN_SECONDS", "STEP_TIMES", "STUDIOGAN",
+    "CONFIG_FILES", "CONFIG_KEYS", "DIFFAUGMENT", "Entry", "PACKING", "PAPER", "RUN_SECONDS", "STEP_TIMES", "STUDIOGAN",
     "build_plan", "build_smoke_plan",
     "config_overrides",
     "load_plan", "plan_json", "sizing",
@@ -46,6 +46,7 @@ CONFIG_KEYS: dict[str, dict[str, str]] = {
         "conditional": "conditional",
         "class_embedding": "class_embedding",
         "diffaugment": "diffaugment",
+        "max_examples": "max_examples",  # tests and dry runs: a few training images
     },
     "classify": {
         "epochs": "num_epochs",
@@ -65,9 +66,14 @@ CONFIG_FILES: dict[str, str] = {
     "resnet_cifar": "configs/classify/resnet_cifar.py",
 }
 
-#: Seconds one device run may take from the runner's start (the issue: 10 min a call; ~12 min of
-#: device time a session, machine start included): the default ``--deadline``.
-RUN_SECONDS = 480
+#: Seconds one device run may take from the runner's start: the default ``--deadline``. A device
+#: call lasts at most 10 min, about 9 of them usable (``run`` with timeout_s 560 leaves 50 s for
+#: the carried wheels, the last SIGTERM grace and the copy back).
+RUN_SECONDS = 510
+
+#: Entries of one group run at once on the one GPU, each in its own process (issue 23): a batch-64
+#: SNGAN leaves an H200 mostly idle, and the four Table 4 kinds of a seed then fit one run.
+PACKING = 4
 
 #: The paper's budgets: Table 4's SNGAN D updates, Figure 4's epochs (and batch).
 PAPER = {"sngan_d_steps": 200_000, "classify_epochs": 300, "classify_batch": 64}
@@ -98,8 +104,14 @@ STEP_TIMES: dict[str, float] = {
 
 #: Fixed costs per entry (seconds, allowances, not measurements): process start + CIFAR-10 decode,
 #: compile (XLA autotuning on a GPU: 30 s and more for a ResNet-56 step, BENCHMARKS.md), and for a
-#: GAN the second process that samples 10k images, plus a margin for the unmeasured.
-OVERHEAD_S: dict[str, float] = {"start": 45.0, "compile": 60.0, "sample": 35.0, "margin": 30.0}
+#: GAN the second process that samples 10k images and the scoring of a group's samples on the
+#: device (Inception on 10k reference + 4 x 10k samples, then FID's matrix square roots on the
+#: host), plus a margin for the unmeasured.
+OVERHEAD_S: dict[str, float] = {"start": 45.0, "compile": 60.0, "sample": 35.0, "score": 120.0, "margin": 30.0}
+
+#: Seconds a packed group needs beyond its fixed costs to be worth starting: its trainers log
+#: their calibration intervals and train for a while.
+GROUP_MIN_TRAIN_S = 90.0
 
 CIFAR_TRAIN = 50_000
 
@@ -122,6 +134,8 @@ class Entry:
       fraction: that fraction as a number (None where the paper states no budget).
       sizing: the :data:`STEP_TIMES` key it was sized with ('' for none).
       argv: for suite 'bench' and 'command': the command (a 'bench' entry's deadline is added).
+      group: GAN entries with the same group run at once (up to the plan's packing) and train for
+        one step count, sized while they run; their ``steps`` is the most they may take.
     """
 
     id: str
@@ -136,6 +150,7 @@ class Entry:
     fraction: float | None = None
     sizing: str = ""
     argv: Sequence[str] = ()
+    group: str = ""
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Entry:
@@ -146,6 +161,9 @@ class Entry:
         entry = cls(**{**d, "argv": tuple(d.get("argv", ()))})
         if entry.suite not in ("gan", "classify", "bench", "command"):
             raise ValueError(f"plan entry {entry.id!r}: suite must be gan | classify | bench | command, got {entry.suite!r}")
+        if entry.group and entry.suite != "gan":
+            raise ValueError(f"plan entry {entry.id!r}: only gan entries are grouped (their step count is sized "
+                             f"while they train), got suite {entry.suite!r}")
         unknown_keys = sorted(set(entry.set) - set(CONFIG_KEYS.get(entry.suite, {})))
         if unknown_keys:
             raise ValueError(f"plan entry {entry.id!r}: set has unknown keys {unknown_keys}; "
@@ -165,6 +183,11 @@ def config_overrides(entry: Entry) -> list[str]:
     return [f"--config.{keys[name]}={value}" for name, value in entry.set.items()]
 
 
+def load_packing(path: str | Path) -> int:
+    """The plan file's ``packing`` (1 for a plan written before packing)."""
+    return int(json.loads(Path(path).read_text(encoding="utf-8")).get("packing", 1))
+
+
 def load_plan(path: str | Path) -> list[Entry]:
     """The entries of a plan file, validated (unique ids, known fields)."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -179,7 +202,7 @@ def load_plan(path: str | Path) -> list[Entry]:
 def plan_json(entries: Sequence[Entry], *, step_times: Mapping[str, float]) -> str:
     """The plan file's text: the entries and the step times they were sized with."""
     used = {e.sizing: step_times[e.sizing] for e in entries if e.sizing}
-    return json.dumps({"run_seconds": RUN_SECONDS, "overhead_s": OVERHEAD_S, "step_times_s": used,
+    return json.dumps({"run_seconds": RUN_SECONDS, "packing": PACKING, "overhead_s": OVERHEAD_S, "step_times_s": used,
                        "entries": [e.to_dict() for e in entries]}, indent=1) + "\n"
 
 
@@ -194,13 +217,17 @@ def sizing(*, step_s: float, fixed_s: float, run_s: float = RUN_SECONDS - RUNNER
     return max(quantum, int((run_s - fixed_s) / step_s) // quantum * quantum)
 
 
+def _group_estimate() -> float:
+    """Seconds a packed group needs at least: start, compile, calibration and some training, then
+    sampling, scoring and the margin (its step count is sized to what is left)."""
+    return round(sum(OVERHEAD_S.values()) + GROUP_MIN_TRAIN_S)
+
+
 def _gan_entries(step_times: Mapping[str, float], seeds: Sequence[int]) -> list[Entry]:
+    """Table 4's four kinds per seed, packed: one step count for all four, sized on the device to
+    what the run leaves (at most the paper's 200k D steps)."""
     kinds = ("C3", "C2sp", "C2", "C4sp")
-    fixed = sum(OVERHEAD_S.values())
-    # One D-step budget for every kind (a fair comparison): what the slowest kind fits.
-    g_steps = min(sizing(step_s=step_times[f"sngan:{k}"], fixed_s=fixed) for k in kinds)
-    d_steps = 5 * g_steps
-    share = d_steps / PAPER["sngan_d_steps"]
+    g_steps = PAPER["sngan_d_steps"] // 5
     entries = []
     for seed in seeds:
         for kind in kinds:
@@ -208,12 +235,13 @@ def _gan_entries(step_times: Mapping[str, float], seeds: Sequence[int]) -> list[
             entries.append(Entry(
                 id=f"table4-sngan-{kind}-seed{seed}", experiment="table4", suite="gan", config=CONFIG_FILES["sngan"],
                 args={"kernel": kind, "seed": seed, "data": "{cifar10}"},
-                set={"steps": g_steps, "log_every": 500, "sample_every": g_steps, "checkpoint_every": g_steps,
+                set={"steps": g_steps, "log_every": 100, "sample_every": 0, "checkpoint_every": 0,
                      "max_checkpoints": 1},
-                samples=10_000, fraction=share, sizing=f"sngan:{kind}",
-                estimate_s=round(fixed + g_steps * step_times[f"sngan:{kind}"]),
-                budget=f"{d_steps // 1000}k D steps = {share:.1%} of the paper's 200k; G {kind}@{width}, "
-                       f"n_critic 5, batch 64, 10k samples",
+                samples=10_000, fraction=None, sizing=f"sngan:{kind}", group=f"table4-seed{seed}",
+                estimate_s=_group_estimate(),
+                budget=f"D steps sized on the device (the same for the {len(kinds)} kinds of the seed, run "
+                       f"{PACKING} at once), at most the paper's 200k; G {kind}@{width}, n_critic 5, batch 64, "
+                       "10k samples",
             ))
     return entries
 
@@ -222,24 +250,22 @@ def _conditional_entries(step_times: Mapping[str, float]) -> list[Entry]:
     """Conditional SNGAN, G C3@256 vs C2sp@384, each without and with DiffAugment (issue 18)."""
     variants = [(kind, da) for da in (False, True) for kind in ("C3", "C2sp")]
     keys = {(kind, da): f"sngan-cond{'-da' if da else ''}:{kind}" for kind, da in variants}
-    fixed = sum(OVERHEAD_S.values())
-    # One D-step budget for all four (C3 vs C2sp and DiffAugment's effect at equal updates).
-    g_steps = min(sizing(step_s=step_times[keys[v]], fixed_s=fixed) for v in variants)
-    d_steps = 5 * g_steps
-    share = d_steps / STUDIOGAN["sngan_d_steps"]
+    # One D-step count for all four (C3 vs C2sp and DiffAugment's effect at equal updates), sized
+    # on the device while the four train at once; at most the paper's 200k D steps.
+    g_steps = PAPER["sngan_d_steps"] // 5
     entries = []
     for kind, da in variants:
         width = {"C3": 256, "C2sp": 384}[kind]
         entries.append(Entry(
             id=f"cond-sngan-{kind}{'-diffaug' if da else ''}-seed0", experiment="conditional", suite="gan",
             config=CONFIG_FILES["sngan"], args={"kernel": kind, "seed": 0, "data": "{cifar10}"},
-            set={"steps": g_steps, "log_every": 500, "sample_every": g_steps, "checkpoint_every": g_steps,
+            set={"steps": g_steps, "log_every": 100, "sample_every": 0, "checkpoint_every": 0,
                  "max_checkpoints": 1, "loss": "hinge", "norm": "batch", "conditional": True,
                  "class_embedding": "per_class", **({"diffaugment": DIFFAUGMENT} if da else {})},
-            samples=10_000, fraction=share, sizing=keys[(kind, da)],
-            estimate_s=round(fixed + g_steps * step_times[keys[(kind, da)]]),
-            budget=f"{d_steps // 1000}k D steps = {share:.1%} of StudioGAN's 500k "
-                   f"({d_steps / PAPER['sngan_d_steps']:.1%} of the paper's 200k); conditional G {kind}@{width}, "
+            samples=10_000, fraction=None, sizing=keys[(kind, da)], group="conditional-seed0",
+            estimate_s=_group_estimate(),
+            budget=f"D steps sized on the device (the same for the 4 variants, run {PACKING} at once), at most "
+                   f"the paper's 200k (StudioGAN: 500k); conditional G {kind}@{width}, "
                    f"hinge, cBN per class, projection D, {'DiffAugment ' + DIFFAUGMENT if da else 'no DiffAugment'}, "
                    "n_critic 5, batch 64, 10k samples (labels i % 10)",
         ))
@@ -284,21 +310,25 @@ def _bench_entries() -> list[Entry]:
 
 
 def build_plan(step_times: Mapping[str, float] | None = None) -> list[Entry]:
-    """The campaign in the issues' order: Table 4 (seed 0, then seed 1), Figure 4, benchmarks, then
-    conditional SNGAN (issue 18; after everything earlier, so no earlier entry waits for it)."""
+    """The campaign in issue 23's order: Table 4 seed 0 (four kinds packed in one run), Table 4
+    seed 1, Figure 4's ResNet-56, conditional SNGAN, the benchmarks, then Figure 4's ResNet-110."""
     times = {**STEP_TIMES, **(step_times or {})}
-    return [*_gan_entries(times, seeds=(0,)), *_gan_entries(times, seeds=(1,)), *_classify_entries(times),
-            *_bench_entries(), *_conditional_entries(times)]
+    figure4 = _classify_entries(times)
+    resnet56 = [e for e in figure4 if e.args["depth"] == 56]
+    return [*_gan_entries(times, seeds=(0,)), *_gan_entries(times, seeds=(1,)), *resnet56,
+            *_conditional_entries(times), *_bench_entries(), *[e for e in figure4 if e not in resnet56]]
 
 
 def build_smoke_plan() -> list[Entry]:
     """A CPU smoke plan through the same runner and commands: tiny SNGAN and ResNet on the bundled
     digits for a few steps (``--budget=smoke``; checks the pipeline, never the claims)."""
     return [
-        Entry(id="smoke-sngan-C2sp", experiment="table4", suite="gan", config=CONFIG_FILES["sngan"],
-              args={"kernel": "C2sp", "data": "digits", "runlocal": True},
-              set={"steps": 4, "log_every": 2, "sample_every": 4, "checkpoint_every": 4}, samples=64,
-              estimate_s=300, budget="smoke: 4 G steps of the runlocal model on digits"),
+        *[Entry(id=f"smoke-sngan-{kind}", experiment="table4", suite="gan", config=CONFIG_FILES["sngan"],
+                args={"kernel": kind, "data": "digits", "runlocal": True},
+                set={"steps": 4, "log_every": 1, "sample_every": 4, "checkpoint_every": 4}, samples=64,
+                group="smoke", estimate_s=300, budget="smoke: at most 4 G steps of the runlocal model on digits, "
+                                                      "two kinds at once")
+          for kind in ("C2sp", "C3")],
         Entry(id="smoke-resnet8-C2sp", experiment="figure4", suite="classify", config=CONFIG_FILES["resnet_cifar"],
               args={"depth": 8, "kernel": "C2sp", "data": "digits", "runlocal": True},
               set={"steps": 4, "eval_every": 4, "checkpoint_every": 4, "log_every": 2},

@@ -53,6 +53,24 @@ def _fid(records: Records, result: Mapping[str, Any], network: str = VERDICT_NET
     return None
 
 
+def _crosscheck(records: Records, ev: Mapping[str, Any]) -> str:
+    """This CPU's check of a device evaluation's features, as text ('-' when none)."""
+    checks = [r for r in records if r.get("record") == "crosscheck" and r.get("id") == ev.get("id")
+              and r.get("of_run") == ev.get("of_run") and r.get("of_network") == ev.get("network")]
+    return "; ".join(f"{c['num']} images, max rel. diff {c['max_rel_diff']:.1e} ({c.get('form', '?')} weights)"
+                     for c in checks) or "-"
+
+
+def _trained(result: Mapping[str, Any], entry: Entry) -> str:
+    """The budget an entry actually trained: its steps (D steps for a GAN) as a share of the paper's."""
+    steps = result.get("steps")
+    if not steps or entry.suite != "gan":
+        return entry.budget.split(";")[0]
+    d = int(steps) * 5
+    packed = f", {result['packing']} packed" if result.get("packing", 1) > 1 else ""
+    return f"{steps:,} G = {d:,} D steps ({d / 200_000:.1%} of the paper's 200k{packed})"
+
+
 def _diverged(result: Mapping[str, Any]) -> bool:
     tail = result.get("log_tail", "")
     return result.get("status") == "failed" and any(s in tail for s in ("DivergenceError", "finite", "nan", "NaN"))
@@ -86,6 +104,10 @@ def claims(entries: Sequence[Entry], records: Records) -> list[tuple[str, str, s
                 fids.setdefault(kind, []).append(fid)
         diverged[kind] = diverged.get(kind, False) or _diverged(r)
     budget = _budget_of(entries, "table4")
+    trained = sorted({_trained(r, by_entry[rid]) for rid, r in results.items()
+                      if rid in by_entry and by_entry[rid].experiment == "table4" and r.get("status") == "done"})
+    if trained:
+        budget = " / ".join(trained)
 
     def mean(kind: str) -> str:
         v = fids[kind]
@@ -187,7 +209,7 @@ def _conditional_section(entries: Sequence[Entry], records: Records,
             m = ev.get("metrics", {})
             net = ev.get("feature_network", {}).get("name")
             lines.append(
-                f"| {e.id} | {e.args['kernel']} | {e.set.get('diffaugment') or 'off'} | {e.budget.split(';')[0]} | "
+                f"| {e.id} | {e.args['kernel']} | {e.set.get('diffaugment') or 'off'} | {_trained(r, e)} | "
                 f"{f'{params:,}' if params else '-'} | {_fmt(m.get(f'fid_{net}') if net else None, '.2f')} | "
                 f"{_fmt(m.get(f'fid_intra_{net}') if net else None, '.2f')} | "
                 f"{_fmt(m.get(f'kid_{net}') if net else None, '.4f')} | {ev.get('network', 'not evaluated')} | "
@@ -210,11 +232,12 @@ def render_report(entries: Sequence[Entry], records: Records, *, sections: Seque
         f"`{results_path}`; do not edit by hand (hand-written sections live in `paper/sections/*.md`). "
         "Every number was measured by the command beside it, on the device named there; budgets are "
         "fractions of the paper's. CPU smoke runs never enter this report.", "",
-        "The campaign, one device run at a time (each continues where the results stop):", "",
+        "The campaign, one device run at a time (each continues where the results stop; README: "
+        "'Reproducing the paper on a GPU'):", "",
         "```",
-        "mkdir -p data && cp ../shared/data/cifar10-*.tar.gz data/      # carried to the GPU machine (git-ignored)",
-        "python -m paper.reproduce --budget=device --deadline=480 --out=OUT   # on the GPU machine",
-        "python -m paper.reproduce --evaluate --out=OUT    # CPU: merge OUT/results.jsonl, FID/KID of the samples",
+        "bash paper/device/prepare.sh                       # here: data, wheels, FID weights, commit (git-ignored)",
+        "bash paper/device/run.sh OUT                       # GPU machine: the next entries, Inception FID there",
+        "python -m paper.reproduce --evaluate --out=OUT    # CPU: merge, check the device's features on this CPU",
         "python -m paper.reproduce --report                # CPU: this file",
         "```", "",
         "## Claims", "",
@@ -230,12 +253,15 @@ def render_report(entries: Sequence[Entry], records: Records, *, sections: Seque
 
     lines += ["", "## Table 4: SNGAN on CIFAR-10", "",
               "Paper: Inception FID, 10k samples vs the test split, 200k D steps, mean ± std over runs. Here: "
-              "the same protocol at the budget shown; FID/KID computed on the CPU from the returned samples "
-              "(`feature network` names the network and its weights digest; only `inception` is comparable "
-              "with the paper).", "",
-              "| entry | G kind | seed | budget | G params | paper FID | FID | KID | feature network | samples | "
-              "step ms | compile s | status | device, date, commit | commands |",
-              "|" + "---|" * 15]
+              "the same protocol at the steps shown (the kinds of a seed trained at once on one device, "
+              "for one step count); FID/KID computed where the samples were made (`scored on`), "
+              "`feature network` names the network and its weights digest (only `inception` is comparable "
+              "with the paper), `weights` their form (float16-rounded weights moved FID by 5e-4 relative "
+              "in a CPU test), `CPU check` this CPU's pool3 features of returned samples against the device's.",
+              "",
+              "| entry | G kind | seed | trained | G params | paper FID | FID | KID | feature network | weights | "
+              "samples | scored on | CPU check | step ms | compile s | status | device, date, commit | commands |",
+              "|" + "---|" * 18]
     for e in (e for e in entries if e.experiment == "table4"):
         r = results.get(e.id)
         if r is None:
@@ -248,10 +274,12 @@ def render_report(entries: Sequence[Entry], records: Records, *, sections: Seque
             kid = m.get(f"kid_{net}") if net else None
             params = (r.get("params") or {}).get("generator")
             lines.append(
-                f"| {e.id} | {e.args['kernel']} | {e.args.get('seed')} | {e.budget} | "
+                f"| {e.id} | {e.args['kernel']} | {e.args.get('seed')} | {_trained(r, e)} | "
                 f"{f'{params:,}' if params else '-'} | {PAPER_FID.get(e.args['kernel'], '-')} | "
                 f"{_fmt(fid, '.2f')} | {_fmt(kid, '.4f')} | {ev.get('network', 'not evaluated')} | "
-                f"{ev.get('num_samples', r.get('num_samples', '-'))} | "
+                f"{ev.get('feature_network', {}).get('form', '-')} | "
+                f"{ev.get('num_samples', r.get('num_samples', '-'))} | {ev.get('device', '-')} | "
+                f"{_crosscheck(records, ev)} | "
                 f"{_fmt(r['step_time_s'] * 1e3 if r.get('step_time_s') else None, '.1f')} | "
                 f"{_fmt(r.get('compile_s'), '.0f')} | {r['status']} | {_provenance(r)} | {_commands(r)} |")
 

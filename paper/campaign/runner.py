@@ -14,6 +14,7 @@ to the experiment's process.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import datetime
 import json
 import os
@@ -21,6 +22,7 @@ import platform
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -34,8 +36,8 @@ from paper.campaign import results as results_lib
 from paper.campaign.plan import Entry, config_overrides
 from sympad.train import environment as renv
 
-__all__ = ["MAX_FILE_BYTES", "MAX_TRIES", "cifar10_folder", "entry_commands", "environment", "run_plan",
-           "write_samples"]
+__all__ = ["MAX_FILE_BYTES", "MAX_TRIES", "RETURN_SAMPLES", "cifar10_folder", "entry_commands", "environment",
+           "group_steps", "run_plan", "size_group", "write_samples"]
 
 #: Largest file the device machine sends back (the issue: 16 MiB a file, 8 files, 64 MiB in all).
 MAX_FILE_BYTES = 16 * 2**20
@@ -46,6 +48,16 @@ KILLED_GROWTH = 1.2
 #: Seconds a killed command gets to exit after SIGTERM (the trainers checkpoint on it).
 TERM_GRACE_S = 10.0
 LOG_TAIL_CHARS = 6000
+#: Samples of each GAN entry copied back (uint8, 6 MB at 32 px): with the 8-file, 64 MiB return
+#: limit the scores are computed where the samples were made, and these let the CPU check them.
+RETURN_SAMPLES = 2000
+#: Steady logged intervals (after the first, which holds the compile) every packed trainer shows
+#: before its group gets its step count.
+CALIBRATION_INTERVALS = 2
+#: Share of a measured rate the sizing counts on: trainers speed up as others finish, never slow.
+RATE_SAFETY = 0.9
+#: Seconds between looks at packed trainers.
+POLL_S = 1.0
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -134,27 +146,53 @@ def _set_pdeathsig() -> None:
         pass
 
 
+class _Process:
+    """One command of an entry, started at once; its output appended to ``log``."""
+
+    def __init__(self, argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        argv = [sys.executable if a == "python" and i == 0 else a for i, a in enumerate(argv)]
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {}),
+                    "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.clock = clock
+        self.start = clock()
+        with open(log, "ab") as f:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(argv, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=full_env,
+                                         preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None)
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.proc.wait(timeout=max(0.0, timeout))
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self) -> int:
+        """SIGTERM (the trainers checkpoint on it), SIGKILL after :data:`TERM_GRACE_S`."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=TERM_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    @property
+    def seconds(self) -> float:
+        return self.clock() - self.start
+
+
 def _spawn(argv: Sequence[str], *, log: Path, end: float, clock: Callable[[], float]) -> tuple[int, float, bool]:
     """Runs one command until it exits or ``end``; returns (exit code, seconds, killed at the deadline)."""
-    argv = [sys.executable if a == "python" and i == 0 else a for i, a in enumerate(argv)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
-    log.parent.mkdir(parents=True, exist_ok=True)
-    start = clock()
-    with open(log, "ab") as f:
-        proc = subprocess.Popen(argv, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env,
-                                preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None)
-        try:
-            rc = proc.wait(timeout=max(0.0, end - clock()))
-            return rc, clock() - start, False
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(timeout=TERM_GRACE_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            return proc.returncode, clock() - start, True
+    proc = _Process(argv, log=log, clock=clock)
+    rc = proc.wait(end - clock())
+    if rc is not None:
+        return rc, proc.seconds, False
+    return proc.stop(), proc.seconds, True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,13 +239,16 @@ def write_samples(images: np.ndarray, *, out: Path, stem: str, max_bytes: int = 
     return names
 
 
-def _collect(entry: Entry, workdir: Path, out: Path) -> dict[str, Any]:
-    """Metrics, timings and artifacts of a finished entry."""
+def _collect(entry: Entry, workdir: Path, out: Path, *, return_samples: int | None = None) -> dict[str, Any]:
+    """Metrics, timings and artifacts of a finished entry; ``return_samples``: copy only the
+    first that many GAN samples to ``out`` (None: all of them)."""
     if entry.suite == "gan":
         lines = _metric_lines(workdir)
         found: dict[str, Any] = dict(_timing(lines, rate_key="steps_per_s"))
         last = lines[-1] if lines else {}
         found["metrics"] = {k: last[k] for k in ("step", "d_steps", "d_loss", "g_loss") if k in last}
+        if "step" in last:
+            found["steps"] = int(last["step"])
         summary = workdir / "model_summary.json"
         if summary.is_file():
             s = json.loads(summary.read_text())
@@ -219,8 +260,12 @@ def _collect(entry: Entry, workdir: Path, out: Path) -> dict[str, Any]:
             with np.load(samples) as z:
                 images = z["images"]
                 labels = z["labels"] if "labels" in z.files else None  # gan.sample's, for a conditional G
-            found["artifacts"] = write_samples(images, out=out, stem=f"samples-{entry.id}", labels=labels)
             found["num_samples"] = int(len(images))
+            if return_samples is not None:
+                images = images[:return_samples]
+                labels = None if labels is None else labels[:return_samples]
+                found["returned_samples"] = int(len(images))
+            found["artifacts"] = write_samples(images, out=out, stem=f"samples-{entry.id}", labels=labels)
             found["labelled_samples"] = labels is not None
         return found
     if entry.suite == "classify":
@@ -238,16 +283,93 @@ def _collect(entry: Entry, workdir: Path, out: Path) -> dict[str, Any]:
 # The queue.
 
 
-def _estimate(entry: Entry, tried: Mapping[str, Any]) -> float:
-    # A run that killed this entry gave it ``allotted_s``: it needs more than that.
-    return max(float(entry.estimate_s), KILLED_GROWTH * float(tried.get("allotted_s", 0.0)))
+def _estimate(entry: Entry, tried: Mapping[str, Any], *, deadline_s: float, retry: bool) -> float:
+    # A run that killed this entry gave it ``allotted_s``: it needs more than that, but never more
+    # than a whole run, so a fresh run can always start it again; --retry asks for the plan's figure.
+    if retry:
+        return float(entry.estimate_s)
+    return min(deadline_s, max(float(entry.estimate_s), KILLED_GROWTH * float(tried.get("allotted_s", 0.0))))
+
+
+@dataclasses.dataclass
+class _Run:
+    """What one runner call shares between its entries."""
+
+    out: Path
+    workroot: Path
+    end: float
+    deadline_s: float
+    run_id: str
+    env: dict[str, Any]
+    budget: str
+    data: str
+    clock: Callable[[], float]
+    records: list[dict[str, Any]]
+    written: list[dict[str, Any]]
+    score: Sequence[str] = ()
+    overhead: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    return_samples: int = RETURN_SAMPLES
+
+    def write(self, record: dict[str, Any]) -> None:
+        results_lib.append(self.out / "results.jsonl", record)
+        self.records.append(record)
+        self.written.append(record)
+
+    def left(self) -> float:
+        return self.end - self.clock()
+
+    def cifar10(self) -> str:
+        if not self.data:
+            folder = cifar10_folder(REPO / "data")
+            if folder is None:
+                raise FileNotFoundError("no CIFAR-10 JPEG archives in data/ or ../shared/data: copy "
+                                        "cifar10-train.tar.gz and cifar10-test.tar.gz into data/ (git-ignored)")
+            self.data = f"folder:{folder}"
+        return self.data
+
+    def fresh_workdir(self, entry: Entry) -> Path:
+        workdir = self.workroot / entry.id
+        if workdir.exists():
+            shutil.rmtree(workdir)  # a fresh start: step and compile times of one uninterrupted run
+        workdir.mkdir(parents=True)
+        return workdir
+
+    def result(self, entry: Entry, *, status: str, commands: Sequence[Sequence[str]], seconds: Sequence[float],
+               rc: int, tail: str) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "record": "result", "id": entry.id, "run": self.run_id, "campaign": self.budget, "status": status,
+            "experiment": entry.experiment, "suite": entry.suite, "budget": entry.budget, "fraction": entry.fraction,
+            "seed": entry.args.get("seed"), "commands": [shlex.join(_shown_argv(c, self.data)) for c in commands],
+            "seconds": [round(t, 1) for t in seconds], "exit_code": rc, "device": self.env["device"],
+            "versions": self.env["versions"], "commit": self.env["commit"], "date": self.env["date"],
+        }
+        if entry.set.get("conditional"):
+            record["conditional"] = True
+        if status != "done":
+            record["log_tail"] = tail[-1500:]
+        return record
+
+
+def _log_tail(entry: Entry, workdir: Path, status: str, out: Path) -> str:
+    log = workdir / "log.txt"
+    tail = log.read_text(encoding="utf-8", errors="replace")[-LOG_TAIL_CHARS:] if log.is_file() else ""
+    with open(out / "log.txt", "a", encoding="utf-8") as f:
+        f.write(f"\n===== {entry.id} ({status}) =====\n{tail}\n")
+    return tail
 
 
 def run_plan(entries: Sequence[Entry], *, out: Path, deadline_s: float, committed: Sequence[Mapping[str, Any]] = (),
              workroot: Path | None = None, data: str = "", commit: str = "", command: str = "",
-             retry: Sequence[str] = (), budget: str = "device",
+             retry: Sequence[str] = (), budget: str = "device", packing: int = 1, score: Sequence[str] = (),
+             overhead: Mapping[str, float] | None = None, return_samples: int = RETURN_SAMPLES,
              clock: Callable[[], float] = time.monotonic) -> list[dict[str, Any]]:
     """Runs the plan's pending entries in order until ``deadline_s`` seconds from now.
+
+    Entries of one ``group`` (the Table 4 kinds of a seed) run at once on the one device, up to
+    ``packing`` of them, each in its own process; once every one of them has logged a few steady
+    step rates, the runner gives them all the same step count, the most that the slowest reaches
+    before the deadline leaves time to sample and score (:func:`_run_group`). Other entries run
+    one at a time with the step counts of the plan.
 
     Args:
       entries: the plan.
@@ -261,9 +383,16 @@ def run_plan(entries: Sequence[Entry], *, out: Path, deadline_s: float, committe
         first use.
       commit: the code's commit, recorded with every result (default: ``git rev-parse HEAD``).
       command: the command line of this call, recorded.
-      retry: entry ids to run again even if failed or given up.
+      retry: entry ids to run again even if failed or given up (with the plan's estimate).
       budget: 'device' or 'smoke', recorded as the 'campaign' of the run and result records
         (a smoke run is never merged into the committed results).
+      packing: entries of one group run at once (the plan's ``packing``).
+      score: the command (argv, ``python`` first) that scores this run's GAN samples where they
+        were made (``python -m paper.reproduce --score ...``); run once after each group, with
+        ``--run=<this run's id>`` added; () = no scoring here.
+      overhead: the plan's fixed costs (seconds): 'sample', 'score' and 'margin' are kept free at
+        the end of a group's training.
+      return_samples: samples of each GAN entry copied to ``out`` (uint8, with their labels).
       clock: seconds (monotonic); tests may pass a fake.
 
     Returns:
@@ -271,104 +400,247 @@ def run_plan(entries: Sequence[Entry], *, out: Path, deadline_s: float, committe
     """
     if deadline_s <= 0:
         raise ValueError(f"deadline_s must be positive, got {deadline_s}")
-    start = clock()
-    end = start + deadline_s
+    if packing < 1:
+        raise ValueError(f"packing must be >= 1, got {packing}")
     out.mkdir(parents=True, exist_ok=True)
-    out_results = out / "results.jsonl"
-    workroot = workroot or REPO / "runs" / "campaign"
-    records = [*committed, *results_lib.read(out_results)]
     env = environment(commit=commit)
-    run_id = f"{env['date'].replace(' ', 'T')}-{os.getpid()}"
-    written: list[dict[str, Any]] = []
-
-    def write(record: dict[str, Any]) -> None:
-        results_lib.append(out_results, record)
-        records.append(record)
-        written.append(record)
-
-    write({"record": "run", "run": run_id, "campaign": budget, "deadline_s": deadline_s, "command": command, **env})
-    done = results_lib.done_ids(records)
+    run = _Run(out=out, workroot=workroot or REPO / "runs" / "campaign", end=clock() + deadline_s,
+               deadline_s=deadline_s, run_id=f"{env['date'].replace(' ', 'T')}-{os.getpid()}", env=env,
+               budget=budget, data=data, clock=clock, records=[*committed, *results_lib.read(out / "results.jsonl")],
+               written=[], score=tuple(score), overhead=dict(overhead or {}), return_samples=return_samples)
+    run.write({"record": "run", "run": run.run_id, "campaign": budget, "deadline_s": deadline_s, "command": command,
+               "packing": packing, **env})
+    done = results_lib.done_ids(run.records)
+    handled: set[str] = set()
     for entry in entries:
-        if entry.id in done:
+        if entry.id in handled:
             continue
-        tried = results_lib.attempts(records, entry.id)
-        if entry.id not in retry and tried["failed"]:
-            print(f"[campaign] {entry.id}: failed before; not retried (--retry={entry.id} to run it)", flush=True)
-            continue
-        if entry.id not in retry and tried["killed"] + tried["interrupted"] >= MAX_TRIES:
-            print(f"[campaign] {entry.id}: given up after {MAX_TRIES} unfinished tries", flush=True)
-            continue
-        estimate = _estimate(entry, tried)
-        left = end - clock()
-        if estimate > left:
-            why = "never fits one run: re-size it" if estimate > deadline_s else f"needs {estimate:.0f} s, {left:.0f} s left"
-            print(f"[campaign] {entry.id}: not started ({why})", flush=True)
-            continue
-        if "{cifar10}" in entry.args.values() and not data:
-            folder = cifar10_folder(REPO / "data")
-            if folder is None:
-                raise FileNotFoundError("no CIFAR-10 JPEG archives in data/ or ../shared/data: copy "
-                                        "cifar10-train.tar.gz and cifar10-test.tar.gz into data/ (git-ignored)")
-            data = f"folder:{folder}"
-        workdir = workroot / entry.id
-        if workdir.exists():
-            shutil.rmtree(workdir)  # a fresh start: step and compile times of one uninterrupted run
-        workdir.mkdir(parents=True)
-        if entry.suite == "bench":
-            # benchmarks.all --resume measures only what earlier runs' records lack.
-            # Only the same device's: benchmarks.all refuses to resume another device's records.
-            earlier = [b for r in records if r.get("id") == entry.id and r.get("record") == "result"
-                       and r.get("device") == env["device"] for b in r.get("bench_records", [])]
-            for b in earlier:
-                results_lib.append(workdir / "results.jsonl", b)
-        print(f"[campaign] {entry.id}: start (estimate {estimate:.0f} s, {left:.0f} s left)", flush=True)
-        write({"record": "started", "id": entry.id, "run": run_id, "allotted_s": round(left, 1),
-               "estimate_s": estimate})
-        commands = entry_commands(entry, workdir=workdir, data=data, deadline_s=left - 30)
-        shown = [shlex.join(_shown_argv(c, data)) for c in commands]
-        status, seconds, rc = "done", [], 0
-        log = workdir / "log.txt"
-        for argv in commands:
-            rc, took, killed = _spawn(argv, log=log, end=end, clock=clock)
-            seconds.append(round(took, 1))
-            if killed:
-                status = "killed"
-                break
-            if rc != 0:
-                status = "failed"
-                break
-        tail = log.read_text(encoding="utf-8", errors="replace")[-LOG_TAIL_CHARS:] if log.is_file() else ""
-        with open(out / "log.txt", "a", encoding="utf-8") as f:
-            f.write(f"\n===== {entry.id} ({status}) =====\n{tail}\n")
-        record: dict[str, Any] = {
-            "record": "result", "id": entry.id, "run": run_id, "campaign": budget, "status": status, "experiment": entry.experiment,
-            "suite": entry.suite, "budget": entry.budget, "fraction": entry.fraction, "seed": entry.args.get("seed"),
-            "commands": shown, "seconds": seconds, "exit_code": rc, "device": env["device"],
-            "versions": env["versions"], "commit": env["commit"], "date": env["date"],
-        }
-        if entry.set.get("conditional"):
-            record["conditional"] = True
-        if status == "killed":
-            record["allotted_s"] = round(left, 1)
-        if status != "done":
-            record["log_tail"] = tail[-1500:]
-        try:
-            record.update(_collect(entry, workdir, out))
-        except (OSError, ValueError, KeyError) as e:  # what was measured still gets recorded
-            record["collect_error"] = repr(e)
-        if entry.suite == "bench" and status == "done":
-            # benchmarks.all's last line: "done: ... complete" or "... N groups left (...)".
-            summary = [line for line in tail.splitlines() if line.startswith("done: ")]
-            if not summary or "complete" not in summary[-1]:
-                record["status"] = "partial"  # stopped at its deadline; the next run resumes it
-        write(record)
-        if record["status"] == "done":
-            done.add(entry.id)
-        print(f"[campaign] {entry.id}: {record['status']} after {sum(seconds):.0f} s", flush=True)
+        batch = [e for e in entries if e.group and e.group == entry.group] if entry.group else [entry]
+        handled.update(e.id for e in batch)
+        ready = []
+        for e in batch:
+            if e.id in done:
+                continue
+            tried = results_lib.attempts(run.records, e.id)
+            if e.id not in retry and tried["failed"]:
+                print(f"[campaign] {e.id}: failed before; not retried (--retry={e.id} to run it)", flush=True)
+                continue
+            if e.id not in retry and tried["killed"] + tried["interrupted"] >= MAX_TRIES:
+                print(f"[campaign] {e.id}: given up after {MAX_TRIES} unfinished tries", flush=True)
+                continue
+            ready.append((e, _estimate(e, tried, deadline_s=deadline_s, retry=e.id in retry)))
+        for k in range(0, len(ready), packing if entry.group else 1):
+            part = ready[k:k + packing] if entry.group else ready[k:k + 1]
+            estimate, left = max(t for _, t in part), run.left()
+            if estimate > left:
+                why = ("never fits one run: re-size it" if estimate > deadline_s
+                       else f"needs {estimate:.0f} s, {left:.0f} s left")
+                print(f"[campaign] {', '.join(e.id for e, _ in part)}: not started ({why})", flush=True)
+                continue
+            if entry.group:
+                _run_group([e for e, _ in part], run, estimate=estimate, group=batch)
+            else:
+                _run_single(part[0][0], run, estimate=estimate)
+        done = results_lib.done_ids(run.records)
     left_ids = [e.id for e in entries if e.id not in done]
     print(f"[campaign] {len(done & {e.id for e in entries})}/{len(entries)} done; "
           f"left: {', '.join(left_ids) if left_ids else 'none'}", flush=True)
-    return written
+    return run.written
+
+
+def _run_single(entry: Entry, run: _Run, *, estimate: float) -> None:
+    """One entry, its commands in turn, killed at the deadline."""
+    data = run.cifar10() if "{cifar10}" in entry.args.values() else run.data
+    workdir = run.fresh_workdir(entry)
+    if entry.suite == "bench":
+        # benchmarks.all --resume measures only what earlier runs' records lack.
+        # Only the same device's: benchmarks.all refuses to resume another device's records.
+        earlier = [b for r in run.records if r.get("id") == entry.id and r.get("record") == "result"
+                   and r.get("device") == run.env["device"] for b in r.get("bench_records", [])]
+        for b in earlier:
+            results_lib.append(workdir / "results.jsonl", b)
+    left = run.left()
+    print(f"[campaign] {entry.id}: start (estimate {estimate:.0f} s, {left:.0f} s left)", flush=True)
+    run.write({"record": "started", "id": entry.id, "run": run.run_id, "allotted_s": round(left, 1),
+               "estimate_s": estimate})
+    commands = entry_commands(entry, workdir=workdir, data=data, deadline_s=left - 30)
+    status, seconds, rc = "done", [], 0
+    for argv in commands:
+        rc, took, killed = _spawn(argv, log=workdir / "log.txt", end=run.end, clock=run.clock)
+        seconds.append(took)
+        if killed:
+            status = "killed"
+            break
+        if rc != 0:
+            status = "failed"
+            break
+    tail = _log_tail(entry, workdir, status, run.out)
+    record = run.result(entry, status=status, commands=commands, seconds=seconds, rc=rc, tail=tail)
+    if status == "killed":
+        record["allotted_s"] = round(left, 1)
+    try:
+        record.update(_collect(entry, workdir, run.out))
+    except (OSError, ValueError, KeyError) as e:  # what was measured still gets recorded
+        record["collect_error"] = repr(e)
+    if entry.suite == "bench" and status == "done":
+        # benchmarks.all's last line: "done: ... complete" or "... N groups left (...)".
+        summary = [line for line in tail.splitlines() if line.startswith("done: ")]
+        if not summary or "complete" not in summary[-1]:
+            record["status"] = "partial"  # stopped at its deadline; the next run resumes it
+    run.write(record)
+    print(f"[campaign] {entry.id}: {record['status']} after {sum(seconds):.0f} s", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Packed groups: several GAN entries on one device, sized while they train.
+
+
+def _rates(workdir: Path) -> tuple[int, list[float]]:
+    """(last logged step, steps/s of every logged interval after the first, which holds the compile)."""
+    lines = [r for r in _metric_lines(workdir) if r.get("steps_per_s")]
+    return (int(lines[-1]["step"]) if lines else 0), [float(r["steps_per_s"]) for r in lines[1:]]
+
+
+def group_steps(entries: Sequence[Entry], records: Sequence[Mapping[str, Any]]) -> int | None:
+    """The step count a group's finished entries trained for (the rest must match it), or None."""
+    ids = {e.id for e in entries}
+    steps = [int(r["steps"]) for r in records if r.get("record") == "result" and r.get("status") == "done"
+             and r.get("id") in ids and r.get("steps")]
+    return max(steps) if steps else None
+
+
+def size_group(progress: Mapping[str, tuple[int, Sequence[float]]], *, seconds_left: float, cap: int,
+               quantum: int, safety: float = RATE_SAFETY) -> int:
+    """The one step count for every trainer of a group: what the slowest reaches in ``seconds_left``.
+
+    Args:
+      progress: per trainer, (its last logged step, its measured steps/s intervals); a trainer
+        without a measured interval counts at the slowest measured rate.
+      seconds_left: training time left (the deadline less the time kept for sampling and scoring).
+      cap: the plan's step count (never more).
+      quantum: the result is a multiple of it (the trainers' ``log_every``), at least two beyond
+        every trainer's last logged step (a trainer may have dispatched one period past its log).
+      safety: share of the measured rate counted on.
+    """
+    measured = [statistics.median(r) for _, r in progress.values() if r]
+    if not measured:
+        raise ValueError("size_group: no trainer has a measured rate yet")
+    slowest = min(measured)
+    reach = [step + safety * (statistics.median(r) if r else slowest) * max(0.0, seconds_left)
+             for step, r in progress.values()]
+    floor = max(step for step, _ in progress.values()) // quantum * quantum + 2 * quantum
+    return int(min(cap, max(floor, int(min(reach)) // quantum * quantum)))
+
+
+def _write_limit(path: Path, steps: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{steps}\n", encoding="utf-8")
+    os.replace(tmp, path)  # the trainer never reads half a number
+
+
+def _run_group(entries: Sequence[Entry], run: _Run, *, estimate: float, group: Sequence[Entry]) -> None:
+    """Trains a group's GAN entries at once, sizes them to one step count, samples, scores.
+
+    Each trainer gets ``--config.step_limit_file``; the runner writes the group's step count there
+    once every trainer has logged :data:`CALIBRATION_INTERVALS` steady intervals (or a group
+    finished before: the count it reached). Entries of a ``group`` whose other entries finished in
+    an earlier run get those entries' count from the start. A trainer still running at the
+    deadline is stopped by SIGTERM (it saves its checkpoint) and recorded as killed at the step
+    it reached.
+    """
+    data = run.cifar10() if any("{cifar10}" in e.args.values() for e in entries) else run.data
+    fixed = group_steps(group, run.records)
+    left = run.left()
+    k = len(entries)
+    reserve = sum(run.overhead.get(n, 0.0) for n in ("sample", "score", "margin"))
+    env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / (k + 1):.3f}"} \
+        if k > 1 else {}
+    names = ", ".join(e.id for e in entries)
+    print(f"[campaign] {names}: start {k} at once (estimate {estimate:.0f} s, {left:.0f} s left"
+          f"{f', {fixed} steps as the group before' if fixed else ', sized while training'})", flush=True)
+    state: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        workdir = run.fresh_workdir(e)
+        limit = workdir / "step_limit"
+        if fixed:
+            _write_limit(limit, fixed)
+        commands = entry_commands(e, workdir=workdir, data=data)
+        commands[0] = [*commands[0], f"--config.step_limit_file={limit}"]
+        run.write({"record": "started", "id": e.id, "run": run.run_id, "allotted_s": round(left, 1),
+                   "estimate_s": estimate, "group": e.group, "packing": k})
+        state[e.id] = {"entry": e, "workdir": workdir, "commands": commands, "next": 1, "seconds": [], "rc": 0,
+                       "status": "", "proc": _Process(commands[0], log=workdir / "log.txt", env=env, clock=run.clock)}
+    sized = fixed
+    while any(s["proc"] is not None for s in state.values()):
+        for s in state.values():
+            proc = s["proc"]
+            if proc is None or (rc := proc.poll()) is None:
+                continue
+            s["seconds"].append(proc.seconds)
+            s["rc"], s["proc"] = rc, None
+            if rc != 0:
+                s["status"] = "failed"
+                continue
+            s["trained"] = True
+            if s["next"] < len(s["commands"]):  # trained: now its samples
+                s["proc"] = _Process(s["commands"][s["next"]], log=s["workdir"] / "log.txt", env=env, clock=run.clock)
+                s["next"] += 1
+            else:
+                s["status"] = "done"
+        training = {i: s for i, s in state.items() if s["next"] == 1 and s["proc"] is not None}
+        if sized is None and training:
+            progress = {i: _rates(s["workdir"]) for i, s in state.items() if s["status"] != "failed"}
+            calibrated = all(len(progress[i][1]) >= CALIBRATION_INTERVALS for i in training)
+            finished = [_rates(s["workdir"])[0] for s in state.values() if s.get("trained")]
+            if finished or (calibrated and progress):
+                cap = max(int(e.set.get("steps", 0)) for e in entries) or 1
+                quantum = max(1, int(entries[0].set.get("log_every", 1)))
+                sized = max(finished) if finished else size_group(
+                    progress, seconds_left=run.end - reserve - run.clock(), cap=cap, quantum=quantum)
+                for s in state.values():
+                    _write_limit(s["workdir"] / "step_limit", sized)
+                run.write({"record": "sizing", "group": entries[0].group, "run": run.run_id, "packing": k,
+                           "steps": sized, "at_s": round(run.deadline_s - run.left(), 1),
+                           "train_left_s": round(run.end - reserve - run.clock(), 1), "reserve_s": reserve,
+                           "rates": {i: round(statistics.median(r), 3) if r else None
+                                     for i, (_, r) in progress.items()}})
+                print(f"[campaign] {entries[0].group}: {sized} steps for all {k} "
+                      f"(rates {', '.join(f'{statistics.median(r):.1f}' for _, r in progress.values() if r)} steps/s)",
+                      flush=True)
+        if run.left() <= 0:
+            for s in state.values():
+                if s["proc"] is not None:
+                    s["rc"] = s["proc"].stop()
+                    s["seconds"].append(s["proc"].seconds)
+                    s["proc"], s["status"] = None, "killed"
+            break
+        time.sleep(POLL_S)
+    scored = []
+    for s in state.values():
+        e, workdir = s["entry"], s["workdir"]
+        tail = _log_tail(e, workdir, s["status"], run.out)
+        record = run.result(e, status=s["status"], commands=s["commands"], seconds=s["seconds"], rc=s["rc"], tail=tail)
+        record.update(group=e.group, packing=k, step_limit=sized)
+        if s["status"] == "killed":
+            record["allotted_s"] = round(left, 1)
+        try:
+            record.update(_collect(e, workdir, run.out, return_samples=run.return_samples))
+        except (OSError, ValueError, KeyError) as err:
+            record["collect_error"] = repr(err)
+        run.write(record)
+        if record["status"] == "done" and record.get("artifacts"):
+            scored.append(e.id)
+        print(f"[campaign] {e.id}: {record['status']} at step {record.get('steps', '?')} after "
+              f"{sum(s['seconds']):.0f} s", flush=True)
+    if scored and run.score:
+        log = run.workroot / "score.log"
+        argv = [*run.score, f"--run={run.run_id}", f"--workroot={run.workroot}"]
+        rc, took, killed = _spawn(argv, log=log, end=run.end, clock=run.clock)
+        tail = log.read_text(encoding="utf-8", errors="replace")[-LOG_TAIL_CHARS:] if log.is_file() else ""
+        with open(run.out / "log.txt", "a", encoding="utf-8") as f:
+            f.write(f"\n===== scoring {', '.join(scored)} (exit {rc}{', killed' if killed else ''}) =====\n{tail}\n")
+        print(f"[campaign] scored {', '.join(scored)} on this device: exit {rc} after {took:.0f} s"
+              f"{' (killed at the deadline)' if killed else ''}", flush=True)
 
 
 def _shown_argv(argv: Sequence[str], data: str) -> list[str]:
