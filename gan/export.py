@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from absl import app, flags, logging
 
 from gan import models
+from gan.state import generator_variables, output_size, restore_state
 from sympad.train.errors import run_absl
 
 __all__ = ["export_generator", "input_metadata", "load", "main", "save"]
@@ -102,8 +103,6 @@ def main(argv: list[str]) -> None:
                          f"comma-separated {', '.join(PLATFORMS)} (or '' for this machine's)")
     if not FLAGS.out:
         raise ValueError("--out is empty: name the output file, e.g. --out=generator.bin")
-    from gan.train import generator_variables, output_size, restore_state
-
     config, generator, state = restore_state(FLAGS.workdir)
     exported = export_generator(generator, generator_variables(state, use_ema=FLAGS.ema), z_dim=config.z_dim,
                                 platforms=platforms)

@@ -1,6 +1,6 @@
 """Trains a GAN: ``python -m gan.main --config=configs/gan/sngan_cifar10.py:kernel=C2sp --workdir=DIR``.
 
-Resumes from ``DIR/checkpoints`` when there is a checkpoint there. See gan.train.
+Resumes from ``DIR/checkpoints`` when there is a checkpoint there. See gan.train (the loop), gan.state and gan.step.
 """
 
 from gan import train

@@ -46,8 +46,8 @@ from gan.sampling import (
     interpolation_latents,
     sample_latents,
 )
-from gan.train import generator_variables, load_config, restore_state
-from gan.train import num_classes as run_num_classes
+from gan.state import generator_variables, load_config, restore_state
+from gan.state import num_classes as run_num_classes
 from sympad.train.errors import run_absl
 from sympad.train.metrics import save_image_grid
 

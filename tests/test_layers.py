@@ -109,6 +109,19 @@ def test_layers_import_only_downwards_and_no_cli_module():
     assert _violations() == []
 
 
+#: The GAN trainer (DiffAugment, the train step, the input pipeline) and who may import it: sampling,
+#: export and evaluation rebuild a run from gan.state alone.
+TRAINER = {"gan.train": {"gan.main"}, "gan.step": {"gan.train"}}
+
+
+def test_only_the_trainer_imports_the_train_step():
+    found = [f"{path.relative_to(REPO).as_posix()}:{line} imports {module}"
+             for path in _sources("sympad", "gan", "classify", "paper", "configs", "benchmarks")
+             for line, module in _imports(path)
+             if module in TRAINER and _module_name(path) not in TRAINER[module]]
+    assert found == [], "import gan.state (models, TrainState, restore_state) instead"
+
+
 def test_the_rule_checker_sees_violations(tmp_path, monkeypatch):
     """The checker itself can fail: a library module that imports the runtime, a lazy suite import
     in the runtime and an import of a CLI module are all reported."""

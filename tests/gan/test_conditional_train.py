@@ -13,6 +13,8 @@ import pytest
 
 from configs.gan import resnet19_128, sngan_cifar10
 from gan import digits_quality, sampling, train
+from gan import state as gan_state
+from gan import step as gan_step
 from sympad.train import data as sdata
 from sympad.train.config import lock_and_validate
 from tests.gan.tiny import all_leaves_differ as _all_leaves_differ
@@ -29,12 +31,12 @@ def conditional_config(**overrides):
 
 def _three_steps(config, *, labels: bool = False):
     """Three train steps on the device, from the config's initial state; the final state and metrics."""
-    generator, discriminator = train.create_models(config)
-    g_tx, d_tx = train.create_optimizers(config)
-    state = train.create_train_state(config, generator, discriminator, g_tx, d_tx)
+    generator, discriminator = gan_state.create_models(config)
+    g_tx, d_tx = gan_state.create_optimizers(config)
+    state = gan_state.create_train_state(config, generator, discriminator, g_tx, d_tx)
     dataset = sdata.load("synthetic", image_size=8, max_examples=64)
-    step = functools.partial(train.train_step, generator=generator, discriminator=discriminator, g_tx=g_tx,
-                             d_tx=d_tx, config=train.StepConfig.from_config(config))
+    step = functools.partial(gan_step.train_step, generator=generator, discriminator=discriminator, g_tx=g_tx,
+                             d_tx=d_tx, config=gan_step.StepConfig.from_config(config))
     for _ in range(3):
         state, metrics = step(state, jnp.asarray(dataset.images), jax.random.key(5),
                               labels=jnp.asarray(dataset.labels) if labels else None)
@@ -65,7 +67,7 @@ def test_switches_off_give_the_unconditional_step():
 
 def test_conditional_step_uses_the_labels_and_trains_the_class_tables():
     config = conditional_config(diffaugment=POLICY, num_classes=10)
-    state0 = train.create_train_state(config, *train.create_models(config), *train.create_optimizers(config))
+    state0 = gan_state.create_train_state(config, *gan_state.create_models(config), *gan_state.create_optimizers(config))
     state, metrics = _three_steps(config, labels=True)
     for name in ("d_loss", "g_loss", "d_grad_norm", "g_grad_norm"):
         assert np.isfinite(float(metrics[name])) and float(metrics[name]) != 0, name
@@ -77,12 +79,12 @@ def test_conditional_step_uses_the_labels_and_trains_the_class_tables():
     assert _all_leaves_differ(d_before, d_after)
     assert "embed" in state.d_params and "gamma" in state.g_params["block1"]["norm1"]
     # The real labels reach D: the same step with every label shifted by one gives another D.
-    generator, discriminator = train.create_models(config)
-    g_tx, d_tx = train.create_optimizers(config)
+    generator, discriminator = gan_state.create_models(config)
+    g_tx, d_tx = gan_state.create_optimizers(config)
     dataset = sdata.load("synthetic", image_size=8, max_examples=64)
-    step = functools.partial(train.train_step, generator=generator, discriminator=discriminator, g_tx=g_tx,
-                             d_tx=d_tx, config=train.StepConfig.from_config(config))
-    fresh = lambda: train.create_train_state(config, generator, discriminator, g_tx, d_tx)  # noqa: E731
+    step = functools.partial(gan_step.train_step, generator=generator, discriminator=discriminator, g_tx=g_tx,
+                             d_tx=d_tx, config=gan_step.StepConfig.from_config(config))
+    fresh = lambda: gan_state.create_train_state(config, generator, discriminator, g_tx, d_tx)  # noqa: E731
     a, _ = step(fresh(), jnp.asarray(dataset.images), jax.random.key(5), labels=jnp.asarray(dataset.labels))
     b, _ = step(fresh(), jnp.asarray(dataset.images), jax.random.key(5), labels=jnp.asarray((dataset.labels + 1) % 10))
     assert not np.allclose(np.asarray(jax.tree_util.tree_leaves(a.d_params)[0]),
@@ -108,7 +110,7 @@ def test_host_batches_give_the_device_step_for_conditional_runs(tmp_path):
     host = train.train_and_evaluate(conditional_config(diffaugment=POLICY, host_data=True), str(tmp_path / "host"))
     for field in ("g_params", "d_params", "g_stats", "d_stats"):
         _assert_trees_equal(getattr(device, field), getattr(host, field))
-    saved = train.load_config(tmp_path / "device")
+    saved = gan_state.load_config(tmp_path / "device")
     assert saved.conditional and saved.num_classes == 10  # resolved from the data, for sampling and export
     summary = json.loads((tmp_path / "device" / "model_summary.json").read_text())
     assert summary["num_classes"] == 10 and summary["discriminator"]["projection"]
@@ -146,12 +148,12 @@ def test_conditional_digits_run_logs_class_agreement(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / "digits"))
     records = [json.loads(line) for line in (tmp_path / "digits" / "metrics.jsonl").read_text().splitlines()]
     assert 0.0 <= records[-1]["digits/class_agreement"] <= 1.0
-    _, generator, state = train.restore_state(tmp_path / "digits")
+    _, generator, state = gan_state.restore_state(tmp_path / "digits")
     assert generator.num_classes == 10
     # The logged value against a reference: the hook's samples (EMA G at step 2, seed + 1, sample i
     # of class i % 10) classified by the digits classifier's own predict. One sample of 100 may
     # flip on another device layout; a wrong agreement is off by far more.
-    samples = sampling.generate_samples(generator, train.generator_variables(state, use_ema=True), num=100,
+    samples = sampling.generate_samples(generator, gan_state.generator_variables(state, use_ema=True), num=100,
                                         seed=config.seed + 1)
     predicted = digits_quality.fit_classifier().predict(digits_quality.features(samples))
     assert records[-1]["digits/class_agreement"] == pytest.approx(np.mean(predicted == np.arange(100) % 10), abs=0.011)
@@ -201,9 +203,9 @@ def test_conditional_needs_labelled_data(tmp_path):
 
 def test_conditional_samples_follow_the_balanced_labels(tmp_path):
     config = conditional_config(num_classes=10)
-    generator, discriminator = train.create_models(config)
-    state = train.create_train_state(config, generator, discriminator, *train.create_optimizers(config))
-    variables = train.generator_variables(state)
+    generator, discriminator = gan_state.create_models(config)
+    state = gan_state.create_train_state(config, generator, discriminator, *gan_state.create_optimizers(config))
+    variables = gan_state.generator_variables(state)
     images = sampling.generate_samples(generator, variables, num=12, seed=1, batch_size=5)
     z = sampling.sample_latents(jax.random.key(1), jnp.arange(12), z_dim=config.z_dim)
     want = sdata.to_uint8(generator.apply(variables, z, jnp.arange(12) % 10))

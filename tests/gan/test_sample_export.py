@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gan import export, sample, sampling, train
+from gan import export, sample, sampling
+from gan import state as gan_state
 from sympad.train.checkpoint import Checkpointer
 from sympad.train.config import write_config
 from sympad.train.data import to_uint8
@@ -29,9 +30,9 @@ def _make_run(workdir: Path, config) -> Path:
     G's class tables are random rather than initial: a fresh conditional G's are zero, which would
     make every class draw the same image.
     """
-    generator, discriminator = train.create_models(config)
-    g_tx, d_tx = train.create_optimizers(config)
-    state = train.create_train_state(config, generator, discriminator, g_tx, d_tx)
+    generator, discriminator = gan_state.create_models(config)
+    g_tx, d_tx = gan_state.create_optimizers(config)
+    state = gan_state.create_train_state(config, generator, discriminator, g_tx, d_tx)
     state = state.replace(step=jnp.asarray(2, jnp.int32), ema_params=_with_class_tables(state.ema_params, seed=1),
                           g_params=_with_class_tables(state.g_params, seed=2))
     write_config(config, workdir)
@@ -74,9 +75,9 @@ def test_conditional_samples_and_sheets(conditional_run, tmp_path):
                   "--per_class=3", f"--interpolate={tmp_path / 'i.png'}", "--interp_rows=3", "--interp_steps=4",
                   f"--grid={tmp_path / 'g.png'}", "--grid_num=4")
     assert result.returncode == 0, result.stderr
-    _, generator, state = train.restore_state(conditional_run)
+    _, generator, state = gan_state.restore_state(conditional_run)
     assert generator.num_classes == NUM_CLASSES
-    variables = train.generator_variables(state)
+    variables = gan_state.generator_variables(state)
 
     def generate(z, labels):
         return np.asarray(to_uint8(generator.apply(variables, jnp.asarray(z), jnp.asarray(labels, jnp.int32))))
@@ -159,9 +160,9 @@ def test_unconditional_interpolation_sheet(unconditional_run, tmp_path):
     assert "labels" not in np.load(tmp_path / "s.npz").files
     interp = np.load(tmp_path / "i.npz")
     assert interp.files == ["images"] and interp["images"].shape == (2, 3, 8, 8, 3)
-    _, generator, state = train.restore_state(unconditional_run)
+    _, generator, state = gan_state.restore_state(unconditional_run)
     path = sampling.interpolation_latents(jax.random.key(0), num_rows=2, steps=3, z_dim=8)
-    want = to_uint8(generator.apply(train.generator_variables(state), path.reshape(6, 8)))
+    want = to_uint8(generator.apply(gan_state.generator_variables(state), path.reshape(6, 8)))
     np.testing.assert_array_equal(interp["images"].reshape(6, 8, 8, 3), want)
 
 
@@ -175,8 +176,8 @@ def test_exported_conditional_generator_matches(conditional_run, tmp_path):
     assert metadata["inputs"] == [{"name": "z", "dtype": "float32", "shape": ["B", 8]},
                                   {"name": "labels", "dtype": "int32", "shape": ["B"], "range": [0, NUM_CLASSES]}]
     loaded = export.load(tmp_path / "g.bin")
-    _, generator, state = train.restore_state(conditional_run)
-    variables = train.generator_variables(state)
+    _, generator, state = gan_state.restore_state(conditional_run)
+    variables = gan_state.generator_variables(state)
     for batch in (1, 5):  # symbolic batch dimension, shared by z and labels
         z = np.random.default_rng(batch).standard_normal((batch, 8)).astype(np.float32)
         labels = (np.arange(batch) % NUM_CLASSES).astype(np.int32)

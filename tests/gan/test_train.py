@@ -17,6 +17,8 @@ import pytest
 
 from configs.gan import sngan_cifar10
 from gan import evaluate, export, models, sample, train
+from gan import state as gan_state
+from gan import step as gan_step
 from sympad.train import data as sdata
 from sympad.train.checkpoint import Checkpointer
 from sympad.train.mesh import batch_sharded, make_mesh, replicate
@@ -40,15 +42,15 @@ def _adam_count(opt_state) -> int:
 
 def test_one_step_runs_n_critic_d_updates_and_one_g_update():
     config = tiny_config()
-    generator, discriminator = train.create_models(config)
-    g_tx, d_tx = train.create_optimizers(config)
+    generator, discriminator = gan_state.create_models(config)
+    g_tx, d_tx = gan_state.create_optimizers(config)
     mesh = make_mesh()
-    state = replicate(train.create_train_state(config, generator, discriminator, g_tx, d_tx), mesh)
+    state = replicate(gan_state.create_train_state(config, generator, discriminator, g_tx, d_tx), mesh)
     before = _numpy(state)
     images = replicate(sdata.load("synthetic", image_size=8, max_examples=64).images, mesh)
-    step = functools.partial(train.train_step, generator=generator, discriminator=discriminator, g_tx=g_tx,
+    step = functools.partial(gan_step.train_step, generator=generator, discriminator=discriminator, g_tx=g_tx,
                              d_tx=d_tx, batch_sharding=batch_sharded(mesh), host_batches=False)
-    step_config = train.StepConfig.from_config(config)
+    step_config = gan_step.StepConfig.from_config(config)
     copy = jax.tree_util.tree_map(jnp.copy, state)  # train_step donates its state
     new, metrics = step(state, images, jax.random.key(5), config=step_config)
     assert int(new.step) == 1
@@ -80,14 +82,14 @@ def test_conv_implementation_reaches_the_traced_step():
     # The formulation is part of StepConfig (a static argument), so each one gets its own program:
     # group_sum computes a C2sp conv as one conv per direction group, pad_concat as a single conv.
     config = tiny_config(kernel="C2sp")
-    generator, discriminator = train.create_models(config)
-    g_tx, d_tx = train.create_optimizers(config)
-    state = train.create_train_state(config, generator, discriminator, g_tx, d_tx)
+    generator, discriminator = gan_state.create_models(config)
+    g_tx, d_tx = gan_state.create_optimizers(config)
+    state = gan_state.create_train_state(config, generator, discriminator, g_tx, d_tx)
     images = jnp.zeros((16, 8, 8, 3), jnp.uint8)
     convs = {}
     for name in ("pad_concat", "group_sum"):
-        step_config = dataclasses.replace(train.StepConfig.from_config(config), conv_implementation=name)
-        text = train.train_step.lower(state, images, jax.random.key(0), generator=generator,
+        step_config = dataclasses.replace(gan_step.StepConfig.from_config(config), conv_implementation=name)
+        text = gan_step.train_step.lower(state, images, jax.random.key(0), generator=generator,
                                       discriminator=discriminator, g_tx=g_tx, d_tx=d_tx, config=step_config).as_text()
         convs[name] = text.count("convolution(")
     assert convs["group_sum"] > convs["pad_concat"] > 0
@@ -116,9 +118,9 @@ def test_main_end_to_end(trained_workdir):
     assert {"config.json", "model_summary.json", "metrics.jsonl", "samples_0000001.png", "samples_0000002.png",
             "checkpoints"} <= files  # --config.sample_every=1 took effect
     summary = json.loads((trained_workdir / "model_summary.json").read_text())
-    config = train.load_config(trained_workdir)
+    config = gan_state.load_config(trained_workdir)
     assert config.sample_every == 1
-    generator, discriminator = train.create_models(config)
+    generator, discriminator = gan_state.create_models(config)
     g_vars = generator.init(jax.random.key(0), jnp.zeros((1, config.z_dim)))
     d_vars = discriminator.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
     assert summary["generator"]["params"] == models.count_params(g_vars["params"])
@@ -132,9 +134,9 @@ def test_main_end_to_end(trained_workdir):
 
 @pytest.mark.slow
 def test_samples_are_deterministic(trained_workdir):
-    config, generator, state = train.restore_state(trained_workdir)
+    config, generator, state = gan_state.restore_state(trained_workdir)
     assert int(state.step) == 2 and state.ema_params is not None
-    variables = train.generator_variables(state)
+    variables = gan_state.generator_variables(state)
     a = sample.generate_samples(generator, variables, num=7, seed=3, batch_size=3)
     b = sample.generate_samples(generator, variables, num=7, seed=3, batch_size=5)
     c = sample.generate_samples(generator, variables, num=7, seed=4, batch_size=3)
@@ -147,7 +149,7 @@ def test_samples_are_deterministic(trained_workdir):
         expected = sdata.to_uint8(generator.apply(variables, z))
         np.testing.assert_array_equal(a[i : i + 1], expected)
     # The EMA weights are what gets sampled.
-    live = sample.generate_samples(generator, train.generator_variables(state, use_ema=False), num=7, seed=3)
+    live = sample.generate_samples(generator, gan_state.generator_variables(state, use_ema=False), num=7, seed=3)
     assert not np.array_equal(a, live)
 
 
@@ -162,8 +164,8 @@ def test_sample_command_writes_next_to_the_run(trained_workdir, tmp_path):
     )
     images = np.load(workdir / "samples.npz")["images"]
     assert images.shape == (5, 8, 8, 3) and images.dtype == np.uint8
-    _, generator, state = train.restore_state(workdir)
-    want = sample.generate_samples(generator, train.generator_variables(state, use_ema=True), num=5, seed=3)
+    _, generator, state = gan_state.restore_state(workdir)
+    want = sample.generate_samples(generator, gan_state.generator_variables(state, use_ema=True), num=5, seed=3)
     np.testing.assert_array_equal(images, want)
     assert (tmp_path / "grid.png").stat().st_size > 0
     assert evaluate.find_samples(workdir) == workdir / "samples.npz"
@@ -172,38 +174,23 @@ def test_sample_command_writes_next_to_the_run(trained_workdir, tmp_path):
 @pytest.mark.slow
 def test_exported_generator_matches(trained_workdir, tmp_path):
     pytest.importorskip("flatbuffers")  # jax.export serialization needs it
-    config, generator, state = train.restore_state(trained_workdir)
-    variables = train.generator_variables(state)
+    config, generator, state = gan_state.restore_state(trained_workdir)
+    variables = gan_state.generator_variables(state)
     path = export.save(export.export_generator(generator, variables, z_dim=config.z_dim), tmp_path / "g.bin")
     loaded = jax.export.deserialize(bytearray(path.read_bytes()))  # the documented loader
     for batch in (1, 5):  # symbolic batch dimension
         z = np.random.default_rng(batch).standard_normal((batch, config.z_dim)).astype(np.float32)
         np.testing.assert_allclose(np.asarray(loaded.call(z)), np.asarray(generator.apply(variables, z)),
                                    rtol=1e-5, atol=1e-6)
-
-
-def test_configs_of_older_runs_still_restore(trained_workdir, tmp_path):
-    workdir = tmp_path / "old"
-    shutil.copytree(trained_workdir, workdir)
-    fields = json.loads((workdir / "config.json").read_text())
-    optimizer = fields.pop("optimizer")
-    fields.update(lr=optimizer["learning_rate"], b1=optimizer["b1"], b2=optimizer["b2"], lr_decay="none",
-                  max_to_keep=fields.pop("max_checkpoints"), sp_implementation=fields.pop("conv_implementation"))
-    (workdir / "config.json").write_text(json.dumps(fields))
-    config, _, state = train.restore_state(workdir)
-    assert int(state.step) == 2
-    assert config.optimizer.to_dict() == optimizer and config.max_checkpoints == fields["max_to_keep"]
-
-
 def test_bad_config_values():
     with pytest.raises(ValueError, match="kernel"):
         sngan_cifar10.get_config("kernel=C5x")
     with pytest.raises(ValueError, match="arch"):
-        train.create_models(tiny_config(arch="dcgan"))
+        gan_state.create_models(tiny_config(arch="dcgan"))
     config = tiny_config()
     config.optimizer.schedule = "cosine"
     with pytest.raises(ValueError, match="config.optimizer.schedule"):
-        train.create_optimizers(config)
+        gan_state.create_optimizers(config)
     with pytest.raises(ValueError, match="config.conv_implementation"):
         lock_and_validate(tiny_config(conv_implementation="fastest"))
 
@@ -212,7 +199,7 @@ def test_bad_config_values():
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(trained_workdir, tmp_path):
     workdir = tmp_path / "diverged"
     shutil.copytree(trained_workdir, workdir)
-    config, _, state = train.restore_state(workdir)
+    config, _, state = gan_state.restore_state(workdir)
     # A NaN in G's weights (as after an exploding update), saved as step 3.
     poisoned = state.replace(step=state.step + 1,
                              g_params=jax.tree_util.tree_map(lambda x: x * jnp.nan, state.g_params))

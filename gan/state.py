@@ -1,0 +1,248 @@
+"""A GAN run's state and how to rebuild it: models, optimizers, TrainState, a finished run's config and checkpoint.
+
+What training creates and what sampling, export and evaluation read back, without the trainer
+(no DiffAugment, no train step, no input pipeline): ``create_models`` and ``create_optimizers``
+from a config, ``create_train_state`` (a pure function of ``config.seed``), ``load_config`` and
+``restore_state`` for a run directory, ``generator_variables`` for sampling.
+
+Randomness is a pure function of ``(config.seed, step)``: ``fold_in`` of the root key with one
+constant per purpose gives independent streams (``INIT_STREAM`` for the initial weights,
+``TRAIN_STREAM`` for the train steps' latents, ``DATA_STREAM`` for the input pipeline,
+``GRID_STREAM`` for the sample grids).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from gan import models
+from sympad.train import loop
+
+__all__ = [
+    "DATA_STREAM",
+    "GRID_STREAM",
+    "INIT_STREAM",
+    "SCHEDULES",
+    "TRAIN_STREAM",
+    "TrainState",
+    "checkpoint_dir",
+    "create_models",
+    "create_optimizers",
+    "create_train_state",
+    "generator_variables",
+    "load_config",
+    "num_classes",
+    "output_size",
+    "parse_channels",
+    "restore_state",
+]
+
+# Offsets for fold_in on the root key: one independent stream per purpose.
+INIT_STREAM, TRAIN_STREAM, DATA_STREAM, GRID_STREAM = 0, 1, 2, 3
+#: config.optimizer.schedule values (see _schedule).
+SCHEDULES = ("constant", "linear")
+
+# ----------------------------------------------------------------------------------------------
+# Models and optimizers
+
+
+def parse_channels(value: Any) -> tuple[int, ...] | None:
+    """A config's per-block channel override ((), [], '' or None: the architecture's own)."""
+    if value is None or (hasattr(value, "__len__") and len(value) == 0):
+        return None
+    if isinstance(value, str):
+        return tuple(int(v) for v in value.split(","))
+    return tuple(int(v) for v in value)
+
+
+def num_classes(config: ml_collections.ConfigDict) -> int:
+    """Classes the models condition on: 0 for an unconditional run, else ``config.num_classes``.
+
+    Raises:
+      ValueError: a conditional config whose ``num_classes`` is not resolved yet (training sets it
+        from the dataset; a finished run's config.json records it).
+    """
+    if not config.get("conditional", False):
+        return 0
+    if int(config.num_classes) < 2:
+        raise ValueError(f"config.num_classes={config.num_classes!r}: a conditional run needs >= 2 classes "
+                         "(0 = the dataset's, resolved when training starts)")
+    return int(config.num_classes)
+
+
+def create_models(config: ml_collections.ConfigDict, *, classes: int | None = None
+                  ) -> tuple[models.Generator, models.Discriminator]:
+    """Generator and discriminator for ``config.arch`` with the config's overrides.
+
+    Fields used: arch, kernel, width_multiplier (<= 0: from the kind), norm, upsample,
+    weight_init, the shrinking overrides g_channels, d_channels, d_downsample, bottom_size, and
+    for conditional runs num_classes and class_embedding. ``classes`` overrides
+    :func:`num_classes` (validation builds a conditional model before the data says how many).
+
+    Raises:
+      ValueError: for an unknown arch (or any invalid field, when the models are built).
+    """
+    if config.arch not in models.ARCHS:
+        raise ValueError(f"config.arch must be one of {tuple(models.ARCHS)}, got {config.arch!r}")
+    make_g, make_d, _, _ = models.ARCHS[config.arch]
+    classes = num_classes(config) if classes is None else classes
+    g_kwargs: dict[str, Any] = dict(
+        kernel=config.kernel,
+        width_multiplier=config.width_multiplier if config.width_multiplier > 0 else None,
+        norm=config.norm,
+        upsample=config.upsample,
+        weight_init=config.weight_init,
+    )
+    d_kwargs: dict[str, Any] = dict(weight_init=config.weight_init)
+    if classes:
+        g_kwargs.update(num_classes=classes, class_embedding=config.class_embedding)
+        d_kwargs.update(num_classes=classes)
+    if parse_channels(config.get("g_channels")):
+        g_kwargs["channels"] = parse_channels(config.g_channels)
+    if config.get("bottom_size", 0):
+        g_kwargs["bottom_size"] = int(config.bottom_size)
+    if parse_channels(config.get("d_channels")):
+        d_kwargs["channels"] = parse_channels(config.d_channels)
+        downsample = parse_channels(config.get("d_downsample"))
+        if downsample is None:
+            raise ValueError("config.d_downsample must be given with config.d_channels (one 0/1 per block)")
+        d_kwargs["downsample"] = tuple(bool(v) for v in downsample)
+    generator, discriminator = make_g(**g_kwargs), make_d(**d_kwargs)
+    models.default_width_multiplier(config.kernel)  # Validates the kind early.
+    return generator, discriminator
+
+
+def output_size(generator: models.Generator) -> int:
+    """Side of the generator's square output."""
+    return generator.bottom_size * 2 ** (len(generator.channels) - 1)
+
+
+def _schedule(lr: float, schedule: str, updates: int) -> optax.Schedule:
+    if schedule == "constant":
+        return optax.constant_schedule(lr)
+    if schedule == "linear":
+        return optax.linear_schedule(lr, 0.0, transition_steps=max(1, updates))
+    raise ValueError(f"config.optimizer.schedule must be 'constant' or 'linear', got {schedule!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def _adam_pair(lr: float, b1: float, b2: float, schedule: str, g_updates: int, d_updates: int
+               ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    # Cached: equal hyperparameters give the same (hashable) objects, so the jitted step, which
+    # takes them as static arguments, is compiled once per process (tests, repeated runs).
+    adam = functools.partial(optax.adam, b1=b1, b2=b2)
+    return adam(_schedule(lr, schedule, g_updates)), adam(_schedule(lr, schedule, d_updates))
+
+
+def create_optimizers(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation,
+                                                                   optax.GradientTransformation]:
+    """Adam for G and D (``config.optimizer``); 'linear' reaches 0 at each one's last update of the run."""
+    opt = config.optimizer
+    _schedule(opt.learning_rate, opt.schedule, 1)  # Validates the schedule.
+    g_updates = config.num_train_steps if opt.schedule != "constant" else 0
+    return _adam_pair(float(opt.learning_rate), float(opt.b1), float(opt.b2), str(opt.schedule),
+                      int(g_updates), int(g_updates * config.n_critic))
+
+
+# ----------------------------------------------------------------------------------------------
+# State
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a checkpoint holds.
+
+    Attributes:
+      step: completed train steps (generator updates); D has done ``step * n_critic``.
+      g_params, d_params: parameters.
+      g_stats: G's BatchNorm running averages ({} without BN).
+      d_stats: D's spectral-norm state (``u`` and ``sigma`` per weight).
+      g_opt_state, d_opt_state: Adam states.
+      ema_params: exponential moving average of g_params (None when config.ema_decay == 0).
+      key: PRNG key of the training stream (fixed; folded with ``step``).
+    """
+
+    step: jax.Array
+    g_params: Any
+    g_stats: Any
+    d_params: Any
+    d_stats: Any
+    g_opt_state: Any
+    d_opt_state: Any
+    ema_params: Any
+    key: jax.Array
+
+
+def create_train_state(config: ml_collections.ConfigDict, generator: models.Generator,
+                       discriminator: models.Discriminator, g_tx: optax.GradientTransformation,
+                       d_tx: optax.GradientTransformation) -> TrainState:
+    """Initial state from ``config.seed``."""
+    root = jax.random.key(config.seed)
+    g_key, d_key = jax.random.split(jax.random.fold_in(root, INIT_STREAM))
+    size = output_size(generator)
+    labels = jnp.zeros((1,), jnp.int32) if generator.num_classes else None
+    g_vars = generator.init(g_key, jnp.zeros((1, config.z_dim), jnp.float32), labels, train=False)
+    d_vars = discriminator.init(d_key, jnp.zeros((1, size, size, 3), jnp.float32), labels)
+    g_params, d_params = g_vars["params"], d_vars["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        g_params=g_params,
+        g_stats=g_vars.get("batch_stats", {}),
+        d_params=d_params,
+        d_stats=d_vars["batch_stats"],
+        g_opt_state=g_tx.init(g_params),
+        d_opt_state=d_tx.init(d_params),
+        ema_params=jax.tree_util.tree_map(jnp.copy, g_params) if config.ema_decay > 0 else None,
+        key=jax.random.fold_in(root, TRAIN_STREAM),
+    )
+
+
+def generator_variables(state: TrainState, *, use_ema: bool = True) -> dict[str, Any]:
+    """G's variables for sampling: the EMA weights when kept (and ``use_ema``), else the live ones.
+
+    BatchNorm running averages (norm='batch') are those of the live weights in both cases.
+    """
+    params = state.ema_params if (use_ema and state.ema_params is not None) else state.g_params
+    return {"params": params, "batch_stats": state.g_stats} if state.g_stats else {"params": params}
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints and configs of finished runs
+
+
+def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The config a run wrote to ``workdir/config.json``."""
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {workdir} a gan.main workdir?")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def checkpoint_dir(workdir: str | Path) -> Path:
+    """Where a run keeps its checkpoints."""
+    return Path(workdir) / "checkpoints"
+
+
+def restore_state(workdir: str | Path, config: ml_collections.ConfigDict | None = None
+                  ) -> tuple[ml_collections.ConfigDict, models.Generator, TrainState]:
+    """The latest checkpoint of a run (read-only), with its config and generator.
+
+    Raises:
+      FileNotFoundError: no config.json or no checkpoint in ``workdir``.
+      sympad.train.checkpoint.CheckpointError: the checkpoint is corrupt or does not match the config.
+    """
+    config = config if config is not None else load_config(workdir)
+    generator, discriminator = create_models(config)
+    g_tx, d_tx = create_optimizers(config)
+    template = create_train_state(config, generator, discriminator, g_tx, d_tx)
+    _, state = loop.restore_latest(checkpoint_dir(workdir), template)
+    return config, generator, state
