@@ -18,7 +18,7 @@ for name in cifar10-train.tar.gz cifar10-test.tar.gz; do
     echo "error: $shared/$name not found: set SYMPAD_SHARED_DATA to the folder with the CIFAR-10 archives" >&2
     exit 2
   fi
-  cp -u "$shared/$name" "$carry/data/"
+  cp -u --no-preserve=mode "$shared/$name" "$carry/data/"
 done
 
 version=$("$py" -c 'import importlib.metadata as m; print(m.version("ml-collections"))')
