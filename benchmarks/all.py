@@ -243,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     jsonl, md = out / "results.jsonl", out / "results.md"
     keep = {int(s) for s in args.steps.split(",")} if args.steps else None
-    kinds = args.kinds.split(",") if args.kinds else None
+    kinds = common.parse_kinds(args.kinds) if args.kinds else None
     formulations = None if args.formulations is None else [f for f in args.formulations.split(",") if f]
     numbered = [
         (number, title, spec)

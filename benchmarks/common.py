@@ -24,6 +24,7 @@ from typing import Any, TextIO
 import jax
 import jax.numpy as jnp
 
+import sympad
 from sympad.train import errors
 from sympad.train.environment import environment  # the header record of every run
 
@@ -147,6 +148,24 @@ def memory(compiled: Any) -> dict[str, int | None]:
     }
 
 
+
+
+def parse_kinds(text: str) -> list[str]:
+    """``--kinds``: comma-separated kinds, any 'C<k>' or 'C<k>sp' (not only the paper's five).
+
+    Raises:
+      sympad.train.errors.ConfigError: an unknown kind or none at all, before anything is built.
+    """
+    choose = f"choose from {', '.join(sympad.KINDS)} or any 'C<k>' / 'C<k>sp'"
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    for kind in kinds:
+        try:
+            sympad.parse_kind(kind)
+        except ValueError:
+            raise errors.ConfigError(f"--kinds: unknown {kind!r}; {choose}") from None
+    if not kinds:
+        raise errors.ConfigError(f"--kinds: empty; {choose}")
+    return kinds
 
 
 def size_parser(module: str, doc: str, *, gpu: str, tiny: str) -> argparse.ArgumentParser:

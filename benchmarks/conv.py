@@ -408,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     records = run(
         select_shapes(args),
         dtypes=args.dtypes.split(","),
-        kinds=args.kinds.split(","),
+        kinds=common.parse_kinds(args.kinds),
         implementation=args.implementation,
         compare=args.compare,
         via=args.via,

@@ -446,25 +446,10 @@ def _names(flag: str, text: str, allowed: Sequence[str], *, empty_ok: bool = Fal
     names = [n.strip() for n in text.split(",") if n.strip()]
     for name in names:
         if name not in allowed:
-            raise ValueError(f"{flag}: unknown {name!r}; choose from {', '.join(allowed)}")
+            raise errors.ConfigError(f"{flag}: unknown {name!r}; choose from {', '.join(allowed)}")
     if not names and not empty_ok:
-        raise ValueError(f"{flag}: empty; choose from {', '.join(allowed)}")
+        raise errors.ConfigError(f"{flag}: empty; choose from {', '.join(allowed)}")
     return names
-
-
-def _kinds(text: str) -> list[str]:
-    """``--kinds``: any 'C<k>' or 'C<k>sp', not only the paper's five."""
-    kinds = [k.strip() for k in text.split(",") if k.strip()]
-    for kind in kinds:
-        try:
-            sympad.parse_kind(kind)
-        except ValueError:
-            raise ValueError(
-                f"--kinds: unknown {kind!r}; choose from {', '.join(sympad.KINDS)} or any 'C<k>' / 'C<k>sp'"
-            ) from None
-    if not kinds:
-        raise ValueError(f"--kinds: empty; choose from {', '.join(sympad.KINDS)} or any 'C<k>' / 'C<k>sp'")
-    return kinds
 
 
 def _ints(flag: str, text: str | None) -> list[int] | None:
@@ -472,7 +457,7 @@ def _ints(flag: str, text: str | None) -> list[int] | None:
         return None
     values = [v.strip() for v in text.split(",") if v.strip()]
     if not values or not all(v.isdigit() and int(v) > 0 for v in values):
-        raise ValueError(f"{flag}: expected comma-separated positive ints, got {text!r}")
+        raise errors.ConfigError(f"{flag}: expected comma-separated positive ints, got {text!r}")
     return [int(v) for v in values]
 
 
@@ -496,13 +481,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     sizes = GPU if args.gpu else TINY if args.tiny else CPU
     # Checked before any model is built, so that a typo answers at once.
     suites = _names("--suites", args.suites, SUITES)
-    kinds = _kinds(args.kinds)
+    kinds = common.parse_kinds(args.kinds)
     formulations = _names("--formulations", args.formulations, sympad.IMPLEMENTATIONS, empty_ok=True)
     depths, batches = _ints("--depths", args.depths), _ints("--batches", args.batches)
     cases = build_cases(sizes, suites=suites, kinds=kinds, formulations=formulations, depths=depths, batches=batches)
     if not cases:
         size = "--gpu" if args.gpu else "--tiny" if args.tiny else "the CPU"
-        raise ValueError(
+        raise errors.ConfigError(
             f"--depths/--batches: no case matches {args.depths or 'any'} / {args.batches or 'any'}; "
             f"{size} sizes of {','.join(suites)} have {_available(sizes, suites)}"
         )

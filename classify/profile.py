@@ -29,6 +29,7 @@ side is ``config.input.image_size`` or 32; the C*sp formulation is
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
@@ -40,9 +41,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
 import sympad
 from classify import train
+from sympad.train.config import loaded_config, parse_flags
+from sympad.train.errors import ConfigError, run_absl
 
 __all__ = ["COLUMNS", "format_table", "main", "profile"]
 
@@ -167,9 +172,6 @@ def format_table(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """CLI. With ``argv`` (``argv[0]`` the program name) it parses that in-process and returns the result."""
-    from absl import app, flags
-    from ml_collections import config_flags
-
     flag_values = flags.FlagValues() if argv is not None else flags.FLAGS
     config_flags.DEFINE_config_file(
         "config", None, "classify config file[:args]", flag_values=flag_values, lock_config=True,
@@ -183,19 +185,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     flags.DEFINE_integer("steps", 5, "train steps per timing", flag_values=flag_values)
 
     def run(_: Any) -> dict[str, Any]:
-        from sympad.train.config import loaded_config
-
         if loaded_config(flag_values) is None:
             raise app.UsageError("--config is required, e.g. --config=configs/classify/resnet_cifar.py:runlocal")
-        from classify.train import validate
-
         for name in ("batch_size", "image_size"):
             if flag_values[name].value is not None and flag_values[name].value < 1:
-                raise ValueError(f"--{name}={flag_values[name].value}: must be a positive int (or unset: the config's)")
+                raise ConfigError(f"--{name}={flag_values[name].value}: must be a positive int "
+                                  "(or unset: the config's)")
         for name, least in (("warmup", 0), ("repeats", 1), ("steps", 1)):
             if flag_values[name].value < least:
-                raise ValueError(f"--{name}={flag_values[name].value}: must be an int >= {least}")
-        validate(flag_values.config)  # before anything compiles
+                raise ConfigError(f"--{name}={flag_values[name].value}: must be an int >= {least}")
+        train.validate(flag_values.config)  # before anything compiles
         result = profile(
             flag_values.config,
             batch_size=flag_values.batch_size,
@@ -212,11 +211,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         return result
 
     if argv is None:
-        from sympad.train.errors import run_absl
-
-        run_absl(run)  # a user error: one error line, status 2
+        run_absl(run, parse_flags=functools.partial(parse_flags, flag_values))  # a user error: one line, status 2
         return None
-    flag_values(list(argv))
+    parse_flags(flag_values, list(argv))
     return run(None)
 
 

@@ -57,6 +57,7 @@ from sympad.train.config import (
     check_str,
     validate_common,
 )
+from sympad.train.errors import ConfigError, UserError
 from sympad.train.mesh import batch_sharded, replicate
 from sympad.train.metrics import check_finite
 
@@ -135,7 +136,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, *, total_steps: in
         # Huang et al.'s DenseNet schedule (paper 4.5: "piecewise constant decay" for DenseNets).
         main = optax.piecewise_constant_schedule(base, {int(0.5 * decay_steps): 0.1, int(0.75 * decay_steps): 0.1})
     else:
-        raise ValueError(f"config.optimizer.schedule must be 'cosine' or 'piecewise', got {opt.schedule!r}")
+        raise ConfigError(f"config.optimizer.schedule must be 'cosine' or 'piecewise', got {opt.schedule!r}")
     if warmup == 0:
         return main
     return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), main], [warmup])
@@ -323,15 +324,20 @@ def evaluate(
 def _load_split(config: ml_collections.ConfigDict, split: str) -> sdata.Dataset:
     inp = config.input
     max_examples = int(inp.max_examples if split == "train" else inp.eval_max_examples) or None
-    return sdata.load(
-        config.data,
-        split,
-        image_size=int(inp.image_size) or None,
-        cache_dir=inp.cache_dir or None,
-        data_dir=inp.data_dir or None,
-        max_examples=max_examples,
-        allow_corrupt=bool(config.get("allow_corrupt", False)),
-    )
+    try:
+        return sdata.load(
+            config.data,
+            split,
+            image_size=int(inp.image_size) or None,
+            cache_dir=inp.cache_dir or None,
+            data_dir=inp.data_dir or None,
+            max_examples=max_examples,
+            allow_corrupt=bool(config.get("allow_corrupt", False)),
+        )
+    except UserError:
+        raise
+    except ValueError as e:  # data.load's bad-argument error: the argument is the user's config.data
+        raise ConfigError(f"config.data={config.data!r}: {e}") from e
 
 
 #: config.optimizer.schedule values (see learning_rate_schedule).
@@ -351,7 +357,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     >= 0, mixup_alpha >= 0, cutout >= 0.
 
     Raises:
-      ValueError: naming the first offending ``config.<field>`` and its allowed values.
+      ConfigError: naming the first offending ``config.<field>`` and its allowed values.
     """
     validate_common(config, schedules=SCHEDULES, min_steps=0)
     check_choice(config, "model.name", tuple(sorted(models.MODELS)))
@@ -365,7 +371,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_str(config, "input.data_dir")
     crop_pad = check_int(config, "input.crop_pad", min_value=0)
     if image_size and crop_pad >= image_size:
-        raise ValueError(f"config.input.crop_pad={crop_pad}: must be < config.input.image_size={image_size}")
+        raise ConfigError(f"config.input.crop_pad={crop_pad}: must be < config.input.image_size={image_size}")
     check_bool(config, "input.flip")
     check_int(config, "eval_batch_size", min_value=1)
     steps = check_int(config, "num_train_steps", min_value=0)
@@ -378,7 +384,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_number(config, "mixup_alpha", min_value=0.0)
     cutout = check_int(config, "cutout", min_value=0)
     if image_size and cutout > image_size:
-        raise ValueError(f"config.cutout={cutout}: must be <= config.input.image_size={image_size}")
+        raise ConfigError(f"config.cutout={cutout}: must be <= config.input.image_size={image_size}")
     # The model's own fields: build it and trace its init abstractly (jax.eval_shape compiles
     # nothing), so a width or stride the architecture cannot take fails here, not after the data.
     try:
@@ -386,7 +392,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         size = image_size or 32
         jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
     except (TypeError, ValueError, ZeroDivisionError) as e:
-        raise ValueError(_model_error(config, e)) from None
+        raise ConfigError(_model_error(config, e)) from None
 
 
 def _model_error(config: ml_collections.ConfigDict, error: BaseException) -> str:
@@ -420,7 +426,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_ds = _load_split(config, "train")
     test_ds = _load_split(config, "test")
     if train_ds.labels is None or test_ds.labels is None:
-        raise ValueError(f"config.data={config.data!r} has no labels; classification needs a labelled dataset")
+        raise ConfigError(f"config.data={config.data!r} has no labels; classification needs a labelled dataset")
     num_classes = int(train_ds.num_classes)
     if num_classes != int(config.model.num_classes):
         logging.warning(

@@ -65,10 +65,10 @@ def load_samples(path: str | Path) -> np.ndarray:
     """uint8 (N, H, W, 3) images from the .npz's 'images' key."""
     with np.load(path, allow_pickle=False) as f:
         if "images" not in f.files:
-            raise ValueError(f"samples: {path} has no 'images' array (keys: {f.files})")
+            raise errors.ConfigError(f"samples: {path} has no 'images' array (keys: {f.files})")
         images = f["images"]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"samples: 'images' must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+        raise errors.ConfigError(f"samples: 'images' must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
     return images
 
 
@@ -79,8 +79,8 @@ def load_labels(path: str | Path, num: int) -> np.ndarray | None:
             return None
         labels = f["labels"]
     if labels.shape != (num,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"samples: 'labels' in {path} must be integers of shape ({num},) (one per image), "
-                         f"got {labels.dtype} {labels.shape}")
+        raise errors.ConfigError(f"samples: 'labels' in {path} must be integers of shape ({num},) (one per image), "
+                                 f"got {labels.dtype} {labels.shape}")
     return labels.astype(np.int32)
 
 
@@ -159,8 +159,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     images = load_samples(samples_path)
     labels = load_labels(samples_path, len(images)) if args.intra_class is not False else None
     if args.intra_class and labels is None:
-        raise ValueError(f"intra_class: {samples_path} has no 'labels' (gan.sample writes them for a "
-                         "class-conditional generator); drop --intra_class")
+        raise errors.ConfigError(f"intra_class: {samples_path} has no 'labels' (gan.sample writes them for a "
+                                 "class-conditional generator); drop --intra_class")
     report = evaluate_samples(images, config=config, reference=args.reference, labels=labels)
     report["samples_file"] = str(samples_path)
     out = Path(args.out) if args.out else (

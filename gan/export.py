@@ -33,7 +33,7 @@ from absl import app, flags, logging
 
 from gan import models
 from gan.state import generator_variables, output_size, restore_state
-from sympad.train.errors import run_absl
+from sympad.train.errors import ConfigError, run_absl
 
 __all__ = ["export_generator", "input_metadata", "load", "main", "save"]
 
@@ -99,10 +99,10 @@ def main(argv: list[str]) -> None:
     platforms = [p.strip() for p in FLAGS.platforms.split(",") if p.strip()] or None
     unknown = sorted(set(platforms or ()) - set(PLATFORMS))
     if unknown:  # before the checkpoint is read
-        raise ValueError(f"--platforms={FLAGS.platforms!r}: {', '.join(unknown)} unknown; use "
-                         f"comma-separated {', '.join(PLATFORMS)} (or '' for this machine's)")
+        raise ConfigError(f"--platforms={FLAGS.platforms!r}: {', '.join(unknown)} unknown; use "
+                          f"comma-separated {', '.join(PLATFORMS)} (or '' for this machine's)")
     if not FLAGS.out:
-        raise ValueError("--out is empty: name the output file, e.g. --out=generator.bin")
+        raise ConfigError("--out is empty: name the output file, e.g. --out=generator.bin")
     config, generator, state = restore_state(FLAGS.workdir)
     exported = export_generator(generator, generator_variables(state, use_ema=FLAGS.ema), z_dim=config.z_dim,
                                 platforms=platforms)

@@ -48,7 +48,7 @@ from gan.sampling import (
 )
 from gan.state import generator_variables, load_config, restore_state
 from gan.state import num_classes as run_num_classes
-from sympad.train.errors import run_absl
+from sympad.train.errors import ConfigError, run_absl
 from sympad.train.metrics import save_image_grid
 
 FLAGS = flags.FLAGS
@@ -80,14 +80,14 @@ def _parse_labels(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"--labels={text!r}: use comma-separated class indices, e.g. --labels=3,5") from None
+        raise ConfigError(f"--labels={text!r}: use comma-separated class indices, e.g. --labels=3,5") from None
     return list(dict.fromkeys(values))
 
 
 def _check_png(name: str) -> None:
     path = FLAGS[name].value
     if path and Path(path).suffix.lower() != ".png":
-        raise ValueError(f"--{name}={path!r}: must name a .png file (its arrays go next to it as .npz)")
+        raise ConfigError(f"--{name}={path!r}: must name a .png file (its arrays go next to it as .npz)")
 
 
 def _save_sheet(images: np.ndarray, path: str, *, columns: int | None = None,
@@ -102,8 +102,8 @@ def _classes(num_classes: int, labels: Sequence[int]) -> np.ndarray:
     """The classes to sample: ``labels`` checked against the run's classes, or all of them."""
     bad = [c for c in labels if not 0 <= c < num_classes]
     if bad:
-        raise ValueError(f"--labels={FLAGS.labels}: {', '.join(map(str, bad))} out of range; this run has "
-                         f"{num_classes} classes (0 to {num_classes - 1})")
+        raise ConfigError(f"--labels={FLAGS.labels}: {', '.join(map(str, bad))} out of range; this run has "
+                          f"{num_classes} classes (0 to {num_classes - 1})")
     return np.asarray(labels or range(num_classes), np.int32)
 
 
@@ -115,13 +115,13 @@ def main(argv: list[str]) -> None:
     # Everything that can be checked before the checkpoint is read.
     for name in ("num", "grid_num", "batch", "per_class", "interp_rows"):
         if FLAGS[name].value < 1:
-            raise ValueError(f"--{name}={FLAGS[name].value}: must be a positive int")
+            raise ConfigError(f"--{name}={FLAGS[name].value}: must be a positive int")
     if FLAGS.interp_steps < 2:
-        raise ValueError(f"--interp_steps={FLAGS.interp_steps}: must be >= 2 (the two endpoints)")
+        raise ConfigError(f"--interp_steps={FLAGS.interp_steps}: must be >= 2 (the two endpoints)")
     if FLAGS.seed < 0:
-        raise ValueError(f"--seed={FLAGS.seed}: must be >= 0")
+        raise ConfigError(f"--seed={FLAGS.seed}: must be >= 0")
     if FLAGS.truncation < 0:
-        raise ValueError(f"--truncation={FLAGS.truncation}: must be >= 0 (0 = off)")
+        raise ConfigError(f"--truncation={FLAGS.truncation}: must be >= 0 (0 = off)")
     for name in ("grid", "class_grid", "interpolate"):
         _check_png(name)
     labels = _parse_labels(FLAGS.labels)
@@ -132,8 +132,8 @@ def main(argv: list[str]) -> None:
     num_classes = run_num_classes(config)
     for name in ("class_grid", "labels"):
         if FLAGS[name].value and not num_classes:
-            raise ValueError(f"--{name} needs a conditional run (config.conditional=True); "
-                             f"{FLAGS.workdir} is unconditional")
+            raise ConfigError(f"--{name} needs a conditional run (config.conditional=True); "
+                              f"{FLAGS.workdir} is unconditional")
     classes = _classes(num_classes, labels) if num_classes else None
     config, generator, state = restore_state(FLAGS.workdir, config)
     variables = generator_variables(state, use_ema=FLAGS.ema)

@@ -26,6 +26,7 @@ import optax
 
 from gan import models
 from sympad.train import loop
+from sympad.train.errors import ConfigError
 
 __all__ = [
     "DATA_STREAM",
@@ -68,14 +69,14 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
     """Classes the models condition on: 0 for an unconditional run, else ``config.num_classes``.
 
     Raises:
-      ValueError: a conditional config whose ``num_classes`` is not resolved yet (training sets it
+      ConfigError: a conditional config whose ``num_classes`` is not resolved yet (training sets it
         from the dataset; a finished run's config.json records it).
     """
     if not config.get("conditional", False):
         return 0
     if int(config.num_classes) < 2:
-        raise ValueError(f"config.num_classes={config.num_classes!r}: a conditional run needs >= 2 classes "
-                         "(0 = the dataset's, resolved when training starts)")
+        raise ConfigError(f"config.num_classes={config.num_classes!r}: a conditional run needs >= 2 classes "
+                          "(0 = the dataset's, resolved when training starts)")
     return int(config.num_classes)
 
 
@@ -89,10 +90,10 @@ def create_models(config: ml_collections.ConfigDict, *, classes: int | None = No
     :func:`num_classes` (validation builds a conditional model before the data says how many).
 
     Raises:
-      ValueError: for an unknown arch (or any invalid field, when the models are built).
+      ConfigError: for an unknown arch (or any invalid field, when the models are built).
     """
     if config.arch not in models.ARCHS:
-        raise ValueError(f"config.arch must be one of {tuple(models.ARCHS)}, got {config.arch!r}")
+        raise ConfigError(f"config.arch must be one of {tuple(models.ARCHS)}, got {config.arch!r}")
     make_g, make_d, _, _ = models.ARCHS[config.arch]
     classes = num_classes(config) if classes is None else classes
     g_kwargs: dict[str, Any] = dict(
@@ -114,7 +115,7 @@ def create_models(config: ml_collections.ConfigDict, *, classes: int | None = No
         d_kwargs["channels"] = parse_channels(config.d_channels)
         downsample = parse_channels(config.get("d_downsample"))
         if downsample is None:
-            raise ValueError("config.d_downsample must be given with config.d_channels (one 0/1 per block)")
+            raise ConfigError("config.d_downsample must be given with config.d_channels (one 0/1 per block)")
         d_kwargs["downsample"] = tuple(bool(v) for v in downsample)
     generator, discriminator = make_g(**g_kwargs), make_d(**d_kwargs)
     models.default_width_multiplier(config.kernel)  # Validates the kind early.
@@ -131,7 +132,7 @@ def _schedule(lr: float, schedule: str, updates: int) -> optax.Schedule:
         return optax.constant_schedule(lr)
     if schedule == "linear":
         return optax.linear_schedule(lr, 0.0, transition_steps=max(1, updates))
-    raise ValueError(f"config.optimizer.schedule must be 'constant' or 'linear', got {schedule!r}")
+    raise ConfigError(f"config.optimizer.schedule must be 'constant' or 'linear', got {schedule!r}")
 
 
 @functools.lru_cache(maxsize=None)

@@ -48,6 +48,7 @@ from sympad.train.config import (
     validate_common,
     write_config,
 )
+from sympad.train.errors import ConfigError, UserError
 from sympad.train.mesh import batch_sharded
 from sympad.train.metrics import MetricWriter, image_grid, save_image_grid
 
@@ -98,14 +99,19 @@ def model_summary(config: ml_collections.ConfigDict, generator: models.Generator
 
 
 def _load_data(config: ml_collections.ConfigDict, size: int) -> sdata.Dataset:
-    dataset = sdata.load(config.data, "train", image_size=size, max_examples=config.max_examples or None,
-                         allow_corrupt=bool(config.get("allow_corrupt", False)))
+    try:
+        dataset = sdata.load(config.data, "train", image_size=size, max_examples=config.max_examples or None,
+                             allow_corrupt=bool(config.get("allow_corrupt", False)))
+    except UserError:
+        raise
+    except ValueError as e:  # data.load's bad-argument error: the argument is the user's config.data
+        raise ConfigError(f"config.data={config.data!r}: {e}") from e
     if dataset.skipped:
         logging.warning("config.allow_corrupt: skipped %d undecodable files of %s (data/skipped in metrics.jsonl)",
                         len(dataset.skipped), config.data)
     if dataset.images.shape[1:3] != (size, size):
-        raise ValueError(f"config.data={config.data!r} has {dataset.images.shape[1:3]} images; the generator makes "
-                         f"{size}x{size} (set image_size/bottom_size/g_channels to match)")
+        raise ConfigError(f"config.data={config.data!r} has {dataset.images.shape[1:3]} images; the generator makes "
+                          f"{size}x{size} (set image_size/bottom_size/g_channels to match)")
     return dataset
 
 
@@ -146,19 +152,19 @@ def _resolve_classes(config: ml_collections.ConfigDict, dataset: sdata.Dataset, 
     """Sets ``config.num_classes`` of a conditional run from the data (and re-writes config.json).
 
     Raises:
-      ValueError: the data has no labels, or more classes than ``config.num_classes`` allows.
+      ConfigError: the data has no labels, or more classes than ``config.num_classes`` allows.
     """
     if not config.conditional:
         return
     if dataset.labels is None or not dataset.num_classes:
-        raise ValueError(f"config.conditional=True needs labelled data; config.data={config.data!r} has no labels "
-                         "(an image folder needs one subfolder per class)")
+        raise ConfigError(f"config.conditional=True needs labelled data; config.data={config.data!r} has no labels "
+                          "(an image folder needs one subfolder per class)")
     if config.num_classes == 0:
         config.num_classes = int(dataset.num_classes)
         write_config(config, workdir)  # sampling and export rebuild the models from config.json
     elif int(dataset.labels.max()) >= config.num_classes:
-        raise ValueError(f"config.num_classes={config.num_classes}: config.data={config.data!r} has "
-                         f"{dataset.num_classes} classes (0 = the data's)")
+        raise ConfigError(f"config.num_classes={config.num_classes}: config.data={config.data!r} has "
+                          f"{dataset.num_classes} classes (0 = the data's)")
 
 
 #: config.eval.feature_network values (gan.metrics.features).
@@ -171,8 +177,8 @@ def _check_channels(config: ml_collections.ConfigDict, name: str) -> tuple[int, 
     except (TypeError, ValueError):
         channels = ()  # not ints: reported below
     if channels == () or (channels is not None and any(c < 1 for c in channels)):
-        raise ValueError(f"config.{name}={config.get(name)!r}: must be () (the architecture's) or positive ints, "
-                         "one per block, e.g. (32, 32, 32, 32)")
+        raise ConfigError(f"config.{name}={config.get(name)!r}: must be () (the architecture's) or positive ints, "
+                          "one per block, e.g. (32, 32, 32, 32)")
     return channels
 
 
@@ -187,7 +193,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     D's downsampling).
 
     Raises:
-      ValueError: naming the first offending ``config.<field>`` and its allowed values.
+      ConfigError: naming the first offending ``config.<field>`` and its allowed values.
     """
     validate_common(config, schedules=SCHEDULES, min_steps=1)
     check_choice(config, "arch", tuple(models.ARCHS))
@@ -214,30 +220,30 @@ def validate(config: ml_collections.ConfigDict) -> None:
     try:
         diffaugment.parse_policy(policy)
     except ValueError as e:
-        raise ValueError(f"config.diffaugment={policy!r}: {e}") from None
+        raise ConfigError(f"config.diffaugment={policy!r}: {e}") from None
     if config.conditional and config.norm != "batch":
-        raise ValueError(f"config.norm={config.norm!r}: a conditional generator needs 'batch' "
-                         "(its class-conditional BatchNorm)")
+        raise ConfigError(f"config.norm={config.norm!r}: a conditional generator needs 'batch' "
+                          "(its class-conditional BatchNorm)")
     if config.conditional and config.num_classes == 1:
-        raise ValueError("config.num_classes=1: a conditional run needs >= 2 classes (0 = the data's)")
+        raise ConfigError("config.num_classes=1: a conditional run needs >= 2 classes (0 = the data's)")
     g_channels = _check_channels(config, "g_channels")
     d_channels = _check_channels(config, "d_channels")
     downsample = config.get("d_downsample")
     if d_channels is not None:
         if (isinstance(downsample, str) or not hasattr(downsample, "__len__")
                 or len(downsample) != len(d_channels) or any(v not in (0, 1) for v in downsample)):
-            raise ValueError(f"config.d_downsample={downsample!r}: must be one 0/1 per config.d_channels entry "
-                             f"({len(d_channels)} of them)")
+            raise ConfigError(f"config.d_downsample={downsample!r}: must be one 0/1 per config.d_channels entry "
+                              f"({len(d_channels)} of them)")
     elif downsample:
-        raise ValueError(f"config.d_downsample={downsample!r}: only with config.d_channels; must be () without it")
+        raise ConfigError(f"config.d_downsample={downsample!r}: only with config.d_channels; must be () without it")
     if "eval" in config:
         check_int(config, "eval.num_samples", min_value=0)
         check_int(config, "eval.num_reference", min_value=0)
         check_choice(config, "eval.feature_network", FEATURE_NETWORKS)
         weights = check_str(config, "eval.inception_weights")
         if weights and config.eval_every != 0 and not Path(weights).expanduser().is_file():
-            raise ValueError(f"config.eval.inception_weights={weights!r}: no such file ('' for the default: "
-                             "Inception when its weights are found, else the offline network)")
+            raise ConfigError(f"config.eval.inception_weights={weights!r}: no such file ('' for the default: "
+                              "Inception when its weights are found, else the offline network)")
         check_str(config, "eval.reference_dataset")
         if config.eval.reference_dataset:
             check_data(config, "eval.reference_dataset")
@@ -251,11 +257,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     generator, _ = create_models(config, classes=(config.num_classes or 2) if config.conditional else 0)
     size = output_size(generator)
     if g_channels is not None and len(g_channels) < 2:
-        raise ValueError(f"config.g_channels={config.g_channels!r}: needs at least 2 entries (one per resolution)")
+        raise ConfigError(f"config.g_channels={config.g_channels!r}: needs at least 2 entries (one per resolution)")
     n_down = sum(int(v) for v in (downsample or ())) if d_channels is not None else None
     if n_down is not None and size % 2**n_down:
-        raise ValueError(f"config.d_downsample={downsample!r}: halves the {size}x{size} images {n_down} times; "
-                         f"the side must stay a whole number (fewer 1s, or change bottom_size/g_channels)")
+        raise ConfigError(f"config.d_downsample={downsample!r}: halves the {size}x{size} images {n_down} times; "
+                          f"the side must stay a whole number (fewer 1s, or change bottom_size/g_channels)")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:

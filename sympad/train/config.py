@@ -19,6 +19,7 @@ with ``learning_rate`` and ``schedule``; the suite defaults live in ``configs/<s
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -29,6 +30,8 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+
+from sympad.train.errors import ConfigError
 
 __all__ = [
     "LOOP_FIELDS",
@@ -44,6 +47,7 @@ __all__ = [
     "loaded_config",
     "lock_and_validate",
     "parse_config_arg",
+    "parse_flags",
     "run_main",
     "validate_common",
     "write_config",
@@ -80,20 +84,20 @@ def _cast(key: str, value: str, default: Any) -> Any:
             return True
         if lowered in _FALSE:
             return False
-        raise ValueError(f"config arg {key}={value!r}: expected a bool (true/false/1/0)")
+        raise ConfigError(f"config arg {key}={value!r}: expected a bool (true/false/1/0)")
     if isinstance(default, int):
         try:
             return int(value)
         except ValueError:
-            raise ValueError(f"config arg {key}={value!r}: expected an int") from None
+            raise ConfigError(f"config arg {key}={value!r}: expected an int") from None
     if isinstance(default, float):
         try:
             return float(value)
         except ValueError:
-            raise ValueError(f"config arg {key}={value!r}: expected a float") from None
+            raise ConfigError(f"config arg {key}={value!r}: expected a float") from None
     if default is None or isinstance(default, str):
         return value
-    raise ValueError(
+    raise ConfigError(
         f"config arg {key!r}: its default {default!r} is a {type(default).__name__}; only bool, int, "
         "float and str arguments can be set after the colon (use --config.<field>=... instead)"
     )
@@ -121,7 +125,7 @@ def parse_config_arg(
       A ConfigDict with exactly the keys of ``defaults``.
 
     Raises:
-      ValueError: for a key not in ``defaults`` (the message lists the valid keys), a value that
+      ConfigError: for a key not in ``defaults`` (the message lists the valid keys), a value that
         does not parse as the default's type, a bare non-bool key, a repeated key, or a value
         outside ``choices``.
     """
@@ -134,21 +138,21 @@ def parse_config_arg(
         key, has_value, text = item.partition("=")
         key = key.strip()
         if key not in defaults:
-            raise ValueError(f"unknown config arg {key!r} in {arg!r}; valid keys: {', '.join(sorted(defaults))}")
+            raise ConfigError(f"unknown config arg {key!r} in {arg!r}; valid keys: {', '.join(sorted(defaults))}")
         if key in seen:
-            raise ValueError(f"config arg {key!r} given twice in {arg!r}")
+            raise ConfigError(f"config arg {key!r} given twice in {arg!r}")
         seen.add(key)
         if has_value:
             values[key] = _cast(key, text.strip(), defaults[key])
         elif isinstance(defaults[key], bool):
             values[key] = True
         else:
-            raise ValueError(f"config arg {key!r} needs a value ({key}=...); only bool keys can be bare flags")
+            raise ConfigError(f"config arg {key!r} needs a value ({key}=...); only bool keys can be bare flags")
     for key, allowed in (choices or {}).items():
         if key not in values:
-            raise ValueError(f"choices names {key!r}, which is not one of the defaults' keys")
+            raise ConfigError(f"choices names {key!r}, which is not one of the defaults' keys")
         if values[key] not in allowed:
-            raise ValueError(f"config arg {key}={values[key]!r}: must be one of {', '.join(map(str, allowed))}")
+            raise ConfigError(f"config arg {key}={values[key]!r}: must be one of {', '.join(map(str, allowed))}")
     return ml_collections.ConfigDict(values)
 
 
@@ -156,11 +160,11 @@ def add_loop_fields(config: ml_collections.ConfigDict, **values: Any) -> ml_coll
     """Sets every :data:`LOOP_FIELDS` key on ``config``: ``values`` where given, else the default.
 
     Raises:
-      ValueError: for a key that is not a loop field.
+      ConfigError: for a key that is not a loop field.
     """
     unknown = sorted(set(values) - set(LOOP_FIELDS))
     if unknown:
-        raise ValueError(f"{', '.join(unknown)}: not loop fields; valid: {', '.join(LOOP_FIELDS)}")
+        raise ConfigError(f"{', '.join(unknown)}: not loop fields; valid: {', '.join(LOOP_FIELDS)}")
     for name, (default, _) in LOOP_FIELDS.items():
         config[name] = values.get(name, default)
     return config
@@ -171,16 +175,16 @@ def _check_loop_fields(config: ml_collections.ConfigDict) -> None:
 
     for name in ("log_every", "eval_every", "checkpoint_every"):
         if name in config and (isinstance(config[name], bool) or not isinstance(config[name], int)):
-            raise ValueError(f"config.{name}={config[name]!r}: must be an int ({_CADENCE})")
+            raise ConfigError(f"config.{name}={config[name]!r}: must be an int ({_CADENCE})")
     if "max_checkpoints" in config and (
         isinstance(config.max_checkpoints, bool) or not isinstance(config.max_checkpoints, int)
         or config.max_checkpoints < 1
     ):
-        raise ValueError(f"config.max_checkpoints={config.max_checkpoints!r}: must be an int >= 1")
+        raise ConfigError(f"config.max_checkpoints={config.max_checkpoints!r}: must be an int >= 1")
     if "host_data" in config and not isinstance(config.host_data, bool):
-        raise ValueError(f"config.host_data={config.host_data!r}: must be a bool")
+        raise ConfigError(f"config.host_data={config.host_data!r}: must be a bool")
     if "conv_implementation" in config and config.conv_implementation not in IMPLEMENTATIONS:
-        raise ValueError(
+        raise ConfigError(
             f"config.conv_implementation={config.conv_implementation!r}: must be one of {', '.join(IMPLEMENTATIONS)}"
         )
     if "allow_corrupt" in config:
@@ -192,7 +196,7 @@ def _check_loop_fields(config: ml_collections.ConfigDict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Field checks: each raises a ValueError naming ``config.<name>`` and what it may be.
+# Field checks: each raises a ConfigError (a ValueError) naming ``config.<name>`` and what it may be.
 
 
 def field(config: ml_collections.ConfigDict, name: str) -> Any:
@@ -203,8 +207,8 @@ def field(config: ml_collections.ConfigDict, name: str) -> Any:
     return value
 
 
-def _bad(name: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"config.{name}={value!r}: must be {allowed}")
+def _bad(name: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"config.{name}={value!r}: must be {allowed}")
 
 
 def check_int(config: ml_collections.ConfigDict, name: str, *, min_value: int | None = None,
@@ -279,8 +283,8 @@ def check_data(config: ml_collections.ConfigDict, name: str = "data") -> str:
         if not value[len("folder:"):]:
             raise _bad(name, value, "'folder:PATH' with a PATH")
         if not path.is_dir():
-            raise ValueError(f"config.{name}={value!r}: {path} is not a directory (folder:PATH needs a folder of "
-                             "images, or of class subfolders)")
+            raise ConfigError(f"config.{name}={value!r}: {path} is not a directory (folder:PATH needs a folder of "
+                              "images, or of class subfolders)")
         return value
     if value in ("digits", "synthetic") or _TFDS_NAME.fullmatch(value):
         return value
@@ -296,28 +300,28 @@ def validate_common(config: ml_collections.ConfigDict, *, schedules: Collection[
       min_steps: the least ``config.num_train_steps`` (GAN: 1; classify: 0 = from num_epochs).
 
     Raises:
-      ValueError: naming the first offending field and its allowed values.
+      ConfigError: naming the first offending field and its allowed values.
     """
     import jax
 
     from sympad.kinds import KINDS
 
     if not isinstance(config, ml_collections.ConfigDict):
-        raise ValueError(f"config must be an ml_collections.ConfigDict, got {type(config).__name__}")
+        raise ConfigError(f"config must be an ml_collections.ConfigDict, got {type(config).__name__}")
     check_choice(config, "kernel", KINDS)
     if "runlocal" in config:
         check_bool(config, "runlocal")
     _check_loop_fields(config)
     for name in LOOP_FIELDS:
         if name not in config:
-            raise ValueError(f"config.{name} is missing: every suite config has the loop fields "
-                             "(sympad.train.config.add_loop_fields)")
+            raise ConfigError(f"config.{name} is missing: every suite config has the loop fields "
+                              "(sympad.train.config.add_loop_fields)")
     check_int(config, "seed", min_value=0)
     check_data(config)
     batch = check_int(config, "batch_size", min_value=1)
     devices = jax.device_count()  # every host's: the batch is split over the whole mesh
     if batch % devices:
-        raise ValueError(f"config.batch_size={batch}: must be a multiple of the {devices} devices")
+        raise ConfigError(f"config.batch_size={batch}: must be a multiple of the {devices} devices")
     check_int(config, "num_train_steps", min_value=min_steps)
     check_number(config, "optimizer.learning_rate", min_value=0.0, min_open=True)
     check_choice(config, "optimizer.schedule", tuple(schedules))
@@ -330,10 +334,8 @@ def loaded_config(flag_values: Any, name: str = "config") -> ml_collections.Conf
     use, and then reports it over several lines; this names the flag and the cause.
 
     Raises:
-      sympad.train.errors.UserError: the file did not load.
+      ConfigError: the file did not load.
     """
-    from sympad.train.errors import UserError
-
     value = flag_values[name].value
     if value is None or isinstance(value, ml_collections.ConfigDict):
         return value
@@ -341,8 +343,8 @@ def loaded_config(flag_values: Any, name: str = "config") -> ml_collections.Conf
         value.lock()  # an _ErrorConfig raises its loading error on any use
     except Exception as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        raise UserError(f"--{name}={flag_values[name].serialize().split('=', 1)[-1]}: the config did not load: "
-                        f"{lines[-1] if lines else type(e).__name__}") from e
+        raise ConfigError(f"--{name}={flag_values[name].serialize().split('=', 1)[-1]}: the config did not load: "
+                          f"{lines[-1] if lines else type(e).__name__}") from e
     return value
 
 
@@ -358,18 +360,18 @@ def lock_and_validate(config: ml_collections.ConfigDict) -> ml_collections.Confi
       The same config, locked.
 
     Raises:
-      ValueError: naming the offending field.
+      ConfigError: naming the offending field.
     """
     from sympad.kinds import KINDS
 
     if not isinstance(config, ml_collections.ConfigDict):
-        raise ValueError(f"config must be an ml_collections.ConfigDict, got {type(config).__name__}")
+        raise ConfigError(f"config must be an ml_collections.ConfigDict, got {type(config).__name__}")
     if "kernel" in config and config.kernel not in KINDS:
-        raise ValueError(f"config.kernel={config.kernel!r}: must be one of {', '.join(KINDS)}")
+        raise ConfigError(f"config.kernel={config.kernel!r}: must be one of {', '.join(KINDS)}")
     if "runlocal" in config and not isinstance(config.runlocal, bool):
-        raise ValueError(f"config.runlocal={config.runlocal!r}: must be a bool")
+        raise ConfigError(f"config.runlocal={config.runlocal!r}: must be a bool")
     if "data" in config and (not isinstance(config.data, str) or not config.data):
-        raise ValueError(f"config.data={config.data!r}: must be a dataset name")
+        raise ConfigError(f"config.data={config.data!r}: must be a dataset name")
     _check_loop_fields(config)
     config.lock()
     return config
@@ -446,8 +448,8 @@ def run_main(
         private flag registry, and returns what ``train_and_evaluate`` returns (for tests).
 
     Raises:
-      ValueError (list argv): missing flags or an invalid config. absl flag errors
-        (``flags.Error``) for unknown override keys or values of the wrong type.
+      ConfigError (list argv): missing flags, an override of a field the config lacks, or an
+        invalid config. absl flag errors (``flags.Error``) for values of the wrong type.
     """
     from absl import app, flags, logging
 
@@ -477,12 +479,36 @@ def run_main(
             main(flags.FLAGS, args)  # app.run passes a return value to sys.exit: drop it
 
         # A user's mistake (bad flag or config value, corrupt data or checkpoint): one error line, status 2.
-        run_absl(app_main)
+        run_absl(app_main, parse_flags=functools.partial(parse_flags, flags.FLAGS))
         return None
     flag_values = flags.FlagValues()
     _define_flags(flag_values, list(argv))
-    extra = flag_values(list(argv))
+    extra = parse_flags(flag_values, list(argv))
     try:
         return main(flag_values, extra)
     except app.UsageError as e:
-        raise ValueError(str(e)) from e
+        raise ConfigError(str(e)) from e
+
+
+def parse_flags(flag_values: Any, argv: list[str]) -> list[str]:
+    """``flag_values(argv)``, with an override of a field the locked config lacks as a ConfigError.
+
+    ml_collections reports ``--config.a.b=1`` for a missing ``b`` as an AttributeError raised from
+    the ``KeyError('b')`` of the lookup, without the path; the override that ends in ``b`` gives it.
+
+    Returns:
+      The arguments left after the flags (``argv[0]`` first).
+    """
+    try:
+        return flag_values(argv)
+    except AttributeError as e:
+        chain, key = e, None
+        while chain is not None:  # the innermost KeyError holds the missing field's name
+            key = chain.args[0] if isinstance(chain, KeyError) and chain.args else key
+            chain = chain.__cause__ or chain.__context__
+        for name in (arg.split("=", 1)[0].lstrip("-") for arg in argv[1:]):
+            if key and name.startswith(f"{_CONFIG_FLAG}.") and name.split(".")[-1] == key:
+                raise ConfigError(f"--{name}: the config has no field {name.split('.', 1)[1]!r} (a typo? the config "
+                                  "file and the run's config.json list the fields; new fields cannot be added from "
+                                  "the command line)") from e
+        raise

@@ -23,6 +23,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from sympad.train.errors import ConfigError
+
 __all__ = ["DATA_AXIS", "batch_sharded", "make_mesh", "maybe_initialize_distributed", "replicate", "replicated", "shard_batch"]
 
 DATA_AXIS = "data"
@@ -60,7 +62,7 @@ def _distributed_init_kwargs(environ: Mapping[str, str]) -> dict[str, Any] | Non
     if environ.get("JAX_COORDINATOR_ADDRESS"):
         missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in environ]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"JAX_COORDINATOR_ADDRESS is set but {', '.join(missing)} is not; set all three "
                 "to start a multi-host run."
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import models
+from benchmarks import common, models
 from sympad.train import errors
 
 
@@ -42,7 +42,7 @@ def test_build_cases_names_an_unknown_suite():
 def test_good_selection_still_builds_its_cases():
     # The parsing helpers keep what the flags always meant (no model is built or compiled here).
     assert models._names("--suites", "resnet, sngan", models.SUITES) == ["resnet", "sngan"]
-    assert models._kinds("C2sp,C5") == ["C2sp", "C5"]
+    assert common.parse_kinds("C2sp,C5") == ["C2sp", "C5"]
     assert models._ints("--depths", "20,56") == [20, 56]
     assert models._ints("--depths", None) is None
     cases = models.build_cases(models.TINY, suites=["resnet"], kinds=["C3", "C2sp"], depths=[8])

@@ -14,6 +14,7 @@ import pytest
 from absl import flags
 
 from sympad.train.config import LOOP_FIELDS, add_loop_fields, lock_and_validate, parse_config_arg, run_main, write_config
+from sympad.train.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -176,7 +177,7 @@ def test_run_main_with_args_and_overrides(tmp_path, config_file):
 
 
 def test_run_main_rejects_unknown_override_key(tmp_path, config_file):
-    with pytest.raises(AttributeError, match="lrr"):
+    with pytest.raises(ConfigError, match=r"--config.train.lrr: the config has no field 'train.lrr'"):
         run_main(lambda c, w: None, argv=["main", f"--config={config_file}", f"--workdir={tmp_path}", "--config.train.lrr=1"])
     with pytest.raises(flags.IllegalFlagValueError, match="abc"):
         run_main(lambda c, w: None, argv=["main", f"--config={config_file}", f"--workdir={tmp_path}", "--config.train.lr=abc"])

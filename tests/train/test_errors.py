@@ -11,7 +11,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from sympad.train import errors
@@ -22,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 _ARGPARSE_CLI = '''
 import argparse, sys
-from sympad.train.errors import UserError, run_cli
+from sympad.train.errors import ConfigError, UserError, run_cli
 
 def main(argv=None):
     p = argparse.ArgumentParser()
@@ -31,11 +30,13 @@ def main(argv=None):
     p.add_argument("--case", default="ok")
     args = p.parse_args(argv)
     if args.size < 1:
-        raise ValueError(f"--size must be >= 1, got {args.size}")
+        raise ConfigError(f"--size must be >= 1, got {args.size}")
     if args.path:
         open(args.path).read()
     if args.case == "bug":
         return [][1]
+    if args.case == "untyped":
+        raise ValueError("a check that forgot its type")
     if args.case == "numpy-bug":
         import numpy as np
         return np.ones(3) + np.ones(4)
@@ -52,8 +53,10 @@ if __name__ == "__main__":
 
 _ABSL_CLI = '''
 from absl import app, flags
+import functools
 from ml_collections import config_flags
-from sympad.train.errors import run_absl
+from sympad.train.config import loaded_config, parse_flags
+from sympad.train.errors import ConfigError, run_absl
 
 flags.DEFINE_integer("size", 1, "a positive size")
 flags.DEFINE_string("case", "ok", "what to do")
@@ -63,14 +66,15 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if flags.FLAGS.size < 1:
-        raise ValueError(f"--size must be >= 1, got {flags.FLAGS.size}")
+        raise ConfigError(f"--size must be >= 1, got {flags.FLAGS.size}")
     if flags.FLAGS.case == "bug":
         return {}["missing"]
-    print("batch", flags.FLAGS.config.batch_size if flags.FLAGS.config else None)
+    config = loaded_config(flags.FLAGS)
+    print("batch", config.batch_size if config else None)
     return {"a dict": "app.run would sys.exit() with it"}
 
 if __name__ == "__main__":
-    run_absl(main)
+    run_absl(main, parse_flags=functools.partial(parse_flags, flags.FLAGS))
 '''
 
 _CONFIG = '''
@@ -174,9 +178,10 @@ def test_multiline_message_has_one_error_line_then_indented_lines(clis):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("case, needle", [("bug", "IndexError"), ("numpy-bug", "ValueError: operands could not be broadcast")])
+@pytest.mark.parametrize("case, needle", [("bug", "IndexError"), ("untyped", "ValueError: a check that forgot"),
+                                          ("numpy-bug", "ValueError: operands could not be broadcast")])
 def test_genuine_bug_keeps_traceback_and_status_1(clis, case, needle):
-    # A ValueError from inside numpy is a bug in our call, not the user's input.
+    # Only typed errors are the user's: a plain ValueError, ours or numpy's, is a bug.
     _assert_bug(_run(clis["argparse"], f"--case={case}"), needle)
 
 
@@ -184,7 +189,7 @@ def test_genuine_bug_keeps_traceback_and_status_1(clis, case, needle):
 def test_env_var_shows_the_traceback_of_a_user_error(clis):
     result = _run(clis["argparse"], "--size=0", traceback=True)
     assert result.returncode == 2
-    assert "Traceback (most recent call last)" in result.stderr and "raise ValueError" in result.stderr
+    assert "Traceback (most recent call last)" in result.stderr and "raise ConfigError" in result.stderr
     assert result.stderr.rstrip().splitlines()[-1] == "error: --size must be >= 1, got 0"
     assert len(_error_lines(result.stderr)) == 1
 
@@ -257,13 +262,10 @@ def test_classification():
 
     from absl import app, flags
 
-    assert errors.is_user_error(_raised(ValueError("from our code")))
-    numpy_error = None
-    try:
-        np.ones(3) + np.ones(4)
-    except ValueError as e:
-        numpy_error = e
-    assert numpy_error is not None and not errors.is_user_error(numpy_error)
+    assert errors.is_user_error(_raised(errors.ConfigError("a typed check")))
+    assert errors.is_user_error(_raised(FileNotFoundError("no config.json in runs/x")))  # by type, without errno
+    assert issubclass(errors.ConfigError, ValueError)
+    assert not errors.is_user_error(_raised(ValueError("untyped, even from our code")))
     assert errors.is_user_error(_raised(OSError(errno.ENOSPC, "No space left on device", "/ckpt")))
     assert not errors.is_user_error(_raised(OSError(errno.EBADF, "Bad file descriptor")))
     assert errors.is_user_error(_raised(PermissionError(errno.EACCES, "Permission denied", "/x")))
