@@ -247,8 +247,7 @@ def _collect(entry: Entry, workdir: Path, out: Path, *, return_samples: int | No
         found: dict[str, Any] = dict(_timing(lines, rate_key="steps_per_s"))
         last = lines[-1] if lines else {}
         found["metrics"] = {k: last[k] for k in ("step", "d_steps", "d_loss", "g_loss") if k in last}
-        if "step" in last:
-            found["steps"] = int(last["step"])
+        found["steps"] = int(last.get("step", 0))  # 0: stopped before its first logged step
         summary = workdir / "model_summary.json"
         if summary.is_file():
             s = json.loads(summary.read_text())
