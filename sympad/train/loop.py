@@ -15,7 +15,9 @@ hands it to :func:`train`, which does the rest once for everyone:
   ``finally`` (also on error or Ctrl-C);
 * preemption: SIGTERM or SIGINT saves a checkpoint of the step in progress and stops with
   :class:`Preempted` (exit status :data:`PREEMPTED_EXIT_CODE`); rerunning the command resumes
-  there exactly. Multi-host runs stop at jax's preemption sync point, the same step everywhere;
+  there exactly. With no step finished since the last checkpoint (compiling, a slow first step)
+  there is nothing to save and the process ends at once, with the same status; so does a second
+  signal. Multi-host runs stop at jax's preemption sync point, the same step everywhere;
 * ``config.step_limit_file``: a scheduler may shorten the run while it trains by writing a step
   count there (:class:`_StepLimit`); the run then ends at that step as if it were
   ``total_steps`` (last record, hooks and checkpoint). The learning-rate schedule is not rebuilt;
@@ -32,11 +34,12 @@ import contextlib
 import dataclasses
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import jax
 import ml_collections
@@ -218,11 +221,15 @@ class Preempted(SystemExit):
 
 
 class _PreemptionWatch:
-    """Turns SIGTERM/SIGINT into a flag that the loop reads once per step.
+    """Turns SIGTERM/SIGINT into a stop after the step in flight, or an exit at once with nothing to save.
 
-    Single process: Python handlers set the flag (XLA keeps running the step in flight; the
-    handler runs when it returns, so the save starts within a step). A second signal restores
-    the previous handler and re-raises it: Ctrl-C twice still kills a hung run.
+    Single process: a watcher thread wakes on each signal (``signal.set_wakeup_fd``: the
+    interpreter's C handler writes it even while the main thread sits in a long XLA compile or
+    step, where no Python handler runs). When no step has finished since the last checkpoint
+    (compiling, or the first step of a slow run) there is nothing to save, and the process ends at
+    once with :data:`PREEMPTED_EXIT_CODE`; otherwise the loop saves after the step in flight and
+    stops. A second signal ends the process at once, whatever it is doing: the checkpoints on
+    disk are whole (a save writes a temporary directory and renames it).
 
     Several processes: one host's notice must stop all of them at the same step, or the
     checkpoint would mix steps. ``jax.distributed.initialize`` starts jax's preemption service,
@@ -233,27 +240,64 @@ class _PreemptionWatch:
     def __init__(self):
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
-        self._synced = jax.process_count() > 1 and _preemption_service_running()
+        # jax.distributed.initialize starts the service unless this option turns it off.
+        self._synced = jax.process_count() > 1 and bool(jax.config.jax_enable_preemption_service)
+        self._saved_step = 0
+        self._unsaved: Metrics | None = None  # outputs of the first step dispatched since the last save
+        self._wakeup: tuple[int, int] | None = None  # (read, write) ends of the signals' pipe
+        self._previous_wakeup = -1
 
     def __enter__(self) -> _PreemptionWatch:
         if threading.current_thread() is not threading.main_thread():
             return self  # signal handlers can only be installed from the main thread
-        signums = (signal.SIGINT,) if self._synced else (signal.SIGTERM, signal.SIGINT)
-        for signum in signums:
-            self._previous[signum] = signal.signal(signum, self._handle)
+        if self._synced:
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._forward)
+            return self
+        read, write = os.pipe()
+        os.set_blocking(write, False)  # the C handler must never block
+        self._wakeup = (read, write)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            # A Python handler, so that the C handler writes the pipe; the watcher does the work.
+            self._previous[signum] = signal.signal(signum, lambda signum, frame: None)
+        self._previous_wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, args=(read,), name="preemption-watch", daemon=True).start()
         return self
 
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self._synced:
-            self.signum = signum
-            os.kill(os.getpid(), signal.SIGTERM)  # to jax's preemption notifier
-            return
-        if self.signum is not None:  # the second one: give up waiting for the save
-            self._restore()
-            signal.raise_signal(signum)
-            return
+    def _forward(self, signum: int, frame: Any) -> None:
         self.signum = signum
-        logging.warning("Received %s: saving a checkpoint after this step, then stopping.", signal.Signals(signum).name)
+        os.kill(os.getpid(), signal.SIGTERM)  # to jax's preemption notifier
+
+    def _watch(self, read: int) -> None:
+        try:
+            while (data := os.read(read, 1)) and data[0]:  # b"" or b"\0": the watch is over
+                signum = data[0]
+                if signum not in (signal.SIGTERM, signal.SIGINT):
+                    continue
+                name = signal.Signals(signum).name
+                since = f"the checkpoint of step {self._saved_step}" if self._saved_step else "the start"
+                if self.signum is not None:
+                    _exit_now(f"stopped by a second signal ({name}) before saving; rerun the same command to resume "
+                              f"from {since}")
+                if not self._step_finished():
+                    _exit_now(f"stopped by {name}: no step finished since {since} (compiling, or in the first "
+                              "step), nothing to save; rerun the same command to resume")
+                self.signum = signum
+                logging.warning("Received %s: saving a checkpoint after this step, then stopping.", name)
+        finally:
+            os.close(read)
+
+    def _step_finished(self) -> bool:
+        outputs = self._unsaved
+        return outputs is not None and all(x.is_ready() for x in jax.tree_util.tree_leaves(outputs))
+
+    def dispatched(self, metrics: Metrics) -> None:
+        """A step was dispatched; ``metrics`` are its outputs (ready once it has finished)."""
+        if self._unsaved is None:
+            self._unsaved = metrics
+
+    def saved(self, step: int) -> None:
+        """The checkpoint of ``step`` is on disk."""
+        self._saved_step, self._unsaved = step, None
 
     def reached(self, step: int) -> bool:
         if self._synced:
@@ -262,19 +306,22 @@ class _PreemptionWatch:
             return bool(multihost_utils.reached_preemption_sync_point(step))
         return self.signum is not None
 
-    def _restore(self) -> None:
+    def __exit__(self, *exc: Any) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+        if self._wakeup is not None:
+            signal.set_wakeup_fd(self._previous_wakeup)
+            read, write = self._wakeup
+            os.write(write, b"\0")  # ends the watcher, which closes its end
+            os.close(write)
+            self._wakeup = None
 
-    def __exit__(self, *exc: Any) -> None:
-        self._restore()
 
-
-def _preemption_service_running() -> bool:
-    from jax._src import distributed  # jax exposes no public query for it
-
-    return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
+def _exit_now(message: str) -> NoReturn:
+    """Ends the process at once with PREEMPTED_EXIT_CODE: from the watcher thread, while the main thread is busy."""
+    print(message, file=sys.stderr, flush=True)
+    os._exit(PREEMPTED_EXIT_CODE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -395,7 +442,10 @@ def train(
         checkpointer = resources.enter_context(Checkpointer(
             Path(workdir) / "checkpoints", max_to_keep=int(config.max_checkpoints), best_metric=best_metric,
             on_corrupt=config.get("resume_corrupt", "raise")))
+        # From here on a signal either stops after a step (and saves it) or, with nothing to save, at once.
+        preemption = resources.enter_context(_PreemptionWatch())
         state, start = restore_or_init(checkpointer, init_state, mesh)
+        preemption.saved(start)
 
         if on_device(data.dataset, host_data=config.host_data):
             arrays = tuple(replicate(a, mesh) for a in data.device_arrays())
@@ -413,7 +463,6 @@ def train(
         progress = resources.enter_context(Progress(total_steps, initial=start, desc=desc))
         if start == 0 and first_record:
             writer.write(0, dict(first_record))
-        preemption = resources.enter_context(_PreemptionWatch())
         pending: list[Metrics] = []  # on the device, not yet fetched
         since_log: list[dict[str, Any]] = []  # fetched, not yet logged
         train_time, tick, fetched_at, logged_at = 0.0, time.monotonic(), start, start
@@ -428,6 +477,7 @@ def train(
                 progress.set_total(total_steps)
             step += 1
             state, metrics = next_step(state)
+            preemption.dispatched(metrics)
             pending.append(metrics)
             due = [hook for hook, every in zip(hooks, periods) if itstime(step, every, total_steps)]
             # Every process asks every step (the sync point's contract), even when it will not stop.
@@ -457,6 +507,7 @@ def train(
             progress.update(step, **{k: record[k] for k in progress_keys if k in record})
             if save_now:
                 checkpointer.save(step, state, metrics=record)
+                preemption.saved(step)
             if stop:
                 preempted = Preempted(step, preemption.signum)
                 logging.warning("%s", preempted)

@@ -13,6 +13,7 @@ import signal
 import time
 from pathlib import Path
 
+import jax.numpy as jnp
 import pytest
 
 from sympad.train import loop
@@ -109,7 +110,11 @@ def test_preempted_is_a_clean_exit_with_its_status():
 def test_watch_catches_sigterm_and_restores_the_handler():
     before = signal.getsignal(signal.SIGTERM)
     with loop._PreemptionWatch() as watch:
+        watch.dispatched({"loss": jnp.float32(1.0)})  # a finished step: the signal waits to save it
         assert not watch.reached(1)
         signal.raise_signal(signal.SIGTERM)  # would end pytest without the watch's handler
+        deadline = time.monotonic() + 10
+        while not watch.reached(2) and time.monotonic() < deadline:  # the watcher thread sets it
+            time.sleep(0.01)
         assert watch.reached(2) and watch.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is before
