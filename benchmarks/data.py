@@ -4,15 +4,15 @@
 
 Measures, on the default JAX backend (CPU here):
 
-* ``device_get_batch``: :func:`sympad.data.get_batch` under jit on a 50,000 x
+* ``device_get_batch``: :func:`sympad.train.data.get_batch` under jit on a 50,000 x
   32 x 32 x 3 uint8 split held on the device, plain and with pad-4 crop + flip
   (+ cutout), compile time excluded;
-* ``host_loader``: :class:`sympad.data.HostLoader` batches from a host array
+* ``host_loader``: :class:`sympad.train.data.HostLoader` batches from a host array
   (gather + ``device_put``), consumed as fast as possible;
-* ``--loaders_only``: images/s of :class:`sympad.data.HostLoader` and
-  :class:`sympad.data.GrainLoader` (per reader-thread count) over the CIFAR-10
+* ``--loaders_only``: images/s of :class:`sympad.train.data.HostLoader` and
+  :class:`sympad.train.data.GrainLoader` (per reader-thread count) over the CIFAR-10
   train JPEG folder (``sympad.train.data.cifar10_folder()``, decoded once);
-* ``folder_decode``: :func:`sympad.data.load` of an image folder, first load
+* ``folder_decode``: :func:`sympad.train.data.load` of an image folder, first load
   (decode + cache write, per thread count) and cached reload. Uses the shared
   CIFAR-10 JPEG archives (``$SYMPAD_SHARED_DATA`` or ``../shared/data``,
   extracted to a temporary folder, train + test = 60,000 files) when present,

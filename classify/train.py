@@ -17,10 +17,10 @@ choice: they do not set the scale of the function, so decaying them only
 fights BatchNorm).
 
 Data: the whole split lives on the accelerator and every step gathers and
-augments its batch inside one jitted function (``sympad.data.get_batch``) when
-``sympad.data.fits_on_device`` (and ``config.host_data`` is False); otherwise ``sympad.data.HostLoader`` streams
-uint8 batches and ``sympad.data.prepare_batch`` augments them on device with
-the same random stream. Either way a step's batch depends only on
+augments its batch inside one jitted function (``sympad.train.data.get_batch``) when
+``sympad.train.data.fits_on_device`` (and ``config.host_data`` is False); otherwise
+``sympad.train.data.HostLoader`` streams uint8 batches and ``sympad.train.data.prepare_batch``
+augments them on device with the same random stream. Either way a step's batch depends only on
 ``(seed, step)``, so a resumed run continues exactly.
 
 Model initialisation uses the ``'rbg'`` PRNG: the weights are as random, and
@@ -48,7 +48,7 @@ from flax import linen as nn
 import sympad
 from classify import models
 from sympad.train import data as sdata
-from sympad.train import loop
+from sympad.train import loop, rng
 from sympad.train.config import (
     check_bool,
     check_choice,
@@ -191,9 +191,8 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.mean(optax.softmax_cross_entropy(logits, targets))
 
 
-def _stream(seed: int, name: str) -> jax.Array:
-    """Independent default-PRNG streams of one run: 'data', 'mixup', 'dropout'."""
-    return jax.random.fold_in(jax.random.key(seed), {"data": 0, "mixup": 1, "dropout": 2}[name])
+#: The run's default-PRNG streams (``sympad.train.rng.stream``), in their fixed order.
+STREAMS = ("data", "mixup", "dropout")
 
 
 def make_train_step(
@@ -216,7 +215,7 @@ def make_train_step(
       ``loss``, ``error`` (top-1 vs the un-mixed labels) and ``grad_norm``.
     """
     seed = int(config.seed)
-    data_key, mixup_key, dropout_key = (_stream(seed, n) for n in ("data", "mixup", "dropout"))
+    data_key, mixup_key, dropout_key = (rng.stream(seed, name, STREAMS) for name in STREAMS)
     batch_size = int(config.batch_size)
     augment_kwargs = dict(
         augment=bool(config.augment),
@@ -276,7 +275,7 @@ def make_eval_step(model: nn.Module, *, batch_size: int, mesh: jax.sharding.Mesh
 
     ``images``/``labels`` are the whole split on the device; batch ``step``
     covers examples ``[step * batch_size, (step + 1) * batch_size)``, the last
-    one padded and masked (``sympad.data.eval_indices``).
+    one padded and masked (``sympad.train.data.eval_indices``).
     """
     sharding = batch_sharded(mesh) if mesh is not None else None
 
@@ -455,7 +454,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         arrays="images_labels",
         device_step=step_on_device,
         host_loader=lambda start: sdata.HostLoader(
-            train_ds.images, train_ds.labels, batch_size=int(config.batch_size), key=_stream(int(config.seed), "data"),
+            train_ds.images, train_ds.labels, batch_size=int(config.batch_size), key=rng.stream(int(config.seed), "data", STREAMS),
             start_step=start, num_steps=total_steps - start, sharding=batch_sharded(mesh)),
         host_step=lambda state, loader: step_on_batch(state, *next(loader)),
     )

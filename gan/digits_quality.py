@@ -44,7 +44,7 @@ def features(images: np.ndarray) -> np.ndarray:
 
 
 def fit_classifier(*, sizes: tuple[int, ...] = (16, 32)) -> Any:
-    """Logistic regression on the digits train split rendered at ``sizes`` (as sympad.data does)."""
+    """Logistic regression on the digits train split rendered at ``sizes`` (as sympad.train.data does)."""
     from sklearn.linear_model import LogisticRegression
 
     from sympad.train import data

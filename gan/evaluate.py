@@ -8,7 +8,7 @@
 
 Samples: an .npz with key 'images', uint8 (N, H, W, 3), as ``python -m gan.sample --workdir=DIR
 --num=10000`` writes (to ``DIR/samples.npz`` unless --out says otherwise), and for a class-conditional
-generator 'labels', int (N,). Reference: a ``sympad.data`` dataset name ('cifar10' from TFDS,
+generator 'labels', int (N,). Reference: a ``sympad.train.data`` dataset name ('cifar10' from TFDS,
 ``folder:PATH`` for an image folder, classes from its subfolders), or ``npz:PATH`` for an .npz of
 uint8 'images' (and optional int 'labels'); its features and labels are cached per dataset, split,
 size, resize mode and weights digest. Intra-class metrics (``--intra_class``; default: when the
@@ -95,7 +95,7 @@ def evaluate_samples(
 ) -> dict[str, Any]:
     """Runs the evaluator configured by ``config`` ({'eval': ..., 'data': ...}) on ``images``.
 
-    ``reference``: a ``sympad.data`` name, or ``npz:PATH`` (uint8 'images', optional int 'labels'),
+    ``reference``: a ``sympad.train.data`` name, or ``npz:PATH`` (uint8 'images', optional int 'labels'),
     overriding the config. ``labels``: the samples' classes (N,); adds the intra-class metrics.
     """
     reference_images, reference_name, reference_labels = None, None, None
@@ -118,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", help="run directory (samples.npz, config.json)")
     p.add_argument("--samples", help="samples .npz (key 'images', uint8 NHWC); default: found in --workdir")
     p.add_argument("--out", help="output JSON (default: next to the samples)")
-    p.add_argument("--reference", help="sympad.data dataset name (cifar10, folder:PATH, ...) or npz:PATH "
+    p.add_argument("--reference", help="sympad.train.data dataset name (cifar10, folder:PATH, ...) or npz:PATH "
                                        "(default: config data.name / cifar10)")
     p.add_argument("--feature_network", choices=FEATURE_NETWORKS)
     p.add_argument("--inception_weights",

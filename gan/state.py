@@ -5,10 +5,9 @@ What training creates and what sampling, export and evaluation read back, withou
 from a config, ``create_train_state`` (a pure function of ``config.seed``), ``load_config`` and
 ``restore_state`` for a run directory, ``generator_variables`` for sampling.
 
-Randomness is a pure function of ``(config.seed, step)``: ``fold_in`` of the root key with one
-constant per purpose gives independent streams (``INIT_STREAM`` for the initial weights,
-``TRAIN_STREAM`` for the train steps' latents, ``DATA_STREAM`` for the input pipeline,
-``GRID_STREAM`` for the sample grids).
+Randomness is a pure function of ``(config.seed, step)``: one ``sympad.train.rng.stream`` per
+purpose (:data:`STREAMS`: the initial weights, the train steps' latents, the input pipeline, the
+sample grids).
 """
 
 from __future__ import annotations
@@ -25,15 +24,12 @@ import ml_collections
 import optax
 
 from gan import models
-from sympad.train import loop
+from sympad.train import loop, rng
 from sympad.train.errors import ConfigError
 
 __all__ = [
-    "DATA_STREAM",
-    "GRID_STREAM",
-    "INIT_STREAM",
     "SCHEDULES",
-    "TRAIN_STREAM",
+    "STREAMS",
     "TrainState",
     "checkpoint_dir",
     "create_models",
@@ -47,8 +43,8 @@ __all__ = [
     "restore_state",
 ]
 
-# Offsets for fold_in on the root key: one independent stream per purpose.
-INIT_STREAM, TRAIN_STREAM, DATA_STREAM, GRID_STREAM = 0, 1, 2, 3
+#: The run's PRNG streams (``sympad.train.rng.stream``), in their fixed order.
+STREAMS = ("init", "train", "data", "grid")
 #: config.optimizer.schedule values (see _schedule).
 SCHEDULES = ("constant", "linear")
 
@@ -187,8 +183,7 @@ def create_train_state(config: ml_collections.ConfigDict, generator: models.Gene
                        discriminator: models.Discriminator, g_tx: optax.GradientTransformation,
                        d_tx: optax.GradientTransformation) -> TrainState:
     """Initial state from ``config.seed``."""
-    root = jax.random.key(config.seed)
-    g_key, d_key = jax.random.split(jax.random.fold_in(root, INIT_STREAM))
+    g_key, d_key = jax.random.split(rng.stream(config.seed, "init", STREAMS))
     size = output_size(generator)
     labels = jnp.zeros((1,), jnp.int32) if generator.num_classes else None
     g_vars = generator.init(g_key, jnp.zeros((1, config.z_dim), jnp.float32), labels, train=False)
@@ -203,7 +198,7 @@ def create_train_state(config: ml_collections.ConfigDict, generator: models.Gene
         g_opt_state=g_tx.init(g_params),
         d_opt_state=d_tx.init(d_params),
         ema_params=jax.tree_util.tree_map(jnp.copy, g_params) if config.ema_decay > 0 else None,
-        key=jax.random.fold_in(root, TRAIN_STREAM),
+        key=rng.stream(config.seed, "train", STREAMS),
     )
 
 

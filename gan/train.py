@@ -22,10 +22,11 @@ import numpy as np
 from absl import logging
 
 from gan import diffaugment, losses, models, sampling
+from gan.metrics.evaluator import PROTOCOLS, build_evaluator
+from gan.metrics.features import FEATURE_NETWORKS
 from gan.state import (
-    DATA_STREAM,
-    GRID_STREAM,
     SCHEDULES,
+    STREAMS,
     TrainState,
     create_models,
     create_optimizers,
@@ -37,7 +38,7 @@ from gan.state import (
 )
 from gan.step import StepConfig, train_step
 from sympad.train import data as sdata
-from sympad.train import loop
+from sympad.train import loop, rng
 from sympad.train.config import (
     check_bool,
     check_choice,
@@ -52,7 +53,7 @@ from sympad.train.errors import ConfigError, UserError
 from sympad.train.mesh import batch_sharded
 from sympad.train.metrics import MetricWriter, image_grid, save_image_grid
 
-__all__ = ["FEATURE_NETWORKS", "model_summary", "train_and_evaluate", "validate"]
+__all__ = ["model_summary", "train_and_evaluate", "validate"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,14 +117,8 @@ def _load_data(config: ml_collections.ConfigDict, size: int) -> sdata.Dataset:
 
 
 def _build_evaluator(config: ml_collections.ConfigDict) -> Callable[[np.ndarray], dict[str, float]] | None:
-    """FID/IS through gan.metrics when it is installed and eval_every != 0; else None (logged)."""
+    """FID/IS through gan.metrics when eval_every != 0; else None."""
     if config.eval_every == 0:
-        return None
-    try:
-        from gan.metrics import build_evaluator
-    except ImportError as e:
-        logging.warning("eval_every=%d but gan.metrics is not importable (%s): training without FID/IS.",
-                        config.eval_every, e)
         return None
     eval_config = ml_collections.ConfigDict(config.to_dict())
     if "eval" in eval_config and not eval_config.eval.get("reference_dataset"):
@@ -167,8 +162,6 @@ def _resolve_classes(config: ml_collections.ConfigDict, dataset: sdata.Dataset, 
                           f"{dataset.num_classes} classes (0 = the data's)")
 
 
-#: config.eval.feature_network values (gan.metrics.features).
-FEATURE_NETWORKS = ("auto", "inception", "offline")
 
 
 def _check_channels(config: ml_collections.ConfigDict, name: str) -> tuple[int, ...] | None:
@@ -247,12 +240,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         check_str(config, "eval.reference_dataset")
         if config.eval.reference_dataset:
             check_data(config, "eval.reference_dataset")
-        try:
-            from gan.metrics.evaluator import PROTOCOLS
-        except ImportError:  # the metrics' extra is not installed: evaluation is skipped anyway
-            PROTOCOLS = {}
-        if PROTOCOLS:
-            check_choice(config, "eval.protocol", tuple(PROTOCOLS))
+        check_choice(config, "eval.protocol", tuple(PROTOCOLS))
     # The architecture: builds the (unbound) modules, which compiles nothing.
     generator, _ = create_models(config, classes=(config.num_classes or 2) if config.conditional else 0)
     size = output_size(generator)
@@ -298,8 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         config=StepConfig.from_config(config), batch_sharding=batch_sharded(mesh))
 
     # Input: data step s * n_critic + i feeds D update i of train step s, on the device or from the host.
-    root = jax.random.key(config.seed)
-    data_key = jax.random.fold_in(root, DATA_STREAM)
+    data_key = rng.stream(config.seed, "data", STREAMS)
     n_critic = int(config.n_critic)
 
     def host_step(state: TrainState, loader: sdata.HostLoader) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -320,7 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     # Hooks: sample grids (and the digits scores), FID/IS. A conditional grid has one row per class,
     # the same latents in every row (so a column is one z across the classes).
-    grid_key = jax.random.fold_in(root, GRID_STREAM)
+    grid_key = rng.stream(config.seed, "grid", STREAMS)
     if classes:
         per_row = max(1, int(config.num_grid) // classes)
         grid_z = jnp.tile(jax.random.normal(grid_key, (per_row, config.z_dim)), (classes, 1))

@@ -122,6 +122,51 @@ def test_only_the_trainer_imports_the_train_step():
     assert found == [], "import gan.state (models, TrainState, restore_state) instead"
 
 
+def _hygiene_violations(*tops: str) -> list[str]:
+    """Project imports inside ``try: ... except ImportError``, and private names taken from another module."""
+    out = []
+    for path in _sources(*tops):
+        rel, tree = path.relative_to(REPO).as_posix(), ast.parse(path.read_text(encoding="utf-8"))
+        modules = {alias.asname or alias.name.split(".")[0]: alias.name
+                   for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        modules |= {alias.asname or alias.name: f"{node.module}.{alias.name}" for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.module for alias in node.names}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Try) and any(
+                    isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
+                    for h in node.handlers):
+                for inner in (n for stmt in node.body for n in ast.walk(stmt)):
+                    names = ([a.name for a in inner.names] if isinstance(inner, ast.Import)
+                             else [inner.module or ""] if isinstance(inner, ast.ImportFrom) else [])
+                    out += [f"{rel}:{inner.lineno} guards the project import {name} with except ImportError"
+                            for name in names if _layer(name)]
+            elif isinstance(node, ast.ImportFrom) and _layer(node.module or ""):
+                out += [f"{rel}:{node.lineno} imports the private {node.module}.{a.name}"
+                        for a in node.names if a.name.startswith("_")]
+            elif (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                  and isinstance(node.value, ast.Name) and _layer(modules.get(node.value.id, ""))):
+                out.append(f"{rel}:{node.lineno} uses the private {modules[node.value.id]}.{node.attr}")
+    return out
+
+
+#: Files that still break the hygiene rule (issue 25 item 5), each for its owner to clear: the
+#: experimental formulations use sympad.ops' internals (item 7), sympad.nnx linen's two checks,
+#: sympad.train.metrics checkpoint's committed steps, paper guards its classify imports, the
+#: Inception fetch and the data benchmark reach into their modules. The list only shrinks.
+NOT_YET = {"benchmarks/data.py", "gan/metrics/fetch.py", "paper/analysis.py", "sympad/experimental/_group_sum.py",
+           "sympad/experimental/_im2col.py", "sympad/experimental/_split.py", "sympad/nnx.py",
+           "sympad/train/metrics.py"}
+
+
+def test_no_import_guards_or_private_names_across_modules():
+    """A bug inside a project module must not pass for a missing extra (it once switched FID off in
+    training without a word), and a module's private helpers stay its own."""
+    found = _hygiene_violations("sympad", "gan", "classify", "paper", "configs", "benchmarks")
+    files = {line.split(":")[0] for line in found}
+    assert [line for line in found if line.split(":")[0] not in NOT_YET] == []
+    assert NOT_YET <= files, f"cleared, take them off NOT_YET: {sorted(NOT_YET - files)}"
+
+
 def test_the_rule_checker_sees_violations(tmp_path, monkeypatch):
     """The checker itself can fail: a library module that imports the runtime, a lazy suite import
     in the runtime and an import of a CLI module are all reported."""

@@ -24,7 +24,7 @@ def base_config(*, model: Mapping[str, Any], kernel: str, data: str, runlocal: b
         family) and that family's keyword fields (``kernel`` comes from the
         top-level ``config.kernel``).
       kernel: kind of the spatial convs.
-      data: a ``sympad.data.load`` name.
+      data: a ``sympad.train.data.load`` name.
       runlocal: recorded; call :func:`shrink_for_local_run` to apply it.
     """
     config = ml_collections.ConfigDict()
@@ -39,7 +39,7 @@ def base_config(*, model: Mapping[str, Any], kernel: str, data: str, runlocal: b
             image_size=0,  # 0: as stored (32 for CIFAR); ImageNet configs set 224
             max_examples=0,  # 0: the whole train split
             eval_max_examples=0,  # 0: the whole test split
-            cache_dir="",  # '': sympad.data.default_cache_dir()
+            cache_dir="",  # '': sympad.train.data.default_cache_dir()
             data_dir="",  # '': $TFDS_DATA_DIR or ~/tensorflow_datasets
             crop_pad=4,
             flip=True,
@@ -73,3 +73,28 @@ def shrink_for_local_run(config: ml_collections.ConfigDict, *, tiny_model: Mappi
     config.input.max_examples = 512
     config.input.eval_max_examples = 256
     return config
+
+
+def imagenet_config(args: ml_collections.ConfigDict, *, model: Mapping[str, Any],
+                    tiny_model: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """An ImageNet run of Table 3 (paper 4.5: 100 epochs, batch 256, 224 px) around ``model``.
+
+    Args:
+      args: from ``parse_config_arg``, with kernel, data ('' for imagenet2012, or digits at 32 px
+        with runlocal), mixup, cutout and runlocal.
+      model: ``config.model`` fields.
+      tiny_model: what ``runlocal`` changes in them.
+    """
+    data = args.data or ("digits" if args.runlocal else "imagenet2012")
+    config = base_config(model=model, kernel=args.kernel, data=data, runlocal=args.runlocal)
+    config.input.image_size = 224 if data == "imagenet2012" else 0
+    config.input.crop_pad = 16 if data == "imagenet2012" else 4
+    config.batch_size = 256
+    config.num_epochs = 100
+    config.log_every = 500
+    config.mixup_alpha = args.mixup
+    config.cutout = args.cutout
+    if args.runlocal:
+        shrink_for_local_run(config, tiny_model=tiny_model)
+    return config
+

@@ -12,7 +12,7 @@ with TensorFlow installed, `tfds build imagenet2012 --data_dir=<data_dir> --file
 (data_dir: --config.input.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets).
 """
 
-from configs.classify.common import base_config, shrink_for_local_run
+from configs.classify.common import imagenet_config
 from sympad.kinds import KINDS
 from sympad.train.config import parse_config_arg
 
@@ -23,20 +23,8 @@ def get_config(arg=None):
         dict(kernel="C3", data="", mixup=0.0, cutout=0, runlocal=False),
         choices={"kernel": KINDS},
     )
-    data = args.data or ("digits" if args.runlocal else "imagenet2012")
-    config = base_config(
+    return imagenet_config(
+        args,
         model=dict(name="densenet_imagenet", stem_kernel="C7"),
-        kernel=args.kernel,
-        data=data,
-        runlocal=args.runlocal,
+        tiny_model=dict(stage_sizes=(1, 1, 1, 1), growth=8),
     )
-    config.input.image_size = 224 if data == "imagenet2012" else 0
-    config.input.crop_pad = 16 if data == "imagenet2012" else 4
-    config.batch_size = 256
-    config.num_epochs = 100
-    config.log_every = 500
-    config.mixup_alpha = args.mixup
-    config.cutout = args.cutout
-    if args.runlocal:
-        shrink_for_local_run(config, tiny_model=dict(stage_sizes=(1, 1, 1, 1), growth=8))
-    return config

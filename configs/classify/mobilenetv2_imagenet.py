@@ -13,7 +13,7 @@ with TensorFlow installed, `tfds build imagenet2012 --data_dir=<data_dir> --file
 (data_dir: --config.input.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets).
 """
 
-from configs.classify.common import base_config, shrink_for_local_run
+from configs.classify.common import imagenet_config
 from sympad.kinds import KINDS
 from sympad.train.config import parse_config_arg
 
@@ -24,23 +24,10 @@ def get_config(arg=None):
         dict(width=1.0, kernel="C3", data="", mixup=0.0, cutout=0, runlocal=False),
         choices={"kernel": KINDS},
     )
-    data = args.data or ("digits" if args.runlocal else "imagenet2012")
-    config = base_config(
+    config = imagenet_config(
+        args,
         model=dict(name="mobilenetv2", width=args.width, stem_kernel="C3", downsample="auto", dropout_rate=0.2),
-        kernel=args.kernel,
-        data=data,
-        runlocal=args.runlocal,
+        tiny_model=dict(width=0.25, stages=((1, 8, 1, 1), (6, 16, 2, 2), (6, 24, 1, 2))),
     )
-    config.input.image_size = 224 if data == "imagenet2012" else 0
-    config.input.crop_pad = 16 if data == "imagenet2012" else 4
-    config.batch_size = 256
-    config.num_epochs = 100
-    config.optimizer.weight_decay = 4e-5
-    config.log_every = 500
-    config.mixup_alpha = args.mixup
-    config.cutout = args.cutout
-    if args.runlocal:
-        shrink_for_local_run(
-            config, tiny_model=dict(width=0.25, stages=((1, 8, 1, 1), (6, 16, 2, 2), (6, 24, 1, 2)))
-        )
+    config.optimizer.weight_decay = 4e-5  # the compact models' (paper 4.5)
     return config

@@ -16,7 +16,7 @@ The test split is ImageNet's validation set. Augmentation here is the CIFAR-styl
 flip on the cached 224 px images, not the paper's Inception-style crops (Silberman & Guadarrama).
 """
 
-from configs.classify.common import base_config, shrink_for_local_run
+from configs.classify.common import imagenet_config
 from sympad.kinds import KINDS
 from sympad.train.config import parse_config_arg
 
@@ -27,20 +27,8 @@ def get_config(arg=None):
         dict(kernel="C3", width=1.0, data="", mixup=0.0, cutout=0, runlocal=False),
         choices={"kernel": KINDS},
     )
-    data = args.data or ("digits" if args.runlocal else "imagenet2012")
-    config = base_config(
+    return imagenet_config(
+        args,
         model=dict(name="resnet_imagenet", width=args.width, stem_kernel="C7", downsample="auto"),
-        kernel=args.kernel,
-        data=data,
-        runlocal=args.runlocal,
+        tiny_model=dict(stage_sizes=(1, 1, 1, 1), width=args.width / 8, stem_width=16),
     )
-    config.input.image_size = 224 if data == "imagenet2012" else 0
-    config.input.crop_pad = 16 if data == "imagenet2012" else 4
-    config.batch_size = 256
-    config.num_epochs = 100
-    config.log_every = 500
-    config.mixup_alpha = args.mixup
-    config.cutout = args.cutout
-    if args.runlocal:
-        shrink_for_local_run(config, tiny_model=dict(stage_sizes=(1, 1, 1, 1), width=args.width / 8, stem_width=16))
-    return config

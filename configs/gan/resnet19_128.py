@@ -3,7 +3,7 @@ r"""ResNet19 (compare_gan resnet5, 128x128) on CelebA-HQ or LSUN bedroom (paper 
     python -m gan.main --config=configs/gan/resnet19_128.py:kernel=C4sp,data=celeb_a_hq --workdir=runs/r19_c4sp
 
 Args (after the colon): kernel (C3 | C2 | C2sp | C4 | C4sp), data (celeb_a_hq (default) | lsun/bedroom |
-folder:PATH; any sympad.data name, loaded at 128 px), loss (ns | hinge; hinge when conditional), norm
+folder:PATH; any sympad.train.data name, loaded at 128 px), loss (ns | hinge; hinge when conditional), norm
 (none | batch; batch when conditional), conditional (BigGAN-style: one shared class embedding projected
 to every conditional BatchNorm; a labelled dataset, e.g. folder:PATH with class subfolders),
 diffaugment (policies joined by '+'), ema, lr_decay,

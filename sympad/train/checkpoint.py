@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from sympad.train.config import RESUME_CORRUPT
 from sympad.train.errors import UserError, traceback_requested
 from sympad.train.mesh import make_mesh, replicated
 
@@ -64,7 +65,6 @@ _STATE_ITEM = "state"
 _MANIFEST_ITEM = "manifest"
 _FORMAT = "sympad-checkpoint/1"
 _TMP_MARKER = ".orbax-checkpoint-tmp"
-_ON_CORRUPT = ("raise", "fall_back")
 # Set-aside damaged steps: '<step>.corrupt'; orbax ignores names that are not a step number.
 _CORRUPT_SUFFIX = ".corrupt"
 
@@ -223,8 +223,8 @@ class Checkpointer:
             raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
         if best_metric is not None and not isinstance(best_metric, str):
             raise ValueError(f"best_metric must be a metric name or None, got {best_metric!r}")
-        if on_corrupt not in _ON_CORRUPT:
-            raise ValueError(f"on_corrupt must be one of {_ON_CORRUPT}, got {on_corrupt!r}")
+        if on_corrupt not in RESUME_CORRUPT:
+            raise ValueError(f"on_corrupt must be one of {RESUME_CORRUPT}, got {on_corrupt!r}")
         self.on_corrupt = on_corrupt
         self._ocp = ocp
         self.directory = Path(directory).expanduser().absolute()

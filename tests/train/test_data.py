@@ -1,4 +1,4 @@
-"""Tests for sympad.data: every dataset source and the input pipelines."""
+"""Tests for sympad.train.data: every dataset source and the input pipelines."""
 
 from __future__ import annotations
 
