@@ -88,6 +88,7 @@ def test_models_force_a_case_formulation_while_lowering_it():
         lowered("fast")
 
 
+@pytest.mark.slow
 def test_conv_bench_tiny_emits_jsonl_and_tables(tmp_path):
     out, md = tmp_path / "conv.jsonl", tmp_path / "conv.md"
     conv.main(
@@ -131,6 +132,7 @@ class _TinyNet(nn.Module):
         return nn.Dense(3)(jnp.mean(x, axis=(1, 2)))
 
 
+@pytest.mark.slow
 def test_models_run_emits_records_and_table(tmp_path):
     def maker(kind):
         return lambda: models.classifier_step(_TinyNet(kind), batch=2, image_size=8, num_classes=3)
@@ -194,6 +196,7 @@ def test_conv_without_forward_programs(tmp_path):
     assert "forward speed" not in conv.markdown(records)
 
 
+@pytest.mark.slow
 def test_all_tiny_first_step_and_deadline(tmp_path):
     bench_all.main(["--tiny", "--out", str(tmp_path), "--steps", "6", "--repeats", "1"])
     records = _read_jsonl(tmp_path / "results.jsonl")
@@ -207,6 +210,7 @@ def test_all_tiny_first_step_and_deadline(tmp_path):
     assert [r["record"] for r in records] == ["environment", "skipped", "skipped"]
 
 
+@pytest.mark.slow
 def test_all_resume_measures_only_what_is_missing(tmp_path, capsys):
     bench_all.main(["--tiny", "--out", str(tmp_path), "--steps", "6", "--repeats", "1"])
     first = _read_jsonl(tmp_path / "results.jsonl")

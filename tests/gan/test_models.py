@@ -153,6 +153,7 @@ def _l2n(v):
     return v / np.linalg.norm(v)
 
 
+@pytest.mark.slow
 def test_spectral_norm_state_updates_only_in_training():
     discriminator = models.Discriminator(channels=(4, 4), downsample=(True, False))
     x = jax.random.normal(jax.random.key(2), (3, 8, 8, 3))

@@ -86,6 +86,7 @@ def test_unconditional_trees_unchanged():
         + ["sn_dense/dense/kernel/sigma", "sn_dense/dense/kernel/u"])
 
 
+@pytest.mark.slow
 @pinned
 def test_unconditional_generator_pinned_to_b3b7f3c():
     z = Z()
@@ -102,6 +103,7 @@ def test_unconditional_generator_pinned_to_b3b7f3c():
     np.testing.assert_allclose(_checksum(new), 14.331683556596282, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pinned
 def test_unconditional_discriminator_pinned_to_b3b7f3c():
     x = X()
@@ -117,6 +119,10 @@ def test_unconditional_discriminator_pinned_to_b3b7f3c():
 
 # ----------------------------------------------------------------------------------------------
 # Conditional BatchNorm
+
+
+# The shared-embedding variants compile a second model each: full suite only.
+SHARED_SLOW = [pytest.param(e, marks=pytest.mark.slow) if e == "shared" else e for e in models.CLASS_EMBEDDINGS]
 
 
 def _bn_reference(x, gamma, beta):
@@ -154,7 +160,7 @@ def test_conditional_batch_norm_against_numpy(class_embedding):
     np.testing.assert_allclose(new["batch_stats"]["bn"]["var"], 0.9 + 0.1 * var, rtol=1e-5)
 
 
-@pytest.mark.parametrize("class_embedding", models.CLASS_EMBEDDINGS)
+@pytest.mark.parametrize("class_embedding", SHARED_SLOW)
 def test_fresh_conditional_generator_equals_batch_norm_generator(class_embedding):
     z = Z()
     cond = _tiny_generator(num_classes=NUM_CLASSES, class_embedding=class_embedding, shared_dim=3)
@@ -180,7 +186,7 @@ def _perturbed(params, key, *, names=("gamma", "beta", "shared_embedding")):
         params)
 
 
-@pytest.mark.parametrize("class_embedding", models.CLASS_EMBEDDINGS)
+@pytest.mark.parametrize("class_embedding", SHARED_SLOW)
 def test_generator_output_depends_on_label(class_embedding):
     g = _tiny_generator(num_classes=NUM_CLASSES, class_embedding=class_embedding, shared_dim=3)
     z = jnp.repeat(Z()[:1], 4, axis=0)  # one z, four labels
@@ -193,7 +199,7 @@ def test_generator_output_depends_on_label(class_embedding):
         assert np.max(np.abs(images[a] - images[b])) > 1e-3
 
 
-@pytest.mark.parametrize("class_embedding", models.CLASS_EMBEDDINGS)
+@pytest.mark.parametrize("class_embedding", SHARED_SLOW)
 def test_gradients_reach_class_tables(class_embedding):
     g = _tiny_generator(num_classes=NUM_CLASSES, class_embedding=class_embedding, shared_dim=3)
     z, labels = Z(), jnp.asarray(LABELS)  # classes 1 and 3 unused
@@ -229,6 +235,7 @@ def test_gradients_reach_class_tables(class_embedding):
 # Projection discriminator
 
 
+@pytest.mark.slow
 def test_projection_against_numpy():
     x = X()
     d = _tiny_discriminator(num_classes=NUM_CLASSES)
@@ -259,6 +266,7 @@ def test_projection_against_numpy():
                                np.linalg.svd(table, compute_uv=False)[0], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_discriminator_gradients_reach_embedding():
     x = X()
     d = _tiny_discriminator(num_classes=NUM_CLASSES)

@@ -78,6 +78,7 @@ def test_one_step_runs_n_critic_d_updates_and_one_g_update():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_conv_implementation_reaches_the_traced_step():
     # The formulation is part of StepConfig (a static argument), so each one gets its own program:
     # group_sum computes a C2sp conv as one conv per direction group, pad_concat as a single conv.

@@ -266,6 +266,7 @@ def test_cli_q_curves_on_an_image_archive(tmp_path):
     assert payload["claims"]["c2sp_above_c2_at_end"] is bool(final["C2sp"] > final["C2"])
 
 
+@pytest.mark.slow
 def test_cli_shift(tmp_path):
     main(["shift", f"--out={tmp_path}", *SMALL, "--data=synthetic", "--image_size=16"])
     for name in ("shift.json", "shift.csv", "shift_maps.png", "shift_per_layer.png"):
