@@ -1,0 +1,118 @@
+"""The test configuration itself: the two tiers, the rule that keeps process-starting tests out
+of the fast one, and that CI runs the full suite (tests/tiers.py, tests/conftest.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from _pytest.mark.expression import Expression
+
+from tests import tiers
+
+REPO = Path(__file__).resolve().parents[1]
+PYTEST = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+
+
+def _mark_expression(args: list[str]) -> str | None:
+    """The last -m expression of a pytest argument list (the one pytest uses), or None."""
+    found = None
+    for i, arg in enumerate(args):
+        if arg == "-m" and i + 1 < len(args):
+            found = args[i + 1]
+        elif arg.startswith("-m") and len(arg) > 2:
+            found = arg[2:]
+    return found
+
+
+def _selects(expression: str, marks: set[str]) -> bool:
+    return not expression or Expression.compile(expression).evaluate(lambda name, **kwargs: name in marks)
+
+
+def test_fast_tier_deselects_every_slow_or_integration_test():
+    expression = _mark_expression(shlex.split(PYTEST["addopts"]))
+    assert expression == tiers.FAST_TIER
+    for marks in ({"slow"}, {"integration"}, {"slow", "integration"}, {"slow", "parametrize"}):
+        assert not _selects(expression, marks), marks
+    assert _selects(expression, set()) and _selects(expression, {"parametrize", "skipif"})
+    registered = {line.split(":")[0] for line in PYTEST["markers"]}
+    assert set(tiers.TIER_MARKS) <= registered
+
+
+def test_ci_runs_the_full_suite_with_durations_and_a_timeout():
+    script = (REPO / ".ci" / "run").read_text()
+    pattern = re.search(r"grep -m1 -E \"(.*)\" README.md", script).group(1)
+    readme = (REPO / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if re.search(pattern, line))
+    args = shlex.split(command.split("pytest", 1)[1].split("#")[0])
+    # An empty -m after the addopts' one: nothing deselected.
+    assert _mark_expression(args) == "" and _selects(_mark_expression(args), {"slow", "integration"})
+    assert "--durations=25" in args
+    assert "pytest-timeout" in " ".join(tomllib.loads((REPO / "pyproject.toml").read_text())
+                                        ["project"]["optional-dependencies"]["test"])
+    assert int(PYTEST["timeout"]) > 0
+    # The README's fast command is the plain one: the configuration's own selection.
+    fast = [line for line in readme.splitlines() if line.startswith("python3 -m venv") and "pytest" in line]
+    assert any(_mark_expression(shlex.split(line.split("pytest", 1)[1].split("#")[0])) is None for line in fast)
+
+
+# Functions the detector must judge, in a module of their own (written by the test) so that this
+# file's tests do not look like process starters themselves.
+SAMPLES = """
+import subprocess, sys, venv
+from tests.train import multiprocess
+
+
+def starts_python():
+    return subprocess.run([sys.executable, "-c", "pass"], check=True)
+
+
+def calls_a_helper_that_starts_python():
+    return starts_python()
+
+
+def builds_a_venv(path):
+    venv.create(path, with_pip=False)
+
+
+def uses_the_multiprocess_launcher(tmp_path):
+    multiprocess.run(["gan.main"], processes=2, devices_per_process=1, logdir=tmp_path, timeout=1)
+
+
+def asks_git():
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True)
+
+
+def pure(x):
+    return sorted(x)
+"""
+INTERPRETER = sys.executable
+
+
+def test_the_detector_sees_processes_through_helpers(tmp_path):
+    path = tmp_path / "tests_tier_samples.py"
+    path.write_text(SAMPLES)
+    spec = importlib.util.spec_from_file_location("tests_tier_samples", path)
+    samples = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(samples)
+    for name in ("starts_python", "calls_a_helper_that_starts_python", "builds_a_venv",
+                 "uses_the_multiprocess_launcher"):
+        assert tiers.starts_a_process(getattr(samples, name)), name
+    assert not tiers.starts_a_process(samples.asks_git)  # milliseconds: allowed in the fast tier
+    assert not tiers.starts_a_process(samples.pure)
+    assert tiers.is_python_command([INTERPRETER, "-m", "gan.main"]) and tiers.is_python_command("python3 -c pass")
+    assert not tiers.is_python_command(["git", "status"])
+
+
+def test_every_collected_test_that_starts_a_process_is_marked(request):
+    # conftest fails such a test at setup; here the whole collection is checked at once, so the
+    # offenders are listed together (only what this session collected: the whole suite in a full run).
+    offenders = [item.nodeid for item in request.session.items
+                 if isinstance(item, pytest.Function) and not tiers.tier_marks(item)
+                 and tiers.item_starts_a_process(item)]
+    assert not offenders, f"start a process but carry neither {tiers.TIER_MARKS}: {offenders}"
