@@ -29,7 +29,7 @@ Commands:
 Data (``--data``): ``auto`` (default) is the CIFAR-10 test folder, extracted
 from the shared ``cifar10-test.tar.gz`` (``$SYMPAD_SHARED_DATA`` or
 ``../shared/data``) into ``--cache_dir``; a ``.tar.gz`` path is extracted the same way; anything else is
-a dataset name of :func:`sympad.data.load` (``cifar10``, ``folder:PATH``,
+a dataset name of :func:`sympad.train.data.load` (``cifar10``, ``folder:PATH``,
 ``digits``, ``synthetic``, ...). ``--num_images`` images are drawn at random
 (seeded) from the split and scaled to [-1, 1].
 """
@@ -52,7 +52,7 @@ import numpy as np
 
 from paper import measures
 from sympad.kinds import KINDS, parse_kind
-from sympad.train.errors import ArgumentParser
+from sympad.train.errors import ArgumentParser, ConfigError
 
 __all__ = ["Network", "build_network", "load_images", "main", "parse_args"]
 
@@ -102,13 +102,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--kinds", type=_kinds, default=KINDS, help="comma-separated kernel kinds")
         p.add_argument("--inits", type=_positive, default=inits, help="random initializations per kind")
         p.add_argument("--seed", type=int, default=0, help="seed of the initializations and the image draw")
-        p.add_argument("--data", default="auto", help="'auto' (CIFAR-10 test folder), a .tar.gz, or a sympad.data name")
+        p.add_argument("--data", default="auto", help="'auto' (CIFAR-10 test folder), a .tar.gz, or a sympad.train.data name")
         p.add_argument("--split", default="test", choices=("train", "test"))
         p.add_argument("--num_images", type=_positive, default=num_images, help="images drawn from the split")
         p.add_argument("--image_size", type=_positive, default=None, help="resize images (default: native)")
         p.add_argument(
             "--cache_dir", type=Path, default=None,
-            help="where archives are extracted and decoded (default: sympad.data.default_cache_dir())",
+            help="where archives are extracted and decoded (default: sympad.train.data.default_cache_dir())",
         )
         p.add_argument("--batch_size", type=_positive, default=250)
         p.add_argument("--depth", type=int, default=56, help="6n + 2")
@@ -168,11 +168,11 @@ def _split_folder(root: Path, split: str) -> Path:
     for candidate in [root / split, *sorted(root.glob(f"*/{split}"))]:
         if candidate.is_dir():
             return candidate
-    raise ValueError(f"--split={split!r}: no '{split}' folder inside {root}")
+    raise ConfigError(f"--split={split!r}: no '{split}' folder inside {root}")
 
 
 def _folder_spec(folder: Path, split: str) -> str:
-    # sympad.data.load('folder:PATH', split) looks for PATH/<split>.
+    # sympad.train.data.load('folder:PATH', split) looks for PATH/<split>.
     return f"folder:{folder.parent}" if folder.name == split else f"folder:{folder}"
 
 
@@ -192,12 +192,12 @@ def load_images(args: argparse.Namespace) -> tuple[np.ndarray, dict[str, Any]]:
         try:
             spec = f"folder:{data.cifar10_folder(args.split, cache_dir=cache_dir)}"
         except FileNotFoundError as e:
-            raise ValueError(f"--data=auto: {e}; or pass --data=cifar10, --data=folder:PATH or --data=synthetic") from None
+            raise ConfigError(f"--data=auto: {e}; or pass --data=cifar10, --data=folder:PATH or --data=synthetic") from None
         source = f"shared cifar10-{args.split}.tar.gz"
     elif spec.endswith((".tar.gz", ".tgz")):
         archive = Path(spec)
         if not archive.exists():
-            raise ValueError(f"--data: archive {archive} does not exist")
+            raise ConfigError(f"--data: archive {archive} does not exist")
         root = data.extract_archive(archive, cache_dir=cache_dir / "archives")
         spec = _folder_spec(_split_folder(root, args.split), args.split)
     # synthetic makes exactly max_examples images; big TFDS sets are not decoded whole.
@@ -205,7 +205,7 @@ def load_images(args: argparse.Namespace) -> tuple[np.ndarray, dict[str, Any]]:
     ds = data.load(spec, args.split, image_size=args.image_size, max_examples=max_examples, cache_dir=cache_dir)
     n = len(ds.images)
     if n < args.num_images:
-        raise ValueError(f"--num_images={args.num_images} but {source} ({args.split}) has {n} images")
+        raise ConfigError(f"--num_images={args.num_images} but {source} ({args.split}) has {n} images")
     # A seeded draw across the split: folder datasets are sorted by class.
     rng = np.random.default_rng(args.seed)
     index = np.sort(rng.choice(n, size=args.num_images, replace=False))
@@ -262,10 +262,7 @@ def build_network(kind: str, args: argparse.Namespace) -> Network:
 
 
 def _classify_network(kind: str, args: argparse.Namespace) -> Network:
-    try:
-        from classify.models import resnet_cifar
-    except ImportError as err:  # The suite is optional for the library.
-        raise ValueError(f"--model=classify needs the classify package: {err}") from None
+    from classify.models import resnet_cifar  # Deferred: only --model=classify needs the suite (optax).
     # As configs/classify/resnet_cifar.py builds it: 3x3 stem, the suite's downsampling unless given.
     kwargs = {"stem_kernel": "C3"} | ({} if args.downsample is None else {"downsample": args.downsample})
     model = resnet_cifar(depth=args.depth, kernel=kind, **kwargs)
@@ -296,19 +293,16 @@ def load_checkpoint_network(workdir: Path, image_shape: Sequence[int]) -> Networ
     step) with :class:`sympad.train.checkpoint.Checkpointer`.
 
     Raises:
-      ValueError: if ``workdir`` has no config or no checkpoint.
+      ConfigError: if ``workdir`` has no config or no checkpoint.
     """
     import ml_collections
 
     from sympad.train.checkpoint import Checkpointer
 
-    try:
-        from classify import train
-    except ImportError as err:
-        raise ValueError(f"--checkpoint needs the classify package: {err}") from None
+    from classify import train
     config_path = workdir / "config.json"
     if not config_path.exists():
-        raise ValueError(f"--checkpoint={workdir}: no config.json (not a classify training workdir?)")
+        raise ConfigError(f"--checkpoint={workdir}: no config.json (not a classify training workdir?)")
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
     model = train.create_model(config)
     # The optimizer only shapes the template's opt_state; step counts do not change its structure.
@@ -322,7 +316,7 @@ def load_checkpoint_network(workdir: Path, image_shape: Sequence[int]) -> Networ
     finally:
         checkpointer.close()
     if restored is None:
-        raise ValueError(f"--checkpoint={workdir}: no checkpoint in {workdir / 'checkpoints'}")
+        raise ConfigError(f"--checkpoint={workdir}: no checkpoint in {workdir / 'checkpoints'}")
     step, state = restored
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     description = f"classify checkpoint {workdir} (step {step}, {config.model.name}, kernel {config.kernel})"
@@ -666,10 +660,10 @@ def _layer_selection(spec: str, shapes: Sequence[Sequence[int]]) -> list[int]:
     try:
         layers = [int(v) for v in spec.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"--layers must be 'all', 'stages' or comma-separated ints, got {spec!r}") from None
+        raise ConfigError(f"--layers must be 'all', 'stages' or comma-separated ints, got {spec!r}") from None
     for l in layers:
         if not 0 <= l < len(shapes):
-            raise ValueError(f"--layers: {l} is not one of the {len(shapes)} layers")
+            raise ConfigError(f"--layers: {l} is not one of the {len(shapes)} layers")
     return layers
 
 

@@ -16,7 +16,7 @@ Config fields (``config.eval``; every field optional, defaults from :func:`defau
   num_samples       samples the trainer should generate; 0 = the protocol's (10000 / 50000).
   num_reference     reference images; 0 = the protocol's.
   reference_dataset '' = ``config.data`` when it is a string (the GAN configs), else
-                    ``config.data.name`` / ``config.data.dataset``; 'cifar10' if none. A sympad.data
+                    ``config.data.name`` / ``config.data.dataset``; 'cifar10' if none. A sympad.train.data
                     name ('cifar10', 'folder:PATH', ...).
   reference_split   '' = the protocol's ('test' / 'train').
   cache_dir         reference-statistics cache; '' = $SYMPAD_CACHE/reference_stats or
@@ -153,7 +153,7 @@ class Evaluator:
     Args:
       settings: resolved settings.
       network: feature network (default: from the settings).
-      reference_images: optional uint8 reference set overriding ``sympad.data`` loading; with it,
+      reference_images: optional uint8 reference set overriding ``sympad.train.data`` loading; with it,
         ``reference_name`` names the set in cache keys and reports.
       reference_labels: int class labels (N,) of ``reference_images`` (intra-class metrics).
     """

@@ -192,7 +192,7 @@ def _cache_path(cache_dir: Path, *, dataset: str, split: str, image_size: int, n
 
 def load_reference(dataset: str, split: str, *, image_size: int,
                    num_examples: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Reference images and their int32 class labels (None for unlabelled data) via ``sympad.data.load``."""
+    """Reference images and their int32 class labels (None for unlabelled data) via ``sympad.train.data.load``."""
     from sympad.train import data  # the shared data module; imported late so metrics work without it
 
     ds = data.load(dataset, split, image_size=image_size, max_examples=num_examples)
@@ -224,13 +224,13 @@ def reference_features(
     """Reference-set features, Gaussian statistics and class labels, cached to .npz.
 
     The cache file is keyed by dataset, split, image size, requested example count and the
-    network (name + weights sha256). ``images`` overrides loading through ``sympad.data`` (the
+    network (name + weights sha256). ``images`` overrides loading through ``sympad.train.data`` (the
     caller then names them via ``dataset``; ``labels`` are theirs, or None).
 
     Labels are stored beside the features: 'labels' (N,) int32, or 'unlabelled' when the dataset
     has none. A cache written before labels were stored still serves unlabelled evaluation as is;
     with ``with_labels`` it is extended once by the dataset's labels (the features are kept:
-    ``sympad.data.load`` returns the same examples in the same order for the same key).
+    ``sympad.train.data.load`` returns the same examples in the same order for the same key).
 
     Returns ``{'pool': (N, D) float32, 'mu': (D,), 'sigma': (D, D), 'labels': (N,) int32 or None,
     'num_examples': N, 'cache_file': str | None}``.

@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if path is None:
             print(f"no weights cached at {iw.weights_path(args.cache_dir)}; run `python -m gan.metrics.fetch`")
             return 1
-        print(json.dumps({"path": str(path), **iw._read_meta(path)}, indent=2))
+        print(json.dumps({"path": str(path), **iw.read_meta(path)}, indent=2))
         return 0
     try:
         path, meta = iw.fetch(source_file=args.source_file, cache_dir=args.cache_dir, url=args.url or None,

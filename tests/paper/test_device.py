@@ -88,9 +88,10 @@ def test_a_packed_group_trains_for_one_step_count_sized_while_it_runs(tmp_path, 
     (sizing,) = [r for r in written if r["record"] == "sizing"]
     done = {r["id"]: r for r in written if r["record"] == "result"}
     assert {r["status"] for r in done.values()} == {"done"}, done
-    # One step count for both, what the slower reaches in the ~8 s left for training (20/s, at 90%).
+    # One step count for both: at most what the slower reaches in the 8 s left for training (20/s,
+    # at 90%), at least two log periods past the three logged intervals calibration waits for.
     assert done["fast"]["steps"] == done["slow"]["steps"] == sizing["steps"] == done["fast"]["step_limit"]
-    assert 40 <= sizing["steps"] <= 0.9 * 20 * 8 + 5
+    assert 5 <= sizing["steps"] <= 0.9 * 20 * 8 + 5
     assert sizing["rates"] == {"fast": 40.0, "slow": 20.0} and done["slow"]["packing"] == 2
     with np.load(out / done["slow"]["artifacts"][0]) as z:
         assert z["images"].shape == (4, 4, 4, 3)  # the first return_samples of 6
