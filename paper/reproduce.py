@@ -152,7 +152,8 @@ def _evaluate(args: argparse.Namespace, command: str) -> list[dict]:
     scored = {(r["id"], r["of_run"]) for r in records if r.get("record") == "evaluation"}
     conditional = [e.id for e in plan_lib.load_plan(args.plan) if e.set.get("conditional")] \
         if args.plan.is_file() else []
-    unscored = [r for r in records if (r.get("id"), r.get("run")) not in scored or r.get("record") != "result"]
+    # Results the device already scored are only cross-checked, never scored again here.
+    unscored = [r for r in records if not (r.get("record") == "result" and (r["id"], r["run"]) in scored)]
     new += evaluate_lib.evaluate_samples(unscored, run_dir=args.out, scorer=evaluator.report,
                                          network=network, device=env["device"], command=command,
                                          conditional=conditional)

@@ -590,7 +590,7 @@ def _run_group(entries: Sequence[Entry], run: _Run, *, estimate: float, group: S
         if sized is None and training:
             progress = {i: _rates(s["workdir"]) for i, s in state.items() if s["status"] != "failed"}
             calibrated = all(len(progress[i][1]) >= CALIBRATION_INTERVALS for i in training)
-            finished = [_rates(s["workdir"])[0] for s in state.values() if s.get("trained")]
+            finished = [progress[i][0] for i, s in state.items() if s.get("trained")]  # read just above
             if finished or (calibrated and progress):
                 cap = max(int(e.set.get("steps", 0)) for e in entries) or 1
                 quantum = max(1, int(entries[0].set.get("log_every", 1)))
