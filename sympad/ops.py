@@ -42,7 +42,7 @@ groups:
 
 Several formulations compute the same result (see :data:`IMPLEMENTATIONS`); the
 tests run every one of them against a NumPy reference, values and gradients.
-``'auto'`` picks among these:
+``'auto'`` picks among these (written in ``sympad/_formulations.py``):
 
 =================== ==============================================================
 ``pad_select``      pad every channel on its own sides (one fused select), then
@@ -67,7 +67,7 @@ tests run every one of them against a NumPy reference, values and gradients.
 live in :mod:`sympad.experimental` and stay reachable by name.
 
 ``'auto'`` picks by backend, rank, kernel size, channels and feature groups
-(the decision table ``_auto``; :func:`choose_implementation` tells what it picks
+(the decision table in ``sympad/_auto.py``; :func:`choose_implementation` tells what it picks
 for a call, :func:`use_implementation` forces a formulation; the measurements are
 in BENCHMARKS.md): on CPU ``depthwise_taps`` for 2D depthwise convs, and for
 ungrouped 2D convs ``pad_concat`` with 2x2 kernels on at most 32 channels, else
@@ -84,15 +84,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import itertools
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from sympad._auto import auto_choice, work_dtype
+from sympad._formulations import CORE, Formulation, Geometry, concat_pad, pads_from, select_pad
 
 __all__ = [
     "IMPLEMENTATIONS",
@@ -291,17 +293,7 @@ def channel_pads(
     kernel_size = _kernel_size(kernel_size)
     dilation = _as_tuple(kernel_dilation, len(kernel_size), "kernel_dilation")
     dirs = shift_directions(channels, kernel_size, kernel_dilation=dilation, feature_group_count=feature_group_count)
-    return _pads_from(_total_pads(kernel_size, dilation), dirs)
-
-
-def _pads_from(totals: Sequence[int], dirs: np.ndarray, axes: Sequence[int] | None = None) -> np.ndarray:
-    """``(low, high)`` per channel and axis, shape ``(C, ndim, 2)``; ``(0, 0)`` on axes not in ``axes``."""
-    totals = np.asarray(totals)
-    keep = np.ones(len(totals), bool) if axes is None else np.isin(np.arange(len(totals)), list(axes))
-    dirs = dirs.astype(np.int64)
-    low = np.where(keep, totals // 2 + (dirs < 0), 0)
-    high = np.where(keep, totals // 2 + (dirs > 0), 0)
-    return np.stack([low, high], axis=-1)
+    return pads_from(_total_pads(kernel_size, dilation), dirs)
 
 
 def _check_groups(channels: int, feature_group_count: int) -> None:
@@ -370,35 +362,8 @@ def _pad_select(x: jax.Array, kernel_size, dilation, feature_group_count) -> jax
     (on CPU by concatenating channel runs, which XLA:CPU runs faster)."""
     totals = _total_pads(kernel_size, dilation)
     dirs = shift_directions(x.shape[-1], kernel_size, kernel_dilation=dilation, feature_group_count=feature_group_count)
-    pad = _concat_pad if jax.default_backend() == "cpu" else _select_pad
+    pad = concat_pad if jax.default_backend() == "cpu" else select_pad
     return pad(x, totals, dirs, range(len(totals)))
-
-
-def _pad_axis(x: jax.Array, axis: int, low: int, high: int) -> jax.Array:
-    if low == high == 0:
-        return x
-    pads = [(0, 0)] * x.ndim
-    pads[axis] = (low, high)
-    return jnp.pad(x, pads)
-
-
-def _select_pad(x: jax.Array, totals: Sequence[int], dirs: np.ndarray, axes: Sequence[int]) -> jax.Array:
-    """Pads the spatial ``axes`` (0-based) of a channels-last ``x`` by ``totals``.
-
-    On an odd axis each channel takes one of two padded copies, ``(h+1, h)`` or
-    ``(h, h+1)``, by a select on its direction. Written as pads and a select
-    (no slices) so that XLA fuses it into one pass and its transpose, under
-    reverse-mode autodiff, is two slices and a select of the cotangent.
-    """
-    for a in axes:
-        t = totals[a]
-        half = t // 2
-        if t % 2 == 0:
-            x = _pad_axis(x, a + 1, half, half)
-            continue
-        take_low = jnp.asarray(dirs[:, a] < 0)
-        x = jnp.where(take_low, _pad_axis(x, a + 1, half + 1, half), _pad_axis(x, a + 1, half, half + 1))
-    return x
 
 
 # ----------------------------------------------------------------------------
@@ -536,7 +501,7 @@ def sym_pad_conv(
         y = conv(x, kernel, padding=[(t // 2, t // 2) for t in totals], feature_group_count=feature_group_count)
     else:
         impl = _choose(implementation, x, kernel, feature_group_count)
-        geometry = _Geometry(
+        geometry = Geometry(
             totals=totals,
             strides=strides,
             dirs=shift_directions(
@@ -545,14 +510,14 @@ def sym_pad_conv(
             feature_group_count=feature_group_count,
             preferred_element_type=preferred_element_type,
         )
-        work_dtype = _work_dtype(implementation, x, kernel)
-        if work_dtype is None:
+        compute_dtype = work_dtype(implementation, x, kernel)
+        if compute_dtype is None:
             y = _formulation(impl)(x, kernel, geometry, conv)
         else:
             out_dtype = preferred_element_type or x.dtype
             geometry = dataclasses.replace(geometry, preferred_element_type=None)
             y = _formulation(impl)(
-                x.astype(work_dtype), kernel.astype(work_dtype), geometry,
+                x.astype(compute_dtype), kernel.astype(compute_dtype), geometry,
                 functools.partial(conv, preferred_element_type=None),
             ).astype(out_dtype)
     return _to_layout(y, canon_out, out_spec)
@@ -565,247 +530,11 @@ def _canonical_specs(lhs: str, rhs: str, out: str) -> tuple[str, str, str]:
 
 
 # ----------------------------------------------------------------------------
-# Formulations. Each maps channels-last (x, kernel) to the C*sp output; the
-# tests run every one against a NumPy reference, values and gradients.
-# ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Geometry:
-    """What a formulation needs besides the operands (stride-1 pads per axis)."""
-
-    totals: tuple[int, ...]  # k_eff - 1 per spatial axis
-    strides: tuple[int, ...]
-    dirs: np.ndarray  # shift_directions: (C, ndim) in {-1, 0, +1}
-    feature_group_count: int
-    preferred_element_type: Any = None
-
-
-#: Above this many runs of equal pads (rotating directions), _concat_pad selects instead.
-_MAX_CONCAT_RUNS = 16
-
-_Conv = Callable[..., jax.Array]  # lax.conv_general_dilated with all but (lhs, rhs, padding, groups) bound
-
-
-def _conv_pad_select(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) -> jax.Array:
-    """Pad every channel on its own sides (one fused select), then a VALID conv."""
-    xp = _select_pad(x, geo.totals, geo.dirs, range(len(geo.totals)))
-    return conv(xp, kernel, padding="VALID", feature_group_count=geo.feature_group_count)
-
-
-def _conv_pad_concat(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) -> jax.Array:
-    """The paper's Figure 1: pad each channel group, concatenate, a VALID conv."""
-    xp = _concat_pad(x, geo.totals, geo.dirs, range(len(geo.totals)), max_runs=None)
-    return conv(xp, kernel, padding="VALID", feature_group_count=geo.feature_group_count)
-
-
-def _conv_select_crop(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv, pad=None) -> jax.Array:
-    """Like ``pad_select``, but the conv itself pads one axis.
-
-    XLA:CPU's convolution runs several times slower with no padding at all
-    than with some (same output), so when no axis has an even non-zero pad to
-    leave to the conv, the conv appends zeros to the high end of one odd axis
-    (the one that wastes least), which adds at most one output row there; it
-    is cropped. The low side is untouched, so the kept outputs are exact.
-    ``pad`` builds the per-channel padded copy (default: the select).
-    """
-    pad = pad or _select_pad
-    ndim = len(geo.totals)
-    odd = [a for a, t in enumerate(geo.totals) if t % 2]
-    even = [a for a, t in enumerate(geo.totals) if t % 2 == 0 and t > 0]
-    if even:
-        xp = pad(x, geo.totals, geo.dirs, odd)
-        padding = [(t // 2, t // 2) if a in even else (0, 0) for a, t in enumerate(geo.totals)]
-        return conv(xp, kernel, padding=padding, feature_group_count=geo.feature_group_count)
-    xp = pad(x, geo.totals, geo.dirs, range(ndim))
-    sizes = x.shape[1:-1]
-    # Least waste first, then the longest axis (smallest relative overhang).
-    _, extra, axis = min((_overhang(sizes[a], geo.strides[a]) + (a,) for a in odd), key=lambda r: (r[0], -sizes[r[2]]))
-    padding = [(0, 0)] * ndim
-    padding[axis] = (0, extra)
-    y = conv(xp, kernel, padding=padding, feature_group_count=geo.feature_group_count)
-    keep = -(-sizes[axis] // geo.strides[axis])
-    return lax.slice_in_dim(y, 0, keep, axis=axis + 1)
-
-
-def _concat_pad(
-    x: jax.Array,
-    totals: Sequence[int],
-    dirs: np.ndarray,
-    axes: Sequence[int],
-    max_runs: int | None = _MAX_CONCAT_RUNS,
-) -> jax.Array:
-    """``_select_pad``'s result as pads of channel runs, concatenated.
-
-    XLA:CPU runs the per-channel select slowly, the concatenate of a few
-    contiguous runs fast (BENCHMARKS.md, "concat_crop"). With more than
-    ``max_runs`` runs (directions rotating over single channels) it selects
-    instead.
-    """
-    pads = _pads_from(totals, dirs, axes)
-    runs = _runs(pads)
-    if max_runs is not None and len(runs) > max_runs:
-        return _select_pad(x, totals, dirs, axes)
-    pieces = [
-        jnp.pad(lax.slice_in_dim(x, a, b, axis=x.ndim - 1), [(0, 0)] + [tuple(int(v) for v in p) for p in pads[a]] + [(0, 0)])
-        for a, b in runs
-    ]
-    return jnp.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
-
-
-def _conv_concat_crop(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) -> jax.Array:
-    """``select_crop`` with the padded copy built by concatenating channel runs."""
-    return _conv_select_crop(x, kernel, geo, conv, pad=_concat_pad)
-
-
-def _overhang(size: int, stride: int) -> tuple[float, int]:
-    """(wasted fraction, zeros to append) for padding one axis at its high end.
-
-    Appending ``e`` zeros adds ``floor((size-1+e)/stride) - floor((size-1)/stride)``
-    outputs; ``e = stride - 1 - (size-1) % stride`` adds none when positive.
-    """
-    room = stride - 1 - (size - 1) % stride
-    if room > 0:
-        return 0.0, room
-    return 1.0 / (-(-size // stride)), 1
-
-
-def _conv_embed(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) -> jax.Array:
-    """Every channel's taps inside a kernel one larger on each odd axis; one conv.
-
-    On an odd axis (total ``k - 1`` at dilation 1) a channel whose extra zero
-    is on the low side sees ``x[i - k/2 + a]`` for tap ``a``, one on the high
-    side ``x[i - k/2 + 1 + a]``: both are taps of a ``k + 1`` kernel with
-    ``k/2`` zeros on either side, the first at positions ``0..k-1``, the
-    second at ``1..k``. So the result is one conv with symmetric padding and a
-    kernel whose taps are shifted per input channel (per output feature group
-    too, where directions rotate over feature groups). Dilated odd axes cannot
-    be embedded (the one-pixel offset is not on the dilated grid) and fall
-    back to ``pad_select``.
-    """
-    kernel_size = kernel.shape[:-2]
-    odd = [a for a, t in enumerate(geo.totals) if t % 2]
-    if any(geo.totals[a] != kernel_size[a] - 1 for a in odd):
-        return _conv_pad_select(x, kernel, geo, conv)
-    dirs = _kernel_dirs(geo.dirs, kernel.shape[-2], kernel.shape[-1], geo.feature_group_count)
-    for a in odd:
-        low = jnp.asarray(dirs[..., a] < 0)  # (I, O): taps at 0..k-1, else 1..k
-        kernel = jnp.where(low, _pad_axis(kernel, a, 0, 1), _pad_axis(kernel, a, 1, 0))
-    padding = [((t + 1) // 2, (t + 1) // 2) if t % 2 else (t // 2, t // 2) for t in geo.totals]
-    return conv(x, kernel, padding=padding, feature_group_count=geo.feature_group_count)
-
-
-def _conv_depthwise_taps(x: jax.Array, kernel: jax.Array, geo: _Geometry, conv: _Conv) -> jax.Array:
-    """Depthwise convs as a sum of shifted, per-channel-scaled slices: no conv.
-
-    ``y[..., c*m + j] = sum_taps xp[shifted window, c] * kernel[tap, 0, c*m + j]``
-    with ``xp`` the select-padded input (``m`` output channels per input
-    channel). One elementwise loop nest that XLA fuses, where XLA:CPU's
-    depthwise convolution is slow. Other convs fall back to ``pad_select``.
-    """
-    channels, features = x.shape[-1], kernel.shape[-1]
-    if geo.feature_group_count != channels or kernel.shape[-2] != 1:
-        return _conv_pad_select(x, kernel, geo, conv)
-    xp = _select_pad(x, geo.totals, geo.dirs, range(len(geo.totals)))
-    if features != channels:
-        xp = jnp.repeat(xp, features // channels, axis=-1)  # output c*m + j reads input c
-    wide = jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32
-    acc_dtype = geo.preferred_element_type or (jnp.float32 if wide else jnp.result_type(x.dtype, kernel.dtype))
-    y = None
-    for tap, window in _tap_windows(xp, kernel.shape[:-2], geo, x.shape[1:-1]):
-        term = window.astype(acc_dtype) * kernel[tap + (0,)].astype(acc_dtype)
-        y = term if y is None else y + term
-    return y.astype(geo.preferred_element_type or jnp.result_type(x.dtype, kernel.dtype))
-
-
-def _tap_windows(
-    xp: jax.Array, kernel_size: Sequence[int], geo: _Geometry, in_sizes: Sequence[int]
-) -> list[tuple[tuple[int, ...], jax.Array]]:
-    """``(tap, window)`` for every kernel tap: the strided slice of the padded
-    input ``xp`` that the tap multiplies, shape ``(N, *ceil(in_sizes / strides), C)``."""
-    dilation = [t // (k - 1) if k > 1 else 1 for t, k in zip(geo.totals, kernel_size)]
-    out_sizes = [-(-n // s) for n, s in zip(in_sizes, geo.strides)]
-    windows = []
-    for tap in itertools.product(*(range(k) for k in kernel_size)):
-        start = (0,) + tuple(a * d for a, d in zip(tap, dilation)) + (0,)
-        limit = (
-            (xp.shape[0],)
-            + tuple(st + (o - 1) * s + 1 for st, o, s in zip(start[1:-1], out_sizes, geo.strides))
-            + (xp.shape[-1],)
-        )
-        windows.append((tap, lax.slice(xp, start, limit, (1,) + tuple(geo.strides) + (1,))))
-    return windows
-
-
-def _kernel_dirs(dirs: np.ndarray, in_per_group: int, features: int, groups: int) -> np.ndarray:
-    """Directions per kernel entry ``(I, O, ndim)``: input channel ``f * I + i`` for output ``o`` of group ``f``."""
-    group_of_output = np.arange(features) // (features // groups)
-    channel = group_of_output[None, :] * in_per_group + np.arange(in_per_group)[:, None]
-    return dirs[channel]
-
-
-def _runs(pads: np.ndarray) -> list[tuple[int, int]]:
-    """``[start, stop)`` of the maximal runs of channels with equal pads."""
-    runs, start = [], 0
-    for _, run in itertools.groupby(range(len(pads)), key=lambda c: pads[c].tobytes()):
-        stop = start + len(list(run))
-        runs.append((start, stop))
-        start = stop
-    return runs
-
-
-_Formulation = Callable[[jax.Array, jax.Array, _Geometry, _Conv], jax.Array]
-
-#: The formulations ``'auto'`` picks from (``select_crop`` as the base of ``concat_crop``).
-_CORE: dict[str, _Formulation] = {
-    "pad_select": _conv_pad_select,
-    "pad_concat": _conv_pad_concat,
-    "select_crop": _conv_select_crop,
-    "concat_crop": _conv_concat_crop,
-    "embed": _conv_embed,
-    "depthwise_taps": _conv_depthwise_taps,
-}
-
-
-def _formulation(name: str) -> _Formulation:
-    """The formulation called ``name``; the experimental ones are imported on first use."""
-    if name in _CORE:
-        return _CORE[name]
-    # Imported here, not at the top: sympad.experimental builds on this module.
-    from sympad import experimental
-
-    return experimental.FORMULATIONS[name]
-
-
-# ----------------------------------------------------------------------------
 # Choosing a formulation.
 # ----------------------------------------------------------------------------
 
 #: Formulations that support feature_group_count=1 only.
 _UNGROUPED_ONLY = ("group_sum",)
-
-#: N*H*W*C*F from which a C2sp conv with few channels counts as large on a GPU:
-#: large enough that the FLOPs ``embed`` spends (C3's) cost more than
-#: ``pad_select``'s padded copy. Set between the largest conv measured where
-#: ``embed`` won and the smallest where ``pad_select`` won (BENCHMARKS.md,
-#: "The automatic choice on a GPU"); the exact crossing is not measured.
-_GPU_LARGE_CONV = 2**30
-
-
-def _work_dtype(implementation: str, x: jax.Array, kernel: jax.Array) -> Any:
-    """float32 where ``'auto'`` computes a 16-bit float conv in float32, else None.
-
-    XLA:CPU has no fast 16-bit elementwise code: building the padded copy in
-    bfloat16 cost more than the conv it saves, while XLA:CPU's convs compute
-    in float32 anyway. Converting the operands first makes the copy a float32
-    one; the output is rounded once, to ``preferred_element_type`` or the
-    input dtype (BENCHMARKS.md, "CPU: bfloat16 calls computed in float32").
-    Explicit formulations compute in the dtype they are given.
-    """
-    low = (jnp.bfloat16, jnp.float16)
-    if implementation == "auto" and jax.default_backend() == "cpu" and x.dtype == kernel.dtype and x.dtype in low:
-        return jnp.float32
-    return None
 
 
 _forced = threading.local()
@@ -897,45 +626,15 @@ def _choose(implementation: str, x: jax.Array, kernel: jax.Array, feature_group_
     forced = getattr(_forced, "name", None)
     if forced is not None and not (forced in _UNGROUPED_ONLY and feature_group_count != 1):
         return forced
-    return _auto(jax.default_backend(), x.shape, kernel.shape, feature_group_count)
+    return auto_choice(jax.default_backend(), x.shape, kernel.shape, feature_group_count)
 
 
-def _auto(backend: str, x_shape: Sequence[int], kernel_shape: Sequence[int], feature_group_count: int) -> str:
-    """The decision table of ``'auto'``, from static facts only (backend and shapes).
+def _formulation(name: str) -> Formulation:
+    """The formulation called ``name``; the experimental ones are imported on first use."""
+    if name in CORE:
+        return CORE[name]
+    # Imported here, not at the top, so that `import sympad` leaves out the formulations
+    # 'auto' never picks (tests/library/test_experimental.py holds it to that).
+    from sympad import experimental
 
-    Every row was measured on the backend it names (BENCHMARKS.md: "The
-    automatic choice: the figures behind each row"); what was not measured
-    there (1D/3D, grouped convs, other backends) stays on ``pad_select``, the
-    plain pad-then-VALID form. The dtype does not enter: on CPU 16-bit calls
-    are computed in float32 (``_work_dtype``).
-    """
-    channels = x_shape[-1]
-    two_d = len(x_shape) == 4
-    depthwise = feature_group_count == channels > 1
-    ungrouped = feature_group_count == 1
-    small_kernel = max(kernel_shape[:-2]) <= 2  # C2sp; C4sp has 4x4
-
-    if backend == "cpu" and two_d:
-        if depthwise:
-            # XLA:CPU's depthwise conv is slow; a fused sum of shifted slices
-            # runs no conv at all.
-            return "depthwise_taps"
-        if ungrouped:
-            # XLA:CPU's 2D convs are much slower when the conv pads nothing (a
-            # VALID conv on a padded copy), so the conv pads one axis itself
-            # (*_crop); concat_crop builds the copy from channel runs, without
-            # XLA:CPU's slow per-channel select. Exception: a 2x2 kernel on
-            # few channels, where pad_concat's VALID conv on the small copy
-            # measured at least as fast in the networks.
-            return "pad_concat" if small_kernel and channels <= 32 else "concat_crop"
-    if backend == "gpu" and two_d and ungrouped and small_kernel:
-        # 128+ channels: pad_concat's copy costs as little as plain C2's own
-        # padding. Fewer channels: a small conv is not limited by FLOPs (plain
-        # C2 itself is no faster than C3 there), so embed runs C3's conv with
-        # no padded copy and less memory; a large one is, and pad_select's
-        # copy is the cheapest there.
-        if channels >= 128:
-            return "pad_concat"
-        work = np.prod(x_shape[:-1], dtype=np.int64) * channels * kernel_shape[-1]
-        return "pad_select" if work >= _GPU_LARGE_CONV else "embed"
-    return "pad_select"
+    return experimental.FORMULATIONS[name]

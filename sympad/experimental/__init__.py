@@ -21,8 +21,9 @@ imports this package on first use, so ``import sympad`` does not load it.
 =============== ==============================================================
 
 Why none of them is picked (they lose to the core ones where measured) is in
-BENCHMARKS.md. Each is written against ``sympad.ops``' formulation interface:
-``f(x, kernel, geometry, conv) -> y`` on channels-last operands.
+BENCHMARKS.md. Each is written against the core's formulation interface
+(``sympad/_formulations.py``): ``f(x, kernel, geometry, conv) -> y`` on
+channels-last operands.
 """
 
 from sympad.experimental._group_sum import group_sum

@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sympad import ops
+from sympad._formulations import Conv, Geometry, channel_runs, pads_from
 
 
-def group_sum(x: jax.Array, kernel: jax.Array, geo: ops._Geometry, conv: ops._Conv) -> jax.Array:
+def group_sum(x: jax.Array, kernel: jax.Array, geo: Geometry, conv: Conv) -> jax.Array:
     """One conv per run of channels with equal pads, each padding itself; summed.
 
     No padded copy of the input, but ``2**m`` convs of ``C / 2**m`` channels
@@ -27,7 +27,7 @@ def group_sum(x: jax.Array, kernel: jax.Array, geo: ops._Geometry, conv: ops._Co
     Returns:
       ``(N, *ceil(spatial / strides), F)``.
     """
-    pads = ops._pads_from(geo.totals, geo.dirs)
+    pads = pads_from(geo.totals, geo.dirs)
     wide = (
         geo.preferred_element_type is None
         and jnp.issubdtype(x.dtype, jnp.floating)
@@ -35,7 +35,7 @@ def group_sum(x: jax.Array, kernel: jax.Array, geo: ops._Geometry, conv: ops._Co
     )
     extra = {"preferred_element_type": jnp.float32} if wide else {}
     y = None
-    for start, stop in ops._runs(pads):
+    for start, stop in channel_runs(pads):
         xs = lax.slice_in_dim(x, start, stop, axis=x.ndim - 1)
         ks = lax.slice_in_dim(kernel, start, stop, axis=kernel.ndim - 2)
         part = conv(xs, ks, padding=[tuple(int(v) for v in p) for p in pads[start]], feature_group_count=1, **extra)

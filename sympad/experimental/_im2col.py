@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sympad import ops
+from sympad._formulations import Conv, Geometry, conv_pad_select, select_pad, tap_windows
 
 
-def im2col(x: jax.Array, kernel: jax.Array, geo: ops._Geometry, conv: ops._Conv) -> jax.Array:
+def im2col(x: jax.Array, kernel: jax.Array, geo: Geometry, conv: Conv) -> jax.Array:
     """The taps' shifted windows of the select-padded input side by side, one matmul.
 
     ``cols[..., tap * C + c]`` is channel ``c`` of the window of ``tap``, so
@@ -27,9 +27,9 @@ def im2col(x: jax.Array, kernel: jax.Array, geo: ops._Geometry, conv: ops._Conv)
       ``(N, *ceil(spatial / strides), F)``.
     """
     if geo.feature_group_count != 1:
-        return ops._conv_pad_select(x, kernel, geo, conv)
-    xp = ops._select_pad(x, geo.totals, geo.dirs, range(len(geo.totals)))
-    cols = jnp.concatenate([w for _, w in ops._tap_windows(xp, kernel.shape[:-2], geo, x.shape[1:-1])], axis=-1)
+        return conv_pad_select(x, kernel, geo, conv)
+    xp = select_pad(x, geo.totals, geo.dirs, range(len(geo.totals)))
+    cols = jnp.concatenate([w for _, w in tap_windows(xp, kernel.shape[:-2], geo, x.shape[1:-1])], axis=-1)
     return lax.dot_general(
         cols,
         kernel.reshape(-1, kernel.shape[-1]),

@@ -8,19 +8,15 @@ avoid the padded copy). These hybrids combine two formulations by pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from sympad import ops
+from sympad._formulations import Conv, Formulation, Geometry, conv_select_crop
 from sympad.experimental._group_sum import group_sum
 
-_Formulation = Callable[[jax.Array, jax.Array, ops._Geometry, ops._Conv], jax.Array]
 
-
-def _hybrid(primal: _Formulation, tangent_x: _Formulation, tangent_w: _Formulation) -> _Formulation:
+def _hybrid(primal: Formulation, tangent_x: Formulation, tangent_w: Formulation) -> Formulation:
     """A formulation whose forward, input gradient and kernel gradient each use their own.
 
     A ``custom_jvp`` (not ``custom_vjp``, so forward mode still works): the
@@ -31,9 +27,9 @@ def _hybrid(primal: _Formulation, tangent_x: _Formulation, tangent_w: _Formulati
     ``group_sum`` parts of grouped convs run ``select_crop`` instead.
     """
 
-    def formulation(x: jax.Array, kernel: jax.Array, geo: ops._Geometry, conv: ops._Conv) -> jax.Array:
-        def part(f: _Formulation) -> _Formulation:
-            return ops._conv_select_crop if (f is group_sum and geo.feature_group_count != 1) else f
+    def formulation(x: jax.Array, kernel: jax.Array, geo: Geometry, conv: Conv) -> jax.Array:
+        def part(f: Formulation) -> Formulation:
+            return conv_select_crop if (f is group_sum and geo.feature_group_count != 1) else f
 
         @jax.custom_jvp
         def op(a, b):
@@ -61,8 +57,8 @@ def _hybrid(primal: _Formulation, tangent_x: _Formulation, tangent_w: _Formulati
 
 #: Forward and kernel gradient by ``group_sum`` (exact convs, no padded copy);
 #: input gradient as ``select_crop``'s transpose (one padded conv and a select).
-split_grad = _hybrid(group_sum, ops._conv_select_crop, group_sum)
+split_grad = _hybrid(group_sum, conv_select_crop, group_sum)
 
 #: ``select_crop``'s forward and input gradient, ``group_sum``'s kernel gradient
 #: (the pass where ``select_crop`` is slowest on CPU).
-split_dw = _hybrid(ops._conv_select_crop, ops._conv_select_crop, group_sum)
+split_dw = _hybrid(conv_select_crop, conv_select_crop, group_sum)
