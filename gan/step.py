@@ -10,12 +10,16 @@ the same trajectory as an uninterrupted one. The class labels of generated image
 (``config.conditional``) and the DiffAugment draws (``config.diffaugment``) come from their own
 sub-stream of the same key, which runs without either never touch: switching both off gives the
 unconditional step bit for bit.
+
+:func:`make_train_step` builds the jitted step once per run, as ``classify.train.make_train_step``
+does: the models, optimizers and hyperparameters are fixed for the run, so they are closed over
+rather than passed (and hashed) as static arguments on every call.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -25,10 +29,15 @@ import optax
 
 import sympad
 from gan import diffaugment, losses, models
-from gan.state import TrainState, num_classes
+from gan.state import STREAMS, TrainState, num_classes
 from sympad.train import data as sdata
+from sympad.train import rng
+from sympad.train.mesh import batch_sharded
 
-__all__ = ["StepConfig", "train_step"]
+__all__ = ["StepConfig", "make_train_step"]
+
+#: A step's result: the new state and its scalar metrics.
+StepResult = tuple[TrainState, dict[str, jax.Array]]
 
 # fold_in offset, on a train step's key, of the sub-stream for fake labels and DiffAugment; far above
 # the latents' offsets 0..n_critic, so those stay what they were before labels and augmentation existed.
@@ -37,7 +46,7 @@ _AUX_STREAM = 1 << 20
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-    """The static hyperparameters of :func:`train_step` (hashable: a jit static argument)."""
+    """The hyperparameters of the train step, read from the config once when the step is built."""
 
     batch_size: int
     n_critic: int
@@ -45,8 +54,7 @@ class StepConfig:
     loss: str = "ns"
     ema_decay: float = 0.0
     unroll: bool = True  # unroll the D updates instead of a lax.scan (XLA:CPU runs loops slowly)
-    # Part of the jit cache key: the formulation is fixed at tracing, so a process that trains
-    # twice with different ones (tests) must not reuse the first compiled step.
+    # The step traces under it itself: the formulation is fixed at tracing, whoever calls the step.
     conv_implementation: str = "auto"
     num_classes: int = 0  # > 0: conditional models, the real batches' labels feed D
     diffaugment: tuple[str, ...] = ()  # gan.diffaugment policies, on every image D sees
@@ -63,49 +71,59 @@ def _sigmoid_mean(logits: jax.Array) -> jax.Array:
     return jnp.mean(jax.nn.sigmoid(logits))
 
 
-@functools.partial(jax.jit, donate_argnums=(0,), static_argnames=(
-    "generator", "discriminator", "g_tx", "d_tx", "config", "batch_sharding", "host_batches"))
-def train_step(state: TrainState, dataset: jax.Array, data_key: jax.Array | None = None, *,
-               labels: jax.Array | None = None, generator: models.Generator, discriminator: models.Discriminator,
-               g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation, config: StepConfig,
-               batch_sharding: Any = None, host_batches: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
-    """``n_critic`` D updates then one G update, one jit-compiled program; ``state`` is donated.
+def make_train_step(generator: models.Generator, discriminator: models.Discriminator,
+                    g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh | None = None,
+                    data_key: jax.Array | None = None) -> tuple[Callable[..., StepResult], Callable[..., StepResult]]:
+    """The jitted train steps (``n_critic`` D updates then one G update): on-device data and host batches.
 
-    The D updates are a ``lax.scan`` (``config.unroll=False``) or the same body unrolled (default).
-    The C*sp convs use ``config.conv_implementation`` (``sympad.use_implementation``).
-    Conditional models (``config.num_classes > 0``): D sees real images with their labels and
+    The D updates are a ``lax.scan`` (``config.unroll_d_steps=False``) or the same body unrolled
+    (default). The C*sp convs use ``config.conv_implementation`` (``sympad.use_implementation``).
+    Conditional models (``num_classes(config) > 0``): D sees real images with their labels and
     generated ones with the uniformly drawn classes they were generated for. DiffAugment
     (``config.diffaugment``): the same policy on everything D sees, real and generated, in D's
     updates and in G's (gradients reach G through it).
 
     Args:
-      state: current state.
-      dataset: on-device mode: the whole split, uint8 (N, H, W, 3); batch ``i`` of this step is
-        ``get_batch(dataset, None, data_key, step * n_critic + i)``. Host mode
-        (``host_batches=True``): this step's batches, uint8 (n_critic, B, H, W, 3).
-      data_key: the input pipeline's key (on-device mode).
-      labels: conditional models only: the split's int labels (N,) on the device, or this step's
-        (n_critic, B) in host mode.
       generator, discriminator, g_tx, d_tx: from create_models / create_optimizers.
-      config: static hyperparameters.
-      batch_sharding: sharding of the batch axis (data parallel over the mesh), or None.
-      host_batches: see ``dataset``.
+      config: the run's config (:meth:`StepConfig.from_config` reads the step's fields).
+      mesh: the batch axis is sharded over it (data parallel), or None.
+      data_key: the input pipeline's key; default: stream ``'data'`` of ``config.seed``, as the
+        trainer's host loader draws with.
 
     Returns:
-      The new state and scalar metrics: d_loss, g_loss, d_real / d_fake (mean sigmoid of D's
-      logits on real / generated images during the D updates), d_real_logit, d_fake_logit,
-      g_d_fake (mean sigmoid on the G update's samples), d_grad_norm, g_grad_norm.
+      ``(step_on_device, step_on_batch)``: ``step_on_device(state, images, labels=None)`` takes the
+      whole split on the device (uint8 ``(N, H, W, 3)``; conditional models: int labels ``(N,)``)
+      and gathers batch ``i`` of the step as ``get_batch(images, labels, data_key,
+      state.step * n_critic + i)``; ``step_on_batch(state, images, labels=None)`` takes this step's
+      ``n_critic`` host batches, uint8 ``(n_critic, B, H, W, 3)`` (and ``(n_critic, B)`` labels).
+      Both return the new state (the input state is donated) and scalar metrics: d_loss, g_loss,
+      d_real / d_fake (mean sigmoid of D's logits on real / generated images during the D updates),
+      d_real_logit, d_fake_logit, g_d_fake (mean sigmoid on the G update's samples), d_grad_norm,
+      g_grad_norm.
     """
-    with sympad.use_implementation(config.conv_implementation):
-        return _train_step(state, dataset, data_key, labels, generator=generator, discriminator=discriminator,
-                           g_tx=g_tx, d_tx=d_tx, config=config, batch_sharding=batch_sharding,
-                           host_batches=host_batches)
+    step_config = StepConfig.from_config(config)
+    if data_key is None:
+        data_key = rng.stream(int(config.seed), "data", STREAMS)
+    pieces = dict(generator=generator, discriminator=discriminator, g_tx=g_tx, d_tx=d_tx, config=step_config,
+                  batch_sharding=batch_sharded(mesh) if mesh is not None else None)
+
+    def step_on_device(state: TrainState, images: jax.Array, labels: jax.Array | None = None) -> StepResult:
+        with sympad.use_implementation(step_config.conv_implementation):
+            return _train_step(state, images, data_key, labels, host_batches=False, **pieces)
+
+    def step_on_batch(state: TrainState, images: jax.Array, labels: jax.Array | None = None) -> StepResult:
+        with sympad.use_implementation(step_config.conv_implementation):
+            return _train_step(state, images, None, labels, host_batches=True, **pieces)
+
+    return jax.jit(step_on_device, donate_argnums=0), jax.jit(step_on_batch, donate_argnums=0)
 
 
 def _train_step(state: TrainState, dataset: jax.Array, data_key: jax.Array | None, labels: jax.Array | None, *,
                 generator: models.Generator, discriminator: models.Discriminator,
                 g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation, config: StepConfig,
-                batch_sharding: Any, host_batches: bool) -> tuple[TrainState, dict[str, jax.Array]]:
+                batch_sharding: Any, host_batches: bool) -> StepResult:
+    # dataset/labels: the split on the device, or with host_batches this step's (n_critic, B, ...) batches.
     batch_size, n_critic, z_dim = config.batch_size, config.n_critic, config.z_dim
     loss, ema_decay, classes = config.loss, config.ema_decay, config.num_classes
     step_key = jax.random.fold_in(state.key, state.step)

@@ -9,7 +9,6 @@ update ``i`` of train step ``s``, so a resumed run follows an uninterrupted one 
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +35,7 @@ from gan.state import (
     output_size,
     parse_channels,
 )
-from gan.step import StepConfig, train_step
+from gan.step import make_train_step
 from sympad.train import data as sdata
 from sympad.train import loop, rng
 from sympad.train.config import (
@@ -255,9 +254,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (resuming from ``workdir/checkpoints`` when there is a checkpoint) and returns the state.
 
-    Runs ``sympad.train.loop.train`` with GAN pieces: the state of create_train_state, train_step
-    on the split on the device (or n_critic host batches per step), and two hooks: sample grids
-    (+ the digits scores) every ``config.sample_every`` steps and FID/IS every
+    Runs ``sympad.train.loop.train`` with GAN pieces: the state of create_train_state, the steps of
+    gan.step.make_train_step (on the split on the device, or n_critic host batches per step), and two
+    hooks: sample grids (+ the digits scores) every ``config.sample_every`` steps and FID/IS every
     ``config.eval_every`` steps (none when 0). With evaluation, the checkpoint of the lowest FID
     (``eval/fid``) is kept besides the latest ``config.max_checkpoints``. The config is validated
     first (:func:`validate`).
@@ -281,9 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     logging.info("G %s params (widths %s), D %s params", f"{summary['generator']['params']:,}",
                  summary["generator"]["widths"], f"{summary['discriminator']['params']:,}")
     g_tx, d_tx = create_optimizers(config)
-    step_fn = functools.partial(
-        train_step, generator=generator, discriminator=discriminator, g_tx=g_tx, d_tx=d_tx,
-        config=StepConfig.from_config(config), batch_sharding=batch_sharded(mesh))
+    step_on_device, step_on_batch = make_train_step(generator, discriminator, g_tx, d_tx, config, mesh=mesh)
 
     # Input: data step s * n_critic + i feeds D update i of train step s, on the device or from the host.
     data_key = rng.stream(config.seed, "data", STREAMS)
@@ -291,12 +288,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     def host_step(state: TrainState, loader: sdata.HostLoader) -> tuple[TrainState, dict[str, jax.Array]]:
         images, labels = zip(*(next(loader) for _ in range(n_critic)))
-        return step_fn(state, jnp.stack(images), labels=jnp.stack(labels) if classes else None, host_batches=True)
+        return step_on_batch(state, jnp.stack(images), jnp.stack(labels) if classes else None)
 
     data = loop.Input(
         dataset=dataset,
         arrays="images_labels" if classes else "images",
-        device_step=lambda state, images, labels=None: step_fn(state, images, data_key, labels=labels),
+        device_step=step_on_device,
         host_loader=lambda start: sdata.HostLoader(dataset.images, dataset.labels if classes else None,
                                                    batch_size=config.batch_size, key=data_key,
                                                    start_step=start * n_critic,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -35,11 +34,9 @@ def _three_steps(config, *, labels: bool = False):
     g_tx, d_tx = gan_state.create_optimizers(config)
     state = gan_state.create_train_state(config, generator, discriminator, g_tx, d_tx)
     dataset = sdata.load("synthetic", image_size=8, max_examples=64)
-    step = functools.partial(gan_step.train_step, generator=generator, discriminator=discriminator, g_tx=g_tx,
-                             d_tx=d_tx, config=gan_step.StepConfig.from_config(config))
+    step, _ = gan_step.make_train_step(generator, discriminator, g_tx, d_tx, config, data_key=jax.random.key(5))
     for _ in range(3):
-        state, metrics = step(state, jnp.asarray(dataset.images), jax.random.key(5),
-                              labels=jnp.asarray(dataset.labels) if labels else None)
+        state, metrics = step(state, jnp.asarray(dataset.images), jnp.asarray(dataset.labels) if labels else None)
     return state, metrics
 
 
@@ -69,7 +66,8 @@ def test_switches_off_give_the_unconditional_step():
 @pytest.mark.slow
 def test_conditional_step_uses_the_labels_and_trains_the_class_tables():
     config = conditional_config(diffaugment=POLICY, num_classes=10)
-    state0 = gan_state.create_train_state(config, *gan_state.create_models(config), *gan_state.create_optimizers(config))
+    state0 = gan_state.create_train_state(config, *gan_state.create_models(config),
+                                          *gan_state.create_optimizers(config))
     state, metrics = _three_steps(config, labels=True)
     for name in ("d_loss", "g_loss", "d_grad_norm", "g_grad_norm"):
         assert np.isfinite(float(metrics[name])) and float(metrics[name]) != 0, name
@@ -84,11 +82,10 @@ def test_conditional_step_uses_the_labels_and_trains_the_class_tables():
     generator, discriminator = gan_state.create_models(config)
     g_tx, d_tx = gan_state.create_optimizers(config)
     dataset = sdata.load("synthetic", image_size=8, max_examples=64)
-    step = functools.partial(gan_step.train_step, generator=generator, discriminator=discriminator, g_tx=g_tx,
-                             d_tx=d_tx, config=gan_step.StepConfig.from_config(config))
+    step, _ = gan_step.make_train_step(generator, discriminator, g_tx, d_tx, config, data_key=jax.random.key(5))
     fresh = lambda: gan_state.create_train_state(config, generator, discriminator, g_tx, d_tx)  # noqa: E731
-    a, _ = step(fresh(), jnp.asarray(dataset.images), jax.random.key(5), labels=jnp.asarray(dataset.labels))
-    b, _ = step(fresh(), jnp.asarray(dataset.images), jax.random.key(5), labels=jnp.asarray((dataset.labels + 1) % 10))
+    a, _ = step(fresh(), jnp.asarray(dataset.images), jnp.asarray(dataset.labels))
+    b, _ = step(fresh(), jnp.asarray(dataset.images), jnp.asarray((dataset.labels + 1) % 10))
     assert not np.allclose(np.asarray(jax.tree_util.tree_leaves(a.d_params)[0]),
                            np.asarray(jax.tree_util.tree_leaves(b.d_params)[0]))
 

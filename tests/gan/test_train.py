@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import shutil
 import subprocess
@@ -21,16 +19,15 @@ from gan import state as gan_state
 from gan import step as gan_step
 from sympad.train import data as sdata
 from sympad.train.checkpoint import Checkpointer
-from sympad.train.mesh import batch_sharded, make_mesh, replicate
-from sympad.train.metrics import DivergenceError
 from sympad.train.config import lock_and_validate
-
-REPO = Path(__file__).resolve().parents[2]
-
+from sympad.train.mesh import make_mesh, replicate
+from sympad.train.metrics import DivergenceError
 from tests.gan.tiny import TINY, tiny_config  # noqa: F401 (the other GAN test modules used to import them here)
 from tests.gan.tiny import all_leaves_differ as _all_leaves_differ
 from tests.gan.tiny import assert_trees_equal as _assert_trees_equal
 from tests.gan.tiny import numpy_tree as _numpy
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _adam_count(opt_state) -> int:
@@ -48,11 +45,10 @@ def test_one_step_runs_n_critic_d_updates_and_one_g_update():
     state = replicate(gan_state.create_train_state(config, generator, discriminator, g_tx, d_tx), mesh)
     before = _numpy(state)
     images = replicate(sdata.load("synthetic", image_size=8, max_examples=64).images, mesh)
-    step = functools.partial(gan_step.train_step, generator=generator, discriminator=discriminator, g_tx=g_tx,
-                             d_tx=d_tx, batch_sharding=batch_sharded(mesh), host_batches=False)
-    step_config = gan_step.StepConfig.from_config(config)
-    copy = jax.tree_util.tree_map(jnp.copy, state)  # train_step donates its state
-    new, metrics = step(state, images, jax.random.key(5), config=step_config)
+    step, _ = gan_step.make_train_step(generator, discriminator, g_tx, d_tx, config, mesh=mesh,
+                                       data_key=jax.random.key(5))
+    copy = jax.tree_util.tree_map(jnp.copy, state)  # the step donates its state
+    new, metrics = step(state, images)
     assert int(new.step) == 1
     assert _adam_count(new.d_opt_state) == config.n_critic == 5
     assert _adam_count(new.g_opt_state) == 1
@@ -73,14 +69,17 @@ def test_one_step_runs_n_critic_d_updates_and_one_g_update():
     assert 0 < float(metrics["d_real"]) < 1 and 0 < float(metrics["d_fake"]) < 1
     assert float(metrics["d_grad_norm"]) > 0 and float(metrics["g_grad_norm"]) > 0
     # The lax.scan form of the D updates (config.unroll_d_steps=False) computes the same step.
-    scanned, _ = step(copy, images, jax.random.key(5), config=dataclasses.replace(step_config, unroll=False))
+    config.unroll_d_steps = False
+    scanned_step, _ = gan_step.make_train_step(generator, discriminator, g_tx, d_tx, config, mesh=mesh,
+                                               data_key=jax.random.key(5))
+    scanned, _ = scanned_step(copy, images)
     for a, b in zip(jax.tree_util.tree_leaves(_numpy(new)), jax.tree_util.tree_leaves(_numpy(scanned))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow
 def test_conv_implementation_reaches_the_traced_step():
-    # The formulation is part of StepConfig (a static argument), so each one gets its own program:
+    # The step traces under config.conv_implementation, so each formulation gets its own program:
     # group_sum computes a C2sp conv as one conv per direction group, pad_concat as a single conv.
     config = tiny_config(kernel="C2sp")
     generator, discriminator = gan_state.create_models(config)
@@ -89,9 +88,9 @@ def test_conv_implementation_reaches_the_traced_step():
     images = jnp.zeros((16, 8, 8, 3), jnp.uint8)
     convs = {}
     for name in ("pad_concat", "group_sum"):
-        step_config = dataclasses.replace(gan_step.StepConfig.from_config(config), conv_implementation=name)
-        text = gan_step.train_step.lower(state, images, jax.random.key(0), generator=generator,
-                                      discriminator=discriminator, g_tx=g_tx, d_tx=d_tx, config=step_config).as_text()
+        config.conv_implementation = name
+        step, _ = gan_step.make_train_step(generator, discriminator, g_tx, d_tx, config)
+        text = step.lower(state, images).as_text()
         convs[name] = text.count("convolution(")
     assert convs["group_sum"] > convs["pad_concat"] > 0
 

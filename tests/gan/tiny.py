@@ -12,7 +12,6 @@ from configs.gan import sngan_cifar10
 TINY = dict(data="synthetic", max_examples=64, bottom_size=2, g_channels=(8, 8, 8), d_channels=(8, 8),
             d_downsample=(1, 0), z_dim=8, batch_size=8, n_critic=5, num_train_steps=2, log_every=1, sample_every=2,
             checkpoint_every=2, num_grid=4, digits_quality_samples=0, ema_decay=0.5)
-# Every test trains with the same static step configuration, so the jitted step compiles once.
 
 #: A config file for ``gan.main`` with the tiny run's settings (``{tiny!r}`` is filled in).
 CONFIG_FILE = '''\
