@@ -1,30 +1,7 @@
 """``build_evaluator(config)``: the GAN suite's one entry point to sample-quality metrics.
 
-Config fields (``config.eval``; every field optional, defaults from :func:`default_eval_config`):
-
-  feature_network   'auto' | 'inception' | 'offline'. 'auto': Inception when inception_weights is
-                    set or ``python -m gan.metrics.fetch`` has cached weights, else the shipped
-                    offline CIFAR-10 network (the explicit fallback; its keys say so).
-  inception_weights pytorch-fid's .pth, the TorchScript .pt, or an .npz/.safetensors converted
-                    from either; '' = the fetched cache file, if any.
-  resize            'pytorch_fid' (torch bilinear, x/255*2-1; pytorch-fid's numbers) or 'tf1'
-                    (TF1 bilinear, (x-128)/128; original TF FID, torch-fidelity). Inception only.
-  offline_weights   '' = the shipped gan/metrics/weights/offline_cifar10.npz.
-  protocol          'test10k': 10k samples vs the 10k test split (compare_gan, which the paper
-                    follows); 'train50k': 50k samples vs 50k training images (SNGAN IS, mimicry,
-                    most PyTorch papers). Sets the reference split/size and num_samples.
-  num_samples       samples the trainer should generate; 0 = the protocol's (10000 / 50000).
-  num_reference     reference images; 0 = the protocol's.
-  reference_dataset '' = ``config.data`` when it is a string (the GAN configs), else
-                    ``config.data.name`` / ``config.data.dataset``; 'cifar10' if none. A sympad.train.data
-                    name ('cifar10', 'folder:PATH', ...).
-  reference_split   '' = the protocol's ('test' / 'train').
-  cache_dir         reference-statistics cache; '' = $SYMPAD_CACHE/reference_stats or
-                    ~/.cache/sympad/reference_stats.
-  batch_size        feature-extraction batch (200).
-  is_splits         Inception Score splits (10); a 1-split score is reported too (compare_gan).
-  kid_subsets, kid_subset_size   KID subsets (100 of 1000, torch-fidelity's defaults).
-  precision_recall  compute improved precision/recall (k-NN, k = pr_k) on up to pr_num_samples.
+Config fields: ``config.eval``, every one optional; :class:`EvalSettings` names them, with their
+defaults and meanings (:func:`default_eval_config` is the block with every default).
 
 The returned callable maps uint8 samples (N, H, W, 3) to ``dict[str, float]`` whose keys name the
 network: ``fid_<net>``, ``kid_<net>``, ``kid_<net>_std``, ``is_<net>``, ``is_<net>_std``,
@@ -77,37 +54,59 @@ PROTOCOLS: dict[str, tuple[str, int, int, str]] = {
 }
 
 
-def default_eval_config() -> ml_collections.ConfigDict:
-    """The ``config.eval`` block with every field and its default (see the module docstring)."""
-    return ml_collections.ConfigDict(dict(
-        feature_network="auto", inception_weights="", resize="pytorch_fid", offline_weights="", protocol="test10k",
-        num_samples=0, num_reference=0, reference_dataset="", reference_split="", cache_dir="",
-        batch_size=200, is_splits=10, kid_subsets=100, kid_subset_size=1000,
-        precision_recall=True, pr_k=3, pr_num_samples=5000,
-    ))
-
-
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
-    """Resolved evaluation settings (protocol defaults filled in)."""
+    """The ``config.eval`` fields with their defaults; :func:`eval_settings` fills in the protocol's.
 
-    feature_network: str
-    inception_weights: str
-    resize: str
-    offline_weights: str
-    protocol: str
-    num_samples: int
-    num_reference: int
-    reference_dataset: str
-    reference_split: str
-    cache_dir: str
-    batch_size: int
-    is_splits: int
-    kid_subsets: int
-    kid_subset_size: int
-    precision_recall: bool
-    pr_k: int
-    pr_num_samples: int
+    Attributes:
+      feature_network: 'auto' | 'inception' | 'offline'. 'auto': Inception when inception_weights
+        is set or ``python -m gan.metrics.fetch`` has cached weights, else the shipped offline
+        CIFAR-10 network (the explicit fallback; its keys say so).
+      inception_weights: pytorch-fid's .pth, the TorchScript .pt, or an .npz/.safetensors converted
+        from either; '' = the fetched cache file, if any.
+      resize: 'pytorch_fid' (torch bilinear, x/255*2-1; pytorch-fid's numbers) or 'tf1' (TF1
+        bilinear, (x-128)/128; original TF FID, torch-fidelity). Inception only.
+      offline_weights: '' = the shipped gan/metrics/weights/offline_cifar10.npz.
+      protocol: 'test10k': 10k samples vs the 10k test split (compare_gan, which the paper
+        follows); 'train50k': 50k samples vs 50k training images (SNGAN IS, mimicry, most PyTorch
+        papers). Sets the reference split/size and num_samples.
+      num_samples: samples the trainer should generate; 0 = the protocol's (10000 / 50000).
+      num_reference: reference images; 0 = the protocol's.
+      reference_dataset: '' = ``config.data`` when it is a string (the GAN configs), else
+        ``config.data.name`` / ``config.data.dataset``; 'cifar10' if none. A sympad.train.data name
+        ('cifar10', 'folder:PATH', ...).
+      reference_split: '' = the protocol's ('test' / 'train').
+      cache_dir: reference-statistics cache; '' = $SYMPAD_CACHE/reference_stats or
+        ~/.cache/sympad/reference_stats.
+      batch_size: feature-extraction batch.
+      is_splits: Inception Score splits; a 1-split score is reported too (compare_gan).
+      kid_subsets, kid_subset_size: KID subsets (torch-fidelity's defaults).
+      precision_recall: compute improved precision/recall (k-NN, k = pr_k) on up to
+        pr_num_samples.
+    """
+
+    feature_network: str = "auto"
+    inception_weights: str = ""
+    resize: str = "pytorch_fid"
+    offline_weights: str = ""
+    protocol: str = "test10k"
+    num_samples: int = 0
+    num_reference: int = 0
+    reference_dataset: str = ""
+    reference_split: str = ""
+    cache_dir: str = ""
+    batch_size: int = 200
+    is_splits: int = 10
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    precision_recall: bool = True
+    pr_k: int = 3
+    pr_num_samples: int = 5000
+
+
+def default_eval_config() -> ml_collections.ConfigDict:
+    """The ``config.eval`` block with every field of :class:`EvalSettings` and its default."""
+    return ml_collections.ConfigDict({field.name: field.default for field in dataclasses.fields(EvalSettings)})
 
 
 def _get(cfg: Any, name: str, default: Any = None) -> Any:
