@@ -8,21 +8,23 @@ Measures, on the default JAX backend (CPU here):
   32 x 32 x 3 uint8 split held on the device, plain and with pad-4 crop + flip
   (+ cutout), compile time excluded;
 * ``host_loader``: :class:`sympad.train.data.HostLoader` batches from a host array
-  (gather + ``device_put``), consumed as fast as possible;
-* ``--loaders_only``: images/s of :class:`sympad.train.data.HostLoader` and
-  :class:`sympad.train.data.GrainLoader` (per reader-thread count) over the CIFAR-10
-  train JPEG folder (``sympad.train.data.cifar10_folder()``, decoded once);
+  (grain gather + ``device_put``), consumed as fast as possible;
+* ``--loaders_only``: images/s of :class:`sympad.train.data.HostLoader` per grain
+  reader-thread count (``--threads``) over the CIFAR-10 train JPEG folder
+  (``sympad.train.data.cifar10_folder()``, decoded once), median of ``--repeats``;
 * ``folder_decode``: :func:`sympad.train.data.load` of an image folder, first load
   (decode + cache write, per thread count) and cached reload. Uses the shared
-  CIFAR-10 JPEG archives (``$SYMPAD_SHARED_DATA`` or ``../shared/data``,
-  extracted to a temporary folder, train + test = 60,000 files) when present,
-  else 10,000 generated 32 x 32 JPEGs.
+  CIFAR-10 JPEG archives (``$SYMPAD_SHARED_DATA``, else ``../shared/data`` beside
+  the checkout, extracted to a temporary folder, train + test = 60,000 files) when
+  present, else 10,000 generated 32 x 32 JPEGs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from sympad.train import data
+
+#: ``../shared/data`` beside the checkout: the archives' folder when ``$SYMPAD_SHARED_DATA`` is unset
+#: (the library itself reads only the variable).
+CHECKOUT_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _device_get_batch(images, labels, *, batch_size, steps, **kwargs) -> float:
@@ -45,20 +51,10 @@ def _device_get_batch(images, labels, *, batch_size, steps, **kwargs) -> float:
     return batch_size * steps / (time.perf_counter() - start)
 
 
-def _host_loader(images, labels, *, batch_size, steps) -> float:
+def _host_loader(images, labels, *, batch_size, steps, num_threads=2) -> float:
     key = jax.random.key(0)
-    with data.HostLoader(images, labels, batch_size=batch_size, key=key, num_steps=steps + 1) as it:
-        jax.block_until_ready(next(it))  # Compile the permutation, fill the queue.
-        start = time.perf_counter()
-        for batch in it:
-            jax.block_until_ready(batch)
-    return batch_size * steps / (time.perf_counter() - start)
-
-
-def _grain_loader(images, labels, *, batch_size, steps, num_threads) -> float:
-    key = jax.random.key(0)
-    with data.GrainLoader(images, labels, batch_size=batch_size, key=key, num_steps=steps + 1,
-                          num_threads=num_threads) as it:
+    with data.HostLoader(images, labels, batch_size=batch_size, key=key, num_steps=steps + 1,
+                         num_threads=num_threads) as it:
         jax.block_until_ready(next(it))  # Compile the permutation, start the readers.
         start = time.perf_counter()
         for batch in it:
@@ -66,15 +62,21 @@ def _grain_loader(images, labels, *, batch_size, steps, num_threads) -> float:
     return batch_size * steps / (time.perf_counter() - start)
 
 
-def _loaders_on_cifar10_folder(*, batch_size: int, steps: int, threads: list[int]) -> dict:
-    """HostLoader vs GrainLoader over the CIFAR-10 train JPEG folder (decoded once into the cache)."""
+def _loaders_on_cifar10_folder(*, batch_size: int, steps: int, threads: list[int], repeats: int) -> dict:
+    """HostLoader per reader-thread count over the CIFAR-10 train JPEG folder (decoded once into the cache).
+
+    The thread counts take turns, ``repeats`` rounds, so load from other processes hits them alike.
+    """
     root = data.cifar10_folder(("train",))
     ds = data.load(f"folder:{root}", "train")
-    result = {"source": f"cifar10 train JPEG folder ({len(ds)} images, decoded cache)"}
-    result["host_loader"] = round(_host_loader(ds.images, ds.labels, batch_size=batch_size, steps=steps))
-    for n in threads:
-        result[f"grain_loader_threads_{n}"] = round(
-            _grain_loader(ds.images, ds.labels, batch_size=batch_size, steps=steps, num_threads=n))
+    runs = {n: [] for n in threads}
+    for _ in range(repeats):
+        for n in threads:
+            runs[n].append(_host_loader(ds.images, ds.labels, batch_size=batch_size, steps=steps, num_threads=n))
+    result = {"source": f"cifar10 train JPEG folder ({len(ds)} images, decoded cache)", "repeats": repeats}
+    for n, values in runs.items():
+        result[f"host_loader_threads_{n}"] = {"median": round(statistics.median(values)),
+                                              "all": [round(v) for v in values]}
     return result
 
 
@@ -109,29 +111,24 @@ def _folder_decode(cifar_dir: str | None, thread_counts: list[int]) -> dict:
         tmp = Path(tmp)
         root, what = _prepare_folder(tmp, cifar_dir)
         result["source"] = what
-        default_threads = data._num_threads()
-        try:
-            for threads in thread_counts:
-                data._num_threads = lambda threads=threads: threads
-                cache = tmp / f"cache-{threads}"
-                start = time.perf_counter()
-                ds = data.load(f"folder:{root}", cache_dir=cache)
-                seconds = time.perf_counter() - start
-                result[f"first_load_threads_{threads}"] = {
-                    "images": len(ds),
-                    "seconds": round(seconds, 2),
-                    "images_per_s": round(len(ds) / seconds),
-                }
+        for threads in thread_counts:
+            cache = tmp / f"cache-{threads}"
             start = time.perf_counter()
-            ds = data.load(f"folder:{root}", cache_dir=cache)
+            ds = data.load(f"folder:{root}", cache_dir=cache, decode_threads=threads)
             seconds = time.perf_counter() - start
-            result["cached_load"] = {
+            result[f"first_load_threads_{threads}"] = {
                 "images": len(ds),
-                "seconds": round(seconds, 3),
+                "seconds": round(seconds, 2),
                 "images_per_s": round(len(ds) / seconds),
             }
-        finally:
-            data._num_threads = lambda: default_threads
+        start = time.perf_counter()
+        ds = data.load(f"folder:{root}", cache_dir=cache)
+        seconds = time.perf_counter() - start
+        result["cached_load"] = {
+            "images": len(ds),
+            "seconds": round(seconds, 3),
+            "images_per_s": round(len(ds) / seconds),
+        }
     return result
 
 
@@ -140,14 +137,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--cifar_dir", default=None, help="an extracted class-folder split")
-    parser.add_argument("--threads", default="1,2", help="thread counts for the folder decode")
+    parser.add_argument("--threads", default="1,2", help="thread counts for the folder decode and the host loader")
     parser.add_argument("--skip_folder", action="store_true")
     parser.add_argument("--loaders_only", action="store_true",
-                        help="only HostLoader vs GrainLoader on the CIFAR-10 train JPEG folder")
+                        help="only HostLoader (per --threads) on the CIFAR-10 train JPEG folder")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of --loaders_only")
     args = parser.parse_args()
+    if not os.environ.get(data.SHARED_DATA_ENV) and CHECKOUT_SHARED_DATA.is_dir():
+        os.environ[data.SHARED_DATA_ENV] = str(CHECKOUT_SHARED_DATA)
     if args.loaders_only:
         print(json.dumps(_loaders_on_cifar10_folder(
-            batch_size=args.batch_size, steps=args.steps, threads=[int(t) for t in args.threads.split(",")]), indent=1))
+            batch_size=args.batch_size, steps=args.steps, threads=[int(t) for t in args.threads.split(",")],
+            repeats=args.repeats), indent=1))
         return
 
     rng = np.random.default_rng(0)

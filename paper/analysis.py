@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from paper import measures
+from paper.shared_data import use_shared_data
 from sympad.kinds import KINDS, parse_kind
 from sympad.train.errors import ArgumentParser, ConfigError
 
@@ -190,7 +191,8 @@ def load_images(args: argparse.Namespace) -> tuple[np.ndarray, dict[str, Any]]:
     cache_dir = args.cache_dir if args.cache_dir is not None else data.default_cache_dir()
     if spec == "auto":
         try:
-            spec = f"folder:{data.cifar10_folder(args.split, cache_dir=cache_dir)}"
+            with use_shared_data():  # ../shared/data beside the checkout unless $SYMPAD_SHARED_DATA is set
+                spec = f"folder:{data.cifar10_folder(args.split, cache_dir=cache_dir)}"
         except FileNotFoundError as e:
             raise ConfigError(f"--data=auto: {e}; or pass --data=cifar10, --data=folder:PATH or --data=synthetic") from None
         source = f"shared cifar10-{args.split}.tar.gz"

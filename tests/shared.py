@@ -1,4 +1,10 @@
-"""Test data built once per test run and shared by every pytest-xdist worker (used by the conftests)."""
+"""Test data built once per test run and shared by every pytest-xdist worker (used by the conftests).
+
+Importing it (tests/conftest.py does, at collection) points ``$SYMPAD_SHARED_DATA`` at ``../shared/data``
+beside the checkout when that folder exists and the variable is unset: the library looks only at the
+variable, and a fresh clone with ``../shared`` beside it must still find the CIFAR-10 archives. Set
+before any test runs, so pytest-xdist workers and every process a test starts inherit it.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,18 @@ from pathlib import Path
 import pytest
 
 _DONE = ".complete"
+#: ../shared/data beside the checkout: the project's archives (cifar10-{train,test}.tar.gz).
+CHECKOUT_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+_SHARED_DATA_ENV = "SYMPAD_SHARED_DATA"  # sympad.train.data.SHARED_DATA_ENV, without importing jax here
+
+
+def use_checkout_shared_data() -> None:
+    """Sets ``$SYMPAD_SHARED_DATA`` to :data:`CHECKOUT_SHARED_DATA` unless it is set or that folder is absent."""
+    if not os.environ.get(_SHARED_DATA_ENV) and CHECKOUT_SHARED_DATA.is_dir():
+        os.environ[_SHARED_DATA_ENV] = str(CHECKOUT_SHARED_DATA)
+
+
+use_checkout_shared_data()
 
 
 def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -34,6 +34,7 @@ import numpy as np
 
 from paper.campaign import results as results_lib
 from paper.campaign.plan import Entry, config_overrides
+from paper.shared_data import use_shared_data
 from sympad.train import environment as renv
 
 __all__ = ["MAX_FILE_BYTES", "MAX_TRIES", "RETURN_SAMPLES", "cifar10_folder", "entry_commands", "environment",
@@ -85,24 +86,17 @@ def environment(*, commit: str = "") -> dict[str, Any]:
 
 def cifar10_folder(target: Path) -> Path | None:
     """The CIFAR-10 JPEG folders (train/ and test/) extracted into ``target`` by the runtime's one
-    helper; the git-ignored ``data/`` copy carried to a device comes before ``../shared/data``.
-    None when no archives are found."""
+    helper; the git-ignored ``data/`` copy carried to a device comes before ``$SYMPAD_SHARED_DATA``
+    and ``../shared/data`` (paper.shared_data). None when no archives are found."""
     from sympad.train import data
 
     carried = REPO / "data"
     names = ("cifar10-train.tar.gz", "cifar10-test.tar.gz")
-    previous = os.environ.get(data.SHARED_DATA_ENV)
-    if all((carried / n).is_file() for n in names):
-        os.environ[data.SHARED_DATA_ENV] = str(carried)
-    try:
-        return data.cifar10_folder(cache_dir=target)
-    except FileNotFoundError:
-        return None
-    finally:
-        if previous is None:
-            os.environ.pop(data.SHARED_DATA_ENV, None)
-        else:
-            os.environ[data.SHARED_DATA_ENV] = previous
+    with use_shared_data(carried if all((carried / n).is_file() for n in names) else None):
+        try:
+            return data.cifar10_folder(cache_dir=target)
+        except FileNotFoundError:
+            return None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -90,6 +90,22 @@ def test_skipped_with_allow_corrupt_counted_on_the_dataset(damaged_folder, tmp_p
     np.testing.assert_array_equal(again.images, ds.images)
 
 
+def test_load_split_the_suites_one_way(damaged_folder, tmp_path, caplog):
+    root, _, _ = damaged_folder
+    with caplog.at_level(logging.WARNING, logger="sympad.train.data"):
+        ds = data.load_split(f"folder:{root}", "train", cache_dir=tmp_path / "cache", allow_corrupt=True,
+                             max_examples=0, data_dir="")  # 0 and '': the defaults, as configs spell them
+    assert len(ds) == 6 and len(ds.skipped) == 4
+    assert f"config.allow_corrupt: skipped 4 undecodable files of folder:{root}" in caplog.text
+    # Typed user errors pass through; load's ValueError names config.data.
+    with pytest.raises(data.CorruptImageError):
+        data.load_split(f"folder:{root}", "train", cache_dir=tmp_path / "cache")
+    with pytest.raises(errors.ConfigError, match=r"^config.data='folder:/nowhere': name: folder '/nowhere' does not"):
+        data.load_split("folder:/nowhere", "train")
+    with pytest.raises(TypeError):
+        data.load_split("synthetic", "train", 32)  # keyword-only past the split
+
+
 def test_clean_folder_skips_nothing(tmp_path):
     root = tmp_path / "clean"
     root.mkdir()

@@ -1,4 +1,4 @@
-"""Tests for sympad.train.data: every dataset source and the input pipelines."""
+"""Tests for sympad.train.data: every dataset source and the on-device pipeline (host loader: test_host_loader)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from sympad.train import data
+from sympad.train.data import pipeline, sources
 
 # Shared so that tests calling it with the same shapes compile it once.
 _get_batch = jax.jit(
@@ -94,15 +95,15 @@ def test_tfds_unconditional_sets(tmp_path):
 
 
 def test_tfds_split_and_config_mapping():
-    assert data._tfds_split("imagenet2012", "test") == "validation"
-    assert data._tfds_split("lsun", "test") == "validation"
-    assert data._tfds_split("celeb_a_hq", "test") == "train"
-    assert data._tfds_split("cifar10", "test") == "test"
-    assert data._tfds_split("cifar10", "train[:10]") == "train[:10]"
-    assert data._tfds_name("celeb_a_hq", None) == "celeb_a_hq/128"
-    assert data._tfds_name("celeb_a_hq", 100) == "celeb_a_hq/128"
-    assert data._tfds_name("celeb_a_hq", 256) == "celeb_a_hq/256"
-    assert data._tfds_name("celeb_a_hq/64", 32) == "celeb_a_hq/64"
+    assert sources._tfds_split("imagenet2012", "test") == "validation"
+    assert sources._tfds_split("lsun", "test") == "validation"
+    assert sources._tfds_split("celeb_a_hq", "test") == "train"
+    assert sources._tfds_split("cifar10", "test") == "test"
+    assert sources._tfds_split("cifar10", "train[:10]") == "train[:10]"
+    assert sources._tfds_name("celeb_a_hq", None) == "celeb_a_hq/128"
+    assert sources._tfds_name("celeb_a_hq", 100) == "celeb_a_hq/128"
+    assert sources._tfds_name("celeb_a_hq", 256) == "celeb_a_hq/256"
+    assert sources._tfds_name("celeb_a_hq/64", 32) == "celeb_a_hq/64"
 
 
 def test_tfds_not_prepared_says_what_to_do(tmp_path):
@@ -185,7 +186,7 @@ def test_folder_corrupt_file_skipped_counted_and_cached(
     def no_decode(*args, **kwargs):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(data, "_decode_file", no_decode)
+    monkeypatch.setattr(sources, "_decode_file", no_decode)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="sympad.train.data"):
         again = data.load(f"folder:{root}", cache_dir=cache, allow_corrupt=True)
@@ -275,15 +276,26 @@ def _cifar_like_archive(directory: Path, split: str, *, per_class: int = 2) -> P
     return archive
 
 
-def test_shared_data_dirs_env_then_beside_the_checkout(monkeypatch, tmp_path):
+def test_shared_data_dirs_are_the_env_var_only(monkeypatch, tmp_path):
     monkeypatch.setenv(data.SHARED_DATA_ENV, str(tmp_path))
     assert data.shared_data_dirs() == [tmp_path]
     assert data.shared_data_file("cifar10-test.tar.gz") is None
     (tmp_path / "cifar10-test.tar.gz").write_bytes(b"")
     assert data.shared_data_file("cifar10-test.tar.gz") == tmp_path / "cifar10-test.tar.gz"
+    # Unset, the installed library looks nowhere (../shared/data beside a checkout is the checkout
+    # layers' default: tests/shared.py, paper/shared_data.py, benchmarks/data.py).
     monkeypatch.delenv(data.SHARED_DATA_ENV)
-    repo = Path(__file__).resolve().parents[2]
-    assert data.shared_data_dirs()[0] == repo.parent / "shared" / "data"
+    assert data.shared_data_dirs() == [] and data.shared_data_file("cifar10-test.tar.gz") is None
+    with pytest.raises(FileNotFoundError, match=f"cifar10-test.tar.gz: {data.SHARED_DATA_ENV} is unset"):
+        data.cifar10_folder("test", cache_dir=tmp_path / "cache")
+
+
+def test_the_test_session_finds_the_archives_beside_a_fresh_clone():
+    from tests import shared
+
+    if not shared.CHECKOUT_SHARED_DATA.is_dir():
+        pytest.skip("no ../shared/data beside this checkout")
+    assert data.shared_data_dirs()  # tests/shared.py set the variable (or the user did)
 
 
 def test_cifar10_folder_extracts_once(monkeypatch, tmp_path):
@@ -478,7 +490,7 @@ def test_augment_matches_numpy_reference():
     images = rng.integers(1, 256, (64, 8, 8, 3), dtype=np.uint8)
     key = jax.random.key(7)
     got = np.asarray(jax.jit(lambda x, k: data.augment(x, k, crop_pad=3))(images, key))
-    dy, dx, flips = data._augment_params(key, 64, crop_pad=3, flip=True)
+    dy, dx, flips = pipeline._augment_params(key, 64, crop_pad=3, flip=True)
     np.testing.assert_array_equal(got, _numpy_crop_flip(images, dy, dx, flips, 3))
     # Independent of the parameter helper: every output is exactly one of the
     # 98 legal crops/flips of its input, and the draws cover the range.
@@ -511,6 +523,28 @@ def test_cutout_is_one_clipped_square():
     assert (out == 0).sum(axis=(1, 2, 3)).max() == 16
 
 
+def test_cutout_parameters():
+    key = jax.random.key(2)
+    x = jnp.ones((500, 9, 8, 1)) * -0.5
+    # Rectangle, fill, centres 'pixels' in [0, H) vs 'balanced' in [0, H] for an even side.
+    cy, cx = pipeline.cutout_centres(key, 500, height=9, width=8, size=(3, 4))
+    assert cy.dtype == jnp.int32 and set(np.asarray(cy)) == set(range(9)) and set(np.asarray(cx)) == set(range(8))
+    by, bx = pipeline.cutout_centres(key, 500, height=9, width=8, size=(3, 4), centres="balanced")
+    assert set(np.asarray(by)) == set(range(9)) and set(np.asarray(bx)) == set(range(9))
+    out = np.asarray(data.cutout(x, key, size=(3, 4), fill=0.25))
+    np.testing.assert_array_equal(out, data.cutout_square(x, cy, cx, size=(3, 4), fill=0.25))
+    inside = out[..., 0] == 0.25
+    assert inside.sum(axis=(1, 2)).max() == 12 and (out[~inside] == -0.5).all()
+    # fill=None multiplies by the mask: -0.0 where the pixel was negative, NaN stays NaN.
+    centre = jnp.ones(500, jnp.int32)  # size 2: rows and columns [0, 2)
+    square = np.asarray(data.cutout_square(x.at[0, 0, 0].set(jnp.nan), centre, centre, size=2, fill=None))
+    assert np.isnan(square[0, 0, 0, 0]) and np.signbit(square[0, 1, 1, 0]) and square[0, 1, 1, 0] == 0
+    with pytest.raises(ValueError, match="centres"):
+        data.cutout(x, key, size=2, centres="edges")
+    with pytest.raises(ValueError, match="size"):
+        data.cutout(x, key, size=(0, 2))
+
+
 def _pipeline_data():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
@@ -531,9 +565,7 @@ def test_get_batch_deterministic_and_consistent():
     idx = np.asarray(y)
     want = (np.asarray(images)[idx] - 127.5) / 127.5
     np.testing.assert_allclose(plain, want, rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(
-        idx, data._host_batch_indices(jax.random.split(key)[0], 7, batch_size=8, num_examples=40)
-    )
+    np.testing.assert_array_equal(idx, data.batch_indices(jax.random.split(key)[0], 7, batch_size=8, num_examples=40))
 
 
 def test_mixup_is_a_convex_combination():
@@ -569,58 +601,8 @@ def test_mixup_is_a_convex_combination():
 
 
 # ----------------------------------------------------------------------------
-# Host pipeline and the choice between the two.
+# The choice between the on-device pipeline and the host loader.
 # ----------------------------------------------------------------------------
-
-
-def test_host_loader_matches_device_pipeline_and_resumes():
-    images, labels = _pipeline_data()
-    key = jax.random.key(11)
-    with data.HostLoader(images, labels, batch_size=8, key=key, num_steps=9) as loader:
-        batches = list(loader)
-    assert len(batches) == 9
-    prepare = jax.jit(lambda x, s: data.prepare_batch(x, key, s, augment=True))
-    for step, (x, y) in enumerate(batches):
-        assert x.dtype == jnp.uint8 and y.dtype == jnp.int32
-        want_x, want_y = _get_batch(images, labels, key, step, batch_size=8, augment=True)
-        np.testing.assert_array_equal(prepare(x, step), want_x)
-        np.testing.assert_array_equal(y, want_y)
-    # Resume mid-epoch (5 steps per epoch): the same batches from step 6 on.
-    with data.HostLoader(images, None, batch_size=8, key=key, start_step=6, num_steps=3) as loader:
-        resumed = list(loader)
-    assert len(resumed) == 3
-    for (x, y), (want, _) in zip(resumed, batches[6:]):
-        assert y is None
-        np.testing.assert_array_equal(x, want)
-
-
-def test_host_loader_sharding():
-    images, labels = _pipeline_data()
-    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    loader = data.HostLoader(
-        images, labels, batch_size=8, key=jax.random.key(0), sharding=sharding, start_step=3
-    )
-    x, y = next(loader)
-    loader.close()
-    assert x.sharding == sharding and y.sharding == sharding
-    assert loader.step == 4
-    np.testing.assert_array_equal(x, images[np.asarray(y)])
-    np.testing.assert_array_equal(y, loader.indices(3))
-
-
-def test_host_loader_reports_source_errors():
-    class Broken:
-        def __len__(self):
-            return 10
-
-        def __getitem__(self, idx):
-            raise OSError("disk went away")
-
-    loader = data.HostLoader(Broken(), batch_size=2, key=jax.random.key(0))
-    with pytest.raises(OSError, match="disk went away"):
-        next(loader)
-    loader.close()
 
 
 def test_fits_on_device():
