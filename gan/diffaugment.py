@@ -13,7 +13,8 @@ Three policies, each with the paper's ranges for images in [-1, 1], drawn indepe
   scaled by ``U(0.5, 1.5)`` (in this order).
 - ``translation``: an integer shift in ``[-r, r]`` per axis, ``r = round(size / 8)``, zero fill.
 - ``cutout``: one ``round(H / 2) x round(W / 2)`` square set to zero, centred anywhere on the
-  image (it may extend past the border, so near-border squares are clipped).
+  image (it may extend past the border, so near-border squares are clipped): the data
+  pipeline's cutout (``sympad.train.data.cutout``) with the paper's centres and mask.
 
 Example::
 
@@ -30,6 +31,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
+
+from sympad.train.data.pipeline import cutout_centres, cutout_square
 
 __all__ = ["POLICIES", "diff_augment", "parse_policy"]
 
@@ -146,21 +149,21 @@ def _cutout_size(size: int, ratio: float = CUTOUT_RATIO) -> int:
 
 
 def _cutout_params(key: jax.Array, batch: int, height: int, width: int) -> tuple[jax.Array, jax.Array]:
-    """Per-image square centres (cy, cx), each (B,) int32.
+    """Per-image square centres (cy, cx), each (B,) int32: the data pipeline's ``cutout_centres``.
 
     The square covers rows ``[cy - s // 2, cy - s // 2 + s)`` (s its side). Centres range over
     ``[0, H - 1]`` for an odd side and ``[0, H]`` for an even one, as in the paper's code: with an
     even side this makes the square as likely to stick out at the top as at the bottom.
     """
-    k_y, k_x = jax.random.split(key)
-    s_y, s_x = _cutout_size(height), _cutout_size(width)
-    cy = jax.random.randint(k_y, (batch,), 0, height + 1 - s_y % 2, dtype=jnp.int32)
-    cx = jax.random.randint(k_x, (batch,), 0, width + 1 - s_x % 2, dtype=jnp.int32)
-    return cy, cx
+    size = (_cutout_size(height), _cutout_size(width))
+    return cutout_centres(key, batch, height=height, width=width, size=size, centres="balanced")
 
 
 def _cutout(images: jax.Array, cy: jax.Array, cx: jax.Array) -> jax.Array:
     """Zeroes one round(H/2) x round(W/2) square per image, centred at (cy[b], cx[b]), clipped to the image.
+
+    The data pipeline's ``cutout_square`` with a multiplicative mask (``fill=None``), as in the
+    paper: the gradient is the mask, zero inside the square.
 
     Args:
       images: (B, H, W, C).
@@ -170,12 +173,7 @@ def _cutout(images: jax.Array, cy: jax.Array, cx: jax.Array) -> jax.Array:
       (B, H, W, C), the dtype of ``images``.
     """
     _, height, width, _ = images.shape
-    s_y, s_x = _cutout_size(height), _cutout_size(width)
-    rows = jnp.arange(height)[None, :] - (cy - s_y // 2)[:, None]  # (B, H): row offset into the square
-    cols = jnp.arange(width)[None, :] - (cx - s_x // 2)[:, None]
-    in_square = ((rows >= 0) & (rows < s_y))[:, :, None, None] & ((cols >= 0) & (cols < s_x))[:, None, :, None]
-    # A multiplicative mask, as in the paper: the gradient is the mask, zero inside the square.
-    return images * (~in_square).astype(images.dtype)
+    return cutout_square(images, cy, cx, size=(_cutout_size(height), _cutout_size(width)), fill=None)
 
 
 def diff_augment(images: ArrayLike, key: jax.Array, *, policy: Sequence[str]) -> jax.Array:
