@@ -57,7 +57,7 @@ from sympad.train.config import (
     check_str,
     validate_common,
 )
-from sympad.train.errors import ConfigError, UserError
+from sympad.train.errors import ConfigError
 from sympad.train.mesh import batch_sharded, replicate
 from sympad.train.metrics import check_finite
 
@@ -323,20 +323,9 @@ def evaluate(
 def _load_split(config: ml_collections.ConfigDict, split: str) -> sdata.Dataset:
     inp = config.input
     max_examples = int(inp.max_examples if split == "train" else inp.eval_max_examples) or None
-    try:
-        return sdata.load(
-            config.data,
-            split,
-            image_size=int(inp.image_size) or None,
-            cache_dir=inp.cache_dir or None,
-            data_dir=inp.data_dir or None,
-            max_examples=max_examples,
-            allow_corrupt=bool(config.get("allow_corrupt", False)),
-        )
-    except UserError:
-        raise
-    except ValueError as e:  # data.load's bad-argument error: the argument is the user's config.data
-        raise ConfigError(f"config.data={config.data!r}: {e}") from e
+    return sdata.load_split(config.data, split, image_size=int(inp.image_size) or None, max_examples=max_examples,
+                            cache_dir=inp.cache_dir, data_dir=inp.data_dir,
+                            allow_corrupt=bool(config.get("allow_corrupt", False)))
 
 
 #: config.optimizer.schedule values (see learning_rate_schedule).
@@ -433,10 +422,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             config.model.num_classes, config.data, num_classes, num_classes,
         )
     image_size = train_ds.image_shape[0]
-    skipped = len(train_ds.skipped) + len(test_ds.skipped)
-    if skipped:
-        logging.warning("config.allow_corrupt: skipped %d undecodable files of %s (data/skipped in metrics.jsonl)",
-                        skipped, config.data)
+    skipped = len(train_ds.skipped) + len(test_ds.skipped)  # each split's warning: sdata.load_split
     per_epoch = sdata.steps_per_epoch(num_examples=len(train_ds), batch_size=int(config.batch_size))
     total_steps = int(config.num_train_steps) if int(config.num_train_steps) > 0 else int(config.num_epochs) * per_epoch
 

@@ -48,7 +48,7 @@ from sympad.train.config import (
     validate_common,
     write_config,
 )
-from sympad.train.errors import ConfigError, UserError
+from sympad.train.errors import ConfigError
 from sympad.train.mesh import batch_sharded
 from sympad.train.metrics import MetricWriter, image_grid, save_image_grid
 
@@ -99,16 +99,8 @@ def model_summary(config: ml_collections.ConfigDict, generator: models.Generator
 
 
 def _load_data(config: ml_collections.ConfigDict, size: int) -> sdata.Dataset:
-    try:
-        dataset = sdata.load(config.data, "train", image_size=size, max_examples=config.max_examples or None,
-                             allow_corrupt=bool(config.get("allow_corrupt", False)))
-    except UserError:
-        raise
-    except ValueError as e:  # data.load's bad-argument error: the argument is the user's config.data
-        raise ConfigError(f"config.data={config.data!r}: {e}") from e
-    if dataset.skipped:
-        logging.warning("config.allow_corrupt: skipped %d undecodable files of %s (data/skipped in metrics.jsonl)",
-                        len(dataset.skipped), config.data)
+    dataset = sdata.load_split(config.data, "train", image_size=size, max_examples=config.max_examples,
+                               allow_corrupt=bool(config.get("allow_corrupt", False)))
     if dataset.images.shape[1:3] != (size, size):
         raise ConfigError(f"config.data={config.data!r} has {dataset.images.shape[1:3]} images; the generator makes "
                           f"{size}x{size} (set image_size/bottom_size/g_channels to match)")

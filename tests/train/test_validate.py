@@ -217,7 +217,7 @@ def test_validated_before_any_data_is_loaded(monkeypatch, tmp_path, suite):
     def load(*args, **kwargs):
         raise AssertionError("data loaded before the config was validated")
 
-    monkeypatch.setattr(sdata, "load", load)
+    monkeypatch.setattr(sdata, "load_split", load)  # the suites load through it
     config = _config(suite, "sngan_cifar10" if suite == "gan" else "resnet_cifar")
     train = importlib.import_module(f"{suite}.train")
     with pytest.raises(ValueError, match=r"config\.optimizer\.learning_rate"):
@@ -233,7 +233,7 @@ def test_allow_corrupt_reaches_the_loader(monkeypatch, tmp_path, suite, allow):
         seen.append(kwargs.get("allow_corrupt"))
         raise _Stop
 
-    monkeypatch.setattr(sdata, "load", load)
+    monkeypatch.setattr(sdata, "load_split", load)  # the suites load through it
     config = _with(_config(suite, "sngan_cifar10" if suite == "gan" else "resnet_cifar"), allow_corrupt=allow)
     with pytest.raises(_Stop):
         importlib.import_module(f"{suite}.train").train_and_evaluate(config, str(tmp_path))
