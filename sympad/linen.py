@@ -7,50 +7,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
+from sympad._flax_shared import check_positive, flatten_batch, kernel_tuple, restore_batch
 from sympad.kinds import parse_kind
 from sympad.ops import Implementation, sym_pad_conv
 
 __all__ = ["SymPadConv", "conv"]
-
-
-def _kernel_tuple(kernel_size: int | Sequence[int]) -> tuple[int, ...]:
-    # Same convention as flax: an int means a 1D kernel.
-    sizes = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
-    if not sizes or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in sizes):
-        raise ValueError(f"kernel_size must be a positive int or a sequence of them, got {kernel_size!r}")
-    return sizes
-
-
-def _check_positive(name: str, value: Any) -> None:
-    # Here rather than as a ZeroDivisionError from deep inside the initializer.
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def flatten_batch(inputs: jax.Array, num_spatial: int) -> tuple[jax.Array, tuple[int, ...] | None]:
-    """Reshapes ``(*batch, *spatial, C)`` to one batch axis, as flax's Conv does.
-
-    Returns the reshaped input and the original batch shape (None if unchanged).
-    """
-    num_batch = inputs.ndim - (num_spatial + 1)
-    if num_batch < 0:
-        raise ValueError(
-            f"inputs must have shape (*batch, *spatial, C) with {num_spatial} spatial dims, got {inputs.shape}"
-        )
-    if num_batch == 1:
-        return inputs, None
-    batch_shape = inputs.shape[:num_batch]
-    return jnp.reshape(inputs, (-1,) + inputs.shape[num_batch:]), batch_shape
-
-
-def restore_batch(y: jax.Array, batch_shape: tuple[int, ...] | None) -> jax.Array:
-    if batch_shape is None:
-        return y
-    return jnp.reshape(y, batch_shape + y.shape[1:])
 
 
 class SymPadConv(nn.Module):
@@ -109,8 +73,8 @@ class SymPadConv(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
-        kernel_size = _kernel_tuple(self.kernel_size)
-        _check_positive("features", self.features)
+        kernel_size = kernel_tuple(self.kernel_size)
+        check_positive("features", self.features)
         inputs, batch_shape = flatten_batch(jnp.asarray(inputs), len(kernel_size))
         in_features = inputs.shape[-1]
         if in_features % self.feature_group_count:
@@ -171,8 +135,8 @@ def conv(kind: str, features: int, *, spatial_dims: int = 2, **kwargs: Any) -> n
     (4, 3, 8)
     """
     parsed = parse_kind(kind)
-    _check_positive("features", features)
-    _check_positive("spatial_dims", spatial_dims)
+    check_positive("features", features)
+    check_positive("spatial_dims", spatial_dims)
     kernel_size = (parsed.size,) * spatial_dims
     if parsed.symmetric:
         return SymPadConv(features, kernel_size, **kwargs)

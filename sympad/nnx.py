@@ -10,8 +10,8 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
+from sympad._flax_shared import check_positive, flatten_batch, kernel_tuple, restore_batch
 from sympad.kinds import parse_kind
-from sympad.linen import _check_positive, _kernel_tuple, flatten_batch, restore_batch
 from sympad.ops import Implementation, sym_pad_conv
 
 __all__ = ["SymPadConv", "conv"]
@@ -70,15 +70,15 @@ class SymPadConv(nnx.Module):
         implementation: Implementation = "auto",
         rngs: nnx.Rngs,
     ):
-        _check_positive("in_features", in_features)
-        _check_positive("out_features", out_features)
+        check_positive("in_features", in_features)
+        check_positive("out_features", out_features)
         if not isinstance(rngs, nnx.Rngs):
             raise ValueError(f"rngs must be an nnx.Rngs (e.g. nnx.Rngs(0)), got {rngs!r}")
         if in_features % feature_group_count:
             raise ValueError(
                 f"in_features ({in_features}) must be divisible by feature_group_count ({feature_group_count})"
             )
-        self.kernel_size = _kernel_tuple(kernel_size)
+        self.kernel_size = kernel_tuple(kernel_size)
         self.in_features = in_features
         self.out_features = out_features
         self.strides = strides
@@ -138,9 +138,9 @@ def conv(kind: str, in_features: int, out_features: int, *, spatial_dims: int = 
     'Conv'
     """
     parsed = parse_kind(kind)
-    _check_positive("in_features", in_features)
-    _check_positive("out_features", out_features)
-    _check_positive("spatial_dims", spatial_dims)
+    check_positive("in_features", in_features)
+    check_positive("out_features", out_features)
+    check_positive("spatial_dims", spatial_dims)
     kernel_size = (parsed.size,) * spatial_dims
     if parsed.symmetric:
         return SymPadConv(in_features, out_features, kernel_size, rngs=rngs, **kwargs)
