@@ -31,24 +31,21 @@ from gan.metrics.offline import (
 __all__ = ["evaluate_accuracy", "load_image_folder", "main", "train_offline"]
 
 
-def load_image_folder(root: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+def load_image_folder(
+    root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Reads ``root/<class>/*.jpg`` (classes in sorted order) → (uint8 (N,H,W,3), int32 (N,)).
 
-    A private loader so the weights can be rebuilt without the (separately written) data module.
+    The data layer's image-folder loader (``sympad.train.data.load('folder:ROOT')``, decoded once
+    into its cache, ``cache_dir`` or the default): the same images, in the same order, as training reads.
     """
-    from PIL import Image
+    from sympad.train import data  # the shared data layer; imported late so the metrics work without it
 
     root = Path(root)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
+    if not root.is_dir() or not any(p.is_dir() for p in root.iterdir()):
         raise ValueError(f"root: no class folders under {root}")
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        for file in sorted((root / name).iterdir()):
-            with Image.open(file) as im:
-                images.append(np.asarray(im.convert("RGB"), np.uint8))
-            labels.append(label)
-    return np.stack(images), np.asarray(labels, np.int32)
+    dataset = data.load(f"folder:{root}", "train", cache_dir=cache_dir)
+    return np.asarray(dataset.images), dataset.labels
 
 
 def _augment(key: jax.Array, x: jax.Array) -> jax.Array:
