@@ -177,18 +177,10 @@ def _hygiene_violations(*tops: str) -> list[str]:
     return sorted(out)
 
 
-#: Files that still break the hygiene rule (issue 25 item 5), each for its owner to clear. The list
-#: only shrinks (benchmarks/data.py left it: ``data.load(decode_threads=...)`` is the public knob).
-NOT_YET: set[str] = set()
-
-
 def test_no_import_guards_or_private_names_across_modules():
     """A bug inside a project module must not pass for a missing extra (it once switched FID off in
     training without a word), and a module's private helpers stay its own."""
-    found = _hygiene_violations("sympad", "gan", "classify", "paper", "configs", "benchmarks")
-    files = {line.split(":")[0] for line in found}
-    assert [line for line in found if line.split(":")[0] not in NOT_YET] == []
-    assert NOT_YET <= files, f"cleared, take them off NOT_YET: {sorted(NOT_YET - files)}"
+    assert _hygiene_violations("sympad", "gan", "classify", "paper", "configs", "benchmarks") == []
 
 
 def test_the_rule_checker_sees_violations(tmp_path, monkeypatch):
