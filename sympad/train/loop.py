@@ -50,6 +50,7 @@ from jax.sharding import Mesh
 import sympad
 from sympad.train import data as sdata
 from sympad.train.checkpoint import Checkpointer
+from sympad.train.errors import ConfigError
 from sympad.train.mesh import make_mesh, replicate
 from sympad.train.metrics import MetricWriter, check_finite
 from sympad.train.progress import Progress
@@ -93,15 +94,16 @@ def resolve_every(value: int, *, steps_per_epoch: int | None, name: str) -> int:
     """A config cadence in steps: ``n > 0`` every n steps, ``0`` only at the end, ``-n`` every n epochs.
 
     Raises:
-      ValueError: naming ``config.<name>`` for a non-int, or for epochs without an epoch length.
+      ConfigError: naming ``config.<name>`` for a non-int, or for epochs without an epoch length.
     """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"config.{name}={value!r}: must be an int (steps; 0 = only at the end; -n = every n epochs)")
+        raise ConfigError(f"config.{name}={value!r}: must be an int (steps; 0 = only at the end; -n = every n epochs)")
     value = int(value)
     if value >= 0:
         return value
     if not steps_per_epoch:
-        raise ValueError(f"config.{name}={value}: epochs (negative values) need an epoch length, which this run lacks")
+        raise ConfigError(f"config.{name}={value}: epochs (negative values) need an epoch length, which this run "
+                          "lacks; use steps (n > 0) or 0 (only at the end)")
     return -value * int(steps_per_epoch)
 
 
@@ -113,11 +115,13 @@ def checked_mesh(batch_size: int) -> Mesh:
     """The data mesh over all devices, after checking ``config.batch_size`` splits evenly over it.
 
     Raises:
-      ValueError: naming config.batch_size when it is not a positive multiple of the device count.
+      ConfigError: naming config.batch_size when it is not a positive multiple of the device count.
     """
     mesh = make_mesh()
-    if isinstance(batch_size, bool) or int(batch_size) < 1 or int(batch_size) % mesh.size:
-        raise ValueError(f"config.batch_size={batch_size} must be a positive multiple of the {mesh.size} devices")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1 \
+            or batch_size % mesh.size:
+        raise ConfigError(f"config.batch_size={batch_size!r}: must be a positive int, a multiple of the {mesh.size} "
+                          "devices")
     return mesh
 
 
@@ -155,7 +159,7 @@ class Input:
 def on_device(dataset: sdata.Dataset, *, host_data: bool) -> bool:
     """Whether the split lives on the devices: when it fits, unless ``config.host_data`` asks for the host."""
     if not isinstance(host_data, bool):
-        raise ValueError(f"config.host_data={host_data!r}: must be a bool (True: stream batches from the host)")
+        raise ConfigError(f"config.host_data={host_data!r}: must be a bool (True: stream batches from the host)")
     return not host_data and sdata.fits_on_device(dataset)
 
 

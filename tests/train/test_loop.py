@@ -18,6 +18,7 @@ from sympad.train import data as sdata
 from sympad.train import loop
 from sympad.train.checkpoint import Checkpointer
 from sympad.train.config import add_loop_fields
+from sympad.train.errors import ConfigError
 from sympad.train.metrics import DivergenceError
 
 BATCH = 4
@@ -110,15 +111,21 @@ def test_resolve_every():
     assert loop.resolve_every(5, steps_per_epoch=16, name="log_every") == 5
     assert loop.resolve_every(0, steps_per_epoch=None, name="log_every") == 0
     assert loop.resolve_every(-2, steps_per_epoch=16, name="eval_every") == 32  # every 2 epochs
-    with pytest.raises(ValueError, match="config.eval_every.*epoch"):
+    with pytest.raises(ConfigError, match="config.eval_every.*epoch"):
         loop.resolve_every(-1, steps_per_epoch=None, name="eval_every")
-    with pytest.raises(ValueError, match="config.log_every"):
+    with pytest.raises(ConfigError, match="config.log_every"):
         loop.resolve_every(2.5, steps_per_epoch=4, name="log_every")
 
 
 def test_checked_mesh_names_the_batch_size():
-    with pytest.raises(ValueError, match="config.batch_size=0"):
-        loop.checked_mesh(0)
+    for bad in (0, -4, "8", 8.0, True):
+        with pytest.raises(ConfigError, match=r"config\.batch_size=.*: must be a positive int"):
+            loop.checked_mesh(bad)
+
+
+def test_host_data_must_be_a_bool():
+    with pytest.raises(ConfigError, match="config.host_data='yes': must be a bool"):
+        loop.on_device(sdata.load("synthetic", image_size=8, max_examples=8), host_data="yes")
 
 
 # ----------------------------------------------------------------------------------------------
