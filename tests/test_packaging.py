@@ -120,7 +120,8 @@ def test_wheel_installs_the_library_and_runtime_only(dists):
     shipped = {n for n in names if n.startswith("sympad/")}
     want = {p.relative_to(REPO).as_posix() for p in (REPO / "sympad").rglob("*.py") if "__pycache__" not in p.parts}
     assert shipped == want
-    assert {"sympad/train/data.py", "sympad/train/environment.py", "sympad/linen.py"} <= shipped
+    assert {"sympad/train/data/__init__.py", "sympad/train/data/host.py", "sympad/train/environment.py",
+            "sympad/linen.py"} <= shipped
     assert f"sympad-{VERSION}.dist-info/licenses/LICENSE" in names
     with zipfile.ZipFile(dists["wheel"]) as z:
         assert z.read(f"sympad-{VERSION}.dist-info/licenses/LICENSE") == (REPO / "LICENSE").read_bytes()
