@@ -131,11 +131,8 @@ def _schedule(lr: float, schedule: str, updates: int) -> optax.Schedule:
     raise ConfigError(f"config.optimizer.schedule must be 'constant' or 'linear', got {schedule!r}")
 
 
-@functools.lru_cache(maxsize=None)
 def _adam_pair(lr: float, b1: float, b2: float, schedule: str, g_updates: int, d_updates: int
                ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-    # Cached: equal hyperparameters give the same (hashable) objects, so the jitted step, which
-    # takes them as static arguments, is compiled once per process (tests, repeated runs).
     adam = functools.partial(optax.adam, b1=b1, b2=b2)
     return adam(_schedule(lr, schedule, g_updates)), adam(_schedule(lr, schedule, d_updates))
 
