@@ -37,8 +37,8 @@ def _adam_count(opt_state) -> int:
     return counts.pop()
 
 
-def test_one_step_runs_n_critic_d_updates_and_one_g_update():
-    config = tiny_config()
+def _one_step(config):
+    """The state before (as numpy), the replicated batch, and one step's (state, metrics)."""
     generator, discriminator = gan_state.create_models(config)
     g_tx, d_tx = gan_state.create_optimizers(config)
     mesh = make_mesh()
@@ -47,8 +47,12 @@ def test_one_step_runs_n_critic_d_updates_and_one_g_update():
     images = replicate(sdata.load("synthetic", image_size=8, max_examples=64).images, mesh)
     step, _ = gan_step.make_train_step(generator, discriminator, g_tx, d_tx, config, mesh=mesh,
                                        data_key=jax.random.key(5))
-    copy = jax.tree_util.tree_map(jnp.copy, state)  # the step donates its state
-    new, metrics = step(state, images)
+    return before, step(state, images)  # the step donates its state
+
+
+def test_one_step_runs_n_critic_d_updates_and_one_g_update():
+    config = tiny_config()
+    before, (new, metrics) = _one_step(config)
     assert int(new.step) == 1
     assert _adam_count(new.d_opt_state) == config.n_critic == 5
     assert _adam_count(new.g_opt_state) == 1
@@ -68,12 +72,14 @@ def test_one_step_runs_n_critic_d_updates_and_one_g_update():
         assert np.isfinite(float(metrics[name])), name
     assert 0 < float(metrics["d_real"]) < 1 and 0 < float(metrics["d_fake"]) < 1
     assert float(metrics["d_grad_norm"]) > 0 and float(metrics["g_grad_norm"]) > 0
-    # The lax.scan form of the D updates (config.unroll_d_steps=False) computes the same step.
-    config.unroll_d_steps = False
-    scanned_step, _ = gan_step.make_train_step(generator, discriminator, g_tx, d_tx, config, mesh=mesh,
-                                               data_key=jax.random.key(5))
-    scanned, _ = scanned_step(copy, images)
-    for a, b in zip(jax.tree_util.tree_leaves(_numpy(new)), jax.tree_util.tree_leaves(_numpy(scanned))):
+
+
+@pytest.mark.slow
+def test_unrolled_d_updates_compute_the_scanned_step():
+    # The paper configs unroll the n_critic D updates (fast on XLA:CPU); the tests' tiny config
+    # scans them (compiles faster). Both are the same step.
+    (_, (scanned, _)), (_, (unrolled, _)) = (_one_step(tiny_config(unroll_d_steps=u)) for u in (False, True))
+    for a, b in zip(jax.tree_util.tree_leaves(_numpy(unrolled)), jax.tree_util.tree_leaves(_numpy(scanned))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 

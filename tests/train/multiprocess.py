@@ -28,7 +28,10 @@ def free_port() -> int:
 
 def base_env(devices: int = 1) -> dict[str, str]:
     """CPU-only JAX with ``devices`` host devices per process, the checkout on the path."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_", "SLURM_", "OMPI_"))}
+    # The test run's compilation cache (tests/conftest.py) stays: the runs compile the same programs.
+    cache = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "JAX_ENABLE_COMPILATION_CACHE")
+    env = {k: v for k, v in os.environ.items()
+           if k in cache or not k.startswith(("JAX_", "XLA_", "SLURM_", "OMPI_"))}
     env.update(
         JAX_PLATFORMS="cpu",
         PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),

@@ -101,9 +101,12 @@ def test_second_signal_ends_a_run_waiting_for_its_step(tmp_path):
 
 
 @pytest.mark.integration
-def test_gan_run_signalled_while_compiling_ends_at_once(tmp_path):
+def test_gan_run_signalled_while_compiling_ends_at_once(tmp_path, monkeypatch):
     """The issue's case: a real run resumed from step 2 and signalled while it compiles its step."""
     from tests.train import multiprocess as mp
+
+    # A real compile: the test run's compilation cache (tests/conftest.py) would load the step.
+    monkeypatch.setenv("JAX_ENABLE_COMPILATION_CACHE", "false")
 
     gan = ["gan.main", "--config=configs/gan/sngan_cifar10.py:kernel=C2sp,data=digits,runlocal",
            "--config.log_every=1", "--config.sample_every=0", "--config.digits_quality_samples=0",
