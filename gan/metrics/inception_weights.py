@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from gan.metrics import inception
+from sympad.train import data
 
 __all__ = [
     "FID_HELPER_WHEEL",
@@ -91,11 +92,8 @@ class FetchError(RuntimeError):
 
 
 def cache_root() -> Path:
-    """``$SYMPAD_CACHE``, else ``$XDG_CACHE_HOME/sympad``, else ``~/.cache/sympad``."""
-    if os.environ.get("SYMPAD_CACHE"):
-        return Path(os.environ["SYMPAD_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "sympad"
+    """``$SYMPAD_CACHE``, else ``$XDG_CACHE_HOME/sympad``, else ``~/.cache/sympad`` (the data cache's root)."""
+    return data.default_cache_dir()
 
 
 def weights_path(cache_dir: str | os.PathLike | None = None) -> Path:

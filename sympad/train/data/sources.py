@@ -214,7 +214,12 @@ def load(
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/sympad`` or ``~/.cache/sympad``."""
+    """The project's cache root: ``$SYMPAD_CACHE``, else ``$XDG_CACHE_HOME/sympad``, else ``~/.cache/sympad``.
+
+    Decoded datasets, extracted archives, the FID weights and reference statistics all live under it.
+    """
+    if os.environ.get("SYMPAD_CACHE"):
+        return Path(os.environ["SYMPAD_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "sympad"
 
