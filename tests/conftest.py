@@ -31,6 +31,7 @@ from tests import shared, tiers
 
 _UNMARKED_PROCESS = pytest.StashKey[bool]()
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_FAST_COMPILE = "--xla_backend_optimization_level=0"
 _made_cache: list[str] = []  # the folder this process made, removed at its end (not a worker's or a child's)
 
 
@@ -42,6 +43,12 @@ def pytest_configure(config):
         # the runlocal GAN CLI for 3 steps: 23.6 s cold, 15.1 s with programs over 0.2 s cached,
         # 9.7 s with all of them.
         os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    # LLVM at -O0 for the programs the tests compile (they run a few steps of tiny models; the
+    # convolutions and matmuls are library calls either way): the tiny GAN step compiles in 4.4 s
+    # instead of 7.9 s. Workers and the processes tests start inherit it; XLA reads it when the
+    # backend starts, after this.
+    if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
     # jax was imported (this file's imports) before the variables were set in this process.
     jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
     jax.config.update("jax_persistent_cache_min_compile_time_secs",

@@ -35,7 +35,8 @@ def base_env(devices: int = 1) -> dict[str, str]:
     env.update(
         JAX_PLATFORMS="cpu",
         PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        # The test run's compile setting (tests/conftest.py) and the devices of this process.
+        XLA_FLAGS=f"--xla_backend_optimization_level=0 --xla_force_host_platform_device_count={devices}",
         PYTHONUNBUFFERED="1",
     )
     return env
