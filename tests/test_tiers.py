@@ -116,3 +116,19 @@ def test_every_collected_test_that_starts_a_process_is_marked(request):
                  if isinstance(item, pytest.Function) and not tiers.tier_marks(item)
                  and tiers.item_starts_a_process(item)]
     assert not offenders, f"start a process but carry neither {tiers.TIER_MARKS}: {offenders}"
+
+
+def test_the_test_run_caches_and_cheapens_its_compiles():
+    # tests/conftest.py: compiles are most of the suite's time on a CPU. Both settings reach the
+    # processes tests start through the environment, so they are checked there, and in this process.
+    import os
+
+    import jax
+
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    assert cache and jax.config.jax_compilation_cache_dir == cache
+    assert "--xla_backend_optimization_level=0" in os.environ.get("XLA_FLAGS", "").split()
+    from tests.train import multiprocess
+
+    env = multiprocess.base_env(devices=2)
+    assert env["JAX_COMPILATION_CACHE_DIR"] == cache and "--xla_backend_optimization_level=0" in env["XLA_FLAGS"]
