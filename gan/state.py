@@ -131,20 +131,16 @@ def _schedule(lr: float, schedule: str, updates: int) -> optax.Schedule:
     raise ConfigError(f"config.optimizer.schedule must be 'constant' or 'linear', got {schedule!r}")
 
 
-def _adam_pair(lr: float, b1: float, b2: float, schedule: str, g_updates: int, d_updates: int
-               ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-    adam = functools.partial(optax.adam, b1=b1, b2=b2)
-    return adam(_schedule(lr, schedule, g_updates)), adam(_schedule(lr, schedule, d_updates))
-
-
 def create_optimizers(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation,
                                                                    optax.GradientTransformation]:
     """Adam for G and D (``config.optimizer``); 'linear' reaches 0 at each one's last update of the run."""
     opt = config.optimizer
     _schedule(opt.learning_rate, opt.schedule, 1)  # Validates the schedule.
     g_updates = config.num_train_steps if opt.schedule != "constant" else 0
-    return _adam_pair(float(opt.learning_rate), float(opt.b1), float(opt.b2), str(opt.schedule),
-                      int(g_updates), int(g_updates * config.n_critic))
+    lr, schedule = float(opt.learning_rate), str(opt.schedule)
+    adam = functools.partial(optax.adam, b1=float(opt.b1), b2=float(opt.b2))
+    return (adam(_schedule(lr, schedule, int(g_updates))),
+            adam(_schedule(lr, schedule, int(g_updates * config.n_critic))))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from tests import shared, tiers
 
 _UNMARKED_PROCESS = pytest.StashKey[bool]()
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
-_FAST_COMPILE = "--xla_backend_optimization_level=0"
 _made_cache: list[str] = []  # the folder this process made, removed at its end (not a worker's or a child's)
 
 
@@ -47,8 +46,8 @@ def pytest_configure(config):
     # convolutions and matmuls are library calls either way): the tiny GAN step compiles in 4.4 s
     # instead of 7.9 s. Workers and the processes tests start inherit it; XLA reads it when the
     # backend starts, after this.
-    if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
+    if shared.FAST_COMPILE_FLAG not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {shared.FAST_COMPILE_FLAG}".strip()
     # jax was imported (this file's imports) before the variables were set in this process.
     jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
     jax.config.update("jax_persistent_cache_min_compile_time_secs",

@@ -16,16 +16,22 @@ from pathlib import Path
 
 import pytest
 
+from paper.shared_data import CHECKOUT_SHARED_DATA
+from sympad.train.data import SHARED_DATA_ENV
+
 _DONE = ".complete"
-#: ../shared/data beside the checkout: the project's archives (cifar10-{train,test}.tar.gz).
-CHECKOUT_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-_SHARED_DATA_ENV = "SYMPAD_SHARED_DATA"  # sympad.train.data.SHARED_DATA_ENV, without importing jax here
+
+#: The test run's compile settings (tests/conftest.py sets them in the environment): the processes
+#: tests start keep them (tests/train/multiprocess.py, the device-like sandbox).
+FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
+COMPILE_CACHE_ENV = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                     "JAX_ENABLE_COMPILATION_CACHE")
 
 
 def use_checkout_shared_data() -> None:
-    """Sets ``$SYMPAD_SHARED_DATA`` to :data:`CHECKOUT_SHARED_DATA` unless it is set or that folder is absent."""
-    if not os.environ.get(_SHARED_DATA_ENV) and CHECKOUT_SHARED_DATA.is_dir():
-        os.environ[_SHARED_DATA_ENV] = str(CHECKOUT_SHARED_DATA)
+    """Sets ``$SYMPAD_SHARED_DATA`` to ``../shared/data`` beside the checkout, unless set or absent."""
+    if not os.environ.get(SHARED_DATA_ENV) and CHECKOUT_SHARED_DATA.is_dir():
+        os.environ[SHARED_DATA_ENV] = str(CHECKOUT_SHARED_DATA)
 
 
 use_checkout_shared_data()

@@ -183,11 +183,18 @@ def test_no_import_guards_or_private_names_across_modules():
     assert _hygiene_violations("sympad", "gan", "classify", "paper", "configs", "benchmarks") == []
 
 
+def _fake_repo(root: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str]) -> None:
+    """A tree of ``files`` (path -> text) at ``root``, which the checkers then read as the repository."""
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    monkeypatch.setattr(sys.modules[__name__], "REPO", root)
+
+
 def test_the_rule_checker_sees_violations(tmp_path, monkeypatch):
     """The checker itself can fail: a library module that imports the runtime, a lazy suite import
     in the runtime and an import of a CLI module are all reported."""
-    fake = tmp_path / "repo"
-    for rel, text in {
+    _fake_repo(tmp_path / "repo", monkeypatch, {
         "sympad/__init__.py": "",
         "sympad/ops.py": "import optax\nfrom sympad.train import data\n",
         "sympad/train/__init__.py": "",
@@ -197,10 +204,7 @@ def test_the_rule_checker_sees_violations(tmp_path, monkeypatch):
         "gan/sample.py": 'if __name__ == "__main__":\n    pass\n',
         "classify/__init__.py": "",
         "classify/train.py": "",
-    }.items():
-        (fake / rel).parent.mkdir(parents=True, exist_ok=True)
-        (fake / rel).write_text(text)
-    monkeypatch.setattr(sys.modules[__name__], "REPO", fake)
+    })
     found = "\n".join(_violations())
     assert "sympad/ops.py:1 imports optax: the library depends on" in found
     assert "sympad/ops.py:2 imports sympad.train: layer 'library' may not import layer 'runtime'" in found
@@ -213,8 +217,7 @@ def test_the_hygiene_checker_sees_violations(tmp_path, monkeypatch):
     """The hygiene checker itself can fail: a guarded project import, a private name taken by import
     or by attribute, and a private module imported from outside its package are reported; a private
     module's public names taken inside its package are not."""
-    fake = tmp_path / "repo"
-    for rel, text in {
+    _fake_repo(tmp_path / "repo", monkeypatch, {
         "sympad/__init__.py": "",
         "sympad/_shared.py": "def helper():\n    pass\n",
         "sympad/ops.py": "from sympad._shared import helper\nfrom sympad import _shared\n",
@@ -224,10 +227,7 @@ def test_the_hygiene_checker_sees_violations(tmp_path, monkeypatch):
         "gan/models.py": "try:\n    from sympad import linen\nexcept ImportError:\n    linen = None\n",
         "benchmarks/__init__.py": "",
         "benchmarks/ops.py": "from sympad._shared import helper\nimport sympad._shared\n",
-    }.items():
-        (fake / rel).parent.mkdir(parents=True, exist_ok=True)
-        (fake / rel).write_text(text)
-    monkeypatch.setattr(sys.modules[__name__], "REPO", fake)
+    })
     assert _hygiene_violations("sympad", "gan", "benchmarks") == [
         "benchmarks/ops.py:1 imports sympad._shared, private to its package",
         "benchmarks/ops.py:2 imports sympad._shared, private to its package",

@@ -23,6 +23,7 @@ import pytest
 
 from paper import reproduce
 from paper.campaign import evaluate, plan, results, runner
+from tests.shared import FAST_COMPILE_FLAG
 
 REPO = Path(__file__).resolve().parents[2]
 MIB = 2**20
@@ -300,8 +301,7 @@ def _run_device(base: Path, out: Path, *flags: str, timeout: float) -> subproces
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "SYMPAD", "XLA"))}
     env.update(PATH=f"{base / 'bin'}:{env['PATH']}", PYTHONPATH=str(base / "sandbox"),
                SYMPAD_CACHE=str(base / "cache"), JAX_PLATFORMS="cpu")
-    if "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):  # the test run's (tests/conftest.py)
-        env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+    env["XLA_FLAGS"] = FAST_COMPILE_FLAG  # the test run's compile setting (tests/conftest.py)
     return subprocess.run(["bash", "paper/device/run.sh", str(out), *flags], cwd=base / "repo", env=env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -16,6 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tests.shared import COMPILE_CACHE_ENV, FAST_COMPILE_FLAG
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -29,14 +31,13 @@ def free_port() -> int:
 def base_env(devices: int = 1) -> dict[str, str]:
     """CPU-only JAX with ``devices`` host devices per process, the checkout on the path."""
     # The test run's compilation cache (tests/conftest.py) stays: the runs compile the same programs.
-    cache = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "JAX_ENABLE_COMPILATION_CACHE")
     env = {k: v for k, v in os.environ.items()
-           if k in cache or not k.startswith(("JAX_", "XLA_", "SLURM_", "OMPI_"))}
+           if k in COMPILE_CACHE_ENV or not k.startswith(("JAX_", "XLA_", "SLURM_", "OMPI_"))}
     env.update(
         JAX_PLATFORMS="cpu",
         PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
         # The test run's compile setting (tests/conftest.py) and the devices of this process.
-        XLA_FLAGS=f"--xla_backend_optimization_level=0 --xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=f"{FAST_COMPILE_FLAG} --xla_force_host_platform_device_count={devices}",
         PYTHONUNBUFFERED="1",
     )
     return env
