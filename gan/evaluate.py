@@ -5,6 +5,7 @@
     python -m gan.evaluate --samples=FILE.npz --reference=cifar10 --protocol=test10k
     python -m gan.evaluate --samples=FILE.npz --reference=folder:../cifar10-jpeg --resize=tf1
     python -m gan.evaluate --workdir=DIR --no_intra_class                # conditional run, overall only
+    python -m gan.evaluate --workdir=DIR [--seed_index=0,1]              # a run of several seeds: mean ± std
 
 Samples: an .npz with key 'images', uint8 (N, H, W, 3), as ``python -m gan.sample --workdir=DIR
 --num=10000`` writes (to ``DIR/samples.npz`` unless --out says otherwise), and for a class-conditional
@@ -24,6 +25,12 @@ Output (default ``<samples dir>/eval_<network>_<protocol>.json``, also printed):
 ``unavailable`` (metric → reason), ``feature_network`` (name, weights, sha256 = content digest
 of the pool3 weights, source, resize), ``protocol``, ``num_samples``, ``num_reference``,
 ``reference``, ``settings``, ``notes``, ``samples_file``; then a short summary.
+
+A run of several seeds (``config.num_seeds > 1``; ``gan.sample`` writes ``DIR/samples_seed<k>.npz``
+per seed): ``--workdir=DIR`` scores the seeds ``--seed_index`` picks (default all), writes each
+seed's JSON (``..._seed<k>.json``) and ``eval_<network>_<protocol>_seeds.json`` with every seed's
+metrics and their mean and standard deviation over the seeds (``ddof=1``), and prints
+``metric = mean ± std``.
 """
 
 from __future__ import annotations
@@ -45,14 +52,24 @@ from gan.metrics.evaluator import (
 )
 from gan.metrics.features import FEATURE_NETWORKS
 from gan.metrics.inception import RESIZE_MODES
+from gan.state import parse_seed_indices, run_seeds, seed_path
 from sympad.train import errors
 
-__all__ = ["evaluate_samples", "find_samples", "load_labels", "load_samples", "main"]
+__all__ = ["evaluate_samples", "find_samples", "load_labels", "load_samples", "main", "over_seeds"]
 
 
-def find_samples(workdir: str | Path) -> Path:
-    """``workdir/samples.npz``, else the newest ``samples*.npz`` below ``workdir``."""
+def find_samples(workdir: str | Path, *, seed: int | None = None) -> Path:
+    """``workdir/samples.npz``, else the newest ``samples*.npz`` below ``workdir``.
+
+    ``seed``: the samples of that seed of a several-seed run, ``workdir/samples_seed<seed>.npz``.
+    """
     workdir = Path(workdir)
+    if seed is not None:
+        path = seed_path(workdir / "samples.npz", seed)
+        if not path.is_file():
+            raise FileNotFoundError(f"workdir: no {path.name} in {workdir}; write it with "
+                                    f"`python -m gan.sample --workdir={workdir}`")
+        return path
     if (workdir / "samples.npz").is_file():
         return workdir / "samples.npz"
     found = sorted(workdir.rglob("samples*.npz"), key=lambda p: p.stat().st_mtime)
@@ -98,6 +115,11 @@ def evaluate_samples(
     ``reference``: a ``sympad.train.data`` name, or ``npz:PATH`` (uint8 'images', optional int 'labels'),
     overriding the config. ``labels``: the samples' classes (N,); adds the intra-class metrics.
     """
+    return _evaluator(config, reference).report(images, labels)
+
+
+def _evaluator(config: dict[str, Any], reference: str | None) -> Evaluator:
+    """The evaluator of ``config`` against ``reference`` (see :func:`evaluate_samples`)."""
     reference_images, reference_name, reference_labels = None, None, None
     if reference and reference.startswith("npz:"):
         path = Path(reference[4:])
@@ -108,13 +130,35 @@ def evaluate_samples(
         reference_name = f"npz-{path.stem}-{digest}"
     elif reference:
         config = {**config, "eval": {**config.get("eval", {}), "reference_dataset": reference}}
-    evaluator = Evaluator(eval_settings(config), reference_images=reference_images, reference_name=reference_name,
-                          reference_labels=reference_labels)
-    return evaluator.report(images, labels)
+    return Evaluator(eval_settings(config), reference_images=reference_images, reference_name=reference_name,
+                     reference_labels=reference_labels)
+
+
+def over_seeds(reports: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Several seeds' reports as one: every seed's metrics, their mean and std (ddof=1) over the seeds.
+
+    Args:
+      reports: seed -> its report (:func:`evaluate_samples`).
+    """
+    first = next(iter(reports.values()))
+    names = [k for k in first["metrics"] if all(k in r["metrics"] for r in reports.values())]
+    values = {k: np.asarray([float(r["metrics"][k]) for r in reports.values()]) for k in names}
+    return {
+        "seeds": {str(seed): r["metrics"] for seed, r in reports.items()},
+        "mean": {k: float(v.mean()) for k, v in values.items()},
+        "std": {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()},
+        "num_seeds": len(reports),
+        "feature_network": first["feature_network"],
+        "protocol": first["protocol"],
+        "num_reference": first["num_reference"],
+        "reference": first["reference"],
+        "samples_files": {str(seed): r.get("samples_file") for seed, r in reports.items()},
+    }
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = errors.ArgumentParser(prog="python -m gan.evaluate", description="Evaluate GAN samples (FID, IS, KID, precision/recall) → JSON.")
+    p = errors.ArgumentParser(prog="python -m gan.evaluate",
+                              description="Evaluate GAN samples (FID, IS, KID, precision/recall) → JSON.")
     p.add_argument("--workdir", help="run directory (samples.npz, config.json)")
     p.add_argument("--samples", help="samples .npz (key 'images', uint8 NHWC); default: found in --workdir")
     p.add_argument("--out", help="output JSON (default: next to the samples)")
@@ -134,6 +178,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache_dir", help="reference-statistics cache directory")
     p.add_argument("--precision_recall", type=lambda s: s.lower() in ("1", "true", "yes"),
                    help="true/false (default true)")
+    p.add_argument("--seed_index", default="",
+                   help="--workdir of a run of several seeds: which seeds (comma-separated indices; index i is "
+                        "seed config.seed + i; '' = all): each one's samples_seed<k>.npz, then mean ± std")
     intra = p.add_mutually_exclusive_group()
     intra.add_argument("--intra_class", dest="intra_class", action="store_const", const=True, default=None,
                        help="per-class FID/KID against the reference's classes (default: when the samples "
@@ -148,29 +195,62 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not args.workdir and not args.samples:
         raise SystemExit("gan.evaluate: give --workdir=DIR or --samples=FILE.npz")
     workdir = Path(args.workdir) if args.workdir else None
-    samples_path = Path(args.samples) if args.samples else find_samples(workdir)
     config = _load_config(workdir)
     eval_block = {**default_eval_config().to_dict(), **(config.get("eval") or {})}
     for key in eval_block:
         value = getattr(args, key, None)
         if value is not None:
             eval_block[key] = value
+    seeds = run_seeds(config) if config else (0,)
+    if args.seed_index and (args.samples or not config):
+        raise errors.ConfigError("--seed_index needs --workdir of a gan.main run (not --samples)")
     config = {**config, "eval": eval_block}
+    if len(seeds) == 1 or args.samples:
+        samples_path = Path(args.samples) if args.samples else find_samples(workdir)
+        return _evaluate_file(samples_path, args, config, out=Path(args.out) if args.out else None)
+    indices = parse_seed_indices(args.seed_index, config)
+    paths = {seeds[i]: find_samples(workdir, seed=seeds[i]) for i in indices}  # all found before any scoring
+    evaluator = _evaluator(config, args.reference)
+    reports = {seed: _evaluate_file(path, args, config, evaluator=evaluator) for seed, path in paths.items()}
+    combined = over_seeds(reports)
+    out = Path(args.out) if args.out else (
+        workdir / f"eval_{combined['feature_network']['name']}_{combined['protocol']['name']}_seeds.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(combined, indent=2) + "\n")
+    print(f"wrote {out}")
+    print(seeds_summary(combined))
+    return combined
+
+
+def _evaluate_file(samples_path: Path, args: argparse.Namespace, config: dict[str, Any], *,
+                   evaluator: Evaluator | None = None, out: Path | None = None) -> dict[str, Any]:
+    """Scores one samples file, writes its JSON (``out``, default next to the samples), prints it."""
     images = load_samples(samples_path)
     labels = load_labels(samples_path, len(images)) if args.intra_class is not False else None
     if args.intra_class and labels is None:
         raise errors.ConfigError(f"intra_class: {samples_path} has no 'labels' (gan.sample writes them for a "
                                  "class-conditional generator); drop --intra_class")
-    report = evaluate_samples(images, config=config, reference=args.reference, labels=labels)
+    evaluator = evaluator or _evaluator(config, args.reference)
+    report = evaluator.report(images, labels)
     report["samples_file"] = str(samples_path)
-    out = Path(args.out) if args.out else (
-        samples_path.parent / f"eval_{report['feature_network']['name']}_{report['protocol']['name']}.json")
+    stem = f"eval_{report['feature_network']['name']}_{report['protocol']['name']}"
+    seed_suffix = samples_path.stem[len("samples"):] if samples_path.stem.startswith("samples_seed") else ""
+    out = out or samples_path.parent / f"{stem}{seed_suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     print(f"wrote {out}")
     print(summary(report))
     return report
+
+
+def seeds_summary(combined: dict[str, Any]) -> str:
+    """One line per metric: ``name = mean ± std`` over the seeds, after the seeds' values."""
+    lines = [f"[{combined['num_seeds']} seeds: {', '.join(combined['seeds'])}]"]
+    for k, mean in combined["mean"].items():
+        each = ", ".join(f"{float(m[k]):.6g}" for m in combined["seeds"].values())
+        lines.append(f"  {k} = {mean:.6g} ± {combined['std'][k]:.3g}   ({each})")
+    return "\n".join(lines)
 
 
 def summary(report: dict[str, Any]) -> str:

@@ -1,13 +1,14 @@
 """Exports a trained generator as serialized StableHLO (``jax.export``): it runs without this code base.
 
-    python -m gan.export --workdir=DIR --out=generator.bin [--platforms=cpu,cuda] [--no_ema]
+    python -m gan.export --workdir=DIR --out=generator.bin [--platforms=cpu,cuda] [--no_ema] [--seed_index=0]
 
 The exported function maps latents ``z`` float32 (B, z_dim) to images float32 (B, S, S, 3) in
 [-1, 1]; a class-conditional generator takes ``(z, labels)`` with ``labels`` int32 (B,) in
 [0, num_classes). The batch size ``B`` is symbolic (any B works), the weights are baked in as
 constants (inference mode: the EMA weights when the run kept them, BN running averages). A JSON file
 next to it (``generator.bin.json``) records z_dim, num_classes (0: unconditional), the inputs, the
-image size, the kernel kind and the step.
+image size, the kernel kind, the step and the seed (a run of several seeds exports the one
+``--seed_index`` picks: index ``i`` is seed ``config.seed + i``).
 
 Loading needs only JAX (any version that reads the serialization version it was written with)::
 
@@ -22,6 +23,7 @@ Loading needs only JAX (any version that reads the serialization version it was 
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,11 +31,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags, logging
 
 from gan import models
-from gan.state import generator_variables, output_size, restore_state
-from sympad.train.errors import ConfigError, run_absl
+from gan.state import (
+    generator_variables,
+    load_config,
+    output_size,
+    parse_seed_indices,
+    restore_state,
+    run_seeds,
+    select_seed,
+)
+from sympad.train import errors
+from sympad.train.errors import ConfigError
 
 __all__ = ["export_generator", "input_metadata", "load", "main", "save"]
 
@@ -86,40 +96,53 @@ def load(path: str | Path) -> jax.export.Exported:
     return jax.export.deserialize(bytearray(Path(path).read_bytes()))
 
 
-FLAGS = flags.FLAGS
 #: Lowering platforms jax.export knows.
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.workdir:
-        raise app.UsageError("--workdir is required")
-    platforms = [p.strip() for p in FLAGS.platforms.split(",") if p.strip()] or None
+def _parser() -> argparse.ArgumentParser:
+    p = errors.ArgumentParser(prog="python -m gan.export",
+                              description="Export a trained generator as serialized StableHLO.")
+    p.add_argument("--workdir", required=True, help="training workdir (config.json + checkpoints/)")
+    p.add_argument("--out", default="generator.bin", help="output file (serialized StableHLO)")
+    p.add_argument("--platforms", default="cpu,cuda",
+                   help="comma-separated lowering platforms ('' = this machine's; default %(default)s)")
+    p.add_argument("--ema", dest="ema", action="store_true", default=True,
+                   help="use the EMA generator weights when the run kept them (default)")
+    p.add_argument("--no_ema", dest="ema", action="store_false", help="use the live generator weights")
+    p.add_argument("--seed_index", default="0",
+                   help="runs of several seeds: which one (index i is seed config.seed + i; default 0)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    platforms = [p.strip() for p in args.platforms.split(",") if p.strip()] or None
     unknown = sorted(set(platforms or ()) - set(PLATFORMS))
     if unknown:  # before the checkpoint is read
-        raise ConfigError(f"--platforms={FLAGS.platforms!r}: {', '.join(unknown)} unknown; use "
+        raise ConfigError(f"--platforms={args.platforms!r}: {', '.join(unknown)} unknown; use "
                           f"comma-separated {', '.join(PLATFORMS)} (or '' for this machine's)")
-    if not FLAGS.out:
+    if not args.out:
         raise ConfigError("--out is empty: name the output file, e.g. --out=generator.bin")
-    config, generator, state = restore_state(FLAGS.workdir)
-    exported = export_generator(generator, generator_variables(state, use_ema=FLAGS.ema), z_dim=config.z_dim,
+    config = load_config(args.workdir)
+    indices = parse_seed_indices(args.seed_index, config)
+    if len(indices) != 1:
+        raise ConfigError(f"--seed_index={args.seed_index!r}: export one seed at a time (an index, e.g. 0)")
+    config, generator, state = restore_state(args.workdir, config)
+    state = select_seed(state, indices[0])
+    exported = export_generator(generator, generator_variables(state, use_ema=args.ema), z_dim=config.z_dim,
                                 platforms=platforms)
     num_classes = generator.num_classes
     metadata = dict(z_dim=int(config.z_dim), num_classes=num_classes,
                     inputs=input_metadata(z_dim=config.z_dim, num_classes=num_classes),
                     image_size=output_size(generator), kernel=config.kernel,
-                    arch=config.arch, step=int(state.step), ema=bool(FLAGS.ema and state.ema_params is not None),
+                    arch=config.arch, step=int(state.step), seed=run_seeds(config)[indices[0]],
+                    ema=bool(args.ema and state.ema_params is not None),
                     platforms=list(exported.platforms), output="float32 (B, S, S, 3) in [-1, 1]")
-    path = save(exported, FLAGS.out, metadata=metadata)
-    logging.info("Exported the generator of step %d to %s (%.1f MB, platforms %s)", int(state.step), path,
-                 path.stat().st_size / 1e6, ",".join(exported.platforms))
+    path = save(exported, args.out, metadata=metadata)
+    print(f"exported the generator of step {int(state.step)} to {path} ({path.stat().st_size / 1e6:.1f} MB, "
+          f"platforms {','.join(exported.platforms)})")
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).")
-    flags.DEFINE_string("out", "generator.bin", "Output file (serialized StableHLO).")
-    flags.DEFINE_string("platforms", "cpu,cuda", "Comma-separated lowering platforms ('' = this machine's).")
-    flags.DEFINE_bool("ema", True, "Use the EMA generator weights when the run kept them.")
-    run_absl(main)  # a user error (no checkpoint, bad flag): one error line, status 2
+    errors.run_cli(main)  # a user error (no checkpoint, bad flag): one error line, status 2

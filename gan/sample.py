@@ -1,7 +1,7 @@
 """Samples from a trained generator: ``.npz`` of uint8 images, PNG grids and sheets.
 
     python -m gan.sample --workdir=DIR --num=50000 [--out=DIR/samples.npz] [--grid=grid.png] [--seed=0]
-        [--batch=500] [--no_ema] [--truncation=T] [--labels=3,5]
+        [--batch=500] [--no_ema] [--truncation=T] [--labels=3,5] [--seed_index=0,1]
         [--class_grid=classes.png --per_class=8] [--interpolate=interp.png --interp_rows=8 --interp_steps=8]
 
 Sample ``i`` is ``G(z_i)`` with ``z_i ~ N(0, I)`` drawn from ``fold_in(PRNGKey(seed), i)``, so the
@@ -28,17 +28,24 @@ Outputs:
 Every PNG comes with the arrays it shows, in an ``.npz`` next to it (same name): ``images`` as
 (rows, columns, H, W, 3) uint8 for the sheets, (N, H, W, 3) for ``--grid``, and ``labels`` in the
 same layout for a conditional run.
+
+A run of several seeds (``config.num_seeds > 1``) samples each seed's generator that
+``--seed_index`` picks (comma-separated indices; default all): index ``i`` is seed
+``config.seed + i``, and every output file of seed ``k`` gets ``_seed<k>`` before its extension
+(``DIR/samples_seed1.npz``, where ``gan.evaluate --workdir=DIR`` looks).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import argparse
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
-from absl import app, flags, logging
 
+from gan import models
 from gan.sampling import (
     class_labels,
     generate_from_latents,
@@ -46,33 +53,52 @@ from gan.sampling import (
     interpolation_latents,
     sample_latents,
 )
-from gan.state import generator_variables, load_config, restore_state
+from gan.state import (
+    TrainState,
+    generator_variables,
+    load_config,
+    parse_seed_indices,
+    restore_state,
+    run_seeds,
+    seed_path,
+    select_seed,
+)
 from gan.state import num_classes as run_num_classes
-from sympad.train.errors import ConfigError, run_absl
+from sympad.train import errors
+from sympad.train.errors import ConfigError
 from sympad.train.metrics import save_image_grid
 
-FLAGS = flags.FLAGS
+__all__ = ["main"]
 
 
-def _define_flags() -> None:
-    flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).")
-    flags.DEFINE_integer("num", 50_000, "Number of samples.")
-    flags.DEFINE_string(
-        "out", None, "Output .npz (key 'images', uint8 (N, H, W, 3), and 'labels' int32 (N,) for a conditional "
-        "run); default WORKDIR/samples.npz; '' for none."
-    )
-    flags.DEFINE_string("grid", "", "Also write a PNG grid of the first --grid_num samples here.")
-    flags.DEFINE_integer("grid_num", 64, "Samples in the grid.")
-    flags.DEFINE_integer("seed", 0, "Sample i uses fold_in(PRNGKey(seed), i).")
-    flags.DEFINE_integer("batch", 500, "Samples per device call (all devices together).")
-    flags.DEFINE_bool("ema", True, "Use the EMA generator weights when the run kept them.")
-    flags.DEFINE_float("truncation", 0.0, "Draw latents from the normal truncated to [-T, T]; 0 = off.")
-    flags.DEFINE_string("labels", "", "Conditional runs: only these classes (comma-separated), e.g. 3,5.")
-    flags.DEFINE_string("class_grid", "", "Conditional runs: a PNG with one row per class here.")
-    flags.DEFINE_integer("per_class", 8, "Columns (latents) of --class_grid.")
-    flags.DEFINE_string("interpolate", "", "A PNG of spherical latent interpolations here.")
-    flags.DEFINE_integer("interp_rows", 8, "Rows (interpolations) of --interpolate.")
-    flags.DEFINE_integer("interp_steps", 8, "Images per row of --interpolate, both endpoints included.")
+def _parser() -> argparse.ArgumentParser:
+    p = errors.ArgumentParser(prog="python -m gan.sample",
+                              description="Sample a trained GAN generator: .npz and PNG sheets.")
+    p.add_argument("--workdir", required=True, help="training workdir (config.json + checkpoints/)")
+    p.add_argument("--num", type=int, default=50_000, help="number of samples (default %(default)s)")
+    p.add_argument("--out", default=None,
+                   help="output .npz (key 'images', uint8 (N, H, W, 3), and 'labels' int32 (N,) for a conditional "
+                        "run); default WORKDIR/samples.npz; '' for none")
+    p.add_argument("--grid", default="", help="also write a PNG grid of the first --grid_num samples here")
+    p.add_argument("--grid_num", type=int, default=64, help="samples in the grid (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses fold_in(PRNGKey(seed), i)")
+    p.add_argument("--batch", type=int, default=500, help="samples per device call (all devices together)")
+    p.add_argument("--ema", dest="ema", action="store_true", default=True,
+                   help="use the EMA generator weights when the run kept them (default)")
+    p.add_argument("--no_ema", dest="ema", action="store_false", help="use the live generator weights")
+    p.add_argument("--truncation", type=float, default=0.0,
+                   help="draw latents from the normal truncated to [-T, T]; 0 = off")
+    p.add_argument("--labels", default="", help="conditional runs: only these classes (comma-separated), e.g. 3,5")
+    p.add_argument("--seed_index", default="",
+                   help="runs of several seeds: which (comma-separated indices; index i is seed config.seed + i); "
+                        "'' = all")
+    p.add_argument("--class_grid", default="", help="conditional runs: a PNG with one row per class here")
+    p.add_argument("--per_class", type=int, default=8, help="columns (latents) of --class_grid")
+    p.add_argument("--interpolate", default="", help="a PNG of spherical latent interpolations here")
+    p.add_argument("--interp_rows", type=int, default=8, help="rows (interpolations) of --interpolate")
+    p.add_argument("--interp_steps", type=int, default=8,
+                   help="images per row of --interpolate, both endpoints included")
+    return p
 
 
 def _parse_labels(text: str) -> list[int]:
@@ -84,13 +110,24 @@ def _parse_labels(text: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
-def _check_png(name: str) -> None:
-    path = FLAGS[name].value
-    if path and Path(path).suffix.lower() != ".png":
-        raise ConfigError(f"--{name}={path!r}: must name a .png file (its arrays go next to it as .npz)")
+def _check_args(args: argparse.Namespace) -> None:
+    """Everything that can be checked before the run's files are read."""
+    for name in ("num", "grid_num", "batch", "per_class", "interp_rows"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name}={getattr(args, name)}: must be a positive int")
+    if args.interp_steps < 2:
+        raise ConfigError(f"--interp_steps={args.interp_steps}: must be >= 2 (the two endpoints)")
+    if args.seed < 0:
+        raise ConfigError(f"--seed={args.seed}: must be >= 0")
+    if args.truncation < 0:
+        raise ConfigError(f"--truncation={args.truncation}: must be >= 0 (0 = off)")
+    for name in ("grid", "class_grid", "interpolate"):
+        path = getattr(args, name)
+        if path and Path(path).suffix.lower() != ".png":
+            raise ConfigError(f"--{name}={path!r}: must name a .png file (its arrays go next to it as .npz)")
 
 
-def _save_sheet(images: np.ndarray, path: str, *, columns: int | None = None,
+def _save_sheet(images: np.ndarray, path: str | Path, *, columns: int | None = None,
                 labels: np.ndarray | None = None) -> None:
     """Writes the PNG and, next to it, an ``.npz`` with the images (and labels) it shows."""
     save_image_grid(images.reshape(-1, *images.shape[-3:]), path, ncols=columns)
@@ -98,89 +135,86 @@ def _save_sheet(images: np.ndarray, path: str, *, columns: int | None = None,
     np.savez(Path(path).with_suffix(".npz"), **arrays)
 
 
-def _classes(num_classes: int, labels: Sequence[int]) -> np.ndarray:
+def _classes(num_classes: int, labels: Sequence[int], text: str) -> np.ndarray:
     """The classes to sample: ``labels`` checked against the run's classes, or all of them."""
     bad = [c for c in labels if not 0 <= c < num_classes]
     if bad:
-        raise ConfigError(f"--labels={FLAGS.labels}: {', '.join(map(str, bad))} out of range; this run has "
+        raise ConfigError(f"--labels={text}: {', '.join(map(str, bad))} out of range; this run has "
                           f"{num_classes} classes (0 to {num_classes - 1})")
     return np.asarray(labels or range(num_classes), np.int32)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.workdir:
-        raise app.UsageError("--workdir is required")
-    # Everything that can be checked before the checkpoint is read.
-    for name in ("num", "grid_num", "batch", "per_class", "interp_rows"):
-        if FLAGS[name].value < 1:
-            raise ConfigError(f"--{name}={FLAGS[name].value}: must be a positive int")
-    if FLAGS.interp_steps < 2:
-        raise ConfigError(f"--interp_steps={FLAGS.interp_steps}: must be >= 2 (the two endpoints)")
-    if FLAGS.seed < 0:
-        raise ConfigError(f"--seed={FLAGS.seed}: must be >= 0")
-    if FLAGS.truncation < 0:
-        raise ConfigError(f"--truncation={FLAGS.truncation}: must be >= 0 (0 = off)")
-    for name in ("grid", "class_grid", "interpolate"):
-        _check_png(name)
-    labels = _parse_labels(FLAGS.labels)
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    _check_args(args)
+    labels = _parse_labels(args.labels)
 
-    # The run's config says whether it is conditional: flags that need classes fail before the
-    # (slower) checkpoint restore.
-    config = load_config(FLAGS.workdir)
+    # The run's config says whether it is conditional and how many seeds it trained: flags that
+    # do not fit fail before the (slower) checkpoint restore.
+    config = load_config(args.workdir)
     num_classes = run_num_classes(config)
     for name in ("class_grid", "labels"):
-        if FLAGS[name].value and not num_classes:
+        if getattr(args, name) and not num_classes:
             raise ConfigError(f"--{name} needs a conditional run (config.conditional=True); "
-                              f"{FLAGS.workdir} is unconditional")
-    classes = _classes(num_classes, labels) if num_classes else None
-    config, generator, state = restore_state(FLAGS.workdir, config)
-    variables = generator_variables(state, use_ema=FLAGS.ema)
-    key = jax.random.key(FLAGS.seed)
-    truncation = FLAGS.truncation
+                              f"{args.workdir} is unconditional")
+    classes = _classes(num_classes, labels, args.labels) if num_classes else None
+    indices = parse_seed_indices(args.seed_index, config)
+    seeds = run_seeds(config)
+    config, generator, state = restore_state(args.workdir, config)
+    for index in indices:
+        # Several seeds: seed k's files are named <name>_seed<k>.<ext>.
+        name = (lambda path: seed_path(path, seeds[index])) if len(seeds) > 1 else Path
+        _write(args, config, generator, select_seed(state, index), classes, name)
+
+
+def _write(args: argparse.Namespace, config: ml_collections.ConfigDict, generator: models.Generator,
+           state: TrainState, classes: np.ndarray | None, name: Callable[[str | Path], Path]) -> None:
+    """One seed's outputs: the samples .npz, the grid and the sheets the flags ask for."""
+    variables = generator_variables(state, use_ema=args.ema)
+    key = jax.random.key(args.seed)
+    truncation = args.truncation
 
     # Next to the run by default, where gan.evaluate --workdir finds it.
-    out = str(Path(FLAGS.workdir) / "samples.npz") if FLAGS.out is None else FLAGS.out
-    num = max(FLAGS.num if out else 0, FLAGS.grid_num if FLAGS.grid else 0)
+    out = str(Path(args.workdir) / "samples.npz") if args.out is None else args.out
+    num = max(args.num if out else 0, args.grid_num if args.grid else 0)
     if num:
         sample_labels = None if classes is None else classes[class_labels(num, len(classes))]
-        images = generate_samples(generator, variables, num=num, seed=FLAGS.seed, batch_size=FLAGS.batch,
+        images = generate_samples(generator, variables, num=num, seed=args.seed, batch_size=args.batch,
                                   z_dim=config.z_dim, labels=sample_labels, truncation=truncation)
         if out:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            arrays = {"images": images[: FLAGS.num]}
+            path = name(out)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            arrays = {"images": images[: args.num]}
             if sample_labels is not None:
-                arrays["labels"] = sample_labels[: FLAGS.num]
-            np.savez(out, **arrays)
-            logging.info("Wrote %d samples of step %d to %s", FLAGS.num, int(state.step), out)
-        if FLAGS.grid:
-            grid_labels = None if sample_labels is None else sample_labels[: FLAGS.grid_num]
-            _save_sheet(images[: FLAGS.grid_num], FLAGS.grid, labels=grid_labels)
-            logging.info("Wrote a grid of %d samples to %s", FLAGS.grid_num, FLAGS.grid)
+                arrays["labels"] = sample_labels[: args.num]
+            np.savez(path, **arrays)
+            print(f"wrote {args.num} samples of step {int(state.step)} to {path}")
+        if args.grid:
+            grid_labels = None if sample_labels is None else sample_labels[: args.grid_num]
+            _save_sheet(images[: args.grid_num], name(args.grid), labels=grid_labels)
+            print(f"wrote a grid of {args.grid_num} samples to {name(args.grid)}")
 
-    if FLAGS.class_grid:
-        columns = FLAGS.per_class
+    if args.class_grid:
+        columns = args.per_class
         z = sample_latents(key, np.arange(columns), z_dim=config.z_dim, truncation=truncation)
         grid_labels = np.repeat(classes, columns)  # row r: class classes[r], every column's latent
         images = generate_from_latents(generator, variables, np.tile(np.asarray(z), (len(classes), 1)),
-                                       grid_labels, batch_size=FLAGS.batch)
+                                       grid_labels, batch_size=args.batch)
         shape = (len(classes), columns)
-        _save_sheet(images.reshape(*shape, *images.shape[1:]), FLAGS.class_grid, columns=columns,
+        _save_sheet(images.reshape(*shape, *images.shape[1:]), name(args.class_grid), columns=columns,
                     labels=grid_labels.reshape(shape))
-        logging.info("Wrote a class grid (%d classes x %d latents) to %s", *shape, FLAGS.class_grid)
+        print(f"wrote a class grid ({shape[0]} classes x {shape[1]} latents) to {name(args.class_grid)}")
 
-    if FLAGS.interpolate:
-        rows, steps = FLAGS.interp_rows, FLAGS.interp_steps
+    if args.interpolate:
+        rows, steps = args.interp_rows, args.interp_steps
         z = interpolation_latents(key, num_rows=rows, steps=steps, z_dim=config.z_dim, truncation=truncation)
         row_labels = None if classes is None else np.repeat(classes[np.arange(rows) % len(classes)], steps)
         images = generate_from_latents(generator, variables, np.asarray(z).reshape(rows * steps, -1), row_labels,
-                                       batch_size=FLAGS.batch)
-        _save_sheet(images.reshape(rows, steps, *images.shape[1:]), FLAGS.interpolate, columns=steps,
+                                       batch_size=args.batch)
+        _save_sheet(images.reshape(rows, steps, *images.shape[1:]), name(args.interpolate), columns=steps,
                     labels=None if row_labels is None else row_labels.reshape(rows, steps))
-        logging.info("Wrote %d interpolations of %d steps to %s", rows, steps, FLAGS.interpolate)
+        print(f"wrote {rows} interpolations of {steps} steps to {name(args.interpolate)}")
 
 
 if __name__ == "__main__":
-    _define_flags()
-    run_absl(main)  # a user error (no checkpoint, bad flag): one error line, status 2
+    errors.run_cli(main)  # a user error (no checkpoint, bad flag): one error line, status 2

@@ -8,12 +8,19 @@ from a config, ``create_train_state`` (a pure function of ``config.seed``), ``lo
 Randomness is a pure function of ``(config.seed, step)``: one ``sympad.train.rng.stream`` per
 purpose (:data:`STREAMS`: the initial weights, the train steps' latents, the input pipeline, the
 sample grids).
+
+Several seeds in one run (``config.num_seeds = N > 1``): every field of :class:`TrainState` but
+``step`` gains a leading seed axis of size N, and seed ``i`` holds exactly the state a single run
+with ``config.seed + i`` would (:func:`run_seeds`, :func:`select_seed`); ``gan.step`` vmaps the
+train step over that axis. With ``num_seeds = 1`` nothing is stacked: the state, its checkpoints
+and the step are those of a plain run.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +48,11 @@ __all__ = [
     "output_size",
     "parse_channels",
     "restore_state",
+    "parse_seed_indices",
+    "run_seeds",
+    "seed_path",
+    "seed_prefix",
+    "select_seed",
 ]
 
 #: The run's PRNG streams (``sympad.train.rng.stream``), in their fixed order.
@@ -172,11 +184,82 @@ class TrainState:
     key: jax.Array
 
 
+def run_seeds(config: Mapping[str, Any]) -> tuple[int, ...]:
+    """The seeds a run trains: ``config.seed + i`` for ``i < config.num_seeds`` (one seed by default).
+
+    ``config``: a ConfigDict, or a finished run's config.json as a dict.
+    """
+    num = config.get("num_seeds", 1)
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ConfigError(f"config.num_seeds={num!r}: must be an int >= 1 (seeds trained at once)")
+    return tuple(int(config.get("seed", 0)) + i for i in range(num))
+
+
+def seed_prefix(seed: int) -> str:
+    """The prefix of a seed's entries in metrics.jsonl: ``'seed3/'``."""
+    return f"seed{seed}/"
+
+
+def seed_path(path: str | Path, seed: int) -> Path:
+    """A file of one seed of a several-seed run: ``samples.npz`` -> ``samples_seed3.npz``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_seed{seed}{path.suffix}")
+
+
+def parse_seed_indices(text: str, config: Mapping[str, Any], *, flag: str = "--seed_index") -> list[int]:
+    """A tool's ``--seed_index`` value: comma-separated indices into the run's seeds ('' = all of them).
+
+    Raises:
+      ConfigError: naming ``flag``, for a value that is not ints or an index the run does not have.
+    """
+    seeds = run_seeds(config)
+    try:
+        indices = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag}={text!r}: use comma-separated seed indices, e.g. {flag}=0,1") from None
+    bad = [i for i in indices if not 0 <= i < len(seeds)]
+    if bad:
+        raise ConfigError(f"{flag}={text}: {', '.join(map(str, bad))} out of range; this run trained "
+                          f"{len(seeds)} seed(s): indices 0 to {len(seeds) - 1} (seeds {', '.join(map(str, seeds))})")
+    return list(dict.fromkeys(indices)) or list(range(len(seeds)))
+
+
 def create_train_state(config: ml_collections.ConfigDict, generator: models.Generator,
                        discriminator: models.Discriminator, g_tx: optax.GradientTransformation,
                        d_tx: optax.GradientTransformation) -> TrainState:
-    """Initial state from ``config.seed``."""
-    g_key, d_key = jax.random.split(rng.stream(config.seed, "init", STREAMS))
+    """Initial state from ``config.seed``; with ``config.num_seeds = N > 1`` the N seeds' states stacked.
+
+    Seed ``i`` of a stacked state is, leaf for leaf, the initial state of a single run with
+    ``seed = config.seed + i`` (built the same way, then stacked along a new leading axis; ``step``
+    stays one scalar).
+    """
+    seeds = run_seeds(config)
+    if len(seeds) == 1:
+        return _single_train_state(seeds[0], config, generator, discriminator, g_tx, d_tx)
+    states = [_single_train_state(seed, config, generator, discriminator, g_tx, d_tx) for seed in seeds]
+    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+    return stacked.replace(step=states[0].step)
+
+
+def select_seed(state: TrainState, index: int) -> TrainState:
+    """Seed ``index`` of a stacked state (``config.num_seeds > 1``), as a single run's state.
+
+    Raises:
+      ValueError: ``index`` is out of range for the state's seed axis.
+    """
+    stacked = state.key.ndim == 1
+    num = state.key.shape[0] if stacked else 1
+    if not 0 <= index < num:
+        raise ValueError(f"seed index {index} out of range: the state holds {num} seed(s) (0 to {num - 1})")
+    if not stacked:
+        return state
+    return jax.tree_util.tree_map(lambda x: x[index], state.replace(step=None)).replace(step=state.step)
+
+
+def _single_train_state(seed: int, config: ml_collections.ConfigDict, generator: models.Generator,
+                        discriminator: models.Discriminator, g_tx: optax.GradientTransformation,
+                        d_tx: optax.GradientTransformation) -> TrainState:
+    g_key, d_key = jax.random.split(rng.stream(seed, "init", STREAMS))
     size = output_size(generator)
     labels = jnp.zeros((1,), jnp.int32) if generator.num_classes else None
     g_vars = generator.init(g_key, jnp.zeros((1, config.z_dim), jnp.float32), labels, train=False)
@@ -191,7 +274,7 @@ def create_train_state(config: ml_collections.ConfigDict, generator: models.Gene
         g_opt_state=g_tx.init(g_params),
         d_opt_state=d_tx.init(d_params),
         ema_params=jax.tree_util.tree_map(jnp.copy, g_params) if config.ema_decay > 0 else None,
-        key=rng.stream(config.seed, "train", STREAMS),
+        key=rng.stream(seed, "train", STREAMS),
     )
 
 

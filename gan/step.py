@@ -14,11 +14,19 @@ unconditional step bit for bit.
 :func:`make_train_step` builds the jitted step once per run, as ``classify.train.make_train_step``
 does: the models, optimizers and hyperparameters are fixed for the run, so they are closed over
 rather than passed (and hashed) as static arguments on every call.
+
+Several seeds (``config.num_seeds = N > 1``, a state stacked by ``gan.state.create_train_state``):
+one program updates every seed, ``jax.vmap`` of the single-seed step over the seed axis, so all
+seeds share the same kernels. Seed ``i`` draws its latents from its own state's key and its
+batches with the data key of ``config.seed + i``, from the one copy of the split on the device;
+it computes what a single run with that seed computes, up to floating-point rounding (the batched
+convolutions may sum in another order).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -29,12 +37,12 @@ import optax
 
 import sympad
 from gan import diffaugment, losses, models
-from gan.state import STREAMS, TrainState, num_classes
+from gan.state import STREAMS, TrainState, num_classes, run_seeds, seed_prefix
 from sympad.train import data as sdata
 from sympad.train import rng
-from sympad.train.mesh import batch_sharded
+from sympad.train.mesh import DATA_AXIS, batch_sharded
 
-__all__ = ["StepConfig", "make_train_step"]
+__all__ = ["StepConfig", "make_train_step", "seeds_sharded"]
 
 #: A step's result: the new state and its scalar metrics.
 StepResult = tuple[TrainState, dict[str, jax.Array]]
@@ -71,6 +79,12 @@ def _sigmoid_mean(logits: jax.Array) -> jax.Array:
     return jnp.mean(jax.nn.sigmoid(logits))
 
 
+def seeds_sharded(num_seeds: int, mesh: jax.sharding.Mesh | None) -> bool:
+    """Whether a run's seed axis is split over the mesh's devices: several seeds and devices, and the
+    device count divides the seeds. Otherwise every device holds every seed and the batch is split."""
+    return mesh is not None and num_seeds > 1 and mesh.size > 1 and num_seeds % mesh.size == 0
+
+
 def make_train_step(generator: models.Generator, discriminator: models.Discriminator,
                     g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh | None = None,
@@ -84,39 +98,82 @@ def make_train_step(generator: models.Generator, discriminator: models.Discrimin
     (``config.diffaugment``): the same policy on everything D sees, real and generated, in D's
     updates and in G's (gradients reach G through it).
 
+    With ``config.num_seeds = N > 1`` the state is stacked (seed axis first) and the step is the
+    single-seed step vmapped over it; when the device count divides N the seed axis is split over
+    the devices (:func:`seeds_sharded`), else each seed's batch is.
+
     Args:
       generator, discriminator, g_tx, d_tx: from create_models / create_optimizers.
       config: the run's config (:meth:`StepConfig.from_config` reads the step's fields).
-      mesh: the batch axis is sharded over it (data parallel), or None.
-      data_key: the input pipeline's key; default: stream ``'data'`` of ``config.seed``, as the
-        trainer's host loader draws with.
+      mesh: the batch axis (or the seed axis, see above) is sharded over it, or None.
+      data_key: the input pipeline's key (one run with one seed only); default: stream ``'data'``
+        of each seed, as the trainer's host loaders draw with.
 
     Returns:
       ``(step_on_device, step_on_batch)``: ``step_on_device(state, images, labels=None)`` takes the
       whole split on the device (uint8 ``(N, H, W, 3)``; conditional models: int labels ``(N,)``)
       and gathers batch ``i`` of the step as ``get_batch(images, labels, data_key,
       state.step * n_critic + i)``; ``step_on_batch(state, images, labels=None)`` takes this step's
-      ``n_critic`` host batches, uint8 ``(n_critic, B, H, W, 3)`` (and ``(n_critic, B)`` labels).
-      Both return the new state (the input state is donated) and scalar metrics: d_loss, g_loss,
-      d_real / d_fake (mean sigmoid of D's logits on real / generated images during the D updates),
-      d_real_logit, d_fake_logit, g_d_fake (mean sigmoid on the G update's samples), d_grad_norm,
-      g_grad_norm.
+      ``n_critic`` host batches, uint8 ``(n_critic, B, H, W, 3)`` (and ``(n_critic, B)`` labels;
+      several seeds: a leading seed axis on both). Both return the new state (the input state is
+      donated) and scalar metrics: d_loss, g_loss, d_real / d_fake (mean sigmoid of D's logits on
+      real / generated images during the D updates), d_real_logit, d_fake_logit, g_d_fake (mean
+      sigmoid on the G update's samples), d_grad_norm, g_grad_norm. With several seeds each is the
+      mean over the seeds, and ``seed<k>/<name>`` is seed ``k``'s own value.
     """
     step_config = StepConfig.from_config(config)
-    if data_key is None:
-        data_key = rng.stream(int(config.seed), "data", STREAMS)
+    seeds = run_seeds(config)
+    if data_key is not None and len(seeds) > 1:
+        raise ValueError("data_key: a run of several seeds draws each seed's batches with its own data stream")
+    sharded_seeds = seeds_sharded(len(seeds), mesh)
     pieces = dict(generator=generator, discriminator=discriminator, g_tx=g_tx, d_tx=d_tx, config=step_config,
-                  batch_sharding=batch_sharded(mesh) if mesh is not None else None)
+                  batch_sharding=batch_sharded(mesh) if mesh is not None and not sharded_seeds else None)
+
+    def one_on_device(state: TrainState, images: jax.Array, key: jax.Array, labels: jax.Array | None) -> StepResult:
+        return _train_step(state, images, key, labels, host_batches=False, **pieces)
+
+    def one_on_batch(state: TrainState, images: jax.Array, labels: jax.Array | None) -> StepResult:
+        return _train_step(state, images, None, labels, host_batches=True, **pieces)
+
+    if len(seeds) == 1:
+        key = data_key if data_key is not None else rng.stream(seeds[0], "data", STREAMS)
+        on_device = functools.partial(_with_key, one_on_device, key)
+        on_batch = one_on_batch
+    else:
+        keys = jnp.stack([rng.stream(seed, "data", STREAMS) for seed in seeds])
+        # The step counter is shared; every other field has the seed axis first.
+        axes = TrainState(step=None, g_params=0, g_stats=0, d_params=0, d_stats=0, g_opt_state=0, d_opt_state=0,
+                          ema_params=0, key=0)
+        spmd = DATA_AXIS if sharded_seeds else None
+        vmapped_device = jax.vmap(one_on_device, in_axes=(axes, None, 0, None), out_axes=(axes, 0),
+                                  spmd_axis_name=spmd)
+        vmapped_batch = jax.vmap(one_on_batch, in_axes=(axes, 0, 0), out_axes=(axes, 0), spmd_axis_name=spmd)
+        on_device = functools.partial(_per_seed_metrics, seeds, functools.partial(_with_key, vmapped_device, keys))
+        on_batch = functools.partial(_per_seed_metrics, seeds, vmapped_batch)
 
     def step_on_device(state: TrainState, images: jax.Array, labels: jax.Array | None = None) -> StepResult:
         with sympad.use_implementation(step_config.conv_implementation):
-            return _train_step(state, images, data_key, labels, host_batches=False, **pieces)
+            return on_device(state, images, labels)
 
     def step_on_batch(state: TrainState, images: jax.Array, labels: jax.Array | None = None) -> StepResult:
         with sympad.use_implementation(step_config.conv_implementation):
-            return _train_step(state, images, None, labels, host_batches=True, **pieces)
+            return on_batch(state, images, labels)
 
     return jax.jit(step_on_device, donate_argnums=0), jax.jit(step_on_batch, donate_argnums=0)
+
+
+def _with_key(step: Callable[..., StepResult], key: jax.Array, state: TrainState, images: jax.Array,
+              labels: jax.Array | None) -> StepResult:
+    return step(state, images, key, labels)
+
+
+def _per_seed_metrics(seeds: tuple[int, ...], step: Callable[..., StepResult], *args: Any) -> StepResult:
+    """Runs a vmapped step; its (N,) metrics become their means and one ``seed<k>/<name>`` scalar per seed."""
+    state, per_seed = step(*args)
+    metrics = {name: jnp.mean(values) for name, values in per_seed.items()}
+    for i, seed in enumerate(seeds):
+        metrics.update({seed_prefix(seed) + name: values[i] for name, values in per_seed.items()})
+    return state, metrics
 
 
 def _train_step(state: TrainState, dataset: jax.Array, data_key: jax.Array | None, labels: jax.Array | None, *,

@@ -34,8 +34,11 @@ from gan.state import (
     num_classes,
     output_size,
     parse_channels,
+    run_seeds,
+    seed_prefix,
+    select_seed,
 )
-from gan.step import make_train_step
+from gan.step import make_train_step, seeds_sharded
 from sympad.train import data as sdata
 from sympad.train import loop, rng
 from sympad.train.config import (
@@ -49,7 +52,7 @@ from sympad.train.config import (
     write_config,
 )
 from sympad.train.errors import ConfigError
-from sympad.train.mesh import batch_sharded
+from sympad.train.mesh import batch_sharded, leading_sharded, place, replicated
 from sympad.train.metrics import MetricWriter, image_grid, save_image_grid
 
 __all__ = ["model_summary", "train_and_evaluate", "validate"]
@@ -71,6 +74,7 @@ def model_summary(config: ml_collections.ConfigDict, generator: models.Generator
     return {
         "arch": config.arch,
         "kernel": config.kernel,
+        "seeds": list(run_seeds(config)),  # several: trained at once, vmapped (config.num_seeds)
         "image_size": size,
         "num_classes": generator.num_classes,  # 0: unconditional
         "diffaugment": list(diffaugment.parse_policy(config.get("diffaugment", ""))),
@@ -192,6 +196,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_number(config, "optimizer.b1", min_value=0.0, max_value=1.0, max_open=True)
     check_number(config, "optimizer.b2", min_value=0.0, max_value=1.0, max_open=True)
     check_int(config, "n_critic", min_value=1)
+    check_int(config, "num_seeds", min_value=1)
     check_bool(config, "unroll_d_steps")
     check_number(config, "ema_decay", min_value=0.0, max_value=1.0, max_open=True)
     check_int(config, "sample_every")
@@ -252,13 +257,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     ``config.eval_every`` steps (none when 0). With evaluation, the checkpoint of the lowest FID
     (``eval/fid``) is kept besides the latest ``config.max_checkpoints``. The config is validated
     first (:func:`validate`).
+
+    Several seeds (``config.num_seeds = N > 1``, seeds ``config.seed + i``): one stacked state and
+    one vmapped step train them all; metrics.jsonl holds each seed's values (``seed<k>/<name>``)
+    and their mean under the plain name (``_std`` beside the means of the hooks' scores: FID, IS,
+    the digits scores); sample grids are written per seed (``samples_<step>_seed<k>.png``). A
+    checkpoint holds every seed, so the best one is that of the lowest mean FID; each seed's own
+    FIDs are in metrics.jsonl. A run resumes only with the ``num_seeds`` it started with.
     """
     validate(config)  # everything, before any data is loaded or anything compiled
     mesh = loop.checked_mesh(config.batch_size)
     workdir_path = Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
+    seeds = run_seeds(config)
+    stacked = len(seeds) > 1
+    sharded_seeds = seeds_sharded(len(seeds), mesh)
 
-    # The training split (a conditional run learns its number of classes from it).
+    # The training split (a conditional run learns its number of classes from it), stored once for all seeds.
     size = output_size(create_models(config, classes=0)[0])
     dataset = _load_data(config, size)
     _resolve_classes(config, dataset, workdir_path)
@@ -269,72 +284,80 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     summary = model_summary(config, generator, discriminator)
     if jax.process_index() == 0:
         (workdir_path / "model_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    logging.info("G %s params (widths %s), D %s params", f"{summary['generator']['params']:,}",
-                 summary["generator"]["widths"], f"{summary['discriminator']['params']:,}")
+    logging.info("G %s params (widths %s), D %s params, seeds %s", f"{summary['generator']['params']:,}",
+                 summary["generator"]["widths"], f"{summary['discriminator']['params']:,}", list(seeds))
     g_tx, d_tx = create_optimizers(config)
     step_on_device, step_on_batch = make_train_step(generator, discriminator, g_tx, d_tx, config, mesh=mesh)
 
-    # Input: data step s * n_critic + i feeds D update i of train step s, on the device or from the host.
-    data_key = rng.stream(config.seed, "data", STREAMS)
+    # Input: data step s * n_critic + i feeds D update i of train step s, on the device or from the host;
+    # each seed draws its own batches (its data stream), from one copy of the split.
     n_critic = int(config.n_critic)
 
-    def host_step(state: TrainState, loader: sdata.HostLoader) -> tuple[TrainState, dict[str, jax.Array]]:
-        images, labels = zip(*(next(loader) for _ in range(n_critic)))
-        return step_on_batch(state, jnp.stack(images), jnp.stack(labels) if classes else None)
+    def host_loader(start: int) -> _SeedLoaders:
+        return _SeedLoaders([
+            sdata.HostLoader(dataset.images, dataset.labels if classes else None, batch_size=config.batch_size,
+                             key=rng.stream(seed, "data", STREAMS), start_step=start * n_critic,
+                             # several processes: each loads its own rows
+                             sharding=batch_sharded(mesh) if jax.process_count() > 1 else None)
+            for seed in seeds])
+
+    def host_step(state: TrainState, loaders: _SeedLoaders) -> tuple[TrainState, dict[str, jax.Array]]:
+        images, labels = loaders.next_step(n_critic, stacked=stacked)
+        return step_on_batch(state, images, labels if classes else None)
 
     data = loop.Input(
         dataset=dataset,
         arrays="images_labels" if classes else "images",
         device_step=step_on_device,
-        host_loader=lambda start: sdata.HostLoader(dataset.images, dataset.labels if classes else None,
-                                                   batch_size=config.batch_size, key=data_key,
-                                                   start_step=start * n_critic,
-                                                   # several processes: each loads its own rows
-                                                   sharding=batch_sharded(mesh) if jax.process_count() > 1 else None),
+        host_loader=host_loader,
         host_step=host_step,
     )
 
-    # Hooks: sample grids (and the digits scores), FID/IS. A conditional grid has one row per class,
-    # the same latents in every row (so a column is one z across the classes).
-    grid_key = rng.stream(config.seed, "grid", STREAMS)
-    if classes:
-        per_row = max(1, int(config.num_grid) // classes)
-        grid_z = jnp.tile(jax.random.normal(grid_key, (per_row, config.z_dim)), (classes, 1))
-        grid_labels, grid_cols = jnp.repeat(jnp.arange(classes, dtype=jnp.int32), per_row), per_row
-    else:
-        grid_z, grid_labels, grid_cols = jax.random.normal(grid_key, (config.num_grid, config.z_dim)), None, None
+    # Hooks: sample grids (and the digits scores), FID/IS, per seed. A conditional grid has one row
+    # per class, the same latents in every row (so a column is one z across the classes).
+    grids = [_grid_inputs(config, seed, classes) for seed in seeds]
     digits_scorer = _digits_scorer(config)
+    # Seed i's state as a single run's, on every device (the hooks sample with it).
+    one_seed = (jax.jit(select_seed, static_argnums=1, out_shardings=replicated(mesh)) if stacked
+                else lambda state, index: state)
 
     def sample_labels(num: int) -> np.ndarray | None:
         # The classes generate_samples gives a conditional G by default (sample i: i % classes).
         return sampling.class_labels(num, classes) if classes else None
 
     def save_samples(step: int, state: TrainState, writer: MetricWriter) -> dict[str, float]:
-        variables = generator_variables(state, use_ema=True)
-        grid = np.asarray(sampling.generate_images(generator, variables, grid_z, grid_labels))
-        if jax.process_index() == 0:  # every process has the grid; one writes it
-            save_image_grid(grid, workdir_path / f"samples_{step:07d}.png", ncols=grid_cols)
-        writer.write_image(step, "samples", image_grid(grid, ncols=grid_cols))
-        if digits_scorer is None:
-            return {}
-        num = config.digits_quality_samples
-        samples = sampling.generate_samples(generator, variables, num=num, seed=config.seed + 1, batch_size=256,
-                                            mesh=mesh)
-        return digits_scorer(samples, sample_labels(num))
+        scores = []
+        for i, seed in enumerate(seeds):
+            variables = generator_variables(one_seed(state, i), use_ema=True)
+            grid_z, grid_labels, grid_cols = grids[i]
+            grid = np.asarray(sampling.generate_images(generator, variables, grid_z, grid_labels))
+            suffix, tag = (f"_seed{seed}", seed_prefix(seed) + "samples") if stacked else ("", "samples")
+            if jax.process_index() == 0:  # every process has the grid; one writes it
+                save_image_grid(grid, workdir_path / f"samples_{step:07d}{suffix}.png", ncols=grid_cols)
+            writer.write_image(step, tag, image_grid(grid, ncols=grid_cols))
+            if digits_scorer is not None:
+                num = config.digits_quality_samples
+                samples = sampling.generate_samples(generator, variables, num=num, seed=seed + 1, batch_size=256,
+                                                    mesh=mesh)
+                scores.append(digits_scorer(samples, sample_labels(num)))
+        return _over_seeds(seeds, scores) if scores else {}
 
     hooks = [loop.Hook(config.sample_every, save_samples, "sample_every")]
     evaluator = _build_evaluator(config)
     if evaluator is not None:
         def evaluate(step: int, state: TrainState, writer: MetricWriter) -> dict[str, float]:
             num = _eval_num_samples(config, evaluator)
-            samples = sampling.generate_samples(generator, generator_variables(state, use_ema=True), num=num,
-                                                seed=config.seed + 1, batch_size=256, mesh=mesh)
-            # Conditional runs: overall and intra-class (per class) scores through the same network.
-            scores = {f"eval/{k}": v for k, v in evaluator(samples, labels=sample_labels(num)).items()}
-            # One name for the best-checkpoint rule, whichever feature network computed the FID.
-            fids = [v for k, v in scores.items()
-                    if k.startswith("eval/fid_") and not k.startswith(("eval/fid_intra", "eval/fid_class"))]
-            return {**scores, "eval/fid": fids[0]} if fids else scores
+            per_seed = []
+            for i, seed in enumerate(seeds):
+                samples = sampling.generate_samples(generator, generator_variables(one_seed(state, i), use_ema=True),
+                                                    num=num, seed=seed + 1, batch_size=256, mesh=mesh)
+                # Conditional runs: overall and intra-class (per class) scores through the same network.
+                scores = {f"eval/{k}": v for k, v in evaluator(samples, labels=sample_labels(num)).items()}
+                # One name for the best-checkpoint rule, whichever feature network computed the FID.
+                fids = [v for k, v in scores.items()
+                        if k.startswith("eval/fid_") and not k.startswith(("eval/fid_intra", "eval/fid_class"))]
+                per_seed.append({**scores, "eval/fid": fids[0]} if fids else scores)
+            return _over_seeds(seeds, per_seed)
 
         hooks.append(loop.Hook(config.eval_every, evaluate, "eval_every"))
 
@@ -347,9 +370,61 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         progress_keys=("d_loss", "g_loss"), desc=f"gan {config.kernel}",
         # A step-0 record only when files were skipped: a clean run's metrics start at step 1.
         first_record={"data/skipped": len(dataset.skipped)} if dataset.skipped else None,
-        # With evaluation, the lowest FID's checkpoint is kept besides the latest ones.
-        best_metric="eval/fid" if evaluator is not None else None)
+        # With evaluation, the lowest (mean) FID's checkpoint is kept besides the latest ones.
+        best_metric="eval/fid" if evaluator is not None else None,
+        # The seed axis split over the devices when their count divides it (gan.step.seeds_sharded).
+        place=(lambda tree: place(tree, leading_sharded(tree, mesh))) if sharded_seeds else None,
+        run_fields={"num_seeds": len(seeds)})
     return state
+
+
+class _SeedLoaders:
+    """One host loader per seed, each positioned at the run's step, closed together."""
+
+    def __init__(self, loaders: list[sdata.HostLoader]):
+        self.loaders = loaders
+
+    def next_step(self, n_critic: int, *, stacked: bool) -> tuple[jax.Array, jax.Array | None]:
+        """This step's ``n_critic`` batches of every seed: images ``(n_critic, B, ...)`` (and labels
+        ``(n_critic, B)``), with a leading seed axis when ``stacked``."""
+        per_seed = []
+        for loader in self.loaders:
+            images, labels = zip(*(next(loader) for _ in range(n_critic)))
+            per_seed.append((jnp.stack(images), None if labels[0] is None else jnp.stack(labels)))
+        if not stacked:
+            return per_seed[0]
+        images, labels = zip(*per_seed)
+        return jnp.stack(images), None if labels[0] is None else jnp.stack(labels)
+
+    def close(self) -> None:
+        for loader in self.loaders:
+            loader.close()
+
+
+def _grid_inputs(config: ml_collections.ConfigDict, seed: int, classes: int
+                 ) -> tuple[jax.Array, jax.Array | None, int | None]:
+    """A seed's sample-grid latents, labels and columns (a conditional grid: one row per class)."""
+    grid_key = rng.stream(seed, "grid", STREAMS)
+    if classes:
+        per_row = max(1, int(config.num_grid) // classes)
+        grid_z = jnp.tile(jax.random.normal(grid_key, (per_row, config.z_dim)), (classes, 1))
+        return grid_z, jnp.repeat(jnp.arange(classes, dtype=jnp.int32), per_row), per_row
+    return jax.random.normal(grid_key, (config.num_grid, config.z_dim)), None, None
+
+
+def _over_seeds(seeds: tuple[int, ...], per_seed: list[dict[str, float]]) -> dict[str, float]:
+    """One seed's scores as they are; several: their mean and ``_std`` (over seeds), then each seed's own."""
+    if len(seeds) == 1:
+        return per_seed[0]
+    names = [k for k in per_seed[0] if all(k in scores for scores in per_seed)]
+    out: dict[str, float] = {}
+    for name in names:
+        values = np.asarray([float(scores[name]) for scores in per_seed])
+        out[name] = float(values.mean())
+        out[f"{name}_std"] = float(values.std(ddof=1))
+    for seed, scores in zip(seeds, per_seed):
+        out.update({seed_prefix(seed) + k: v for k, v in scores.items()})
+    return out
 
 
 def _eval_num_samples(config: ml_collections.ConfigDict, evaluator: Any) -> int:

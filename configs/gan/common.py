@@ -16,7 +16,7 @@ BUDGETS = {"table4": 200_000, "fig5": 500_000}
 
 #: The config-file args every GAN config takes (after the colon), with their defaults.
 ARGS = dict(kernel="C3", data="cifar10", loss="", norm="", conditional=False, diffaugment="", ema=False,
-            lr_decay=False, budget="table4", eval=False, seed=0, runlocal=False)
+            lr_decay=False, budget="table4", eval=False, seed=0, seeds=1, runlocal=False)
 
 
 #: Allowed values of the config-file args (loss and norm '': the mode's default).
@@ -60,6 +60,8 @@ def base_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.num_train_steps = BUDGETS[args.budget] // config.n_critic  # G updates
     config.ema_decay = 0.9999 if args.ema else 0.0
     config.seed = args.seed
+    # Seeds seed, seed + 1, ... trained at once in one vmapped program (gan.step); each as its own run.
+    config.num_seeds = args.seeds
     # The loop: logging, checkpoints, evaluation (FID/IS through gan.metrics), data placement.
     add_loop_fields(config, log_every=100, checkpoint_every=1000, max_checkpoints=3,
                     eval_every=5000 if args.eval else 0)

@@ -7,9 +7,9 @@ folder:PATH; any sympad.train.data name, loaded at 128 px), loss (ns | hinge; hi
 (none | batch; batch when conditional), conditional (BigGAN-style: one shared class embedding projected
 to every conditional BatchNorm; a labelled dataset, e.g. folder:PATH with class subfolders),
 diffaugment (policies joined by '+'), ema, lr_decay,
-budget (table4: 200k D steps; fig5: 500k), eval, seed, runlocal (a ~1 min CPU smoke run: 32 px
-digits, widths 8-16, 20 steps). Splits too big for device memory (LSUN bedroom) stream from the
-host automatically.
+budget (table4: 200k D steps; fig5: 500k), eval, seed, seeds (that many seeds trained at once, vmapped),
+runlocal (a ~1 min CPU smoke run: 32 px digits, widths 8-16, 20 steps). Splits too big for device
+memory (LSUN bedroom) stream from the host automatically.
 """
 
 from configs.gan.common import ARG_CHOICES, ARGS, base_config

@@ -9,7 +9,8 @@ conditional), norm (none | batch: G normalization; default none, batch when cond
 conditional (class-conditional G and a projection D, labels from the data), diffaugment (DiffAugment
 policies joined by '+', e.g. color+translation+cutout), ema (keep an EMA of G, decay 0.9999),
 lr_decay (linear to 0), budget (table4: 200k D steps; fig5: 500k), eval (FID/IS every 5k steps
-through gan.metrics), seed, runlocal.
+through gan.metrics), seed, seeds (train seeds seed .. seed+seeds-1 at once, one vmapped program;
+config.num_seeds), runlocal.
 Fields (defaults in configs/gan/common.py), e.g. --config.optimizer.learning_rate=1e-4; the loop's,
 shared with classify (sympad.train.config.LOOP_FIELDS): log_every, checkpoint_every, eval_every
 (train steps; 0 = only at the end), sample_every, max_checkpoints, host_data=true (stream batches

@@ -25,7 +25,7 @@ import numpy as np
 from absl import logging
 
 from sympad.train.config import RESUME_CORRUPT
-from sympad.train.errors import UserError, traceback_requested
+from sympad.train.errors import ConfigError, UserError, traceback_requested
 from sympad.train.mesh import make_mesh, replicated
 
 
@@ -202,6 +202,10 @@ class Checkpointer:
         does, raise. With ``read_only`` the damaged directory is left where it is. A checkpoint
         that restores but does not fit the template always raises: an older step would not fit
         either, and renaming good checkpoints would hide the real mistake (a changed config).
+      run_fields: config fields that fix the state's structure, e.g. ``{"num_seeds": 2}``:
+        written into every manifest; restoring a checkpoint whose manifest records another value
+        of one of them raises a ``ConfigError`` naming ``config.<field>`` (before the arrays are
+        compared, so the user reads the cause, not a list of shape differences).
     """
 
     def __init__(
@@ -213,6 +217,7 @@ class Checkpointer:
         best_mode: str = "min",
         read_only: bool = False,
         on_corrupt: str = "raise",
+        run_fields: Mapping[str, Any] | None = None,
     ):
         import orbax.checkpoint as ocp  # Deferred: orbax is slow to import and only needed here.
         from orbax.checkpoint import checkpoint_managers as ocm
@@ -226,6 +231,7 @@ class Checkpointer:
         if on_corrupt not in RESUME_CORRUPT:
             raise ValueError(f"on_corrupt must be one of {RESUME_CORRUPT}, got {on_corrupt!r}")
         self.on_corrupt = on_corrupt
+        self.run_fields = dict(run_fields or {})
         self._ocp = ocp
         self.directory = Path(directory).expanduser().absolute()
         self.best_metric = best_metric
@@ -347,6 +353,8 @@ class Checkpointer:
                     raise ValueError(f"metrics[{name!r}] must be a scalar, got shape {arr.shape}")
                 stored_metrics[str(name)] = float(arr.reshape(()))
         manifest = {"format": _FORMAT, "step": step, "leaves": manifest_leaves, "metrics": stored_metrics}
+        if self.run_fields:
+            manifest["run_fields"] = self.run_fields
         try:
             saved = self._manager.save(
                 step,
@@ -506,6 +514,14 @@ class Checkpointer:
                 f"checkpoint {path} is corrupt or not a sympad checkpoint: bad manifest.{hint}"
             )
 
+        saved_fields = manifest.get("run_fields") or {}
+        for name, value in self.run_fields.items():
+            if name in saved_fields and saved_fields[name] != value:
+                saved = saved_fields[name]
+                raise ConfigError(
+                    f"config.{name}={value!r}: the checkpoints in {self.directory} were written by a run with "
+                    f"{name}={saved!r}; resume with --config.{name}={saved!r}, or start a new --workdir"
+                )
         flat, treedef = jax.tree_util.tree_flatten_with_path(template)
         specs = [_leaf_spec(p, x) for p, x in flat]
         saved_leaves = manifest["leaves"]

@@ -163,8 +163,12 @@ def on_device(dataset: sdata.Dataset, *, host_data: bool) -> bool:
     return not host_data and sdata.fits_on_device(dataset)
 
 
-def restore_or_init(checkpointer: Checkpointer, init_state: Callable[[], State], mesh: Mesh) -> tuple[State, int]:
+def restore_or_init(checkpointer: Checkpointer, init_state: Callable[[], State], mesh: Mesh, *,
+                    place: Callable[[State], State] | None = None) -> tuple[State, int]:
     """The latest checkpoint in ``checkpointer`` if any, else ``init_state()``; replicated over ``mesh``.
+
+    ``place`` puts the initial state on the devices instead (e.g. ``sympad.train.mesh.place`` with
+    a sharding); a restored state lands with the same shardings.
 
     Returns:
       ``(state, step)`` with ``step = int(state.step)``.
@@ -172,7 +176,7 @@ def restore_or_init(checkpointer: Checkpointer, init_state: Callable[[], State],
     Raises:
       sympad.train.checkpoint.CheckpointError: the latest checkpoint is corrupt or does not match.
     """
-    state = replicate(init_state(), mesh)  # the template: restored leaves land replicated
+    state = (place or (lambda tree: replicate(tree, mesh)))(init_state())  # the template: restored leaves land alike
     restored = checkpointer.restore(state)
     if restored is not None:
         logging.info("Resuming from %s (step %d)", checkpointer.step_path(restored[0]), restored[0])
@@ -403,6 +407,8 @@ def train(
     first_record: Mapping[str, float] | None = None,
     best_metric: str | None = None,
     desc: str = "train",
+    place: Callable[[State], State] | None = None,
+    run_fields: Mapping[str, Any] | None = None,
 ) -> tuple[State, dict[str, float]]:
     """Trains from the latest checkpoint in ``workdir/checkpoints`` (or from ``init_state()``) to ``total_steps``.
 
@@ -426,6 +432,11 @@ def train(
       best_metric: a record key (lower is better) whose best checkpoint is kept besides the last
         ``config.max_checkpoints``.
       desc: progress bar label.
+      place: puts the state on the devices (default: replicated over ``mesh``); see
+        :func:`restore_or_init`.
+      run_fields: config fields that fix the state's structure (``{"num_seeds": 2}``): written
+        with every checkpoint, and a resume with other values is refused with a
+        ``ConfigError`` naming the field (``sympad.train.checkpoint.Checkpointer``).
 
     Returns:
       ``(state, record)``: the final state and the last record written ({} when the restored
@@ -445,10 +456,10 @@ def train(
         # Every resource is closed on the way out, in reverse order, whatever happens in between.
         checkpointer = resources.enter_context(Checkpointer(
             Path(workdir) / "checkpoints", max_to_keep=int(config.max_checkpoints), best_metric=best_metric,
-            on_corrupt=config.get("resume_corrupt", "raise")))
+            on_corrupt=config.get("resume_corrupt", "raise"), run_fields=run_fields))
         # From here on a signal either stops after a step (and saves it) or, with nothing to save, at once.
         preemption = resources.enter_context(_PreemptionWatch())
-        state, start = restore_or_init(checkpointer, init_state, mesh)
+        state, start = restore_or_init(checkpointer, init_state, mesh, place=place)
         preemption.saved(start)
 
         if on_device(data.dataset, host_data=config.host_data):

@@ -25,7 +25,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sympad.train.errors import ConfigError
 
-__all__ = ["DATA_AXIS", "batch_sharded", "make_mesh", "maybe_initialize_distributed", "replicate", "replicated", "shard_batch"]
+__all__ = ["DATA_AXIS", "batch_sharded", "leading_sharded", "make_mesh", "maybe_initialize_distributed", "place",
+           "replicate", "replicated", "shard_batch"]
 
 DATA_AXIS = "data"
 
@@ -113,18 +114,40 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     (``jax.make_array_from_callback``); every process must pass equal values (the state is a
     pure function of the config's seed). Leaves already on ``mesh`` with that sharding are kept.
     """
-    sharding = replicated(mesh)
+    return place(tree, replicated(mesh))
+
+
+def leading_sharded(tree: PyTree, mesh: Mesh) -> PyTree:
+    """Per leaf of ``tree``: split along its leading axis over ``'data'`` (scalars: replicated).
+
+    The sharding of a state whose leaves are stacked along a leading axis that is split over the
+    devices (the GAN's seed axis), for :func:`place`.
+    """
+    return jax.tree_util.tree_map(lambda x: batch_sharded(mesh) if np.ndim(x) else replicated(mesh), tree)
+
+
+def place(tree: PyTree, sharding: NamedSharding | PyTree) -> PyTree:
+    """Puts ``tree`` on the devices with ``sharding`` (one for every leaf, or a tree of them).
+
+    Several processes: each leaf becomes a global array cut from this process's full copy (every
+    process passes equal values), as :func:`replicate` does.
+    """
+    if isinstance(sharding, NamedSharding):
+        mesh = sharding.mesh
+        sharding = jax.tree_util.tree_map(lambda _: sharding, tree)
+    else:
+        mesh = jax.tree_util.tree_leaves(sharding)[0].mesh
     if not mesh.is_multi_process:
         return jax.device_put(tree, sharding)
-    return jax.tree_util.tree_map(lambda x: _replicate_leaf(x, sharding), tree)
+    return jax.tree_util.tree_map(_place_leaf, tree, sharding)
 
 
-def _replicate_leaf(x: Any, sharding: NamedSharding) -> Any:
+def _place_leaf(x: Any, sharding: NamedSharding) -> Any:
     if isinstance(x, jax.Array) and x.sharding == sharding:
         return x
     if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-        # Typed keys: replicate the raw key data, then re-wrap with the same implementation.
-        data = _replicate_leaf(jax.random.key_data(x), sharding)
+        # Typed keys: place the raw key data, then re-wrap with the same implementation.
+        data = _place_leaf(jax.random.key_data(x), sharding)
         return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
     host = np.asarray(jax.device_get(x)) if isinstance(x, jax.Array) else np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
