@@ -16,11 +16,18 @@ does: the models, optimizers and hyperparameters are fixed for the run, so they 
 rather than passed (and hashed) as static arguments on every call.
 
 Several seeds (``config.num_seeds = N > 1``, a state stacked by ``gan.state.create_train_state``):
-one program updates every seed, ``jax.vmap`` of the single-seed step over the seed axis, so all
-seeds share the same kernels. Seed ``i`` draws its latents from its own state's key and its
+one program updates every seed. Seed ``i`` draws its latents from its own state's key and its
 batches with the data key of ``config.seed + i``, from the one copy of the split on the device;
-it computes what a single run with that seed computes, up to floating-point rounding (the batched
-convolutions may sum in another order).
+it computes what a single run with that seed computes, up to floating-point rounding. How the
+program holds the seeds is ``config.seed_batching`` (:data:`SEED_BATCHING`):
+
+* ``'vmap'``: ``jax.vmap`` of the single-seed step over the seed axis, so every seed runs in the
+  same kernels (a convolution becomes one grouped convolution over the seeds): fewer, larger
+  kernels, what a GPU running small models wants;
+* ``'loop'``: the single-seed step written out once per seed in the one program. XLA:CPU runs
+  grouped convolutions far slower than plain ones (5-10x per seed, BENCHMARKS.md), so on a CPU
+  the seeds are better run one after another;
+* ``'auto'`` (default): ``'loop'`` on the CPU backend, ``'vmap'`` on accelerators.
 """
 
 from __future__ import annotations
@@ -42,7 +49,10 @@ from sympad.train import data as sdata
 from sympad.train import rng
 from sympad.train.mesh import DATA_AXIS, batch_sharded
 
-__all__ = ["StepConfig", "make_train_step", "seeds_sharded"]
+__all__ = ["SEED_BATCHING", "StepConfig", "make_train_step", "resolve_seed_batching", "seeds_sharded"]
+
+#: Values of ``config.seed_batching``: how one program holds several seeds (module docstring).
+SEED_BATCHING = ("auto", "vmap", "loop")
 
 #: A step's result: the new state and its scalar metrics.
 StepResult = tuple[TrainState, dict[str, jax.Array]]
@@ -79,10 +89,21 @@ def _sigmoid_mean(logits: jax.Array) -> jax.Array:
     return jnp.mean(jax.nn.sigmoid(logits))
 
 
-def seeds_sharded(num_seeds: int, mesh: jax.sharding.Mesh | None) -> bool:
-    """Whether a run's seed axis is split over the mesh's devices: several seeds and devices, and the
-    device count divides the seeds. Otherwise every device holds every seed and the batch is split."""
-    return mesh is not None and num_seeds > 1 and mesh.size > 1 and num_seeds % mesh.size == 0
+def resolve_seed_batching(value: str, *, backend: str | None = None) -> str:
+    """``config.seed_batching`` for this backend: 'auto' is 'loop' on the CPU, 'vmap' elsewhere."""
+    if value not in SEED_BATCHING:
+        raise ValueError(f"seed_batching must be one of {SEED_BATCHING}, got {value!r}")
+    if value != "auto":
+        return value
+    return "loop" if (backend or jax.default_backend()) == "cpu" else "vmap"
+
+
+def seeds_sharded(num_seeds: int, mesh: jax.sharding.Mesh | None, seed_batching: str = "vmap") -> bool:
+    """Whether a run's seed axis is split over the mesh's devices: several seeds and devices, the
+    device count divides the seeds, and the seeds are vmapped. Otherwise every device holds every
+    seed and each seed's batch is split over the devices."""
+    return (mesh is not None and num_seeds > 1 and mesh.size > 1 and num_seeds % mesh.size == 0
+            and resolve_seed_batching(seed_batching) == "vmap")
 
 
 def make_train_step(generator: models.Generator, discriminator: models.Discriminator,
@@ -99,8 +120,9 @@ def make_train_step(generator: models.Generator, discriminator: models.Discrimin
     updates and in G's (gradients reach G through it).
 
     With ``config.num_seeds = N > 1`` the state is stacked (seed axis first) and the step is the
-    single-seed step vmapped over it; when the device count divides N the seed axis is split over
-    the devices (:func:`seeds_sharded`), else each seed's batch is.
+    single-seed step vmapped over it or written out once per seed (``config.seed_batching``);
+    when the seeds are vmapped and the device count divides N the seed axis is split over the
+    devices (:func:`seeds_sharded`), else each seed's batch is.
 
     Args:
       generator, discriminator, g_tx, d_tx: from create_models / create_optimizers.
@@ -125,7 +147,8 @@ def make_train_step(generator: models.Generator, discriminator: models.Discrimin
     seeds = run_seeds(config)
     if data_key is not None and len(seeds) > 1:
         raise ValueError("data_key: a run of several seeds draws each seed's batches with its own data stream")
-    sharded_seeds = seeds_sharded(len(seeds), mesh)
+    batching = resolve_seed_batching(str(config.get("seed_batching", "auto")))
+    sharded_seeds = seeds_sharded(len(seeds), mesh, batching)
     pieces = dict(generator=generator, discriminator=discriminator, g_tx=g_tx, d_tx=d_tx, config=step_config,
                   batch_sharding=batch_sharded(mesh) if mesh is not None and not sharded_seeds else None)
 
@@ -144,12 +167,16 @@ def make_train_step(generator: models.Generator, discriminator: models.Discrimin
         # The step counter is shared; every other field has the seed axis first.
         axes = TrainState(step=None, g_params=0, g_stats=0, d_params=0, d_stats=0, g_opt_state=0, d_opt_state=0,
                           ema_params=0, key=0)
-        spmd = DATA_AXIS if sharded_seeds else None
-        vmapped_device = jax.vmap(one_on_device, in_axes=(axes, None, 0, None), out_axes=(axes, 0),
-                                  spmd_axis_name=spmd)
-        vmapped_batch = jax.vmap(one_on_batch, in_axes=(axes, 0, 0), out_axes=(axes, 0), spmd_axis_name=spmd)
-        on_device = functools.partial(_per_seed_metrics, seeds, functools.partial(_with_key, vmapped_device, keys))
-        on_batch = functools.partial(_per_seed_metrics, seeds, vmapped_batch)
+        if batching == "vmap":
+            spmd = DATA_AXIS if sharded_seeds else None
+            many_on_device = jax.vmap(one_on_device, in_axes=(axes, None, 0, None), out_axes=(axes, 0),
+                                      spmd_axis_name=spmd)
+            many_on_batch = jax.vmap(one_on_batch, in_axes=(axes, 0, 0), out_axes=(axes, 0), spmd_axis_name=spmd)
+        else:
+            many_on_device = functools.partial(_seed_loop, one_on_device, (axes, None, 0, None))
+            many_on_batch = functools.partial(_seed_loop, one_on_batch, (axes, 0, 0))
+        on_device = functools.partial(_per_seed_metrics, seeds, functools.partial(_with_key, many_on_device, keys))
+        on_batch = functools.partial(_per_seed_metrics, seeds, many_on_batch)
 
     def step_on_device(state: TrainState, images: jax.Array, labels: jax.Array | None = None) -> StepResult:
         with sympad.use_implementation(step_config.conv_implementation):
@@ -165,6 +192,24 @@ def make_train_step(generator: models.Generator, discriminator: models.Discrimin
 def _with_key(step: Callable[..., StepResult], key: jax.Array, state: TrainState, images: jax.Array,
               labels: jax.Array | None) -> StepResult:
     return step(state, images, key, labels)
+
+
+def _seed_loop(step: Callable[..., StepResult], in_axes: tuple[Any, ...], *args: Any) -> StepResult:
+    """``step`` once per seed, written out in one program: what ``jax.vmap(step, in_axes)`` computes
+    (``in_axes``: 0 = the argument has the seed axis first, None = shared; the state's prefix tree)."""
+    num = args[0].key.shape[0]
+
+    def take(axis: int | None, tree: Any, i: int) -> Any:
+        return tree if axis is None else jax.tree_util.tree_map(lambda x: x[i], tree)
+
+    def seed_args(i: int) -> list[Any]:
+        return [jax.tree_util.tree_map(lambda axis, tree: take(axis, tree, i), axes, arg, is_leaf=lambda x: x is None)
+                for axes, arg in zip(in_axes, args)]
+
+    results = [step(*seed_args(i)) for i in range(num)]
+    states, metrics = zip(*results)
+    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[s.replace(step=None) for s in states])
+    return stacked.replace(step=states[0].step), jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *metrics)
 
 
 def _per_seed_metrics(seeds: tuple[int, ...], step: Callable[..., StepResult], *args: Any) -> StepResult:

@@ -38,7 +38,7 @@ from gan.state import (
     seed_prefix,
     select_seed,
 )
-from gan.step import make_train_step, seeds_sharded
+from gan.step import SEED_BATCHING, make_train_step, seeds_sharded
 from sympad.train import data as sdata
 from sympad.train import loop, rng
 from sympad.train.config import (
@@ -197,6 +197,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_number(config, "optimizer.b2", min_value=0.0, max_value=1.0, max_open=True)
     check_int(config, "n_critic", min_value=1)
     check_int(config, "num_seeds", min_value=1)
+    check_choice(config, "seed_batching", SEED_BATCHING)
     check_bool(config, "unroll_d_steps")
     check_number(config, "ema_decay", min_value=0.0, max_value=1.0, max_open=True)
     check_int(config, "sample_every")
@@ -271,7 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     workdir_path.mkdir(parents=True, exist_ok=True)
     seeds = run_seeds(config)
     stacked = len(seeds) > 1
-    sharded_seeds = seeds_sharded(len(seeds), mesh)
+    sharded_seeds = seeds_sharded(len(seeds), mesh, config.seed_batching)
 
     # The training split (a conditional run learns its number of classes from it), stored once for all seeds.
     size = output_size(create_models(config, classes=0)[0])

@@ -60,8 +60,9 @@ def base_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.num_train_steps = BUDGETS[args.budget] // config.n_critic  # G updates
     config.ema_decay = 0.9999 if args.ema else 0.0
     config.seed = args.seed
-    # Seeds seed, seed + 1, ... trained at once in one vmapped program (gan.step); each as its own run.
+    # Seeds seed, seed + 1, ... trained at once in one program (gan.step); each as its own run.
     config.num_seeds = args.seeds
+    config.seed_batching = "auto"  # how: 'vmap' (accelerators), 'loop' (the CPU: XLA's grouped convs are slow)
     # The loop: logging, checkpoints, evaluation (FID/IS through gan.metrics), data placement.
     add_loop_fields(config, log_every=100, checkpoint_every=1000, max_checkpoints=3,
                     eval_every=5000 if args.eval else 0)

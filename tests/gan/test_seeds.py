@@ -65,35 +65,50 @@ def _removed_by_batchnorm(name: str) -> bool:
     return name.endswith("['bias']") and "final_conv" not in name
 
 
-def _check_seeds_match_single_runs(tmp_path: Path, **overrides) -> None:
+@pytest.fixture(scope="module")
+def alone(tmp_path_factory):
+    """Single-seed runs, trained once per test module (and xdist worker) and shared by the forms."""
+    done: dict = {}
+
+    def run(seed: int, **overrides):
+        key = (seed, tuple(sorted(overrides.items())))
+        if key not in done:
+            workdir = tmp_path_factory.mktemp(f"seed{seed}")
+            done[key] = (train.train_and_evaluate(_config(seed=seed, **overrides), str(workdir)), _records(workdir))
+        return done[key]
+
+    return run
+
+
+def _check_seeds_match_single_runs(tmp_path: Path, alone, form: str, **overrides) -> None:
     """Seeds 3 and 4 trained at once (interrupted and resumed halfway) vs each trained alone."""
     workdir = tmp_path / "seeds"
-    train.train_and_evaluate(_config(seed=3, num_seeds=2, num_train_steps=STEPS // 2, **overrides), str(workdir))
-    config = _config(seed=3, num_seeds=2, **overrides)
+    train.train_and_evaluate(_config(seed=3, num_seeds=2, seed_batching=form, num_train_steps=STEPS // 2,
+                                     **overrides), str(workdir))
+    config = _config(seed=3, num_seeds=2, seed_batching=form, **overrides)
     both = train.train_and_evaluate(config, str(workdir))
     records = _records(workdir)
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))  # resumed, not restarted
     generator = gan_state.create_models(config)[0]  # (a conditional run's num_classes: resolved from the data)
     for index, seed in enumerate((3, 4)):
-        alone_dir = tmp_path / f"seed{seed}"
-        alone = train.train_and_evaluate(_config(seed=seed, **overrides), str(alone_dir))
+        single, single_records = alone(seed, **overrides)
         mine = gan_state.select_seed(both, index)
         for field in ("d_params", "d_stats", "d_opt_state"):
-            _assert_close_trees(getattr(mine, field), getattr(alone, field))
+            _assert_close_trees(getattr(mine, field), getattr(single, field))
         batchnorm = config.norm == "batch"
         for field in ("g_params", "g_opt_state", "ema_params"):
-            _assert_close_trees(getattr(mine, field), getattr(alone, field),
+            _assert_close_trees(getattr(mine, field), getattr(single, field),
                                 noise=_removed_by_batchnorm if batchnorm else lambda name: False)
         # BN's running means absorb those biases' noise (the model subtracts both in inference mode).
-        _assert_close_trees(mine.g_stats, alone.g_stats, scale=1e-3 if batchnorm else 1e-4)
-        np.testing.assert_array_equal(jax.random.key_data(mine.key), jax.random.key_data(alone.key))
-        for mine_record, alone_record in zip(records, _records(alone_dir), strict=True):
+        _assert_close_trees(mine.g_stats, single.g_stats, scale=1e-3 if batchnorm else 1e-4)
+        np.testing.assert_array_equal(jax.random.key_data(mine.key), jax.random.key_data(single.key))
+        for mine_record, alone_record in zip(records, single_records, strict=True):
             for name in TRAIN_METRICS:
                 np.testing.assert_allclose(mine_record[f"seed{seed}/{name}"], alone_record[name], rtol=1e-4,
                                            err_msg=f"step {alone_record['step']} {name}")
         # Samples: the same generator up to rounding (the EMA weights, as sampling uses them).
         got = sampling.generate_samples(generator, gan_state.generator_variables(mine), num=16, seed=1)
-        want = sampling.generate_samples(generator, gan_state.generator_variables(alone), num=16, seed=1)
+        want = sampling.generate_samples(generator, gan_state.generator_variables(single), num=16, seed=1)
         differ = np.abs(got.astype(int) - want.astype(int))
         assert differ.max() <= 1 and differ.mean() < 0.05  # uint8: rounding moves a few pixels by one level
     for record in records:
@@ -105,13 +120,29 @@ def _check_seeds_match_single_runs(tmp_path: Path, **overrides) -> None:
 
 
 @pytest.mark.slow
-def test_two_seeds_train_exactly_as_two_single_runs(tmp_path):
-    _check_seeds_match_single_runs(tmp_path)
+@pytest.mark.parametrize("form", ["vmap", "loop"])
+def test_two_seeds_train_exactly_as_two_single_runs(tmp_path, alone, form):
+    _check_seeds_match_single_runs(tmp_path, alone, form)
 
 
 @pytest.mark.slow
-def test_two_conditional_seeds_with_diffaugment_train_as_two_single_runs(tmp_path):
-    _check_seeds_match_single_runs(tmp_path, conditional=True, norm="batch", loss="hinge", diffaugment=POLICY)
+def test_two_conditional_seeds_with_diffaugment_train_as_two_single_runs(tmp_path, alone):
+    # vmap: the accelerators' form, where a batching bug would hide ('loop' runs each seed's own ops).
+    _check_seeds_match_single_runs(tmp_path, alone, "vmap", conditional=True, norm="batch", loss="hinge",
+                                   diffaugment=POLICY)
+
+
+@pytest.mark.slow
+def test_host_batches_give_each_seed_its_device_batches(tmp_path):
+    # Each seed's host loader reads with that seed's data stream: the batches the device gathers.
+    config = dict(conditional=True, norm="batch", loss="hinge", num_seeds=2, num_train_steps=2, checkpoint_every=2)
+    device = train.train_and_evaluate(_config(**config), str(tmp_path / "device"))
+    host = train.train_and_evaluate(_config(**config, host_data=True), str(tmp_path / "host"))
+    for field in ("d_params", "d_stats"):
+        _assert_close_trees(getattr(host, field), getattr(device, field))
+    for mine, theirs in zip(_records(tmp_path / "host"), _records(tmp_path / "device"), strict=True):
+        for seed in (0, 1):
+            np.testing.assert_allclose(mine[f"seed{seed}/d_loss"], theirs[f"seed{seed}/d_loss"], rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -158,9 +189,10 @@ def test_a_stacked_state_holds_each_seed_s_single_state():
         gan_state.select_seed(stacked, 2)
 
 
-# Two fake CPU devices: 2 seeds split over them (one seed per device) and 3 seeds (the device
-# count does not divide them: every device holds every seed and the batch is split) train what
-# the same seeds train on one device.
+# Two fake CPU devices: 2 vmapped seeds split over them (one seed per device) and 3 vmapped seeds
+# (the device count does not divide them: every device holds every seed and the batch is split;
+# looped seeds take this path too) train what the same seeds train on one device.
+CASES = (("vmap", 2), ("vmap", 3))
 _DEVICES_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
@@ -168,16 +200,17 @@ _DEVICES_SCRIPT = textwrap.dedent("""
     from tests.gan.tiny import numpy_tree, tiny_config
 
     out = {"devices": jax.device_count()}
-    for num_seeds in (2, 3):
-        config = tiny_config(seed=0, num_seeds=num_seeds, num_train_steps=3, checkpoint_every=3)
-        workdir = f"{sys.argv[1]}/seeds{num_seeds}"
+    for form, num_seeds in %r:
+        name = f"{form}{num_seeds}"
+        config = tiny_config(seed=0, num_seeds=num_seeds, seed_batching=form, num_train_steps=3, checkpoint_every=3)
+        workdir = f"{sys.argv[1]}/{name}"
         final = train.train_and_evaluate(config, workdir)
-        out[f"split{num_seeds}"] = not final.g_params["dense"]["kernel"].sharding.is_fully_replicated
+        out[f"split_{name}"] = not final.g_params["dense"]["kernel"].sharding.is_fully_replicated
         state = gan_state.restore_state(workdir, config)[2]  # the checkpoint, written from the devices
-        out[f"kernel{num_seeds}"] = numpy_tree(state.g_params["dense"]["kernel"]).tolist()
-        out[f"loss{num_seeds}"] = [json.loads(l)["g_loss"] for l in open(f"{workdir}/metrics.jsonl")]
+        out[f"kernel_{name}"] = numpy_tree(state.g_params["dense"]["kernel"]).tolist()
+        out[f"loss_{name}"] = [json.loads(l)["g_loss"] for l in open(f"{workdir}/metrics.jsonl")]
     print("RESULT " + json.dumps(out))
-""")
+""" % (CASES,))
 
 
 def _run_on_devices(count: int, workdir: Path) -> dict:
@@ -194,11 +227,13 @@ def _run_on_devices(count: int, workdir: Path) -> dict:
 def test_seeds_on_two_devices_train_as_on_one(tmp_path):
     one, two = _run_on_devices(1, tmp_path / "one"), _run_on_devices(2, tmp_path / "two")
     assert one["devices"] == 1 and two["devices"] == 2
-    assert two["split2"] and not two["split3"] and not one["split2"]  # 2 seeds: one per device
-    for num_seeds in (2, 3):
-        np.testing.assert_allclose(two[f"loss{num_seeds}"], one[f"loss{num_seeds}"], rtol=1e-5)
-        kernel = np.asarray(one[f"kernel{num_seeds}"])
-        np.testing.assert_allclose(two[f"kernel{num_seeds}"], kernel, rtol=1e-5, atol=2e-5 * np.abs(kernel).max())
+    # Only vmapped seeds whose count the devices divide are split over them, one seed per device.
+    assert [two[f"split_{form}{n}"] for form, n in CASES] == [True, False]
+    assert not any(one[f"split_{form}{n}"] for form, n in CASES)
+    for form, n in CASES:
+        np.testing.assert_allclose(two[f"loss_{form}{n}"], one[f"loss_{form}{n}"], rtol=1e-5)
+        kernel = np.asarray(one[f"kernel_{form}{n}"])
+        np.testing.assert_allclose(two[f"kernel_{form}{n}"], kernel, rtol=1e-5, atol=1e-4 * np.abs(kernel).max())
 
 
 @pytest.mark.slow
