@@ -12,6 +12,7 @@ otherwise be written once per framework:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -37,11 +38,11 @@ def factory_arguments(kind: str, spatial_dims: Any, kwargs: Mapping[str, Any]) -
         int, or a ``padding`` argument (the kind fixes the padding).
     """
     parsed = parse_kind(kind)
-    if isinstance(spatial_dims, bool) or not isinstance(spatial_dims, int) or spatial_dims < 1:
+    if isinstance(spatial_dims, bool) or not isinstance(spatial_dims, numbers.Integral) or spatial_dims < 1:
         raise ValueError(f"spatial_dims must be a positive int, got {spatial_dims!r}")
     if "padding" in kwargs:
         raise ValueError(f"conv(kind={kind!r}) fixes the padding ({parsed.padding!r}); pass no padding argument")
-    return parsed, (parsed.size,) * spatial_dims
+    return parsed, (parsed.size,) * int(spatial_dims)
 
 
 def is_same(padding: Any) -> bool:

@@ -66,6 +66,10 @@ tests run every one of them against a NumPy reference, values and gradients.
 ``group_sum``, ``split_grad``, ``split_dw`` and ``im2col`` are never picked; they
 live in :mod:`sympad.experimental` and stay reachable by name.
 
+A kernel kind's padding rule (:data:`sympad.PADDINGS`) is a value that
+:func:`padded_conv` dispatches on: ``'SAME'`` is XLA's, ``'SYMMETRIC'`` this op
+wherever the padding is odd on some axis. The modules compute through it.
+
 ``'auto'`` picks by backend, rank, kernel size, channels and feature groups
 (the decision table in ``sympad/_auto.py``; :func:`choose_implementation` tells what it picks
 for a call, :func:`use_implementation` forces a formulation; the measurements are
@@ -612,8 +616,8 @@ def _symmetric_conv(x, kernel, strides, *, kernel_dilation, dimension_numbers, *
     kernel = jnp.asarray(kernel)
     ndim = kernel.ndim - 2
     if ndim in _CHANNELS_LAST:
-        _, rhs, _ = _parse_dimension_numbers(dimension_numbers, ndim)
-        sizes = [kernel.shape[rhs.index(c)] for c in rhs if c not in "IO"]
+        lhs, rhs, _ = _parse_dimension_numbers(dimension_numbers, ndim)
+        sizes = [kernel.shape[rhs.index(c)] for c in lhs if c not in "NC"]  # in the order dilation is
         dilation = _as_tuple(kernel_dilation, ndim, "kernel_dilation")
         if all(t % 2 == 0 for t in _total_pads(sizes, dilation)):
             return _xla_same_conv(x, kernel, strides, kernel_dilation=kernel_dilation,
