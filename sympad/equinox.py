@@ -7,6 +7,7 @@ rest of ``sympad`` does not import it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -169,18 +170,21 @@ class Conv(eqx.nn.Conv):
                 implementation=self.implementation,
             )[0]
         else:
-            # padded_conv stops at 3 spatial axes; for the one rule there is, the pad-then-VALID
-            # form is its definition where the padding is odd (a strided 'VALID' conv of the
-            # padded input samples the stride-1 output at 0, s, 2s, ...), XLA's 'SAME' elsewhere.
-            odd = any(d * (k - 1) % 2 for k, d in zip(self.kernel_size, self.dilation))
-            padded = symmetric_pad(
-                jnp.moveaxis(x, 0, -1)[None], self.kernel_size,
-                kernel_dilation=self.dilation, feature_group_count=self.groups,
-            ) if odd else x[None]
-            y = lax.conv_general_dilated(
-                jnp.moveaxis(padded, -1, 1) if odd else padded, self.weight, self.stride, "VALID" if odd else "SAME",
+            # padded_conv stops at 3 spatial axes. Its one rule besides XLA's, 'SYMMETRIC', is here
+            # the pad-then-VALID form where the padding is odd (a strided 'VALID' conv of the padded
+            # input samples the stride-1 output at 0, s, 2s, ...) and XLA's 'SAME' elsewhere.
+            conv = functools.partial(
+                lax.conv_general_dilated, rhs=self.weight, window_strides=self.stride,
                 rhs_dilation=self.dilation, feature_group_count=self.groups,
-            )[0]
+            )
+            if any(d * (k - 1) % 2 for k, d in zip(self.kernel_size, self.dilation)):
+                padded = symmetric_pad(
+                    jnp.moveaxis(x, 0, -1)[None], self.kernel_size,
+                    kernel_dilation=self.dilation, feature_group_count=self.groups,
+                )
+                y = conv(jnp.moveaxis(padded, -1, 1), padding="VALID")[0]
+            else:
+                y = conv(x[None], padding="SAME")[0]
         if self.bias is not None:
             y = y + self.bias
         return y

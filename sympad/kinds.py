@@ -23,7 +23,8 @@ KINDS: tuple[str, ...] = ("C3", "C2", "C2sp", "C4", "C4sp")
 #: framework's own conv), ``'SYMMETRIC'`` the paper's symmetric padding.
 PADDINGS: Mapping[str, str] = types.MappingProxyType({"": "SAME", "sp": "SYMMETRIC"})
 
-_PATTERN = re.compile(r"^C([1-9][0-9]*)(" + "|".join(re.escape(s) for s in sorted(PADDINGS, key=len, reverse=True)) + r")$")
+_SUFFIXES = "|".join(re.escape(suffix) for suffix in sorted(PADDINGS, key=len, reverse=True))
+_PATTERN = re.compile(rf"^C([1-9][0-9]*)({_SUFFIXES})$")
 
 
 @dataclasses.dataclass(frozen=True)

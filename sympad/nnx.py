@@ -134,8 +134,9 @@ class Conv(nnx.Conv):
         """
         rule = own_rule(self.padding, self.kernel_size, self.kernel_dilation)
         if rule is None:
-            # Passed on only when given, for flax versions whose nnx.Conv does not take it.
-            return super().__call__(inputs) if out_sharding is None else super().__call__(inputs, out_sharding=out_sharding)
+            if out_sharding is None:  # passed on only when given: not every flax's nnx.Conv takes it
+                return super().__call__(inputs)
+            return super().__call__(inputs, out_sharding=out_sharding)
         if out_sharding is not None:
             raise ValueError(
                 f"out_sharding must be None with symmetric padding, got {out_sharding!r}; "
@@ -185,7 +186,9 @@ def _check_own_path(padding: Any, kernel_size: tuple[int, ...], input_dilation: 
         )
 
 
-def conv(kind: str, in_features: int, out_features: int, *, spatial_dims: int = 2, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
+def conv(
+    kind: str, in_features: int, out_features: int, *, spatial_dims: int = 2, rngs: nnx.Rngs, **kwargs: Any
+) -> nnx.Module:
     """nnx counterpart of :func:`sympad.linen.conv`: ``nnx.Conv`` for ``C<k>``, :class:`Conv` for ``C<k>sp``.
 
     Args:
