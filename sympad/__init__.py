@@ -12,11 +12,12 @@ block. The formulations ``'auto'`` never picks live in ``sympad.experimental``
 (loaded on first use).
 """
 
-from sympad.kinds import KINDS, KernelKind, parse_kind
+from sympad.kinds import KINDS, PADDINGS, KernelKind, parse_kind
 from sympad.ops import (
     IMPLEMENTATIONS,
     channel_pads,
     choose_implementation,
+    padded_conv,
     shift_directions,
     sym_pad_conv,
     symmetric_pad,
@@ -27,8 +28,10 @@ __all__ = [
     "IMPLEMENTATIONS",
     "KINDS",
     "KernelKind",
+    "PADDINGS",
     "channel_pads",
     "choose_implementation",
+    "padded_conv",
     "parse_kind",
     "shift_directions",
     "sym_pad_conv",

@@ -30,6 +30,11 @@ def check_positive(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
+def is_unit(value: None | int | Sequence[int]) -> bool:
+    """Whether a dilation argument (None, an int, or one per spatial axis) is 1 on every axis."""
+    return value is None or all(v == 1 for v in ((value,) if isinstance(value, (int, np.integer)) else value))
+
+
 def flatten_batch(inputs: jax.Array, num_spatial: int) -> tuple[jax.Array, tuple[int, ...] | None]:
     """Reshapes ``(*batch, *spatial, C)`` to one batch axis, as flax's Conv does.
 

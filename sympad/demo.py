@@ -17,6 +17,23 @@ from sympad import KINDS
 from sympad import linen as splinen
 
 
+def impulse(*, channels: int = 8, size: int = 64) -> jax.Array:
+    """A unit impulse at the centre ``(size // 2, size // 2)`` of every channel, ``(1, size, size, channels)``."""
+    return jnp.zeros((1, size, size, channels)).at[0, size // 2, size // 2, :].set(1.0)
+
+
+def response_centroid(response: jax.typing.ArrayLike) -> tuple[float, float]:
+    """Centroid offset (rows, cols) in px of a response ``(N, H, W, C)`` to :func:`impulse`.
+
+    Summed over the batch and the channels; measured from ``(H // 2, W // 2)``,
+    negative is up/left. A stack that keeps the impulse in place gives (0, 0).
+    """
+    m = np.asarray(response, np.float64).sum(axis=(0, 3))
+    rows, cols = np.indices(m.shape)
+    return (float((m * rows).sum() / m.sum() - m.shape[0] // 2),
+            float((m * cols).sum() / m.sum() - m.shape[1] // 2))
+
+
 def impulse_centroid(kind: str, *, layers: int, channels: int = 8, size: int = 64) -> tuple[float, float]:
     """Centroid offset (rows, cols) in px of a stack's response to a centre impulse.
 
@@ -30,7 +47,7 @@ def impulse_centroid(kind: str, *, layers: int, channels: int = 8, size: int = 6
       (dy, dx): offset of the response centroid from the impulse; negative is up/left.
     """
     conv = splinen.conv(kind, channels, use_bias=False, kernel_init=jax.nn.initializers.ones)
-    x = jnp.zeros((1, size, size, channels)).at[0, size // 2, size // 2, :].set(1.0)
+    x = impulse(channels=channels, size=size)
     params = conv.init(jax.random.key(0), x)
 
     @jax.jit
@@ -38,11 +55,9 @@ def impulse_centroid(kind: str, *, layers: int, channels: int = 8, size: int = 6
         for _ in range(layers):
             v = conv.apply(params, v)
             v = v / v.sum()  # Keep the magnitude bounded; the centroid is scale-free.
-        return v.sum(axis=(0, 3))
+        return v
 
-    m = np.asarray(run(x), np.float64)
-    rows, cols = np.indices(m.shape)
-    return float((m * rows).sum() / m.sum() - size // 2), float((m * cols).sum() / m.sum() - size // 2)
+    return response_centroid(run(x))
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Equinox module: :class:`SymPadConv`, a drop-in for ``equinox.nn.Conv``, and a :func:`conv` factory.
+"""Equinox module: :class:`Conv`, a drop-in for ``equinox.nn.Conv`` with symmetric padding, a
+:func:`conv` factory, and :func:`convert`, which converts a model with one call.
 
 Needs the optional ``equinox`` package (the project's ``equinox`` extra); the
 rest of ``sympad`` does not import it.
@@ -6,7 +7,7 @@ rest of ``sympad`` does not import it.
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,12 +16,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from sympad._modules import converted_kernel_size, converts, factory_arguments, module_for, own_rule
 from sympad.kinds import parse_kind
-from sympad.ops import IMPLEMENTATIONS, sym_pad_conv, symmetric_pad
+from sympad.ops import IMPLEMENTATIONS, padded_conv, symmetric_pad
 
-__all__ = ["SymPadConv", "conv"]
+__all__ = ["Conv", "SymPadConv", "conv", "convert"]
 
-# Layouts of eqx.nn.Conv (lax's defaults) for the ranks sym_pad_conv takes.
+# Layouts of eqx.nn.Conv (lax's defaults) for the ranks sympad.padded_conv takes.
 _LAYOUTS = {
     1: ("NCW", "OIW", "NCW"),
     2: ("NCHW", "OIHW", "NCHW"),
@@ -36,35 +38,32 @@ def _ntuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
     return values
 
 
-def _uniform(key: jax.Array, shape: tuple[int, ...], dtype: Any, lim: float) -> jax.Array:
-    # eqx.nn.Conv's initialization (U(-lim, lim), lim = 1/sqrt(fan_in)), re-declared rather than
-    # imported from Equinox's private modules; with the same key the weights are eqx's.
-    return jax.random.uniform(key, shape, dtype, minval=-lim, maxval=lim)
+class Conv(eqx.nn.Conv):
+    """Drop-in for ``equinox.nn.Conv``: even kernels get symmetric padding (C2sp, C4sp).
 
+    A subclass of ``eqx.nn.Conv`` with its arguments, fields and parameter
+    shapes, plus ``implementation``: ``weight`` ``(out_channels, in_channels //
+    groups, *kernel_size)`` and ``bias`` ``(out_channels, 1, ..., 1)`` (or
+    None), initialized by ``eqx.nn.Conv`` itself, so that with the same
+    ``key`` the parameters equal ``eqx.nn.Conv``'s. The input is unbatched,
+    ``(in_channels, *spatial)``; batch with ``jax.vmap``.
 
-class SymPadConv(eqx.Module):
-    """Drop-in for ``equinox.nn.Conv`` with symmetric padding (C2sp, C4sp).
-
-    Same argument names, parameter names and shapes as ``eqx.nn.Conv``:
-    ``weight`` ``(out_channels, in_channels // groups, *kernel_size)`` and
-    ``bias`` ``(out_channels, 1, ..., 1)`` (or None), initialized as Equinox
-    does, so that with the same ``key`` the parameters equal ``eqx.nn.Conv``'s
-    and weights move unchanged between a C2 and a C2sp model. The input is
-    unbatched, ``(in_channels, *spatial)``; batch with ``jax.vmap``.
-
-    Padding is always the symmetric 'SAME' of :func:`sympad.sym_pad_conv`:
-    output size ``ceil(in / stride)``, the odd extra zero of an even kernel on a
-    different side for each group of input channels; for odd kernels at
-    stride 1 the result equals ``eqx.nn.Conv(..., padding='SAME')``. Hence
-    ``padding`` accepts only ``'SAME'`` and ``padding_mode`` only ``'ZEROS'``
-    (they exist so that an ``eqx.nn.Conv(..., padding='SAME')`` call site
-    converts by changing the class name).
+    It differs from ``eqx.nn.Conv`` in two places. ``padding='SAME'`` with an
+    even kernel is symmetric (:func:`sympad.sym_pad_conv`: output size
+    ``ceil(in / stride)``, the odd extra zero of an even kernel on a different
+    side for each group of input channels); it takes ``padding_mode='ZEROS'``
+    only. And ``padding`` defaults to ``'SAME'`` (``eqx.nn.Conv``: 0), as this
+    class always has. Odd kernels and every other padding (``'VALID'``,
+    ``'SAME_LOWER'``, ints, pairs, any ``padding_mode``) are ``eqx.nn.Conv``'s
+    own computation. ``padding='SYMMETRIC'`` (what :func:`conv` passes for
+    ``C<k>sp``) is the same function, through :func:`sympad.padded_conv` for
+    every kernel. ``SymPadConv`` is another name for this class.
 
     Example:
 
     >>> import jax, jax.numpy as jnp
-    >>> from sympad.equinox import SymPadConv
-    >>> layer = SymPadConv(2, 16, 32, kernel_size=2, key=jax.random.key(0))
+    >>> from sympad.equinox import Conv
+    >>> layer = Conv(2, 16, 32, kernel_size=2, key=jax.random.key(0))
     >>> layer.weight.shape, layer.bias.shape
     ((32, 16, 2, 2), (32, 1, 1))
     >>> layer(jnp.ones((16, 8, 8))).shape
@@ -76,38 +75,27 @@ class SymPadConv(eqx.Module):
       weight: ``(out_channels, in_channels // groups, *kernel_size)``.
       bias: ``(out_channels,) + (1,) * num_spatial_dims``, or None.
       num_spatial_dims: number of spatial axes (any; 1-3 run through
-        :func:`sympad.sym_pad_conv`, more through :func:`sympad.symmetric_pad`
+        :func:`sympad.padded_conv`, more through :func:`sympad.symmetric_pad`
         and one ``'VALID'`` convolution).
       in_channels: input channels ``C``.
       out_channels: output channels ``F``.
       kernel_size: kernel extent per spatial axis (an int: the same on every axis).
-      stride: int or one per spatial axis; output size ``ceil(in / stride)``.
+      stride: int or one per spatial axis; output size ``ceil(in / stride)`` with ``'SAME'``.
       dilation: kernel dilation, an int or one per spatial axis.
       groups: feature groups (``in_channels`` for depthwise).
       use_bias: whether ``bias`` exists.
-      padding: ``'SAME'``, the only value (see above).
-      padding_mode: ``'ZEROS'``, the only value.
-      implementation: formulation of the op, one of :data:`sympad.IMPLEMENTATIONS`.
+      padding: ``'SAME'`` (symmetric for even kernels), ``'SYMMETRIC'``, or any
+        padding ``eqx.nn.Conv`` takes (computed by ``eqx.nn.Conv``).
+      padding_mode: as ``eqx.nn.Conv``; with symmetric padding only ``'ZEROS'``.
+      implementation: formulation of the symmetric op, one of :data:`sympad.IMPLEMENTATIONS`.
 
     Raises:
-      ValueError: from the constructor, for ``padding`` other than ``'SAME'``,
-        ``padding_mode`` other than ``'ZEROS'``, an unknown ``implementation``,
-        bad sizes, or channels not divisible by ``groups``; the message names
-        the argument.
+      ValueError: from the constructor, for ``padding_mode`` other than
+        ``'ZEROS'`` with symmetric padding, an unknown ``implementation``, bad
+        sizes, or channels not divisible by ``groups``; the message names the
+        argument.
     """
 
-    weight: jax.Array
-    bias: jax.Array | None
-    num_spatial_dims: int = eqx.field(static=True)
-    in_channels: int = eqx.field(static=True)
-    out_channels: int = eqx.field(static=True)
-    kernel_size: tuple[int, ...] = eqx.field(static=True)
-    stride: tuple[int, ...] = eqx.field(static=True)
-    padding: str = eqx.field(static=True)
-    dilation: tuple[int, ...] = eqx.field(static=True)
-    groups: int = eqx.field(static=True)
-    use_bias: bool = eqx.field(static=True)
-    padding_mode: str = eqx.field(static=True)
     implementation: str = eqx.field(static=True)
 
     def __init__(
@@ -117,7 +105,7 @@ class SymPadConv(eqx.Module):
         out_channels: int,
         kernel_size: int | Sequence[int],
         stride: int | Sequence[int] = 1,
-        padding: str = "SAME",
+        padding: Any = "SAME",
         dilation: int | Sequence[int] = 1,
         groups: int = 1,
         use_bias: bool = True,
@@ -130,13 +118,6 @@ class SymPadConv(eqx.Module):
         # Arguments as eqx.nn.Conv's (documented on the class), plus implementation.
         if not isinstance(num_spatial_dims, int) or num_spatial_dims < 1:
             raise ValueError(f"num_spatial_dims must be a positive int, got {num_spatial_dims!r}")
-        if not (isinstance(padding, str) and padding.upper() == "SAME"):
-            raise ValueError(
-                f"padding must be 'SAME' (symmetric padding is this layer's only mode; use eqx.nn.Conv "
-                f"for explicit or 'VALID' padding), got {padding!r}"
-            )
-        if padding_mode != "ZEROS":
-            raise ValueError(f"padding_mode must be 'ZEROS' (symmetric padding pads with zeros), got {padding_mode!r}")
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
         if not isinstance(groups, int) or groups < 1:
@@ -146,29 +127,31 @@ class SymPadConv(eqx.Module):
                 f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})"
             )
         kernel_size = _ntuple(kernel_size, num_spatial_dims, "kernel_size")
-        dtype = jax.dtypes.canonicalize_dtype(jnp.float64) if dtype is None else dtype
-        wkey, bkey = jax.random.split(key, 2)
-        lim = 1 / math.sqrt(in_channels // groups * math.prod(kernel_size))
-        self.weight = _uniform(wkey, (out_channels, in_channels // groups) + kernel_size, dtype, lim)
-        self.bias = _uniform(bkey, (out_channels,) + (1,) * num_spatial_dims, dtype, lim) if use_bias else None
-        self.num_spatial_dims = num_spatial_dims
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = kernel_size
-        self.stride = _ntuple(stride, num_spatial_dims, "stride")
-        self.padding = "SAME"
-        self.dilation = _ntuple(dilation, num_spatial_dims, "dilation")
-        self.groups = groups
-        self.use_bias = use_bias
-        self.padding_mode = padding_mode
+        stride = _ntuple(stride, num_spatial_dims, "stride")
+        dilation = _ntuple(dilation, num_spatial_dims, "dilation")
+        rule = own_rule(padding, kernel_size, dilation)
+        if rule is not None and not (isinstance(padding_mode, str) and padding_mode.upper() == "ZEROS"):
+            raise ValueError(
+                f"padding_mode must be 'ZEROS' with symmetric padding (padding={padding!r} and kernel "
+                f"{kernel_size}), got {padding_mode!r}; use eqx.nn.Conv for that mode's padding"
+            )
+        # eqx.nn.Conv takes no rule names: it gets 'SAME', and the rule's name goes back after.
+        super().__init__(
+            num_spatial_dims, in_channels, out_channels, kernel_size, stride,
+            "SAME" if rule is not None else padding, dilation, groups, use_bias, padding_mode, dtype, key=key,
+        )
+        if rule is not None and padding == rule:
+            self.padding = rule
         self.implementation = implementation
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
-        """Input ``(in_channels, *spatial)``; output ``(out_channels, *ceil(spatial / stride))``.
+        """Input ``(in_channels, *spatial)``; output ``(out_channels, *ceil(spatial / stride))`` with ``'SAME'``.
 
         ``key`` is ignored (Equinox's layer convention).
         """
-        del key
+        rule = own_rule(self.padding, self.kernel_size, self.dilation)
+        if rule is None:
+            return super().__call__(x, key=key)
         x = jnp.asarray(x)
         if x.ndim != self.num_spatial_dims + 1 or x.shape[0] != self.in_channels:
             raise ValueError(
@@ -176,29 +159,39 @@ class SymPadConv(eqx.Module):
                 f"{self.num_spatial_dims} spatial axes (unbatched; use jax.vmap for a batch), got {x.shape}"
             )
         if self.num_spatial_dims in _LAYOUTS:
-            y = sym_pad_conv(
+            y = padded_conv(
                 x[None],
                 self.weight,
                 self.stride,
+                padding=rule,
                 kernel_dilation=self.dilation,
                 feature_group_count=self.groups,
                 dimension_numbers=_LAYOUTS[self.num_spatial_dims],
                 implementation=self.implementation,
             )[0]
         else:
-            # sym_pad_conv stops at 3 spatial axes; the pad-then-VALID form is the op's definition
-            # (a strided 'VALID' conv of the padded input samples the stride-1 output at 0, s, 2s, ...).
-            padded = symmetric_pad(
-                jnp.moveaxis(x, 0, -1)[None], self.kernel_size,
-                kernel_dilation=self.dilation, feature_group_count=self.groups,
-            )
-            y = lax.conv_general_dilated(
-                jnp.moveaxis(padded, -1, 1), self.weight, self.stride, "VALID",
+            # padded_conv stops at 3 spatial axes. Its one rule besides XLA's, 'SYMMETRIC', is here
+            # the pad-then-VALID form where the padding is odd (a strided 'VALID' conv of the padded
+            # input samples the stride-1 output at 0, s, 2s, ...) and XLA's 'SAME' elsewhere.
+            conv = functools.partial(
+                lax.conv_general_dilated, rhs=self.weight, window_strides=self.stride,
                 rhs_dilation=self.dilation, feature_group_count=self.groups,
-            )[0]
+            )
+            if any(d * (k - 1) % 2 for k, d in zip(self.kernel_size, self.dilation)):
+                padded = symmetric_pad(
+                    jnp.moveaxis(x, 0, -1)[None], self.kernel_size,
+                    kernel_dilation=self.dilation, feature_group_count=self.groups,
+                )
+                y = conv(jnp.moveaxis(padded, -1, 1), padding="VALID")[0]
+            else:
+                y = conv(x[None], padding="SAME")[0]
         if self.bias is not None:
             y = y + self.bias
         return y
+
+
+#: Another name for :class:`Conv` (its name before it took ``eqx.nn.Conv``'s).
+SymPadConv = Conv
 
 
 def conv(
@@ -215,7 +208,8 @@ def conv(
     Args:
       kind: ``'C<k>'`` (``eqx.nn.Conv`` with ``padding='SAME'``, whose extra
         zero for an even kernel goes bottom/right, as XLA's) or ``'C<k>sp'``
-        (:class:`SymPadConv`); e.g. ``'C3'``, ``'C2'``, ``'C2sp'``, ``'C4sp'``.
+        (:class:`Conv` with ``padding='SYMMETRIC'``); e.g. ``'C3'``, ``'C2'``,
+        ``'C2sp'``, ``'C4sp'``.
       in_channels: input channels.
       out_channels: output channels.
       spatial_dims: number of spatial axes (``num_spatial_dims`` of Equinox).
@@ -236,14 +230,73 @@ def conv(
 
     >>> import jax
     >>> from sympad import equinox as speqx
-    >>> type(speqx.conv("C2sp", 8, 16, key=jax.random.key(0))).__name__
-    'SymPadConv'
+    >>> speqx.conv("C2sp", 8, 16, key=jax.random.key(0)).padding
+    'SYMMETRIC'
     >>> speqx.conv("C3", 8, 16, key=jax.random.key(0)).weight.shape
     (16, 8, 3, 3)
     """
+    parsed, kernel_size = factory_arguments(kind, spatial_dims, kwargs)
+    cls = module_for(parsed, host=eqx.nn.Conv, sympad=Conv)
+    return cls(spatial_dims, in_channels, out_channels, kernel_size, padding=parsed.padding, key=key, **kwargs)
+
+
+def convert(model: Any, kind: str, *, key: jax.Array) -> Any:
+    """``model`` with its ``eqx.nn.Conv`` layers of ``kind``, through ``eqx.tree_at``.
+
+    The Equinox counterpart of :func:`sympad.linen.conv_class`, by the same
+    rule: every ``eqx.nn.Conv`` (the class itself, not subclasses) with
+    ``padding='SAME'``, ``padding_mode='ZEROS'`` and an extent > 1 gets the
+    kind's padding, and each odd extent > 1 of its kernel becomes the kind's
+    size; pointwise convs and convs with any other padding stay. A conv whose
+    kernel keeps its shape (``C2`` to ``C2sp``) keeps its ``weight`` and
+    ``bias``; one whose kernel changes gets new ones, initialized as
+    ``eqx.nn.Conv`` does, from ``key``.
+
+    Args:
+      model: any PyTree of Equinox modules.
+      kind: ``'C<k>'`` or ``'C<k>sp'``, e.g. ``'C2sp'``.
+      key: PRNG key for the new weights.
+
+    Returns:
+      The converted model.
+
+    Raises:
+      ValueError: for an unknown kind.
+
+    Example:
+
+    >>> import equinox as eqx, jax
+    >>> from sympad import equinox as speqx
+    >>> k1, k2 = jax.random.split(jax.random.key(0))
+    >>> model = eqx.nn.Sequential([eqx.nn.Conv2d(4, 8, 3, padding="SAME", key=k1), eqx.nn.Conv(2, 8, 8, 1, key=k2)])
+    >>> converted = speqx.convert(model, "C2sp", key=jax.random.key(1))
+    >>> [(type(layer).__name__, layer.weight.shape) for layer in converted.layers]
+    [('Conv', (8, 4, 2, 2)), ('Conv', (8, 8, 1, 1))]
+    """
     parsed = parse_kind(kind)
-    if "padding" in kwargs:
-        raise ValueError(f"conv(kind={kind!r}) fixes the padding; pass no padding argument")
-    if parsed.symmetric:
-        return SymPadConv(spatial_dims, in_channels, out_channels, parsed.size, key=key, **kwargs)
-    return eqx.nn.Conv(spatial_dims, in_channels, out_channels, parsed.size, padding="SAME", key=key, **kwargs)
+    cls = module_for(parsed, host=eqx.nn.Conv, sympad=Conv)
+
+    def is_conv(node: Any) -> bool:
+        # eqx.nn.Conv2d and its siblings only fix num_spatial_dims: they are eqx.nn.Conv.
+        return type(node) in (eqx.nn.Conv, eqx.nn.Conv1d, eqx.nn.Conv2d, eqx.nn.Conv3d)
+
+    def targets(tree: Any) -> list[Any]:
+        return [
+            node for node in jax.tree.leaves(tree, is_leaf=is_conv)
+            if is_conv(node) and converts(parsed, node.padding, node.kernel_size, plain=node.padding_mode == "ZEROS")
+        ]
+
+    def swap(node: eqx.nn.Conv, node_key: jax.Array) -> eqx.Module:
+        kernel_size = converted_kernel_size(parsed, node.kernel_size)
+        new = cls(
+            node.num_spatial_dims, node.in_channels, node.out_channels, kernel_size, node.stride,
+            padding=parsed.padding, dilation=node.dilation, groups=node.groups, use_bias=node.use_bias,
+            dtype=node.weight.dtype, key=node_key,
+        )
+        if kernel_size == node.kernel_size:
+            new = eqx.tree_at(lambda c: (c.weight, c.bias), new, (node.weight, node.bias), is_leaf=lambda v: v is None)
+        return new
+
+    convs = targets(model)
+    new = [swap(node, k) for node, k in zip(convs, jax.random.split(key, max(len(convs), 1)))]
+    return eqx.tree_at(targets, model, new)

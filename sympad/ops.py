@@ -66,6 +66,10 @@ tests run every one of them against a NumPy reference, values and gradients.
 ``group_sum``, ``split_grad``, ``split_dw`` and ``im2col`` are never picked; they
 live in :mod:`sympad.experimental` and stay reachable by name.
 
+A kernel kind's padding rule (:data:`sympad.PADDINGS`) is a value that
+:func:`padded_conv` dispatches on: ``'SAME'`` is XLA's, ``'SYMMETRIC'`` this op
+wherever the padding is odd on some axis. The modules compute through it.
+
 ``'auto'`` picks by backend, rank, kernel size, channels and feature groups
 (the decision table in ``sympad/_auto.py``; :func:`choose_implementation` tells what it picks
 for a call, :func:`use_implementation` forces a formulation; the measurements are
@@ -100,6 +104,7 @@ __all__ = [
     "IMPLEMENTATIONS",
     "channel_pads",
     "choose_implementation",
+    "padded_conv",
     "shift_directions",
     "sym_pad_conv",
     "symmetric_pad",
@@ -521,6 +526,109 @@ def sym_pad_conv(
                 functools.partial(conv, preferred_element_type=None),
             ).astype(out_dtype)
     return _to_layout(y, canon_out, out_spec)
+
+
+def padded_conv(
+    x: jax.typing.ArrayLike,
+    kernel: jax.typing.ArrayLike,
+    strides: int | Sequence[int] = 1,
+    *,
+    padding: str,
+    kernel_dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
+    dimension_numbers: tuple[str, str, str] | None = None,
+    precision: lax.PrecisionLike = None,
+    preferred_element_type: jax.typing.DTypeLike | None = None,
+    implementation: Implementation = "auto",
+) -> jax.Array:
+    """The convolution of a kernel kind: padded by the rule ``padding`` (:data:`sympad.PADDINGS`).
+
+    * ``'SAME'`` (``C<k>``): XLA's ``'SAME'``, the framework convs' own; for
+      an even kernel the extra zero goes bottom/right.
+    * ``'SYMMETRIC'`` (``C<k>sp``): :func:`sym_pad_conv` where the total
+      padding ``k_eff - 1`` is odd on some axis (even kernels at odd
+      dilation); elsewhere (odd kernels) XLA's ``'SAME'``, strides included,
+      so that ``C3sp`` is ``C3``.
+
+    The modules of :mod:`sympad.linen`, :mod:`sympad.nnx` and
+    :mod:`sympad.equinox` compute their kinds' rules through this function.
+
+    Args:
+      x: input, ``(N, *spatial, C)`` by default; 1, 2 or 3 spatial dims.
+      kernel: ``(*k, C // feature_group_count, F)`` by default.
+      strides: window strides, an int or one per spatial axis.
+      padding: the rule, one of the values of :data:`sympad.PADDINGS`.
+      kernel_dilation: as for :func:`sym_pad_conv`.
+      feature_group_count: as for :func:`sym_pad_conv`.
+      dimension_numbers: as for :func:`sym_pad_conv`.
+      precision: as for :func:`sym_pad_conv`.
+      preferred_element_type: as for :func:`sym_pad_conv`.
+      implementation: as for :func:`sym_pad_conv`; it matters where that runs.
+
+    Returns:
+      Output of shape ``(N, *ceil(spatial / strides), F)`` in the layout of
+      ``dimension_numbers[2]``, for every rule.
+
+    Raises:
+      ValueError: for an unknown rule, or the errors of :func:`sym_pad_conv`.
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> from sympad.ops import padded_conv
+    >>> x, kernel = jnp.ones((1, 8, 8, 4)), jnp.ones((2, 2, 4, 1))
+    >>> for rule in ("SAME", "SYMMETRIC"):   # top-left and bottom-right corners of the output
+    ...     y = padded_conv(x, kernel, padding=rule)
+    ...     print(rule, float(y[0, 0, 0, 0]), float(y[0, -1, -1, 0]))
+    SAME 16.0 4.0
+    SYMMETRIC 9.0 9.0
+    """
+    rule = _PADDING_RULES.get(padding) if isinstance(padding, str) else None
+    if rule is None:
+        raise ValueError(f"padding must be one of {tuple(_PADDING_RULES)} (a kind's padding rule), got {padding!r}")
+    return rule(
+        x, kernel, strides, kernel_dilation=kernel_dilation, feature_group_count=feature_group_count,
+        dimension_numbers=dimension_numbers, precision=precision,
+        preferred_element_type=preferred_element_type, implementation=implementation,
+    )
+
+
+def _xla_same_conv(x, kernel, strides, *, kernel_dilation, feature_group_count, dimension_numbers, precision,
+                   preferred_element_type, implementation) -> jax.Array:
+    """XLA's 'SAME', with the argument checks and layout conventions of :func:`sym_pad_conv`."""
+    if implementation not in IMPLEMENTATIONS:  # one formulation here, but the same arguments everywhere
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    x, kernel = jnp.asarray(x), jnp.asarray(kernel)
+    if x.ndim not in (3, 4, 5) or kernel.ndim != x.ndim:
+        raise ValueError(f"x and kernel must have the same rank, 3 to 5, got shapes {x.shape} and {kernel.shape}")
+    ndim = x.ndim - 2
+    return lax.conv_general_dilated(
+        x, kernel, _as_tuple(strides, ndim, "strides"), "SAME",
+        rhs_dilation=_as_tuple(kernel_dilation, ndim, "kernel_dilation"),
+        dimension_numbers=_parse_dimension_numbers(dimension_numbers, ndim),
+        feature_group_count=feature_group_count, precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+
+
+def _symmetric_conv(x, kernel, strides, *, kernel_dilation, dimension_numbers, **kwargs) -> jax.Array:
+    """Symmetric where the padding is odd on some axis; XLA's 'SAME' (the same at stride 1) elsewhere."""
+    kernel = jnp.asarray(kernel)
+    ndim = kernel.ndim - 2
+    if ndim in _CHANNELS_LAST:
+        lhs, rhs, _ = _parse_dimension_numbers(dimension_numbers, ndim)
+        sizes = [kernel.shape[rhs.index(c)] for c in lhs if c not in "NC"]  # in the order dilation is
+        dilation = _as_tuple(kernel_dilation, ndim, "kernel_dilation")
+        if all(t % 2 == 0 for t in _total_pads(sizes, dilation)):
+            return _xla_same_conv(x, kernel, strides, kernel_dilation=kernel_dilation,
+                                  dimension_numbers=dimension_numbers, **kwargs)
+    return sym_pad_conv(x, kernel, strides, kernel_dilation=kernel_dilation, dimension_numbers=dimension_numbers,
+                        **kwargs)
+
+
+#: How each padding rule of :data:`sympad.PADDINGS` convolves (tests/library/test_dropin.py
+#: holds the two tables to the same rules).
+_PADDING_RULES = {"SAME": _xla_same_conv, "SYMMETRIC": _symmetric_conv}
 
 
 def _canonical_specs(lhs: str, rhs: str, out: str) -> tuple[str, str, str]:

@@ -1,5 +1,5 @@
 """Every public function of sympad.ops and sympad.kinds names a bad argument, its value and what
-is allowed, in one ValueError (TypeError for KernelKind's bool field), instead of a bare
+is allowed, in one ValueError, instead of a bare
 TypeError from deep inside or a silent wrong answer; valid input gives what it always gave."""
 
 from __future__ import annotations
@@ -146,9 +146,9 @@ def test_parse_kind(kind):
 
 
 def test_kernel_kind_fields():
-    _raises(lambda: sympad.KernelKind(0, True), "size must be a positive int, got 0")
-    _raises(lambda: sympad.KernelKind(2.0, True), "size must be a positive int, got 2.0")
-    _raises(lambda: sympad.KernelKind(2, 1), "symmetric must be a bool, got 1", TypeError)
+    _raises(lambda: sympad.KernelKind(0, "SYMMETRIC"), "size must be a positive int, got 0")
+    _raises(lambda: sympad.KernelKind(2.0, "SYMMETRIC"), "size must be a positive int, got 2.0")
+    _raises(lambda: sympad.KernelKind(2, True), "padding must be one of ('SAME', 'SYMMETRIC'), got True")
 
 
 # --- valid input: what it always gave ------------------------------------------------------------

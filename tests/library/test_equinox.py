@@ -206,9 +206,7 @@ def test_factory_c2_pads_bottom_right_and_shares_weights_with_c2sp():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"padding": "VALID"}, "padding"),
-    ({"padding": 1}, "padding"),
-    ({"padding_mode": "REFLECT"}, "padding_mode"),
+    ({"padding_mode": "REFLECT"}, "padding_mode"),  # 'VALID' and explicit pads: test_dropin.py
     ({"implementation": "fastest"}, "implementation"),
     ({"groups": 4}, "groups"),
     ({"kernel_size": (2, 2, 2)}, "kernel_size"),
