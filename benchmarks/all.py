@@ -27,7 +27,9 @@ measurements still missing on a GPU first (BENCHMARKS.md):
 8. layer, float32: C3, C2 and C2sp under each formulation;
 9. ResNet-20 and ResNet-110 train steps, batch 128 (CPU: ResNet-20 in bfloat16);
 10. ResNet19 (128 px) G+D step;
-11. GPU only: layer, C4 and C4sp, float32 and bfloat16.
+11. GPU only: layer, C4 and C4sp, float32 and bfloat16;
+12. several GAN seeds in one program (``benchmarks.seeds``): the SNGAN train step with 1, 2 and 4
+    seeds (GPU: vmapped and looped; elsewhere the form ``'auto'`` picks).
 
 Formulation columns are labelled ``C2sp:<formulation>``; layer records say
 what ``'auto'`` picks for their shape (``auto_choice``). On an accelerator,
@@ -48,7 +50,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import sympad
-from benchmarks import common, conv, models
+from benchmarks import common, conv, models, seeds
 from sympad.train import errors
 
 #: Formulations compared (the automatic choice is one of them; records name it).
@@ -107,6 +109,8 @@ def steps(
         ("ResNet-20 / ResNet-110 train step", nets(("resnet",), resnet_rest, formulations=())),
         ("ResNet19 G+D step", nets(("resnet19",), formulations=())),
         ("Layer, the other kinds (GPU: C4, C4sp)", layer(("float32", "bfloat16"), False, late_kinds)),
+        ("Several GAN seeds in one program", {"bench": "seeds", "size": size,
+                                              "forms": ("vmap", "loop") if gpu else ()}),
     ]
 
 
@@ -121,6 +125,8 @@ def groups(spec: dict) -> list[str]:
     """The groups a step measures (each timed together, ratios within it), in order."""
     if spec["bench"] == "conv":
         return [conv.group_key(s.name, d) for d in spec["dtypes"] for s in spec["shapes"]]
+    if spec["bench"] == "seeds":
+        return [c.group for c in seeds.build_cases(spec["size"], forms=spec["forms"])]
     return list(dict.fromkeys(c.group for c in _cases(spec)))
 
 
@@ -149,6 +155,9 @@ def run_step(
             done=done,
             compile_workers=compile_workers,
         )
+    if spec["bench"] == "seeds":
+        return seeds.run(seeds.build_cases(spec["size"], forms=spec["forms"]), repeats=repeats or 5, report=report,
+                         deadline=deadline, done=done)
     inner = models.GPU_INNER if accelerator else 1
     return models.run(
         _cases(spec), repeats=repeats or 5, inner=inner, report=report, deadline=deadline, done=done,
@@ -176,7 +185,7 @@ def read_records(path: Path) -> list[dict]:
 def progress(records: Sequence[dict], step: int) -> tuple[set[str], set[str]]:
     """(measured, given up) groups of one step in ``records``."""
     mine = [r for r in records if r.get("step") == step]
-    measured = {r["group"] for r in mine if r.get("record") in ("conv", "model")}
+    measured = {r["group"] for r in mine if r.get("record") in ("conv", "model", "seeds")}
     tries = collections.Counter(r["group"] for r in mine if r.get("record") == "started")
     return measured, {g for g, n in tries.items() if n >= MAX_TRIES and g not in measured}
 
@@ -208,7 +217,7 @@ def render(records: Sequence[dict], numbered: Sequence[tuple[int, str, dict]]) -
         planned = groups(spec)
         todo = [g for g in planned if g not in measured]
         left += [f"step {number}: {g}" + (" (given up)" if g in given_up else "") for g in todo]
-        body = conv.markdown(mine) if spec["bench"] == "conv" else models.markdown(mine)
+        body = {"conv": conv.markdown, "seeds": seeds.markdown}.get(spec["bench"], models.markdown)(mine)
         notes = [f"given up (started {MAX_TRIES} times, never finished): {', '.join(sorted(given_up))}"] if given_up else []
         if not planned:
             notes.append("(nothing to measure in this size set)")

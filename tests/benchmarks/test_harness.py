@@ -15,6 +15,7 @@ import sympad
 import sympad.linen
 from benchmarks import all as bench_all
 from benchmarks import common, conv, models
+from sympad.train import errors
 
 ENV_KEYS = {"date", "backend", "device", "cpu", "jax", "jaxlib", "flax", "XLA_FLAGS"}
 
@@ -251,3 +252,29 @@ def test_all_resume_refuses_another_device(tmp_path):
     (tmp_path / "results.jsonl").write_text(json.dumps(record) + "\n")
     with pytest.raises(SystemExit, match="measured on 'NVIDIA H200'.*use another --out"):
         bench_all.main(["--tiny", "--out", str(tmp_path), "--steps", "6", "--resume"])
+
+
+@pytest.mark.slow  # compiles the GAN step three times
+def test_seeds_bench_tiny_emits_one_record_per_seed_count(tmp_path, capsys):
+    from benchmarks import seeds
+
+    # benchmarks.all runs it as its last step, with both forms on a GPU.
+    (title, spec), *_ = reversed(bench_all.steps("gpu"))
+    assert title == "Several GAN seeds in one program" and spec["forms"] == ("vmap", "loop")
+    assert bench_all.groups(spec) == ["sngan-C2sp/gpu/vmap", "sngan-C2sp/gpu/loop"]
+    records = seeds.main(["--tiny", "--seeds=2", "--forms=loop", "--repeats=2", "--warmup=0",
+                          f"--out={tmp_path / 'seeds.jsonl'}"])
+    written = _read_jsonl(tmp_path / "seeds.jsonl")
+    assert written[0]["record"] == "environment" and ENV_KEYS <= set(written[0])
+    assert [(r["num_seeds"], r["form"]) for r in records] == [(1, "loop"), (2, "loop")]  # one seed: the baseline
+    one, two = records
+    assert one["speed_vs_sequential"] == 1.0 and two["speed_vs_sequential"] > 0
+    # Images/s counts every seed's D images: 2 seeds x batch 4 x n_critic 1 per step.
+    assert two["images_per_s"] == pytest.approx(2 * 4 / (two["step_ms"] / 1e3))
+    assert two["argument_bytes"] > one["argument_bytes"] and two["compile_s"] > 0
+    table = _table_rows(capsys.readouterr().out, "vs sequential")
+    assert [row[0] for row in table[2:]] == ["1", "2"]
+    with pytest.raises(errors.ConfigError, match="--forms: unknown 'auto'"):
+        seeds.main(["--tiny", "--forms=auto"])
+    with pytest.raises(errors.ConfigError, match="--seeds="):
+        seeds.main(["--tiny", "--seeds=0"])
