@@ -247,7 +247,7 @@ def build_cases(
             continue
         from gan.models import ARCHS, Discriminator, Generator
 
-        g_factory, d_factory, size, _ = ARCHS[suite]
+        g_factory, d_factory, size = ARCHS[suite].generator, ARCHS[suite].discriminator, ARCHS[suite].image_size
         batch = sizes.sngan_batch if suite == "sngan" else sizes.resnet19_batch
         if batches and batch not in batches:
             continue

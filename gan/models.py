@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +63,7 @@ __all__ = [
     "ResNet19Generator",
     "ResNet19Discriminator",
     "ARCHS",
+    "Arch",
     "default_width_multiplier",
     "scaled_width",
     "check_labels",
@@ -460,8 +461,17 @@ ResNet19Generator = functools.partial(Generator, channels=(512, 512, 256, 256, 1
 ResNet19Discriminator = functools.partial(Discriminator, channels=(64, 128, 256, 256, 512, 512),
                                           downsample=(True,) * 6)
 
-#: arch name -> (generator factory, discriminator factory, output size, paper's (G, D) params).
-ARCHS: dict[str, tuple[Any, Any, int, tuple[float, float]]] = {
-    "sngan": (SNGANGenerator, SNGANDiscriminator, 32, (6e6, 1.5e6)),
-    "resnet19": (ResNet19Generator, ResNet19Discriminator, 128, (14e6, 14e6)),
+class Arch(NamedTuple):
+    """One of the paper's G/D pairs (:data:`ARCHS`)."""
+
+    generator: Callable[..., Generator]  #: Generator factory (keyword overrides: kernel, channels, ...)
+    discriminator: Callable[..., Discriminator]
+    image_size: int  #: side of the generated images
+    paper_params: tuple[float, float]  #: the paper's approximate (G, D) parameter counts
+
+
+#: config.arch -> its G/D pair.
+ARCHS: dict[str, Arch] = {
+    "sngan": Arch(SNGANGenerator, SNGANDiscriminator, 32, (6e6, 1.5e6)),
+    "resnet19": Arch(ResNet19Generator, ResNet19Discriminator, 128, (14e6, 14e6)),
 }

@@ -102,7 +102,7 @@ def create_models(config: ml_collections.ConfigDict, *, classes: int | None = No
     """
     if config.arch not in models.ARCHS:
         raise ConfigError(f"config.arch must be one of {tuple(models.ARCHS)}, got {config.arch!r}")
-    make_g, make_d, _, _ = models.ARCHS[config.arch]
+    arch = models.ARCHS[config.arch]
     classes = num_classes(config) if classes is None else classes
     g_kwargs: dict[str, Any] = dict(
         kernel=config.kernel,
@@ -125,7 +125,7 @@ def create_models(config: ml_collections.ConfigDict, *, classes: int | None = No
         if downsample is None:
             raise ConfigError("config.d_downsample must be given with config.d_channels (one 0/1 per block)")
         d_kwargs["downsample"] = tuple(bool(v) for v in downsample)
-    generator, discriminator = make_g(**g_kwargs), make_d(**d_kwargs)
+    generator, discriminator = arch.generator(**g_kwargs), arch.discriminator(**d_kwargs)
     models.default_width_multiplier(config.kernel)  # Validates the kind early.
     return generator, discriminator
 

@@ -70,7 +70,7 @@ def model_summary(config: ml_collections.ConfigDict, generator: models.Generator
     g_shapes = jax.eval_shape(lambda: generator.init(jax.random.key(0), jnp.zeros((1, config.z_dim)), labels,
                                                      train=False))
     d_shapes = jax.eval_shape(lambda: discriminator.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), labels))
-    paper = models.ARCHS[config.arch][3]
+    paper = models.ARCHS[config.arch].paper_params
     return {
         "arch": config.arch,
         "kernel": config.kernel,
