@@ -11,12 +11,18 @@ pytest-xdist workers and every Python process a test starts): many tests compile
 programs (the same tiny GAN step in-process and in CLI subprocesses), and on a 2-core CPU the
 compiles are most of the full tier's time. A cached executable is the same compiled program, so
 values do not change. A contributor who sets ``JAX_COMPILATION_CACHE_DIR`` keeps theirs.
+The op grid at default flags (tests/library/test_production_flags.py) and the clean venv
+(tests/test_packaging.py) run without either compile setting (``tests.shared.production_env``).
+
+Strict: the warning filters (pyproject's ``filterwarnings``: deprecations of jax, flax, optax and
+orbax are errors) hold in the processes tests start too, through tests/site/sitecustomize.py.
 
 Tiers (tests/tiers.py): a test that starts a Python process or builds a venv and carries neither
 ``slow`` nor ``integration`` fails, in both tiers, with the fix in its message: at setup when its
 code shows it (checked at collection), at teardown when it started Python through library code.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -48,6 +54,13 @@ def pytest_configure(config):
     # backend starts, after this.
     if shared.FAST_COMPILE_FLAG not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {shared.FAST_COMPILE_FLAG}".strip()
+    # The warning filters (pyproject's filterwarnings, -W) for the Python processes tests start:
+    # tests/site/sitecustomize.py applies them there.
+    os.environ[shared.WARNING_FILTERS_ENV] = json.dumps(
+        [*config.getini("filterwarnings"), *(config.known_args_namespace.pythonwarnings or [])])
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(shared.CHILD_SITE) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(shared.CHILD_SITE), *paths])
     # jax was imported (this file's imports) before the variables were set in this process.
     jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
     jax.config.update("jax_persistent_cache_min_compile_time_secs",

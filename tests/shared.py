@@ -27,6 +27,24 @@ FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
 COMPILE_CACHE_ENV = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
                      "JAX_ENABLE_COMPILATION_CACHE")
 
+#: Where the processes tests start take the test run's warning filters from (tests/conftest.py sets
+#: both): tests/site/sitecustomize.py reads the pytest ``filterwarnings`` lines from the variable.
+WARNING_FILTERS_ENV = "SYMPAD_TEST_FILTERWARNINGS"
+CHILD_SITE = Path(__file__).resolve().parent / "site"
+
+
+def production_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """``environ`` (default ``os.environ``) without the test run's compile settings: what a user runs.
+
+    Drops the compilation-cache variables and :data:`FAST_COMPILE_FLAG` from ``XLA_FLAGS`` (the
+    variable goes when nothing else is left in it); every other variable stays.
+    """
+    env = {k: v for k, v in (os.environ if environ is None else environ).items() if k not in COMPILE_CACHE_ENV}
+    flags = [f for f in env.pop("XLA_FLAGS", "").split() if f != FAST_COMPILE_FLAG]
+    if flags:
+        env["XLA_FLAGS"] = " ".join(flags)
+    return env
+
 
 def use_checkout_shared_data() -> None:
     """Sets ``$SYMPAD_SHARED_DATA`` to ``../shared/data`` beside the checkout, unless set or absent."""

@@ -4,8 +4,8 @@ Builds the sdist from the checkout's files and the wheel from the sdist (as ``py
 does), checks both with ``twine check``, reads the wheel's file list and metadata, and installs
 the wheel into a clean venv that sees only the core dependencies (the host's installed copies of
 exactly the distributions the wheel requires, linked file by file: offline and quick), where the
-README's usage example and ``python -m sympad.demo`` must run and ``import sympad.train`` must
-name its extra.
+README's usage example and ``python -m sympad.demo`` must run, as a user runs them (without the
+test run's compile settings), and ``import sympad.train`` must name its extra.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 import email.parser
 import importlib.metadata
-import os
+import json
 import re
 import shutil
 import subprocess
@@ -29,6 +29,7 @@ from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from tests.shared import FAST_COMPILE_FLAG, production_env
 from tests.test_layers import LIBRARY_DEPENDENCIES, LIBRARY_EXTRAS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -312,11 +313,14 @@ CORE_CHECK = textwrap.dedent(
 @pytest.mark.slow
 def test_core_only_venv_runs_the_library(dists, tmp_path):
     python = _core_only_venv(tmp_path, dists["wheel"])
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    # As a user runs it: without the test run's compile settings (tests/conftest.py) and path.
+    env = {k: v for k, v in production_env().items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     # One process (jax starts once): the checks, then the README's usage example and the demo
     # as a user of the wheel runs them.
     script = CORE_CHECK + textwrap.dedent(
         f"""
+        import json, os
+        print("settings:", json.dumps([os.environ.get("XLA_FLAGS", ""), jax.config.jax_compilation_cache_dir]))
         print("example:")
         exec(compile({_usage_example()!r}, "README.md usage", "exec"), {{}})
         print("demo:")
@@ -327,6 +331,8 @@ def test_core_only_venv_runs_the_library(dists, tmp_path):
     result = subprocess.run([str(python), "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"core ok {VERSION}" in result.stdout
+    xla_flags, cache_dir = json.loads(result.stdout.split("settings:", 1)[1].splitlines()[0])
+    assert FAST_COMPILE_FLAG not in xla_flags.split() and cache_dir is None, (xla_flags, cache_dir)
     assert "pip install 'sympad[train]'" in result.stdout and "ml-collections" in result.stdout
     demo = result.stdout.split("demo:", 1)[1]
     assert "C2sp" in demo and "C2" in demo

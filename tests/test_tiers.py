@@ -1,5 +1,6 @@
 """The test configuration itself: the two tiers, the rule that keeps process-starting tests out
-of the fast one, and that CI runs the full suite (tests/tiers.py, tests/conftest.py)."""
+of the fast one, that CI runs the full suite, the compile settings and the deprecation filters
+(tests/tiers.py, tests/conftest.py, pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import re
 import shlex
 import sys
 import tomllib
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -133,3 +136,72 @@ def test_the_test_run_caches_and_cheapens_its_compiles():
     env = multiprocess.base_env(devices=2)
     assert env["JAX_COMPILATION_CACHE_DIR"] == cache
     assert "--xla_backend_optimization_level=0" in env["XLA_FLAGS"].split()
+
+
+# Deprecations (pyproject's filterwarnings): an error wherever the warning is attributed, inside
+# jax, flax, optax or orbax (stacklevel 1) or in the project's code that called them (stacklevel 2).
+
+
+def _function_in(module: str, source: str, **names) -> Callable:
+    """``f`` from ``def f(): ...`` run as code of ``module`` (the module a warning names)."""
+    namespace = {"__name__": module, "warnings": warnings, **names}
+    exec(source, namespace)
+    return namespace["f"]
+
+
+def _deprecated_api(library: str, *, stacklevel: int) -> Callable:
+    return _function_in(library, f"def f():\n    warnings.warn('old API', DeprecationWarning, stacklevel={stacklevel})\n")
+
+
+def test_deprecations_of_jax_flax_optax_and_orbax_are_errors():
+    import jax
+    import jax.numpy as jnp
+
+    # Two that jax 0.10 deprecates: attributed to this module (the caller), and to jax itself.
+    with pytest.raises(DeprecationWarning, match="positionally"):
+        jnp.array([1.0], None, True)
+    with pytest.raises(DeprecationWarning, match="integer-typed"):
+        jax.nn.one_hot(jnp.array([0.0, 1.0]), 2)
+    for library in ("jax._src.api", "flax.nnx.module", "flax.linen.module", "optax._src.transform",
+                    "orbax.checkpoint.checkpointer"):
+        with pytest.raises(DeprecationWarning):
+            _deprecated_api(library, stacklevel=1)()
+        for caller in ("gan.train", "sympad.linen", "paper.runner", "__main__"):
+            with pytest.raises(DeprecationWarning):
+                _function_in(caller, "def f():\n    api()\n", api=_deprecated_api(library, stacklevel=2))()
+    # Other libraries' own deprecations stay warnings: they are not the project's to fix.
+    with warnings.catch_warnings(record=True) as caught:
+        _deprecated_api("tensorflow_datasets.core", stacklevel=1)()
+        _deprecated_api("jaxtyping", stacklevel=1)()  # a prefix of the name is not the package
+    assert [w.category for w in caught] == [DeprecationWarning] * 2
+
+
+CHILD = """
+import json, sys, warnings
+import jax, jax.numpy as jnp
+caught = []
+for name, call in [("project", lambda: jnp.array([1.0], None, True)), ("jax", lambda: jax.nn.one_hot(jnp.array([0.0]), 2))]:
+    try:
+        call()
+    except DeprecationWarning:
+        caught.append(name)
+print(json.dumps({"caught": caught, "shadowed": "shadowed_sitecustomize" in sys.modules}))
+"""
+
+
+@pytest.mark.integration
+def test_processes_tests_start_keep_the_deprecation_filters(tmp_path):
+    import json
+    import os
+    import subprocess
+
+    from tests.shared import CHILD_SITE, WARNING_FILTERS_ENV
+
+    assert json.loads(os.environ[WARNING_FILTERS_ENV])[:len(PYTEST["filterwarnings"])] == PYTEST["filterwarnings"]
+    assert os.environ["PYTHONPATH"].split(os.pathsep)[0] == str(CHILD_SITE)
+    # A sitecustomize of the environment, shadowed by the test run's, still runs.
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['shadowed_sitecustomize'] = sys\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.environ["PYTHONPATH"], str(tmp_path)]))
+    result = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"caught": ["project", "jax"], "shadowed": True}

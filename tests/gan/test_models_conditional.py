@@ -51,14 +51,18 @@ LABELS = np.array([0, 4, 2], np.int32)
 # ----------------------------------------------------------------------------------------------
 # num_classes=0: the models of main before the conditional ones, same tree, init and outputs.
 # The numbers were computed with main's gan/models.py (commit b3b7f3c) by this file's _checksum,
-# with jax 0.10 and flax 0.12. They catch a change, not an error, and they rest on jax's random
-# stream and flax's initializers: another minor version of either may draw other weights, so the
-# pins skip there (the trees are checked everywhere; the models' values against NumPy below).
+# with jax 0.10 and flax 0.12. They catch a change, not an error (the models' values are checked
+# against NumPy below). Those versions give them to rounding; another minor version of jax or flax
+# may compile other roundings, so it is held to a looser tolerance rather than skipped. If its random
+# stream or initializers draw other weights, nothing matches: recompute the pins with _checksum.
 
 PINNED_WITH = {"jax": "0.10", "flax": "0.12"}
 _versions = {name: ".".join(importlib.metadata.version(name).split(".")[:2]) for name in PINNED_WITH}
-pinned = pytest.mark.skipif(_versions != PINNED_WITH,
-                            reason=f"checksums pinned with {PINNED_WITH}, this is {_versions}")
+
+
+def _assert_pinned(value: float, pinned: float) -> None:
+    rtol = 1e-4 if _versions == PINNED_WITH else 1e-3
+    np.testing.assert_allclose(value, pinned, rtol=rtol, err_msg=f"pinned with {PINNED_WITH}, this is {_versions}")
 
 
 def _unconditional_generators():
@@ -87,34 +91,32 @@ def test_unconditional_trees_unchanged():
 
 
 @pytest.mark.slow
-@pinned
 def test_unconditional_generator_pinned_to_b3b7f3c():
     z = Z()
     plain, batch_norm = _unconditional_generators()
     v = jax.jit(plain.init)(jax.random.key(0), z)
-    np.testing.assert_allclose(_checksum(v["params"]), -0.2773364829051861, rtol=1e-4)
-    np.testing.assert_allclose(_checksum(jax.jit(plain.apply)(v, z)), 0.548361345400546, rtol=1e-4)
+    _assert_pinned(_checksum(v["params"]), -0.2773364829051861)
+    _assert_pinned(_checksum(jax.jit(plain.apply)(v, z)), 0.548361345400546)
     v = jax.jit(batch_norm.init)(jax.random.key(0), z)
-    np.testing.assert_allclose(_checksum(v["params"]), 29.75678920154094, rtol=1e-4)
-    np.testing.assert_allclose(_checksum(v["batch_stats"]), 12.501496348116525, rtol=1e-4)
-    np.testing.assert_allclose(_checksum(jax.jit(batch_norm.apply)(v, z)), 0.5483435770995788, rtol=1e-4)
+    _assert_pinned(_checksum(v["params"]), 29.75678920154094)
+    _assert_pinned(_checksum(v["batch_stats"]), 12.501496348116525)
+    _assert_pinned(_checksum(jax.jit(batch_norm.apply)(v, z)), 0.5483435770995788)
     out, new = jax.jit(lambda v, z: batch_norm.apply(v, z, train=True, mutable=["batch_stats"]))(v, z)
-    np.testing.assert_allclose(_checksum(out), 3.733691634953007, rtol=1e-4)
-    np.testing.assert_allclose(_checksum(new), 14.331683556596282, rtol=1e-4)
+    _assert_pinned(_checksum(out), 3.733691634953007)
+    _assert_pinned(_checksum(new), 14.331683556596282)
 
 
 @pytest.mark.slow
-@pinned
 def test_unconditional_discriminator_pinned_to_b3b7f3c():
     x = X()
     d = _tiny_discriminator()
     v = jax.jit(d.init)(jax.random.key(0), x)
-    np.testing.assert_allclose(_checksum(v["params"]), 12.998698774909219, rtol=1e-4)
-    np.testing.assert_allclose(_checksum(v["batch_stats"]), 99.11621764715176, rtol=1e-4)
-    np.testing.assert_allclose(_checksum(jax.jit(d.apply)(v, x)), 0.33361104428874094, rtol=1e-4)
+    _assert_pinned(_checksum(v["params"]), 12.998698774909219)
+    _assert_pinned(_checksum(v["batch_stats"]), 99.11621764715176)
+    _assert_pinned(_checksum(jax.jit(d.apply)(v, x)), 0.33361104428874094)
     out, new = jax.jit(lambda v, x: d.apply(v, x, update_stats=True, mutable=["batch_stats"]))(v, x)
-    np.testing.assert_allclose(_checksum(out), 0.33361104428874094, rtol=1e-4)
-    np.testing.assert_allclose(_checksum(new), 80.34083341362917, rtol=1e-4)
+    _assert_pinned(_checksum(out), 0.33361104428874094)
+    _assert_pinned(_checksum(new), 80.34083341362917)
 
 
 # ----------------------------------------------------------------------------------------------
