@@ -20,6 +20,7 @@ import dataclasses
 import sys
 import time
 from collections.abc import Collection, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -27,12 +28,13 @@ import jax
 from benchmarks import common
 from sympad.train import errors
 
+REPO = Path(__file__).resolve().parents[1]
 #: The seed counts measured by default.
 SEEDS = (1, 2, 4)
-#: The config arg each size set starts from (configs/gan/sngan_cifar10.py).
-CONFIG_ARGS = {"gpu": "kernel={kind},data=synthetic",
-               "cpu": "kernel={kind},data=synthetic,runlocal",
-               "tiny": "kernel={kind},data=synthetic,runlocal"}
+#: The config each size set starts from, as ``gan.main --config=`` takes it.
+CONFIG = {"gpu": "configs/gan/sngan_cifar10.py:kernel={kind},data=synthetic",
+          "cpu": "configs/gan/sngan_cifar10.py:kernel={kind},data=synthetic,runlocal",
+          "tiny": "configs/gan/sngan_cifar10.py:kernel={kind},data=synthetic,runlocal"}
 #: The tiny set's overrides (a smoke test: seconds, not minutes).
 TINY = dict(bottom_size=2, g_channels=(8, 8, 8), d_channels=(8, 8), d_downsample=(1, 0), z_dim=8, batch_size=4,
             n_critic=1)
@@ -62,9 +64,9 @@ def build_cases(size: str, *, kind: str = "C2sp", forms: Sequence[str] = (), see
 
 
 def _config(case: Case, num_seeds: int) -> Any:
-    from configs.gan import sngan_cifar10
+    from sympad.train.config import load_config_file
 
-    config = sngan_cifar10.get_config(CONFIG_ARGS[case.size].format(kind=case.kind))
+    config = load_config_file(str(REPO / CONFIG[case.size].format(kind=case.kind)))
     if case.size == "tiny":
         config.update(TINY)
     config.num_seeds = num_seeds

@@ -44,6 +44,7 @@ __all__ = [
     "check_number",
     "check_str",
     "field",
+    "load_config_file",
     "loaded_config",
     "lock_and_validate",
     "parse_config_arg",
@@ -337,14 +338,39 @@ def loaded_config(flag_values: Any, name: str = "config") -> ml_collections.Conf
       ConfigError: the file did not load.
     """
     value = flag_values[name].value
-    if value is None or isinstance(value, ml_collections.ConfigDict):
+    if value is None:
+        return value
+    return _loaded(value, f"--{name}={flag_values[name].serialize().split('=', 1)[-1]}")
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """The config ``--config=spec`` gives a suite's main (``'path.py[:args]'``), locked, not validated.
+
+    For tools that build a suite's run without its command line (``benchmarks.seeds``): the file
+    is loaded by ml_collections' own config-file parser, exactly as ``run_main`` loads it.
+
+    Raises:
+      ConfigError: the file did not load.
+    """
+    from ml_collections.config_flags import config_flags
+
+    try:
+        config = config_flags.ConfigFileFlagParser(name="config").parse(spec)
+    except (TypeError, ValueError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise ConfigError(f"--config={spec}: the config did not load: {lines[-1] if lines else e!r}") from e
+    return _loaded(config, f"--config={spec}")
+
+
+def _loaded(value: Any, label: str) -> ml_collections.ConfigDict:
+    """``value`` when it is a config; ml_collections' deferred loading error as one line otherwise."""
+    if isinstance(value, ml_collections.ConfigDict):
         return value
     try:
         value.lock()  # an _ErrorConfig raises its loading error on any use
     except Exception as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        raise ConfigError(f"--{name}={flag_values[name].serialize().split('=', 1)[-1]}: the config did not load: "
-                          f"{lines[-1] if lines else type(e).__name__}") from e
+        raise ConfigError(f"{label}: the config did not load: {lines[-1] if lines else type(e).__name__}") from e
     return value
 
 

@@ -220,3 +220,12 @@ def test_run_main_command_line(tmp_path, config_file):
     )
     assert bad.returncode != 0
     assert "trian" in bad.stderr and "TRAIN" not in bad.stdout
+
+
+def test_load_config_file_loads_as_main_does(tmp_path):
+    from sympad.train.config import load_config_file
+
+    config = load_config_file(str(REPO / "configs/gan/sngan_cifar10.py") + ":kernel=C4sp,seeds=3")
+    assert config.kernel == "C4sp" and config.num_seeds == 3 and config.is_locked
+    with pytest.raises(ConfigError, match=r"--config=.*nothing\.py: the config did not load"):
+        load_config_file(str(tmp_path / "nothing.py"))
