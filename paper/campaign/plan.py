@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "CONFIG_FILES", "CONFIG_KEYS", "DIFFAUGMENT", "Entry", "PACKING", "PAPER", "RUN_SECONDS", "STEP_TIMES", "STUDIOGAN",
+    "CONFIG_FILES", "CONFIG_KEYS", "DIFFAUGMENT", "Entry", "PACKING", "PAPER", "RUN_SECONDS", "SEEDS_PER_PROCESS",
+    "STEP_TIMES", "STUDIOGAN",
     "build_plan", "build_smoke_plan",
     "config_overrides",
-    "load_plan", "plan_json", "sizing",
+    "load_packing", "load_plan", "load_seeds_per_process", "plan_json", "sizing",
 ]
 
 #: The plan's neutral names for config fields -> each suite's field (dotted for nested ones).
@@ -71,9 +72,15 @@ CONFIG_FILES: dict[str, str] = {
 #: the carried wheels, the last SIGTERM grace and the copy back).
 RUN_SECONDS = 510
 
-#: Entries of one group run at once on the one GPU, each in its own process (issue 23): a batch-64
-#: SNGAN leaves an H200 mostly idle, and the four Table 4 kinds of a seed then fit one run.
+#: Processes of one group that run at once on the one GPU (issue 23): a batch-64 SNGAN leaves an
+#: H200 mostly idle, and the four Table 4 kinds then fit one run.
 PACKING = 4
+
+#: The most seeds of one kind (entries of a group that differ only in their seed) one process
+#: trains at once, in one compiled step (``gan.main`` with ``seeds=N``, issue 30). A device with no
+#: calibration yet measures 1 to this many seeds per process first (``benchmarks.seeds``) and the
+#: runner gives each process the count with the highest images/s; this is the count before that.
+SEEDS_PER_PROCESS = 2
 
 #: The paper's budgets: Table 4's SNGAN D updates, Figure 4's epochs (and batch).
 PAPER = {"sngan_d_steps": 200_000, "classify_epochs": 300, "classify_batch": 64}
@@ -134,8 +141,10 @@ class Entry:
       fraction: that fraction as a number (None where the paper states no budget).
       sizing: the :data:`STEP_TIMES` key it was sized with ('' for none).
       argv: for suite 'bench' and 'command': the command (a 'bench' entry's deadline is added).
-      group: GAN entries with the same group run at once (up to the plan's packing) and train for
-        one step count, sized while they run; their ``steps`` is the most they may take.
+      group: GAN entries with the same group run at once (up to the plan's packing processes) and
+        train for one step count, sized while they run; their ``steps`` is the most they may take.
+        Entries of a group that differ only in their ``seed`` arg train in one process, up to the
+        plan's ``seeds_per_process`` consecutive seeds each.
     """
 
     id: str
@@ -188,6 +197,11 @@ def load_packing(path: str | Path) -> int:
     return int(json.loads(Path(path).read_text(encoding="utf-8")).get("packing", 1))
 
 
+def load_seeds_per_process(path: str | Path) -> int:
+    """The plan file's ``seeds_per_process`` (1 for a plan written before several seeds per process)."""
+    return int(json.loads(Path(path).read_text(encoding="utf-8")).get("seeds_per_process", 1))
+
+
 def load_plan(path: str | Path) -> list[Entry]:
     """The entries of a plan file, validated (unique ids, known fields)."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -202,7 +216,8 @@ def load_plan(path: str | Path) -> list[Entry]:
 def plan_json(entries: Sequence[Entry], *, step_times: Mapping[str, float]) -> str:
     """The plan file's text: the entries and the step times they were sized with."""
     used = {e.sizing: step_times[e.sizing] for e in entries if e.sizing}
-    return json.dumps({"run_seconds": RUN_SECONDS, "packing": PACKING, "overhead_s": OVERHEAD_S, "step_times_s": used,
+    return json.dumps({"run_seconds": RUN_SECONDS, "packing": PACKING, "seeds_per_process": SEEDS_PER_PROCESS,
+                       "overhead_s": OVERHEAD_S, "step_times_s": used,
                        "entries": [e.to_dict() for e in entries]}, indent=1) + "\n"
 
 
@@ -217,31 +232,34 @@ def sizing(*, step_s: float, fixed_s: float, run_s: float = RUN_SECONDS - RUNNER
     return max(quantum, int((run_s - fixed_s) / step_s) // quantum * quantum)
 
 
-def _group_estimate() -> float:
+def _group_estimate(entries: int = PACKING) -> float:
     """Seconds a packed group needs at least: start, compile, calibration and some training, then
-    sampling, scoring and the margin (its step count is sized to what is left)."""
-    return round(sum(OVERHEAD_S.values()) + GROUP_MIN_TRAIN_S)
+    sampling, scoring (:data:`OVERHEAD_S`'s for four entries, more with more) and the margin (its
+    step count is sized to what is left)."""
+    score = OVERHEAD_S["score"] * max(1.0, entries / PACKING)
+    return round(sum(OVERHEAD_S.values()) - OVERHEAD_S["score"] + score + GROUP_MIN_TRAIN_S)
 
 
 def _gan_entries(step_times: Mapping[str, float], seeds: Sequence[int]) -> list[Entry]:
-    """Table 4's four kinds per seed, packed: one step count for all four, sized on the device to
-    what the run leaves (at most the paper's 200k D steps)."""
+    """Table 4's four kinds for every seed in one group: one step count for all of them, sized on
+    the device to what the run leaves (at most the paper's 200k D steps); a kind's seeds train in
+    one process (``seeds_per_process``), the kinds in processes of their own."""
     kinds = ("C3", "C2sp", "C2", "C4sp")
     g_steps = PAPER["sngan_d_steps"] // 5
     entries = []
-    for seed in seeds:
-        for kind in kinds:
+    for kind in kinds:
+        for seed in seeds:
             width = {"C3": 256, "C2sp": 384, "C2": 384, "C4sp": 192}[kind]
             entries.append(Entry(
                 id=f"table4-sngan-{kind}-seed{seed}", experiment="table4", suite="gan", config=CONFIG_FILES["sngan"],
                 args={"kernel": kind, "seed": seed, "data": "{cifar10}"},
                 set={"steps": g_steps, "log_every": 100, "sample_every": 0, "checkpoint_every": 0,
                      "max_checkpoints": 1},
-                samples=10_000, fraction=None, sizing=f"sngan:{kind}", group=f"table4-seed{seed}",
-                estimate_s=_group_estimate(),
-                budget=f"D steps sized on the device (the same for the {len(kinds)} kinds of the seed, run "
-                       f"{PACKING} at once), at most the paper's 200k; G {kind}@{width}, n_critic 5, batch 64, "
-                       "10k samples",
+                samples=10_000, fraction=None, sizing=f"sngan:{kind}", group="table4",
+                estimate_s=_group_estimate(len(kinds) * len(seeds)),
+                budget=f"D steps sized on the device (the same for the {len(kinds)} kinds x {len(seeds)} seeds, "
+                       f"a kind's seeds in one process, {PACKING} processes at once), at most the paper's 200k; "
+                       f"G {kind}@{width}, n_critic 5, batch 64, 10k samples",
             ))
     return entries
 
@@ -310,12 +328,13 @@ def _bench_entries() -> list[Entry]:
 
 
 def build_plan(step_times: Mapping[str, float] | None = None) -> list[Entry]:
-    """The campaign in issue 23's order: Table 4 seed 0 (four kinds packed in one run), Table 4
-    seed 1, Figure 4's ResNet-56, conditional SNGAN, the benchmarks, then Figure 4's ResNet-110."""
+    """The campaign in issue 23's order: Table 4 seeds 0 and 1 (four kinds, two seeds per process,
+    in one run: issue 30), Figure 4's ResNet-56, conditional SNGAN, the benchmarks, then Figure 4's
+    ResNet-110."""
     times = {**STEP_TIMES, **(step_times or {})}
     figure4 = _classify_entries(times)
     resnet56 = [e for e in figure4 if e.args["depth"] == 56]
-    return [*_gan_entries(times, seeds=(0,)), *_gan_entries(times, seeds=(1,)), *resnet56,
+    return [*_gan_entries(times, seeds=(0, 1)), *resnet56,
             *_conditional_entries(times), *_bench_entries(), *[e for e in figure4 if e not in resnet56]]
 
 
