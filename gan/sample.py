@@ -46,8 +46,9 @@ from gan.sampling import (
     interpolation_latents,
     sample_latents,
 )
-from gan.state import generator_variables, load_config, restore_state
+from gan.state import generator_variables, restore_state
 from gan.state import num_classes as run_num_classes
+from sympad.train.config import read_config
 from sympad.train.errors import ConfigError, run_absl
 from sympad.train.metrics import save_image_grid
 
@@ -128,7 +129,7 @@ def main(argv: list[str]) -> None:
 
     # The run's config says whether it is conditional: flags that need classes fail before the
     # (slower) checkpoint restore.
-    config = load_config(FLAGS.workdir)
+    config = read_config(FLAGS.workdir)
     num_classes = run_num_classes(config)
     for name in ("class_grid", "labels"):
         if FLAGS[name].value and not num_classes:

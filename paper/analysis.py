@@ -288,38 +288,18 @@ def _wrap_classify(model, kind: str, description: str, variables: Any = None) ->
 def load_checkpoint_network(workdir: Path, image_shape: Sequence[int]) -> Network:
     """The classify model of a training run, with its latest checkpointed variables.
 
-    Reads ``workdir/config.json`` (written by ``python -m classify.main``),
-    rebuilds the model and the train-state template with
-    ``classify.train.create_model`` / ``create_optimizer`` /
-    ``create_train_state`` and restores ``workdir/checkpoints`` (the latest
-    step) with :class:`sympad.train.checkpoint.Checkpointer`.
+    Rebuilds the run from ``workdir`` (``python -m classify.main``'s config.json and checkpoints/,
+    the latest step) with :func:`classify.state.restore_state`.
 
     Raises:
       ConfigError: if ``workdir`` has no config or no checkpoint.
     """
-    import ml_collections
+    from classify.state import restore_state  # Deferred: only --checkpoint needs the suite (optax).
 
-    from sympad.train.checkpoint import Checkpointer
-
-    from classify import train
-    config_path = workdir / "config.json"
-    if not config_path.exists():
-        raise ConfigError(f"--checkpoint={workdir}: no config.json (not a classify training workdir?)")
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    model = train.create_model(config)
-    # The optimizer only shapes the template's opt_state; step counts do not change its structure.
-    tx = train.create_optimizer(config, total_steps=2, steps_per_epoch=1)
-    template = jax.eval_shape(
-        lambda: train.create_train_state(model, tx, seed=0, image_size=int(image_shape[0]))
-    )
-    checkpointer = Checkpointer(workdir / "checkpoints")
     try:
-        restored = checkpointer.restore(template)
-    finally:
-        checkpointer.close()
-    if restored is None:
-        raise ConfigError(f"--checkpoint={workdir}: no checkpoint in {workdir / 'checkpoints'}")
-    step, state = restored
+        config, model, step, state = restore_state(workdir, image_size=int(image_shape[0]))
+    except FileNotFoundError as e:
+        raise ConfigError(f"--checkpoint={workdir}: {e}") from None
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     description = f"classify checkpoint {workdir} (step {step}, {config.model.name}, kernel {config.kernel})"
     return _wrap_classify(model, str(config.kernel), description, variables)
