@@ -50,8 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from paper import measures
-from paper.shared_data import use_shared_data
+from paper import measures, shared_data
 from sympad.kinds import KINDS, parse_kind
 from sympad.train.errors import ArgumentParser, ConfigError
 
@@ -190,9 +189,8 @@ def load_images(args: argparse.Namespace) -> tuple[np.ndarray, dict[str, Any]]:
     source = spec
     cache_dir = args.cache_dir if args.cache_dir is not None else data.default_cache_dir()
     if spec == "auto":
-        try:
-            with use_shared_data():  # ../shared/data beside the checkout unless $SYMPAD_SHARED_DATA is set
-                spec = f"folder:{data.cifar10_folder(args.split, cache_dir=cache_dir)}"
+        try:  # the archive of $SYMPAD_SHARED_DATA, else of ../shared/data beside the checkout
+            spec = f"folder:{shared_data.cifar10_folder(args.split, cache_dir=cache_dir)}"
         except FileNotFoundError as e:
             raise ConfigError(f"--data=auto: {e}; or pass --data=cifar10, --data=folder:PATH or --data=synthetic") from None
         source = f"shared cifar10-{args.split}.tar.gz"
@@ -200,7 +198,7 @@ def load_images(args: argparse.Namespace) -> tuple[np.ndarray, dict[str, Any]]:
         archive = Path(spec)
         if not archive.exists():
             raise ConfigError(f"--data: archive {archive} does not exist")
-        root = data.extract_archive(archive, cache_dir=cache_dir / "archives")
+        root = shared_data.extract_archive(archive, cache_dir=cache_dir / "archives")
         spec = _folder_spec(_split_folder(root, args.split), args.split)
     # synthetic makes exactly max_examples images; big TFDS sets are not decoded whole.
     max_examples = args.num_images if spec in _LARGE_DATASETS + ("synthetic",) else None

@@ -26,7 +26,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from sympad.train import data
+from paper import shared_data
 from tests import shared, tiers
 
 _UNMARKED_PROCESS = pytest.StashKey[bool]()
@@ -108,7 +108,8 @@ def cifar10_test_root(tmp_path_factory) -> Path:
     Every test that read the 10k JPEGs used to extract them into a folder of its own. Skips
     without the archive.
     """
-    if data.shared_data_file("cifar10-test.tar.gz") is None:
-        pytest.skip(f"shared CIFAR-10 archives not present (../shared/data or ${data.SHARED_DATA_ENV})")
-    cache = shared.build_once(tmp_path_factory, "cifar10", lambda path: data.cifar10_folder("test", cache_dir=path))
+    if shared_data.shared_data_file("cifar10-test.tar.gz") is None:
+        pytest.skip(f"shared CIFAR-10 archives not present (../shared/data or ${shared_data.SHARED_DATA_ENV})")
+    cache = shared.build_once(tmp_path_factory, "cifar10",
+                              lambda path: shared_data.cifar10_folder("test", cache_dir=path))
     return cache / "cifar10-jpeg"
