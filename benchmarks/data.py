@@ -11,7 +11,7 @@ Measures, on the default JAX backend (CPU here):
   (grain gather + ``device_put``), consumed as fast as possible;
 * ``--loaders_only``: images/s of :class:`sympad.train.data.HostLoader` per grain
   reader-thread count (``--threads``) over the CIFAR-10 train JPEG folder
-  (``sympad.train.data.cifar10_folder()``, decoded once), median of ``--repeats``;
+  (``paper.shared_data.cifar10_folder()``, decoded once), median of ``--repeats``;
 * ``folder_decode``: :func:`sympad.train.data.load` of an image folder, first load
   (decode + cache write, per thread count) and cached reload. Uses the shared
   CIFAR-10 JPEG archives (``$SYMPAD_SHARED_DATA``, else ``../shared/data`` beside
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -33,11 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from paper import shared_data
 from sympad.train import data
-
-#: ``../shared/data`` beside the checkout: the archives' folder when ``$SYMPAD_SHARED_DATA`` is unset
-#: (the library itself reads only the variable).
-CHECKOUT_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _device_get_batch(images, labels, *, batch_size, steps, **kwargs) -> float:
@@ -67,7 +63,7 @@ def _loaders_on_cifar10_folder(*, batch_size: int, steps: int, threads: list[int
 
     The thread counts take turns, ``repeats`` rounds, so load from other processes hits them alike.
     """
-    root = data.cifar10_folder(("train",))
+    root = shared_data.cifar10_folder(("train",))
     ds = data.load(f"folder:{root}", "train")
     runs = {n: [] for n in threads}
     for _ in range(repeats):
@@ -83,8 +79,8 @@ def _loaders_on_cifar10_folder(*, batch_size: int, steps: int, threads: list[int
 def _prepare_folder(tmp: Path, cifar_dir: str | None) -> tuple[Path, str]:
     if cifar_dir:
         return Path(cifar_dir), f"cifar10 folder {cifar_dir}"
-    if data.shared_data_file("cifar10-train.tar.gz") and data.shared_data_file("cifar10-test.tar.gz"):
-        extracted = data.cifar10_folder(cache_dir=tmp)
+    if shared_data.shared_data_file("cifar10-train.tar.gz") and shared_data.shared_data_file("cifar10-test.tar.gz"):
+        extracted = shared_data.cifar10_folder(cache_dir=tmp)
         # Both splits as one folder of class subfolders: 60,000 JPEGs.
         root = tmp / "all"
         for split in ("train", "test"):
@@ -143,8 +139,6 @@ def main() -> None:
                         help="only HostLoader (per --threads) on the CIFAR-10 train JPEG folder")
     parser.add_argument("--repeats", type=int, default=5, help="rounds of --loaders_only")
     args = parser.parse_args()
-    if not os.environ.get(data.SHARED_DATA_ENV) and CHECKOUT_SHARED_DATA.is_dir():
-        os.environ[data.SHARED_DATA_ENV] = str(CHECKOUT_SHARED_DATA)
     if args.loaders_only:
         print(json.dumps(_loaders_on_cifar10_folder(
             batch_size=args.batch_size, steps=args.steps, threads=[int(t) for t in args.threads.split(",")],

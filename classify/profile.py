@@ -45,7 +45,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import sympad
-from classify import train
+from classify.state import create_model, create_optimizer, create_train_state
+from classify.step import make_train_step
+from classify.train import validate
 from sympad.train.config import loaded_config, parse_flags
 from sympad.train.errors import ConfigError, run_absl
 
@@ -104,9 +106,9 @@ def profile(
 def _profile(config: ml_collections.ConfigDict, *, batch: int, size: int, warmup: int, repeats: int, steps: int
              ) -> dict[str, Any]:
     num_classes = int(config.model.num_classes)
-    model = train.create_model(config)
-    tx = train.create_optimizer(config, total_steps=1000, steps_per_epoch=100)
-    state = train.create_train_state(model, tx, seed=int(config.seed), image_size=size)
+    model = create_model(config)
+    tx = create_optimizer(config, total_steps=1000, steps_per_epoch=100)
+    state = create_train_state(model, tx, seed=int(config.seed), image_size=size)
     num_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))
 
     # FLOPs: the inference forward, as the paper's complexity column.
@@ -116,7 +118,7 @@ def _profile(config: ml_collections.ConfigDict, *, batch: int, size: int, warmup
     flops = _cost(forward.lower(variables, images_f32).compile(), "flops")
 
     # Memory and speed: the full train step on a uint8 batch.
-    _, step_on_batch = train.make_train_step(model, tx, config, num_classes=num_classes)
+    _, step_on_batch = make_train_step(model, tx, config, num_classes=num_classes)
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
     labels = jnp.asarray(rng.integers(0, num_classes, (batch,), dtype=np.int32))
@@ -194,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         for name, least in (("warmup", 0), ("repeats", 1), ("steps", 1)):
             if flag_values[name].value < least:
                 raise ConfigError(f"--{name}={flag_values[name].value}: must be an int >= {least}")
-        train.validate(flag_values.config)  # before anything compiles
+        validate(flag_values.config)  # before anything compiles
         result = profile(
             flag_values.config,
             batch_size=flag_values.batch_size,

@@ -13,8 +13,6 @@ given at 16 and 32 px like the demo's data) then classifies them. Reported:
 * ``score``: confident * class_entropy, one number for "recognisable and diverse";
 * ``class_agreement`` (conditional models: the requested labels given): share of samples the
   classifier assigns to the class they were generated for (chance: 0.1).
-
-The same figures for the real test digits and for uniform noise are printed as references.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CONFIDENCE", "features", "fit_classifier", "score", "reference_scores"]
+__all__ = ["CONFIDENCE", "features", "fit_classifier", "score"]
 
 #: A sample counts as a recognisable digit above this top-class probability.
 CONFIDENCE = 0.9
@@ -85,11 +83,3 @@ def score(images: np.ndarray, classifier: Any, labels: np.ndarray | None = None)
         "mean_top_prob": float(top.mean()),
     }
 
-
-def reference_scores(classifier: Any, *, image_size: int = 16, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Scores of the real test digits and of uniform noise at ``image_size``: the scale's two ends."""
-    from sympad.train import data
-
-    test = data.load("digits", "test", image_size=image_size).images
-    noise = np.random.default_rng(seed).integers(0, 256, test.shape, dtype=np.uint8)
-    return {"real_test_digits": score(test, classifier), "uniform_noise": score(noise, classifier)}

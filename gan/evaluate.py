@@ -54,6 +54,7 @@ from gan.metrics.features import FEATURE_NETWORKS
 from gan.metrics.inception import RESIZE_MODES
 from gan.state import parse_seed_indices, run_seeds, seed_path
 from sympad.train import errors
+from sympad.train.config import read_config
 
 __all__ = ["evaluate_samples", "find_samples", "load_labels", "load_samples", "main", "over_seeds"]
 
@@ -102,9 +103,12 @@ def load_labels(path: str | Path, num: int) -> np.ndarray | None:
 
 
 def _load_config(workdir: Path | None) -> dict[str, Any]:
-    if workdir is not None and (workdir / "config.json").is_file():
-        return json.loads((workdir / "config.json").read_text())
-    return {}
+    if workdir is None:
+        return {}
+    try:
+        return read_config(workdir).to_dict()
+    except FileNotFoundError:  # samples without a run's config: the flags and the defaults
+        return {}
 
 
 def evaluate_samples(

@@ -35,7 +35,6 @@ import jax.numpy as jnp
 from gan import models
 from gan.state import (
     generator_variables,
-    load_config,
     output_size,
     parse_seed_indices,
     restore_state,
@@ -43,6 +42,7 @@ from gan.state import (
     select_seed,
 )
 from sympad.train import errors
+from sympad.train.config import read_config
 from sympad.train.errors import ConfigError
 
 __all__ = ["export_generator", "input_metadata", "load", "main", "save"]
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                           f"comma-separated {', '.join(PLATFORMS)} (or '' for this machine's)")
     if not args.out:
         raise ConfigError("--out is empty: name the output file, e.g. --out=generator.bin")
-    config = load_config(args.workdir)
+    config = read_config(args.workdir)
     indices = parse_seed_indices(args.seed_index, config)
     if len(indices) != 1:
         raise ConfigError(f"--seed_index={args.seed_index!r}: export one seed at a time (an index, e.g. 0)")

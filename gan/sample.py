@@ -56,7 +56,6 @@ from gan.sampling import (
 from gan.state import (
     TrainState,
     generator_variables,
-    load_config,
     parse_seed_indices,
     restore_state,
     run_seeds,
@@ -65,6 +64,7 @@ from gan.state import (
 )
 from gan.state import num_classes as run_num_classes
 from sympad.train import errors
+from sympad.train.config import read_config
 from sympad.train.errors import ConfigError
 from sympad.train.metrics import save_image_grid
 
@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # The run's config says whether it is conditional and how many seeds it trained: flags that
     # do not fit fail before the (slower) checkpoint restore.
-    config = load_config(args.workdir)
+    config = read_config(args.workdir)
     num_classes = run_num_classes(config)
     for name in ("class_grid", "labels"):
         if getattr(args, name) and not num_classes:

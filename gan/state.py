@@ -2,8 +2,9 @@
 
 What training creates and what sampling, export and evaluation read back, without the trainer
 (no DiffAugment, no train step, no input pipeline): ``create_models`` and ``create_optimizers``
-from a config, ``create_train_state`` (a pure function of ``config.seed``), ``load_config`` and
-``restore_state`` for a run directory, ``generator_variables`` for sampling.
+from a config, ``create_train_state`` (a pure function of ``config.seed``), ``restore_state`` for a
+run directory (its config read by ``sympad.train.config.read_config``), ``generator_variables``
+for sampling.
 
 Randomness is a pure function of ``(config.seed, step)``: one ``sympad.train.rng.stream`` per
 purpose (:data:`STREAMS`: the initial weights, the train steps' latents, the input pipeline, the
@@ -19,7 +20,6 @@ and the step are those of a plain run.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,18 +32,17 @@ import optax
 
 from gan import models
 from sympad.train import loop, rng
+from sympad.train.config import checkpoint_dir, read_config
 from sympad.train.errors import ConfigError
 
 __all__ = [
     "SCHEDULES",
     "STREAMS",
     "TrainState",
-    "checkpoint_dir",
     "create_models",
     "create_optimizers",
     "create_train_state",
     "generator_variables",
-    "load_config",
     "num_classes",
     "output_size",
     "parse_channels",
@@ -288,20 +287,7 @@ def generator_variables(state: TrainState, *, use_ema: bool = True) -> dict[str,
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints and configs of finished runs
-
-
-def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    """The config a run wrote to ``workdir/config.json``."""
-    path = Path(workdir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {workdir} a gan.main workdir?")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def checkpoint_dir(workdir: str | Path) -> Path:
-    """Where a run keeps its checkpoints."""
-    return Path(workdir) / "checkpoints"
+# Checkpoints of finished runs
 
 
 def restore_state(workdir: str | Path, config: ml_collections.ConfigDict | None = None
@@ -312,7 +298,7 @@ def restore_state(workdir: str | Path, config: ml_collections.ConfigDict | None 
       FileNotFoundError: no config.json or no checkpoint in ``workdir``.
       sympad.train.checkpoint.CheckpointError: the checkpoint is corrupt or does not match the config.
     """
-    config = config if config is not None else load_config(workdir)
+    config = config if config is not None else read_config(workdir)
     generator, discriminator = create_models(config)
     g_tx, d_tx = create_optimizers(config)
     template = create_train_state(config, generator, discriminator, g_tx, d_tx)

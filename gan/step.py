@@ -11,7 +11,7 @@ the same trajectory as an uninterrupted one. The class labels of generated image
 sub-stream of the same key, which runs without either never touch: switching both off gives the
 unconditional step bit for bit.
 
-:func:`make_train_step` builds the jitted step once per run, as ``classify.train.make_train_step``
+:func:`make_train_step` builds the jitted step once per run, as ``classify.step.make_train_step``
 does: the models, optimizers and hyperparameters are fixed for the run, so they are closed over
 rather than passed (and hashed) as static arguments on every call.
 
@@ -42,7 +42,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-import sympad
 from gan import diffaugment, losses, models
 from gan.state import STREAMS, TrainState, num_classes, run_seeds, seed_prefix
 from sympad.train import data as sdata
@@ -72,8 +71,6 @@ class StepConfig:
     loss: str = "ns"
     ema_decay: float = 0.0
     unroll: bool = True  # unroll the D updates instead of a lax.scan (XLA:CPU runs loops slowly)
-    # The step traces under it itself: the formulation is fixed at tracing, whoever calls the step.
-    conv_implementation: str = "auto"
     num_classes: int = 0  # > 0: conditional models, the real batches' labels feed D
     diffaugment: tuple[str, ...] = ()  # gan.diffaugment policies, on every image D sees
 
@@ -81,7 +78,7 @@ class StepConfig:
     def from_config(cls, config: ml_collections.ConfigDict) -> StepConfig:
         return cls(batch_size=int(config.batch_size), n_critic=int(config.n_critic), z_dim=int(config.z_dim),
                    loss=str(config.loss), ema_decay=float(config.ema_decay), unroll=bool(config.unroll_d_steps),
-                   conv_implementation=str(config.conv_implementation), num_classes=num_classes(config),
+                   num_classes=num_classes(config),
                    diffaugment=diffaugment.parse_policy(config.get("diffaugment", "")))
 
 
@@ -113,7 +110,8 @@ def make_train_step(generator: models.Generator, discriminator: models.Discrimin
     """The jitted train steps (``n_critic`` D updates then one G update): on-device data and host batches.
 
     The D updates are a ``lax.scan`` (``config.unroll_d_steps=False``) or the same body unrolled
-    (default). The C*sp convs use ``config.conv_implementation`` (``sympad.use_implementation``).
+    (default). The C*sp convs take the formulation in force where the step is traced
+    (``sympad.train.loop.train`` applies ``config.conv_implementation``).
     Conditional models (``num_classes(config) > 0``): D sees real images with their labels and
     generated ones with the uniformly drawn classes they were generated for. DiffAugment
     (``config.diffaugment``): the same policy on everything D sees, real and generated, in D's
@@ -179,12 +177,10 @@ def make_train_step(generator: models.Generator, discriminator: models.Discrimin
         on_batch = functools.partial(_per_seed_metrics, seeds, many_on_batch)
 
     def step_on_device(state: TrainState, images: jax.Array, labels: jax.Array | None = None) -> StepResult:
-        with sympad.use_implementation(step_config.conv_implementation):
-            return on_device(state, images, labels)
+        return on_device(state, images, labels)
 
     def step_on_batch(state: TrainState, images: jax.Array, labels: jax.Array | None = None) -> StepResult:
-        with sympad.use_implementation(step_config.conv_implementation):
-            return on_batch(state, images, labels)
+        return on_batch(state, images, labels)
 
     return jax.jit(step_on_device, donate_argnums=0), jax.jit(step_on_batch, donate_argnums=0)
 

@@ -50,8 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from paper import measures
-from paper.shared_data import use_shared_data
+from paper import measures, shared_data
 from sympad.kinds import KINDS, parse_kind
 from sympad.train.errors import ArgumentParser, ConfigError
 
@@ -190,9 +189,8 @@ def load_images(args: argparse.Namespace) -> tuple[np.ndarray, dict[str, Any]]:
     source = spec
     cache_dir = args.cache_dir if args.cache_dir is not None else data.default_cache_dir()
     if spec == "auto":
-        try:
-            with use_shared_data():  # ../shared/data beside the checkout unless $SYMPAD_SHARED_DATA is set
-                spec = f"folder:{data.cifar10_folder(args.split, cache_dir=cache_dir)}"
+        try:  # the archive of $SYMPAD_SHARED_DATA, else of ../shared/data beside the checkout
+            spec = f"folder:{shared_data.cifar10_folder(args.split, cache_dir=cache_dir)}"
         except FileNotFoundError as e:
             raise ConfigError(f"--data=auto: {e}; or pass --data=cifar10, --data=folder:PATH or --data=synthetic") from None
         source = f"shared cifar10-{args.split}.tar.gz"
@@ -200,7 +198,7 @@ def load_images(args: argparse.Namespace) -> tuple[np.ndarray, dict[str, Any]]:
         archive = Path(spec)
         if not archive.exists():
             raise ConfigError(f"--data: archive {archive} does not exist")
-        root = data.extract_archive(archive, cache_dir=cache_dir / "archives")
+        root = shared_data.extract_archive(archive, cache_dir=cache_dir / "archives")
         spec = _folder_spec(_split_folder(root, args.split), args.split)
     # synthetic makes exactly max_examples images; big TFDS sets are not decoded whole.
     max_examples = args.num_images if spec in _LARGE_DATASETS + ("synthetic",) else None
@@ -288,38 +286,18 @@ def _wrap_classify(model, kind: str, description: str, variables: Any = None) ->
 def load_checkpoint_network(workdir: Path, image_shape: Sequence[int]) -> Network:
     """The classify model of a training run, with its latest checkpointed variables.
 
-    Reads ``workdir/config.json`` (written by ``python -m classify.main``),
-    rebuilds the model and the train-state template with
-    ``classify.train.create_model`` / ``create_optimizer`` /
-    ``create_train_state`` and restores ``workdir/checkpoints`` (the latest
-    step) with :class:`sympad.train.checkpoint.Checkpointer`.
+    Rebuilds the run from ``workdir`` (``python -m classify.main``'s config.json and checkpoints/,
+    the latest step) with :func:`classify.state.restore_state`.
 
     Raises:
       ConfigError: if ``workdir`` has no config or no checkpoint.
     """
-    import ml_collections
+    from classify.state import restore_state  # Deferred: only --checkpoint needs the suite (optax).
 
-    from sympad.train.checkpoint import Checkpointer
-
-    from classify import train
-    config_path = workdir / "config.json"
-    if not config_path.exists():
-        raise ConfigError(f"--checkpoint={workdir}: no config.json (not a classify training workdir?)")
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    model = train.create_model(config)
-    # The optimizer only shapes the template's opt_state; step counts do not change its structure.
-    tx = train.create_optimizer(config, total_steps=2, steps_per_epoch=1)
-    template = jax.eval_shape(
-        lambda: train.create_train_state(model, tx, seed=0, image_size=int(image_shape[0]))
-    )
-    checkpointer = Checkpointer(workdir / "checkpoints")
     try:
-        restored = checkpointer.restore(template)
-    finally:
-        checkpointer.close()
-    if restored is None:
-        raise ConfigError(f"--checkpoint={workdir}: no checkpoint in {workdir / 'checkpoints'}")
-    step, state = restored
+        config, model, step, state = restore_state(workdir, image_size=int(image_shape[0]))
+    except FileNotFoundError as e:
+        raise ConfigError(f"--checkpoint={workdir}: {e}") from None
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     description = f"classify checkpoint {workdir} (step {step}, {config.model.name}, kernel {config.kernel})"
     return _wrap_classify(model, str(config.kernel), description, variables)

@@ -18,24 +18,22 @@ Strict: the warning filters (pyproject's ``filterwarnings``: deprecations of jax
 orbax are errors) hold in the processes tests start too, through tests/site/sitecustomize.py.
 
 Tiers (tests/tiers.py): a test that starts a Python process or builds a venv and carries neither
-``slow`` nor ``integration`` fails, in both tiers, with the fix in its message: at setup when its
-code shows it (checked at collection), at teardown when it started Python through library code.
+``slow`` nor ``integration`` fails at its end, in both tiers, with the fix in its message
+(``_unmarked_tests_start_no_python``).
 """
 
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 import jax
 import pytest
 
-from sympad.train import data
+from paper import shared_data
 from tests import shared, tiers
 
-_UNMARKED_PROCESS = pytest.StashKey[bool]()
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 _made_cache: list[str] = []  # the folder this process made, removed at its end (not a worker's or a child's)
 
@@ -72,41 +70,18 @@ def pytest_unconfigure(config):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.hookimpl(tryfirst=True)  # before -m deselects: the rule holds for every collected test
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if isinstance(item, pytest.Function) and not tiers.tier_marks(item) and tiers.item_starts_a_process(item):
-            item.stash[_UNMARKED_PROCESS] = True
-
-
-def _unmarked(nodeid: str, what: str) -> str:
-    return (f"{nodeid} {what} but carries neither mark of {tiers.TIER_MARKS}: mark it "
-            f"@pytest.mark.integration (or slow) so the fast tier stays fast (tests/tiers.py)")
-
-
-def pytest_runtest_setup(item):
-    if item.stash.get(_UNMARKED_PROCESS, False):
-        pytest.fail(_unmarked(item.nodeid, "starts a process or builds a venv"), pytrace=False)
-
-
 @pytest.fixture(autouse=True)
 def _unmarked_tests_start_no_python(request, monkeypatch):
-    """Catches what reading the test cannot: library code it calls that starts a Python process."""
+    """An unmarked test fails if it started Python or built a venv, itself or through code it called."""
     if tiers.tier_marks(request.node):
         yield
         return
-    started = []
-    popen_init = subprocess.Popen.__init__
-
-    def recording_init(self, args, *rest, **kwargs):
-        started.append(args)
-        popen_init(self, args, *rest, **kwargs)
-
-    monkeypatch.setattr(subprocess.Popen, "__init__", recording_init)
+    started = tiers.watch(monkeypatch)
     yield
-    python = [args for args in started if tiers.is_python_command(args)]
-    if python:
-        pytest.fail(_unmarked(request.node.nodeid, f"started Python ({python[0]!r})"), pytrace=False)
+    if started:
+        pytest.fail(f"{request.node.nodeid} started {started[0]} but carries neither mark of {tiers.TIER_MARKS}: "
+                    "mark it @pytest.mark.integration (or slow) so the fast tier stays fast (tests/tiers.py)",
+                    pytrace=False)
 
 
 @pytest.fixture(autouse=True)
@@ -121,7 +96,8 @@ def cifar10_test_root(tmp_path_factory) -> Path:
     Every test that read the 10k JPEGs used to extract them into a folder of its own. Skips
     without the archive.
     """
-    if data.shared_data_file("cifar10-test.tar.gz") is None:
-        pytest.skip(f"shared CIFAR-10 archives not present (../shared/data or ${data.SHARED_DATA_ENV})")
-    cache = shared.build_once(tmp_path_factory, "cifar10", lambda path: data.cifar10_folder("test", cache_dir=path))
+    if shared_data.shared_data_file("cifar10-test.tar.gz") is None:
+        pytest.skip(f"shared CIFAR-10 archives not present (../shared/data or ${shared_data.SHARED_DATA_ENV})")
+    cache = shared.build_once(tmp_path_factory, "cifar10",
+                              lambda path: shared_data.cifar10_folder("test", cache_dir=path))
     return cache / "cifar10-jpeg"

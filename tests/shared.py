@@ -1,9 +1,8 @@
 """Test data built once per test run and shared by every pytest-xdist worker (used by the conftests).
 
-Importing it (tests/conftest.py does, at collection) points ``$SYMPAD_SHARED_DATA`` at ``../shared/data``
-beside the checkout when that folder exists and the variable is unset: the library looks only at the
-variable, and a fresh clone with ``../shared`` beside it must still find the CIFAR-10 archives. Set
-before any test runs, so pytest-xdist workers and every process a test starts inherit it.
+The shared CIFAR-10 archives are found as the paper's commands find them (``paper.shared_data``:
+``$SYMPAD_SHARED_DATA``, else ``../shared/data`` beside the checkout), so a fresh clone with
+``../shared`` beside it needs no setting, in the tests or in the processes they start.
 """
 
 from __future__ import annotations
@@ -15,9 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from paper.shared_data import CHECKOUT_SHARED_DATA
-from sympad.train.data import SHARED_DATA_ENV
 
 _DONE = ".complete"
 
@@ -44,15 +40,6 @@ def production_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     if flags:
         env["XLA_FLAGS"] = " ".join(flags)
     return env
-
-
-def use_checkout_shared_data() -> None:
-    """Sets ``$SYMPAD_SHARED_DATA`` to ``../shared/data`` beside the checkout, unless set or absent."""
-    if not os.environ.get(SHARED_DATA_ENV) and CHECKOUT_SHARED_DATA.is_dir():
-        os.environ[SHARED_DATA_ENV] = str(CHECKOUT_SHARED_DATA)
-
-
-use_checkout_shared_data()
 
 
 def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:

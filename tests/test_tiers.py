@@ -4,11 +4,12 @@ of the fast one, that CI runs the full suite, the compile settings and the depre
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shlex
+import subprocess
 import sys
 import tomllib
+import venv
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -64,61 +65,33 @@ def test_ci_runs_the_full_suite_with_durations_and_a_timeout():
     assert any(_mark_expression(shlex.split(line.split("pytest", 1)[1].split("#")[0])) is None for line in fast)
 
 
-# Functions the detector must judge, in a module of their own (written by the test) so that this
-# file's tests do not look like process starters themselves.
-SAMPLES = """
-import subprocess, sys, venv
-from tests.train import multiprocess
+def test_the_watch_records_python_and_venvs_only(monkeypatch, tmp_path):
+    # Stand-ins for starting a process and building a venv, so that nothing starts: the watch wraps
+    # whatever is in place (here the stand-ins, in place of this test's own watch from conftest).
+    reached = []
 
+    def no_process(self, args, *rest, **kwargs):
+        reached.append(args)
+        self._child_created = False  # what Popen.__del__ looks at
 
-def starts_python():
-    return subprocess.run([sys.executable, "-c", "pass"], check=True)
-
-
-def calls_a_helper_that_starts_python():
-    return starts_python()
-
-
-def builds_a_venv(path):
-    venv.create(path, with_pip=False)
-
-
-def uses_the_multiprocess_launcher(tmp_path):
-    multiprocess.run(["gan.main"], processes=2, devices_per_process=1, logdir=tmp_path, timeout=1)
-
-
-def asks_git():
-    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True)
-
-
-def pure(x):
-    return sorted(x)
-"""
-INTERPRETER = sys.executable
-
-
-def test_the_detector_sees_processes_through_helpers(tmp_path):
-    path = tmp_path / "tests_tier_samples.py"
-    path.write_text(SAMPLES)
-    spec = importlib.util.spec_from_file_location("tests_tier_samples", path)
-    samples = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(samples)
-    for name in ("starts_python", "calls_a_helper_that_starts_python", "builds_a_venv",
-                 "uses_the_multiprocess_launcher"):
-        assert tiers.starts_a_process(getattr(samples, name)), name
-    assert not tiers.starts_a_process(samples.asks_git)  # milliseconds: allowed in the fast tier
-    assert not tiers.starts_a_process(samples.pure)
-    assert tiers.is_python_command([INTERPRETER, "-m", "gan.main"]) and tiers.is_python_command("python3 -c pass")
+    monkeypatch.setattr(subprocess.Popen, "__init__", no_process)
+    monkeypatch.setattr(venv.EnvBuilder, "create", lambda self, env_dir: reached.append(env_dir))
+    started = tiers.watch(monkeypatch)
+    subprocess.Popen([sys.executable, "-m", "gan.main"])
+    subprocess.Popen("python3 -c pass", shell=True)
+    subprocess.Popen(["git", "rev-parse", "HEAD"])  # milliseconds: allowed in the fast tier
+    venv.create(tmp_path / "venv", with_pip=False)
+    assert started == [repr([sys.executable, "-m", "gan.main"]), repr("python3 -c pass"),
+                       f"a venv in {tmp_path / 'venv'}"]
+    assert len(reached) == 4  # each call went on to what the watch wraps
+    assert tiers.is_python_command([sys.executable, "-m", "gan.main"]) and tiers.is_python_command("python3 -c pass")
     assert not tiers.is_python_command(["git", "status"])
 
 
-def test_every_collected_test_that_starts_a_process_is_marked(request):
-    # conftest fails such a test at setup; here the whole collection is checked at once, so the
-    # offenders are listed together (only what this session collected: the whole suite in a full run).
-    offenders = [item.nodeid for item in request.session.items
-                 if isinstance(item, pytest.Function) and not tiers.tier_marks(item)
-                 and tiers.item_starts_a_process(item)]
-    assert not offenders, f"start a process but carry neither {tiers.TIER_MARKS}: {offenders}"
+def test_every_unmarked_test_runs_under_the_watch():
+    # tests/conftest.py's autouse fixture: this (unmarked) test's Popen is the watch's recorder.
+    assert subprocess.Popen.__init__.__qualname__ == "watch.<locals>.recording_init"
+    assert venv.EnvBuilder.create.__qualname__ == "watch.<locals>.recording_create"
 
 
 def test_the_test_run_caches_and_cheapens_its_compiles():

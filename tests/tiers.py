@@ -5,98 +5,29 @@
 process boundary: CLIs in a subprocess, several processes, signals, builds, a clean venv).
 ``pytest -n 2 -m ''`` runs everything; that is what ``.ci/run`` does.
 
-A test that starts a Python process or builds a venv must carry one of the two marks.
-tests/conftest.py checks that when the suite is collected, so such a test cannot slip into the
-fast tier unmarked: :func:`starts_a_process` reads the test, the helpers of the tests package it
-calls and the fixtures it uses, and looks for a process being started.
+A test declares its tier with one of the two marks. One that starts a Python process or builds a
+venv must carry one: tests/conftest.py runs every unmarked test under :func:`watch`, which records
+what it starts (through ``subprocess.Popen``, whoever calls it: the test, a helper or library code)
+and builds, and fails the test at its end with the fix in the message.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import os
 import re
+import subprocess
 import sys
-import types
-from collections.abc import Callable, Iterable
+import venv
+
+import pytest
 
 TIER_MARKS = ("slow", "integration")
 #: The fast tier's mark expression, as pyproject's addopts give it.
 FAST_TIER = "not slow and not integration"
 
-# Starting Python or a build costs seconds, so it marks a test. git is exempt: a `git ls-files` or
-# `git rev-parse` takes milliseconds.
-_PROCESS = re.compile(
-    r"sys\.executable"
-    r"|subprocess\.(run|Popen|call|check_call|check_output)\(\s*(?!\[\s*[\"']git[\"'])"
-    r"|\bPopen\("
-    r"|os\.(fork|system|exec[lv]p?e?|spawn\w*)\("
-    r"|\bmultiprocessing\b|ProcessPoolExecutor"
-    r"|\bvenv\.(create|EnvBuilder)\b"
-)
-
-
-def _source(function: Callable) -> str:
-    try:
-        return inspect.getsource(function)
-    except (OSError, TypeError):
-        return ""
-
-
-def _names(code: types.CodeType) -> Iterable[str]:
-    """Global and attribute names a function's code refers to, nested functions and lambdas included."""
-    yield from code.co_names
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            yield from _names(const)
-
-
-def _in_tests(obj: object) -> bool:
-    return (getattr(obj, "__module__", None) or getattr(obj, "__name__", "") or "").startswith("tests")
-
-
-@functools.cache
-def starts_a_process(function: Callable) -> bool:
-    """Whether ``function``, or a function of the tests package it calls, starts a process or builds a venv."""
-    return _starts_a_process(function, set())
-
-
-def _starts_a_process(function: Callable, seen: set) -> bool:
-    function = inspect.unwrap(function)
-    if function in seen or not hasattr(function, "__code__") or function.__module__ == __name__:
-        return False  # this module names processes to find them, it starts none
-    seen.add(function)
-    if _PROCESS.search(_source(function)):
-        return True
-    names = set(_names(function.__code__))
-    for name in names:
-        target = function.__globals__.get(name)
-        if inspect.isfunction(target) and _in_tests(target):
-            if _starts_a_process(target, seen):
-                return True
-        elif inspect.ismodule(target) and _in_tests(target):
-            # A helper module of the tests package (tests/train/multiprocess.py): the functions used from it.
-            for attr in names:
-                helper = getattr(target, attr, None)
-                if inspect.isfunction(helper) and _starts_a_process(helper, seen):
-                    return True
-    return False
-
-
-def item_starts_a_process(item) -> bool:
-    """Whether a collected pytest item's test function or any fixture it uses starts a process."""
-    if starts_a_process(item.function):
-        return True
-    fixtures = getattr(item, "_fixtureinfo", None)
-    for name in getattr(item, "fixturenames", ()):
-        for definition in (fixtures.name2fixturedefs.get(name, ()) if fixtures else ()):
-            if _in_tests(definition.func) and starts_a_process(definition.func):
-                return True
-    return False
-
 
 def tier_marks(item) -> set[str]:
+    """The tier marks a collected test carries."""
     return {m.name for m in item.iter_markers() if m.name in TIER_MARKS}
 
 
@@ -105,3 +36,29 @@ def is_python_command(args) -> bool:
     first = args.split()[0] if isinstance(args, str) and args.split() else (
         os.fspath(args[0]) if isinstance(args, (list, tuple)) and args else "")
     return first == sys.executable or re.fullmatch(r"python[\d.]*", os.path.basename(first)) is not None
+
+
+def watch(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records, until ``monkeypatch`` is undone, the Python processes started and the venvs built.
+
+    Starting Python or building a venv costs seconds; git and other quick tools are not recorded.
+
+    Returns:
+      The list it appends to: each Python command's arguments, each venv's folder, as text.
+    """
+    started: list[str] = []
+    popen_init = subprocess.Popen.__init__
+    create_venv = venv.EnvBuilder.create
+
+    def recording_init(self, args, *rest, **kwargs):
+        if is_python_command(args):
+            started.append(repr(args))
+        popen_init(self, args, *rest, **kwargs)
+
+    def recording_create(self, env_dir):
+        started.append(f"a venv in {env_dir}")
+        create_venv(self, env_dir)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", recording_init)
+    monkeypatch.setattr(venv.EnvBuilder, "create", recording_create)
+    return started

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from paper import shared_data
 from paper.campaign import results as results_lib
 from paper.campaign.plan import Entry, config_overrides
-from paper.shared_data import use_shared_data
 from sympad.train import environment as renv
 
 __all__ = ["MAX_FILE_BYTES", "MAX_TRIES", "RETURN_SAMPLES", "cifar10_folder", "entry_commands", "environment",
@@ -85,18 +85,16 @@ def environment(*, commit: str = "") -> dict[str, Any]:
 
 
 def cifar10_folder(target: Path) -> Path | None:
-    """The CIFAR-10 JPEG folders (train/ and test/) extracted into ``target`` by the runtime's one
-    helper; the git-ignored ``data/`` copy carried to a device comes before ``$SYMPAD_SHARED_DATA``
-    and ``../shared/data`` (paper.shared_data). None when no archives are found."""
-    from sympad.train import data
-
+    """The CIFAR-10 JPEG folders (train/ and test/) extracted into ``target`` by paper.shared_data's
+    one helper; the git-ignored ``data/`` copy carried to a device comes before the folder its
+    resolver finds (``$SYMPAD_SHARED_DATA``, ``../shared/data``). None when no archives are found."""
     carried = REPO / "data"
     names = ("cifar10-train.tar.gz", "cifar10-test.tar.gz")
-    with use_shared_data(carried if all((carried / n).is_file() for n in names) else None):
-        try:
-            return data.cifar10_folder(cache_dir=target)
-        except FileNotFoundError:
-            return None
+    try:
+        return shared_data.cifar10_folder(
+            cache_dir=target, archives=carried if all((carried / n).is_file() for n in names) else None)
+    except FileNotFoundError:
+        return None
 
 
 # ----------------------------------------------------------------------------------------------

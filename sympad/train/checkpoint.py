@@ -32,6 +32,10 @@ from sympad.train.mesh import make_mesh, replicated
 class _QuietOrbax(pylogging.Filter):
     """Drops orbax's INFO chatter (dozens of lines per save); its warnings and errors still show.
 
+    A :class:`Checkpointer` installs one on the 'absl' logger while it is open (absl routes every
+    library's messages through that one logger, so it filters by source file); other users of the
+    logger outside a Checkpointer's lifetime see everything.
+
     An orbax error keeps its message but not its traceback: orbax logs the exception of a failed
     write from its own thread, then re-raises it in ours, where it becomes the cause of our
     ``CheckpointError`` (whose traceback ``SYMPAD_TRACEBACK=1`` shows, and then orbax's too).
@@ -45,10 +49,9 @@ class _QuietOrbax(pylogging.Filter):
         return record.levelno >= pylogging.WARNING
 
 
-# absl routes every library's messages through the one 'absl' logger, so filter by source file.
-pylogging.getLogger("absl").addFilter(_QuietOrbax())
-
 __all__ = ["CheckpointError", "Checkpointer", "CorruptCheckpointError", "committed_steps"]
+
+_ABSL_LOGGER = pylogging.getLogger("absl")
 
 PyTree = Any
 
@@ -184,6 +187,9 @@ class Checkpointer:
     Saves are synchronous (no background thread): ``save`` returns once the step is committed,
     which keeps crash semantics simple; checkpoints of the models here take well under a second.
 
+    While it is open (until :meth:`close`), orbax's INFO lines are dropped from the 'absl' logger
+    (:class:`_QuietOrbax`); its warnings and errors still show.
+
     Args:
       directory: where the step directories live (created if missing).
       max_to_keep: how many of the most recent steps to keep (>= 1).
@@ -261,11 +267,14 @@ class Checkpointer:
         )
         if not self.read_only:
             self._log_unfinished_saves()
+        self._quiet = _QuietOrbax()
+        _ABSL_LOGGER.addFilter(self._quiet)
         try:
             self._manager = ocp.CheckpointManager(
                 self.directory, item_names=(_STATE_ITEM, _MANIFEST_ITEM), options=options
             )
         except Exception as e:  # e.g. unreadable step metadata
+            _ABSL_LOGGER.removeFilter(self._quiet)
             raise CheckpointError(f"cannot open checkpoint directory {self.directory}: {_brief(e)}") from e
 
     def _log_unfinished_saves(self) -> None:
@@ -581,8 +590,11 @@ class Checkpointer:
         return step, treedef.unflatten(out)
 
     def close(self) -> None:
-        """Waits for pending work and releases the manager."""
-        self._manager.close()
+        """Waits for pending work, releases the manager and lets orbax's INFO lines through again."""
+        try:
+            self._manager.close()
+        finally:
+            _ABSL_LOGGER.removeFilter(self._quiet)
 
     def __enter__(self) -> Checkpointer:
         return self

@@ -4,12 +4,14 @@ A config file is a module with ``get_config(arg=None)`` returning an ``ml_collec
 its docstring is the command that runs it. Runs are launched as::
 
     python -m gan.main --config=configs/gan/sngan_cifar10.py:kernel=C2sp,data=digits,runlocal \\
-        --workdir=/tmp/sngan --config.train.steps=100
+        --workdir=/tmp/sngan --config.num_train_steps=100
 
 Everything after the colon is handed to ``get_config`` and parsed with ``parse_config_arg``
 (comma-separated ``key=value`` pairs or bare flags meaning True). ``--config.a.b=value`` overrides
 go through absl ``config_flags``; the config is locked, so a misspelt key fails instead of being
-ignored. The resolved config lands in ``workdir/config.json``.
+ignored. The resolved config lands in ``workdir/config.json`` (:func:`write_config`; tools that
+rebuild a finished run read it back with :func:`read_config`), its checkpoints in
+:func:`checkpoint_dir`.
 
 Both suites speak one vocabulary for what the training loop (``sympad.train.loop``) does, set by
 :func:`add_loop_fields` and documented in :data:`LOOP_FIELDS`. Besides those, every suite's config
@@ -43,12 +45,14 @@ __all__ = [
     "check_int",
     "check_number",
     "check_str",
+    "checkpoint_dir",
     "field",
     "load_config_file",
     "loaded_config",
     "lock_and_validate",
     "parse_config_arg",
     "parse_flags",
+    "read_config",
     "run_main",
     "validate_common",
     "write_config",
@@ -422,6 +426,23 @@ def write_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike[s
     tmp.write_text(text + "\n", encoding="utf-8")
     os.replace(tmp, path)  # a reader never sees half a file
     return path
+
+
+def read_config(workdir: str | os.PathLike[str]) -> ml_collections.ConfigDict:
+    """The config a run wrote to ``workdir/config.json`` (:func:`write_config`), for tools that rebuild it.
+
+    Raises:
+      FileNotFoundError: ``workdir`` has no config.json (not a run directory).
+    """
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {workdir} the workdir of a training run?")
+    return ml_collections.ConfigDict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def checkpoint_dir(workdir: str | os.PathLike[str]) -> Path:
+    """Where a run keeps its checkpoints: ``workdir/checkpoints``."""
+    return Path(workdir) / "checkpoints"
 
 
 def _process_index() -> int:

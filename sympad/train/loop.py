@@ -21,8 +21,11 @@ hands it to :func:`train`, which does the rest once for everyone:
 * ``config.step_limit_file``: a scheduler may shorten the run while it trains by writing a step
   count there (:class:`_StepLimit`); the run then ends at that step as if it were
   ``total_steps`` (last record, hooks and checkpoint). The learning-rate schedule is not rebuilt;
-* ``config.conv_implementation`` applied with ``sympad.use_implementation`` around everything that
-  traces (the steps and the hooks).
+* ``config.conv_implementation``: the loop is the one place a run's formulation of the C*sp convs
+  takes effect. ``sympad.use_implementation`` acts when a function is traced, and the steps and
+  hooks (sampling, evaluation) are traced at their first call, inside :func:`train`; so the suites'
+  step factories do not apply it, and code that traces outside a run applies it itself
+  (``classify.train``'s final evaluation of a run restored at its end, ``classify.profile``).
 
 The config keys it reads are the shared vocabulary of ``sympad.train.config.LOOP_FIELDS``.
 A ``state`` is any pytree with a scalar ``step`` field (completed train steps).
@@ -50,6 +53,7 @@ from jax.sharding import Mesh
 import sympad
 from sympad.train import data as sdata
 from sympad.train.checkpoint import Checkpointer
+from sympad.train.config import checkpoint_dir
 from sympad.train.errors import ConfigError
 from sympad.train.mesh import make_mesh, replicate
 from sympad.train.metrics import MetricWriter, check_finite
@@ -455,7 +459,7 @@ def train(
     with contextlib.ExitStack() as resources, sympad.use_implementation(config.conv_implementation):
         # Every resource is closed on the way out, in reverse order, whatever happens in between.
         checkpointer = resources.enter_context(Checkpointer(
-            Path(workdir) / "checkpoints", max_to_keep=int(config.max_checkpoints), best_metric=best_metric,
+            checkpoint_dir(workdir), max_to_keep=int(config.max_checkpoints), best_metric=best_metric,
             on_corrupt=config.get("resume_corrupt", "raise"), run_fields=run_fields))
         # From here on a signal either stops after a step (and saves it) or, with nothing to save, at once.
         preemption = resources.enter_context(_PreemptionWatch())

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from classify import models, profile, train
+from classify import state as classify_state
+from classify import step as classify_step
 from tests.classify.test_models import _conv_macs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +37,7 @@ def test_weight_decay_mask_excludes_depthwise_bn_and_biases(family):
     kwargs = {"blocks_cifar/sep": dict(block="sep", depth=8, width=4), "blocks_cifar/invert": dict(block="invert", depth=8, width=4), "mobilenetv2": dict(width=0.25)}[family]
     model = models.create_model(family.split("/")[0], **kwargs)
     params = models.param_shapes(model, 32)["params"]
-    mask = train.weight_decay_mask(params)
+    mask = classify_state.weight_decay_mask(params)
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     flat_mask = jax.tree.leaves(mask)
     depthwise = 0
@@ -50,7 +52,7 @@ def test_weight_decay_mask_excludes_depthwise_bn_and_biases(family):
 
 def test_optimizer_is_sgd_momentum_with_masked_coupled_decay():
     config = _config("resnet_cifar", "")
-    tx = train.create_optimizer(config, total_steps=100, steps_per_epoch=10)
+    tx = classify_state.create_optimizer(config, total_steps=100, steps_per_epoch=10)
     rng = np.random.default_rng(0)
     params = {
         "conv": {"kernel": rng.standard_normal((2, 2, 3, 4)).astype(np.float32)},
@@ -81,15 +83,15 @@ def _get(tree, keys):
 
 def test_learning_rate_schedules_closed_form():
     config = _config("resnet_cifar", "")
-    cosine = train.learning_rate_schedule(config, total_steps=1000, steps_per_epoch=10)
+    cosine = classify_state.learning_rate_schedule(config, total_steps=1000, steps_per_epoch=10)
     for t in (0, 250, 500, 999, 1000):
         assert float(cosine(t)) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * t / 1000)), abs=1e-7)
     config = _config("densenet_cifar", "")
     assert config.optimizer.schedule == "piecewise"
-    piecewise = train.learning_rate_schedule(config, total_steps=1000, steps_per_epoch=10)
+    piecewise = classify_state.learning_rate_schedule(config, total_steps=1000, steps_per_epoch=10)
     assert [float(piecewise(t)) for t in (0, 499, 500, 749, 750, 999)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
     config.optimizer.warmup_epochs = 5.0
-    warm = train.learning_rate_schedule(config, total_steps=1000, steps_per_epoch=10)
+    warm = classify_state.learning_rate_schedule(config, total_steps=1000, steps_per_epoch=10)
     assert float(warm(25)) == pytest.approx(0.05)
 
 
@@ -98,13 +100,13 @@ def test_one_train_step_lowers_the_loss_on_a_fixed_batch():
     config.augment = False  # the same batch every step
     config.optimizer.learning_rate = 0.05
     config.model.width = 4
-    model = train.create_model(config)
-    tx = train.create_optimizer(config, total_steps=100, steps_per_epoch=10)
-    state = train.create_train_state(model, tx, seed=0, image_size=16)
+    model = classify_state.create_model(config)
+    tx = classify_state.create_optimizer(config, total_steps=100, steps_per_epoch=10)
+    state = classify_state.create_train_state(model, tx, seed=0, image_size=16)
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8))
     labels = jnp.asarray(rng.integers(0, 10, (16,), dtype=np.int32))
-    _, step = train.make_train_step(model, tx, config, num_classes=10)
+    _, step = classify_step.make_train_step(model, tx, config, num_classes=10)
     before = jax.tree.map(np.asarray, state.params)
     state, first = step(state, images, labels)
     state, second = step(state, images, labels)  # reports the loss after the first update
@@ -152,13 +154,36 @@ def test_main_end_to_end_two_steps_then_resume(tmp_path):
     assert evals[0]["test_error"] * 40 == pytest.approx(round(evals[0]["test_error"] * 40), abs=1e-4)
     assert [r["step"] for r in records if "train_loss" in r] == [1, 2]
     assert result["test_error"] == evals[0]["test_error"]
-    assert result["num_params"] == models.count_params(train.create_model(_tiny_model_config()), 32)
+    assert result["num_params"] == models.count_params(classify_state.create_model(_tiny_model_config()), 32)
 
     # Resume: the second run starts at the checkpointed step 2 and only trains step 3.
     _run_main(tmp_path, "--config.num_train_steps=3")
     records = _records(tmp_path)
     assert [r["step"] for r in records if "train_loss" in r] == [1, 2, 3]
     assert json.loads((tmp_path / "final_metrics.json").read_text())["epoch"] == pytest.approx(3 / 4)
+
+
+@pytest.mark.slow  # 5 s: the model's init compiles
+def test_restore_state_rebuilds_a_run_from_its_workdir(tmp_path):
+    from sympad.train.checkpoint import Checkpointer
+    from sympad.train.config import checkpoint_dir, write_config
+
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        classify_state.restore_state(tmp_path)
+    config = _tiny_model_config()
+    write_config(config, tmp_path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        classify_state.restore_state(tmp_path)
+    model = classify_state.create_model(config)
+    tx = classify_state.create_optimizer(config, total_steps=100, steps_per_epoch=10)
+    state = classify_state.create_train_state(model, tx, seed=3, image_size=16)
+    with Checkpointer(checkpoint_dir(tmp_path)) as checkpointer:
+        checkpointer.save(5, state)
+    restored_config, restored_model, step, restored = classify_state.restore_state(tmp_path, image_size=16)
+    assert step == 5 and restored_model == model and restored_config.to_dict() == json.loads(
+        (tmp_path / "config.json").read_text())
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def _tiny_model_config() -> ml_collections.ConfigDict:
@@ -189,7 +214,7 @@ def test_profile_prints_every_column(tmp_path):
     saved = json.loads(path.read_text())
     for key in ("params", "flops_per_image", "train_memory_bytes", "images_per_s"):
         assert key in saved and saved[key] > 0
-    model = train.create_model(_tiny_model_config())
+    model = classify_state.create_model(_tiny_model_config())
     assert saved["params"] == models.count_params(model, 32)
     # XLA counts 2 FLOPs per multiply-add but skips taps on the zero padding (-), and adds BN/ReLU/pooling (+).
     macs = _conv_macs(model)
@@ -218,9 +243,9 @@ def test_every_config_builds_and_documents_its_command(name):
     full = module.get_config(None)
     assert full.batch_size in (64, 256) and full.optimizer.momentum == 0.9 and full.optimizer.learning_rate == 0.1
     assert full.num_epochs == {"wide_densenet": 600}.get(name, 100 if "imagenet" in name else 300)
-    train.create_model(full)  # builds (parameter counts are checked in test_classify_models)
+    classify_state.create_model(full)  # builds (parameter counts are checked in test_classify_models)
     local = module.get_config("runlocal")
     assert local.data == "digits" and local.num_train_steps > 0
-    assert models.count_params(train.create_model(local), 32) < 200_000
+    assert models.count_params(classify_state.create_model(local), 32) < 200_000
     with pytest.raises(ValueError, match="valid keys"):
         module.get_config("depht=20")

@@ -15,7 +15,7 @@ from gan import digits_quality, sampling, train
 from gan import state as gan_state
 from gan import step as gan_step
 from sympad.train import data as sdata
-from sympad.train.config import lock_and_validate
+from sympad.train.config import lock_and_validate, read_config
 from tests.gan.tiny import all_leaves_differ as _all_leaves_differ
 from tests.gan.tiny import assert_trees_equal as _assert_trees_equal
 from tests.gan.tiny import tiny_config
@@ -129,7 +129,7 @@ def test_host_batches_give_the_device_step_for_conditional_runs(tmp_path):
     host = train.train_and_evaluate(conditional_config(diffaugment=POLICY, host_data=True), str(tmp_path / "host"))
     for field in ("g_params", "d_params", "g_stats", "d_stats"):
         _assert_trees_equal(getattr(device, field), getattr(host, field))
-    saved = gan_state.load_config(tmp_path / "device")
+    saved = read_config(tmp_path / "device")
     assert saved.conditional and saved.num_classes == 10  # resolved from the data, for sampling and export
     summary = json.loads((tmp_path / "device" / "model_summary.json").read_text())
     assert summary["num_classes"] == 10 and summary["discriminator"]["projection"]

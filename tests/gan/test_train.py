@@ -13,13 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import sympad
 from configs.gan import sngan_cifar10
 from gan import evaluate, export, models, sample, train
 from gan import state as gan_state
 from gan import step as gan_step
 from sympad.train import data as sdata
 from sympad.train.checkpoint import Checkpointer
-from sympad.train.config import lock_and_validate
+from sympad.train.config import lock_and_validate, read_config
 from sympad.train.mesh import make_mesh, replicate
 from sympad.train.metrics import DivergenceError
 from tests.gan.tiny import TINY, tiny_config  # noqa: F401 (the other GAN test modules used to import them here)
@@ -85,8 +86,9 @@ def test_unrolled_d_updates_compute_the_scanned_step():
 
 @pytest.mark.slow
 def test_conv_implementation_reaches_the_traced_step():
-    # The step traces under config.conv_implementation, so each formulation gets its own program:
-    # group_sum computes a C2sp conv as one conv per direction group, pad_concat as a single conv.
+    # The step traces under the formulation in force (the loop's config.conv_implementation), so each
+    # formulation gets its own program: group_sum computes a C2sp conv as one conv per direction
+    # group, pad_concat as a single conv.
     config = tiny_config(kernel="C2sp")
     generator, discriminator = gan_state.create_models(config)
     g_tx, d_tx = gan_state.create_optimizers(config)
@@ -94,9 +96,9 @@ def test_conv_implementation_reaches_the_traced_step():
     images = jnp.zeros((16, 8, 8, 3), jnp.uint8)
     convs = {}
     for name in ("pad_concat", "group_sum"):
-        config.conv_implementation = name
         step, _ = gan_step.make_train_step(generator, discriminator, g_tx, d_tx, config)
-        text = step.lower(state, images).as_text()
+        with sympad.use_implementation(name):
+            text = step.lower(state, images).as_text()
         convs[name] = text.count("convolution(")
     assert convs["group_sum"] > convs["pad_concat"] > 0
 
@@ -124,7 +126,7 @@ def test_main_end_to_end(trained_workdir):
     assert {"config.json", "model_summary.json", "metrics.jsonl", "samples_0000001.png", "samples_0000002.png",
             "checkpoints"} <= files  # --config.sample_every=1 took effect
     summary = json.loads((trained_workdir / "model_summary.json").read_text())
-    config = gan_state.load_config(trained_workdir)
+    config = read_config(trained_workdir)
     assert config.sample_every == 1
     generator, discriminator = gan_state.create_models(config)
     g_vars = generator.init(jax.random.key(0), jnp.zeros((1, config.z_dim)))

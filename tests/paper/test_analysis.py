@@ -20,7 +20,7 @@ import pytest
 from flax import linen as nn
 
 from classify import models as classify_models
-from classify import train as classify_train
+from classify import state as classify_state
 from configs.classify import resnet_cifar as resnet_config
 from paper import measures
 from paper.analysis import main
@@ -296,9 +296,9 @@ def test_cli_shift_of_a_classify_checkpoint(tmp_path):
     workdir = tmp_path / "run"
     config = resnet_config.get_config("kernel=C2sp,runlocal")  # depth 8, width 8
     write_config(config, workdir)
-    model = classify_train.create_model(config)
-    tx = classify_train.create_optimizer(config, total_steps=2, steps_per_epoch=1)
-    state = classify_train.create_train_state(model, tx, seed=0, image_size=16)
+    model = classify_state.create_model(config)
+    tx = classify_state.create_optimizer(config, total_steps=2, steps_per_epoch=1)
+    state = classify_state.create_train_state(model, tx, seed=0, image_size=16)
     with Checkpointer(workdir / "checkpoints") as checkpointer:
         checkpointer.save(3, state)
     payload = main(["shift", f"--out={tmp_path / 'out'}", f"--checkpoint={workdir}", "--data=synthetic",

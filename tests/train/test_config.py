@@ -13,7 +13,16 @@ import ml_collections
 import pytest
 from absl import flags
 
-from sympad.train.config import LOOP_FIELDS, add_loop_fields, lock_and_validate, parse_config_arg, run_main, write_config
+from sympad.train.config import (
+    LOOP_FIELDS,
+    add_loop_fields,
+    checkpoint_dir,
+    lock_and_validate,
+    parse_config_arg,
+    read_config,
+    run_main,
+    write_config,
+)
 from sympad.train.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -132,6 +141,17 @@ def test_write_config_round_trips(tmp_path):
     assert path == tmp_path / "run" / "config.json"
     assert json.loads(path.read_text()) == dict(kernel="C2", model=dict(widths=[16, 32], dropout=0.0), name=None)
     assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_read_config_reads_back_what_write_config_wrote(tmp_path):
+    config = ml_collections.ConfigDict(dict(kernel="C2", model=dict(widths=(16, 32), dropout=0.0), name=None))
+    write_config(config, tmp_path / "run")
+    read = read_config(tmp_path / "run")
+    assert isinstance(read, ml_collections.ConfigDict) and read.model.dropout == 0.0
+    assert read.to_dict() == dict(kernel="C2", model=dict(widths=[16, 32], dropout=0.0), name=None)
+    assert checkpoint_dir(tmp_path / "run") == tmp_path / "run" / "checkpoints"
+    with pytest.raises(FileNotFoundError, match=r"config\.json not found"):
+        read_config(tmp_path / "not-a-run")
 
 
 # ----------------------------------------------------------------------------------------------

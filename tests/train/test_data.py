@@ -1,11 +1,12 @@
-"""Tests for sympad.train.data: every dataset source and the on-device pipeline (host loader: test_host_loader)."""
+"""Tests for sympad.train.data: every dataset source and the on-device pipeline.
+
+The host loader: test_host_loader.py; the shared archives: tests/paper/test_shared_data.py.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tarfile
 from pathlib import Path
 
 import jax
@@ -255,114 +256,6 @@ def test_folder_layouts_and_max_examples(tmp_path):
     (root / "test").rename(tmp_path / "elsewhere")
     with pytest.raises(ValueError, match="loose"):
         data.load(f"folder:{root / 'train'}", cache_dir=tmp_path / "cache")
-
-
-# ----------------------------------------------------------------------------
-# The shared CIFAR-10 archives: found, extracted once, atomically.
-# ----------------------------------------------------------------------------
-
-
-def _cifar_like_archive(directory: Path, split: str, *, per_class: int = 2) -> Path:
-    """A small ``cifar10-<split>.tar.gz`` laid out like the shared one."""
-    rng = np.random.default_rng(len(split))
-    build = directory / "build"
-    for cls in ("airplane", "automobile"):
-        for i in range(per_class):
-            _png(build / "cifar10-jpeg" / split / cls / f"{i:04d}.png", _random_image(rng, 8, 8))
-    archive = directory / f"cifar10-{split}.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(build / "cifar10-jpeg", arcname="cifar10-jpeg")
-    shutil.rmtree(build)
-    return archive
-
-
-def test_shared_data_dirs_are_the_env_var_only(monkeypatch, tmp_path):
-    monkeypatch.setenv(data.SHARED_DATA_ENV, str(tmp_path))
-    assert data.shared_data_dirs() == [tmp_path]
-    assert data.shared_data_file("cifar10-test.tar.gz") is None
-    (tmp_path / "cifar10-test.tar.gz").write_bytes(b"")
-    assert data.shared_data_file("cifar10-test.tar.gz") == tmp_path / "cifar10-test.tar.gz"
-    # Unset, the installed library looks nowhere (../shared/data beside a checkout is the checkout
-    # layers' default: tests/shared.py, paper/shared_data.py, benchmarks/data.py).
-    monkeypatch.delenv(data.SHARED_DATA_ENV)
-    assert data.shared_data_dirs() == [] and data.shared_data_file("cifar10-test.tar.gz") is None
-    with pytest.raises(FileNotFoundError, match=f"cifar10-test.tar.gz: {data.SHARED_DATA_ENV} is unset"):
-        data.cifar10_folder("test", cache_dir=tmp_path / "cache")
-
-
-def test_the_test_session_finds_the_archives_beside_a_fresh_clone():
-    from tests import shared
-
-    if not shared.CHECKOUT_SHARED_DATA.is_dir():
-        pytest.skip("no ../shared/data beside this checkout")
-    assert data.shared_data_dirs()  # tests/shared.py set the variable (or the user did)
-
-
-def test_cifar10_folder_extracts_once(monkeypatch, tmp_path):
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    monkeypatch.setenv(data.SHARED_DATA_ENV, str(shared))
-    for split in data.CIFAR10_SPLITS:
-        _cifar_like_archive(shared, split, per_class=2 if split == "train" else 1)
-    cache = tmp_path / "cache"
-    root = data.cifar10_folder(cache_dir=cache)
-    assert root == cache / "cifar10-jpeg"
-    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png")) == [
-        "test/airplane/0000.png", "test/automobile/0000.png",
-        "train/airplane/0000.png", "train/airplane/0001.png",
-        "train/automobile/0000.png", "train/automobile/0001.png",
-    ]
-    assert sorted(p.name for p in cache.iterdir()) == ["cifar10-jpeg"]  # no temporary folder left
-    train = data.load(f"folder:{root}", "train", cache_dir=tmp_path / "decoded")
-    test = data.load(f"folder:{root}", "test", cache_dir=tmp_path / "decoded")
-    assert train.images.shape == (4, 8, 8, 3) and list(test.labels) == [0, 1]
-    # Once: the archives are not read again.
-    for archive in shared.iterdir():
-        archive.unlink()
-    assert data.cifar10_folder(cache_dir=cache) == root
-    assert data.cifar10_folder("test", cache_dir=cache) == root
-    with pytest.raises(FileNotFoundError, match=f"cifar10-train.tar.gz.*{data.SHARED_DATA_ENV}"):
-        data.cifar10_folder(cache_dir=tmp_path / "elsewhere")
-    with pytest.raises(ValueError, match="splits"):
-        data.cifar10_folder(("validation",), cache_dir=cache)
-
-
-def test_cifar10_folder_loses_an_extraction_race_cleanly(monkeypatch, tmp_path):
-    """Another process renames its complete folder into place first: ours is dropped."""
-    monkeypatch.setenv(data.SHARED_DATA_ENV, str(tmp_path))
-    _cifar_like_archive(tmp_path, "test")
-    root = tmp_path / "cache" / "cifar10-jpeg"
-    rename = os.rename
-
-    def rename_after_the_winner(source, target):
-        (Path(target) / "winner").mkdir(parents=True)
-        rename(source, target)  # Raises: the target now exists and is not empty.
-
-    monkeypatch.setattr(os, "rename", rename_after_the_winner)
-    assert data.cifar10_folder("test", cache_dir=tmp_path / "cache") == root
-    assert [p.name for p in (root / "test").iterdir()] == ["winner"]
-    assert [p.name for p in root.parent.iterdir()] == ["cifar10-jpeg"]
-    # Any other failure to rename is not swallowed.
-    def refuse(source, target):
-        raise PermissionError(target)
-
-    monkeypatch.setattr(os, "rename", refuse)
-    with pytest.raises(PermissionError):
-        data.cifar10_folder("test", cache_dir=tmp_path / "other")
-    assert not list((tmp_path / "other" / "cifar10-jpeg").iterdir())  # nothing half-extracted
-
-
-def test_extract_archive_once_and_afresh_when_changed(tmp_path):
-    archive = _cifar_like_archive(tmp_path, "test")
-    first = data.extract_archive(archive, cache_dir=tmp_path / "cache")
-    assert sorted(p.name for p in (first / "cifar10-jpeg" / "test").iterdir()) == ["airplane", "automobile"]
-    assert data.extract_archive(archive, cache_dir=tmp_path / "cache") == first
-    _cifar_like_archive(tmp_path, "test", per_class=3)  # same name, new content
-    second = data.extract_archive(archive, cache_dir=tmp_path / "cache")
-    assert second != first and len(list((second / "cifar10-jpeg" / "test" / "airplane").iterdir())) == 3
-    for bad in (tmp_path / "missing.tar.gz", tmp_path / "build"):
-        with pytest.raises(ValueError, match="archive"):
-            data.extract_archive(bad, cache_dir=tmp_path / "cache")
 
 
 @pytest.mark.slow  # reads 2000 of the 10k JPEGs (extracted once per run by the fixture)

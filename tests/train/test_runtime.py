@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import logging
 import os
 import struct
 import subprocess
@@ -427,6 +428,26 @@ def test_missing_step_and_bad_arguments(tmp_path):
         Checkpointer(tmp_path, max_to_keep=0)
     with pytest.raises(ValueError, match="best_mode"):
         Checkpointer(tmp_path, best_mode="lowest")
+
+
+def test_orbax_info_lines_are_dropped_only_while_a_checkpointer_is_open(tmp_path):
+    absl = logging.getLogger("absl")
+
+    def record(level: int, path: str) -> logging.LogRecord:
+        return logging.LogRecord("absl", level, path, 1, "a line", None, None)
+
+    orbax_file = "/site-packages/orbax/checkpoint/checkpoint_manager.py"
+    before = list(absl.filters)  # other tests' Checkpointers left open keep theirs
+    with Checkpointer(tmp_path):
+        added = [f for f in absl.filters if f not in before]
+        assert len(added) == 1
+        assert not added[0].filter(record(logging.INFO, orbax_file))
+        assert added[0].filter(record(logging.WARNING, orbax_file))
+        assert added[0].filter(record(logging.INFO, "/repo/sympad/train/loop.py"))
+    assert absl.filters == before
+    with pytest.raises(ValueError, match="max_to_keep"):
+        Checkpointer(tmp_path, max_to_keep=0)
+    assert absl.filters == before  # a Checkpointer that did not open leaves none behind
 
 
 # ----------------------------------------------------------------------------------------------

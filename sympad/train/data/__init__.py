@@ -4,8 +4,7 @@ One module per concern, everything public re-exported here (``from sympad.train 
 data.load(...)``):
 
 * ``sources``: :func:`load` (TFDS, ``folder:PATH``, ``digits``, ``synthetic``) returning a
-  :class:`Dataset` of uint8 images; :func:`load_split`, the suites' ``config.data`` wrapper; the
-  shared CIFAR-10 archives (:func:`cifar10_folder`, ``$SYMPAD_SHARED_DATA``).
+  :class:`Dataset` of uint8 images; :func:`load_split`, the suites' ``config.data`` wrapper.
 * ``cache``: the decode cache, where TFDS and folder sources are decoded once into ``.npy``
   files (memory-mapped above :data:`MMAP_BYTES`), and the corrupt-file policy
   (:class:`CorruptImageError`).
@@ -44,26 +43,18 @@ from sympad.train.data.pipeline import (
     to_uint8,
 )
 from sympad.train.data.sources import (
-    CIFAR10_SPLITS,
     DIGITS_TRAIN_SIZE,
-    SHARED_DATA_ENV,
     Dataset,
     DatasetNotPreparedError,
-    cifar10_folder,
     default_cache_dir,
-    extract_archive,
     load,
     load_split,
-    shared_data_dirs,
-    shared_data_file,
 )
 
 __all__ = [
-    "CIFAR10_SPLITS",
     "CUTOUT_CENTRES",
     "DIGITS_TRAIN_SIZE",
     "MMAP_BYTES",
-    "SHARED_DATA_ENV",
     "CorruptImageError",
     "Dataset",
     "DatasetNotPreparedError",
@@ -71,21 +62,17 @@ __all__ = [
     "MissingDependencyError",
     "augment",
     "batch_indices",
-    "cifar10_folder",
     "cutout",
     "cutout_centres",
     "cutout_square",
     "default_cache_dir",
     "eval_indices",
-    "extract_archive",
     "fits_on_device",
     "get_batch",
     "load",
     "load_split",
     "mixup",
     "prepare_batch",
-    "shared_data_dirs",
-    "shared_data_file",
     "steps_per_epoch",
     "to_float",
     "to_uint8",

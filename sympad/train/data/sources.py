@@ -23,17 +23,12 @@ given) into the decode cache (``sympad.train.data.cache``). :func:`load_split` i
 :func:`load` for a trainer: a bad name becomes a ``ConfigError`` naming ``config.data`` and
 skipped corrupt files are logged under ``config.allow_corrupt``.
 
-The project's shared CIFAR-10 JPEG archives: :func:`cifar10_folder` extracts them once from the
-folder named by ``$SYMPAD_SHARED_DATA`` (:data:`SHARED_DATA_ENV`); the checkout's own default
-(``../shared/data`` beside the repository) is set by the paper, benchmark and test layers, not
-here.
+An archive is not a source: extract it and load the folder as ``folder:PATH``.
 
 Example::
 
   train = load("synthetic", "train", image_size=32, max_examples=256)
   train.images.shape, train.labels.shape  # (256, 32, 32, 3) uint8, (256,) int32
-  root = cifar10_folder("test")           # needs $SYMPAD_SHARED_DATA
-  test = load(f"folder:{root}", "test")
 """
 
 from __future__ import annotations
@@ -42,10 +37,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import shutil
-import tarfile
-import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -60,18 +51,12 @@ from sympad.train.data.cache import (
 from sympad.train.errors import ConfigError, UserError
 
 __all__ = [
-    "CIFAR10_SPLITS",
     "DIGITS_TRAIN_SIZE",
-    "SHARED_DATA_ENV",
     "Dataset",
     "DatasetNotPreparedError",
-    "cifar10_folder",
     "default_cache_dir",
-    "extract_archive",
     "load",
     "load_split",
-    "shared_data_dirs",
-    "shared_data_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -268,110 +253,6 @@ def load_split(
         logger.warning("config.allow_corrupt: skipped %d undecodable files of %s (data/skipped in metrics.jsonl)",
                        len(dataset.skipped), name)
     return dataset
-
-
-# ---- the project's shared data archives -------------------------------------
-
-#: Names the folder that holds the shared data archives (``cifar10-train.tar.gz``,
-#: ``cifar10-test.tar.gz``). The library looks nowhere else: the checkout's default
-#: (``../shared/data`` beside the repository) is set by the paper, benchmark and test layers.
-SHARED_DATA_ENV = "SYMPAD_SHARED_DATA"
-#: The splits of the shared CIFAR-10 archives: ``cifar10-<split>.tar.gz`` holds
-#: ``cifar10-jpeg/<split>/<class>/<n>.jpg``.
-CIFAR10_SPLITS = ("train", "test")
-
-
-def shared_data_dirs() -> list[Path]:
-    """Where the shared data archives are looked for: ``[$SYMPAD_SHARED_DATA]``, or ``[]`` when unset."""
-    if os.environ.get(SHARED_DATA_ENV):
-        return [Path(os.environ[SHARED_DATA_ENV]).expanduser()]
-    return []
-
-
-def shared_data_file(name: str) -> Path | None:
-    """The first ``DIR/name`` over :func:`shared_data_dirs` that is a file, or None."""
-    return next((d / name for d in shared_data_dirs() if (d / name).is_file()), None)
-
-
-def _extract_once(archive: Path, target: Path, member: str = "") -> Path:
-    """Extracts ``archive`` (its ``member`` folder, or all of it) to ``target``, once.
-
-    Extraction goes to a temporary folder beside ``target`` that is renamed into
-    place whole, so a reader never sees a half-extracted folder and concurrent
-    callers (pytest-xdist workers, two runs) each end with the same complete one.
-    """
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
-        source = tmp / member
-        if not source.is_dir():
-            raise ValueError(f"archive: {archive} holds no folder {member!r}")
-        try:
-            os.rename(source, target)
-        except OSError:
-            if not target.is_dir():
-                raise  # Not the lost race of two extractions: a real failure.
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def extract_archive(archive: str | os.PathLike, *, cache_dir: str | os.PathLike) -> Path:
-    """Extracts a ``.tar.gz``/``.tgz`` once into ``cache_dir`` and returns the folder.
-
-    The folder is named after the archive and its size and modification time, so
-    a changed archive is extracted afresh rather than read stale.
-
-    Raises:
-      ValueError: if ``archive`` is not an existing ``.tar.gz``/``.tgz`` file.
-    """
-    archive = Path(archive)
-    if not archive.name.endswith((".tar.gz", ".tgz")) or not archive.is_file():
-        raise ValueError(f"archive must be an existing .tar.gz or .tgz file, got {str(archive)!r}")
-    stat = archive.stat()
-    stamp = hashlib.sha256(f"{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    name = archive.name.removesuffix(".tar.gz").removesuffix(".tgz")
-    return _extract_once(archive, Path(cache_dir) / f"{name}-{stamp}")
-
-
-def cifar10_folder(
-    splits: Sequence[str] = CIFAR10_SPLITS, *, cache_dir: str | os.PathLike | None = None
-) -> Path:
-    """The CIFAR-10 JPEG folders of the shared archives, extracted once.
-
-    Args:
-      splits: which of ``'train'`` and ``'test'`` to extract.
-      cache_dir: where to extract; None or '' for :func:`default_cache_dir`.
-
-    Returns:
-      ``ROOT`` with ``ROOT/<split>/<class>/<n>.jpg`` for each split: load it with
-      ``load(f'folder:{ROOT}', split)``.
-
-    Raises:
-      ValueError: for a split other than ``'train'`` or ``'test'``.
-      FileNotFoundError: if an archive is not in :func:`shared_data_dirs` (no
-        folder when ``$SYMPAD_SHARED_DATA`` is unset); the message names it.
-    """
-    if isinstance(splits, str):
-        splits = (splits,)
-    if not splits or any(s not in CIFAR10_SPLITS for s in splits):
-        raise ValueError(f"splits must be a non-empty subset of {CIFAR10_SPLITS}, got {splits!r}")
-    root = (Path(cache_dir) if cache_dir else default_cache_dir()) / "cifar10-jpeg"
-    for split in splits:
-        if (root / split).is_dir():
-            continue
-        name = f"cifar10-{split}.tar.gz"
-        archive = shared_data_file(name)
-        if archive is None:
-            dirs = [str(d) for d in shared_data_dirs()]
-            where = f"not in {dirs}" if dirs else f"{SHARED_DATA_ENV} is unset"
-            raise FileNotFoundError(f"{name}: {where}; set {SHARED_DATA_ENV} to the folder that holds it")
-        _extract_once(archive, root / split, member=f"cifar10-jpeg/{split}")
-    return root
 
 
 def _subset(num: int, max_examples: int | None) -> np.ndarray:
