@@ -6,9 +6,9 @@ state) and ``classify.step`` (the jitted train and eval steps), the input (the s
 or a host loader) and the evaluation hook, and hands them to ``sympad.train.loop.train``
 (paper sections 4.1-4.3, 4.5).
 
-Defaults (``configs/classify/common.py``) follow the paper: batch 64, 300 epochs (600 for Table 2),
-pad-4 crop + flip, optional mixup and cutout; the test split is evaluated every epoch (top-1 error
-and loss). The optimizer and weight decay: ``classify.state``.
+Defaults (``classify.fields.CLASSIFY_FIELDS``) follow the paper: batch 64, 300 epochs (600 for
+Table 2), pad-4 crop + flip, optional mixup and cutout; the test split is evaluated every epoch
+(top-1 error and loss). The optimizer and weight decay: ``classify.state``.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
 import sympad
 from classify import models
+from classify.fields import CLASSIFY_FIELDS, RULES
 from classify.state import (
-    SCHEDULES,
     STREAMS,
     TrainState,
     create_model,
@@ -36,23 +35,12 @@ from classify.state import (
 from classify.step import evaluate, make_eval_step, make_train_step
 from sympad.train import data as sdata
 from sympad.train import loop, rng
-from sympad.train.config import (
-    check_bool,
-    check_choice,
-    check_int,
-    check_number,
-    check_str,
-    checkpoint_dir,
-    validate_common,
-)
+from sympad.train.config import checkpoint_dir, validate_config
 from sympad.train.errors import ConfigError
 from sympad.train.mesh import batch_sharded, replicate
 from sympad.train.metrics import check_finite
 
 __all__ = ["train_and_evaluate", "validate"]
-
-#: config.model.dtype values (classify.models.create_model).
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _load_split(config: ml_collections.ConfigDict, split: str) -> sdata.Dataset:
@@ -66,60 +54,16 @@ def _load_split(config: ml_collections.ConfigDict, split: str) -> sdata.Dataset:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks every field of a classify config before anything is loaded or compiled.
 
-    The shared rules (``sympad.train.config.validate_common``: loop fields, seed, data, batch
-    size vs the devices, steps, learning rate, schedule) and the suite's own: the model (name
-    one of ``classify.models.MODELS``, num_classes >= 1, dtype, and its fields, by building the
-    unbound module), the input block (sizes >= 0, crop_pad < image_size), eval_batch_size >= 1,
-    num_epochs >= 1 when num_train_steps is 0, SGD's momentum in [0, 1), weight decay and warm-up
-    >= 0, mixup_alpha >= 0, cutout >= 0.
+    Each field of ``classify.fields.CLASSIFY_FIELDS`` (present, of its type, allowed: the shared
+    ones of ``sympad.train.config`` and the suite's model, input, optimizer and augmentation
+    fields), the batch against the devices, then the cross-field rules of ``classify.fields.RULES``
+    (crop_pad < image_size; num_epochs >= 1 when num_train_steps is 0; the model's own fields, by
+    building the unbound module).
 
     Raises:
       ConfigError: naming the first offending ``config.<field>`` and its allowed values.
     """
-    validate_common(config, schedules=SCHEDULES, min_steps=0)
-    check_choice(config, "model.name", tuple(sorted(models.MODELS)))
-    check_int(config, "model.num_classes", min_value=1)
-    if "dtype" in config.model:
-        check_choice(config, "model.dtype", DTYPES)
-    image_size = check_int(config, "input.image_size", min_value=0)
-    check_int(config, "input.max_examples", min_value=0)
-    check_int(config, "input.eval_max_examples", min_value=0)
-    check_str(config, "input.cache_dir")
-    check_str(config, "input.data_dir")
-    crop_pad = check_int(config, "input.crop_pad", min_value=0)
-    if image_size and crop_pad >= image_size:
-        raise ConfigError(f"config.input.crop_pad={crop_pad}: must be < config.input.image_size={image_size}")
-    check_bool(config, "input.flip")
-    check_int(config, "eval_batch_size", min_value=1)
-    steps = check_int(config, "num_train_steps", min_value=0)
-    check_int(config, "num_epochs", min_value=1 if steps == 0 else 0)  # unused when num_train_steps > 0
-    check_number(config, "optimizer.momentum", min_value=0.0, max_value=1.0, max_open=True)
-    check_bool(config, "optimizer.nesterov")
-    check_number(config, "optimizer.weight_decay", min_value=0.0)
-    check_number(config, "optimizer.warmup_epochs", min_value=0.0)
-    check_bool(config, "augment")
-    check_number(config, "mixup_alpha", min_value=0.0)
-    cutout = check_int(config, "cutout", min_value=0)
-    if image_size and cutout > image_size:
-        raise ConfigError(f"config.cutout={cutout}: must be <= config.input.image_size={image_size}")
-    # The model's own fields: build it and trace its init abstractly (jax.eval_shape compiles
-    # nothing), so a width or stride the architecture cannot take fails here, not after the data.
-    try:
-        model = create_model(config)
-        size = image_size or 32
-        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
-    except (TypeError, ValueError, ZeroDivisionError) as e:
-        raise ConfigError(_model_error(config, e)) from None
-
-
-def _model_error(config: ml_collections.ConfigDict, error: BaseException) -> str:
-    """``config.model.<field>=value: ...`` when the message starts with a field's name."""
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    for name, value in config.model.items():
-        if text.startswith(f"{name} "):
-            return f"config.model.{name}={value!r}: {text[len(name) + 1:]}"
-    fields = ", ".join(f"{k}={v!r}" for k, v in config.model.items())
-    return f"config.model ({fields}): the model does not build: {text}"
+    validate_config(config, CLASSIFY_FIELDS, RULES)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:

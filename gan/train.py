@@ -20,11 +20,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from gan import diffaugment, losses, models, sampling
-from gan.metrics.evaluator import PROTOCOLS, build_evaluator
-from gan.metrics.features import FEATURE_NETWORKS
+from gan import diffaugment, models, sampling
+from gan.fields import GAN_FIELDS, RULES
+from gan.metrics.evaluator import build_evaluator
 from gan.state import (
-    SCHEDULES,
     STREAMS,
     TrainState,
     create_models,
@@ -33,24 +32,14 @@ from gan.state import (
     generator_variables,
     num_classes,
     output_size,
-    parse_channels,
     run_seeds,
     seed_prefix,
     select_seed,
 )
-from gan.step import SEED_BATCHING, make_train_step, seeds_sharded
+from gan.step import make_train_step, seeds_sharded
 from sympad.train import data as sdata
 from sympad.train import loop, rng
-from sympad.train.config import (
-    check_bool,
-    check_choice,
-    check_data,
-    check_int,
-    check_number,
-    check_str,
-    validate_common,
-    write_config,
-)
+from sympad.train.config import validate_config, write_config
 from sympad.train.errors import ConfigError
 from sympad.train.mesh import batch_sharded, leading_sharded, place, replicated
 from sympad.train.metrics import MetricWriter, image_grid, save_image_grid
@@ -157,96 +146,18 @@ def _resolve_classes(config: ml_collections.ConfigDict, dataset: sdata.Dataset, 
                           f"{dataset.num_classes} classes (0 = the data's)")
 
 
-
-
-def _check_channels(config: ml_collections.ConfigDict, name: str) -> tuple[int, ...] | None:
-    try:
-        channels = parse_channels(config.get(name))
-    except (TypeError, ValueError):
-        channels = ()  # not ints: reported below
-    if channels == () or (channels is not None and any(c < 1 for c in channels)):
-        raise ConfigError(f"config.{name}={config.get(name)!r}: must be () (the architecture's) or positive ints, "
-                          "one per block, e.g. (32, 32, 32, 32)")
-    return channels
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks every field of a GAN config before anything is loaded or compiled.
 
-    The shared rules (``sympad.train.config.validate_common``: loop fields, seed, data, batch
-    size vs the devices, steps, learning rate, schedule) and the suite's own: enums (arch, norm,
-    upsample, weight_init, loss, eval.protocol, eval.feature_network), ranges (n_critic >= 1,
-    0 <= ema_decay < 1, Adam's betas in [0, 1), z_dim >= 1, ...) and the architecture's
-    cross-field rules (d_downsample one 0/1 per d_channels entry; the image side divisible by
-    D's downsampling).
+    Each field of ``gan.fields.GAN_FIELDS`` (present, of its type, allowed: the shared ones of
+    ``sympad.train.config`` and the suite's enums and ranges), the batch against the devices, then
+    the cross-field rules of ``gan.fields.RULES`` (a conditional G needs norm 'batch'; d_downsample
+    one 0/1 per d_channels entry; the image side divisible by D's downsampling; ...).
 
     Raises:
       ConfigError: naming the first offending ``config.<field>`` and its allowed values.
     """
-    validate_common(config, schedules=SCHEDULES, min_steps=1)
-    check_choice(config, "arch", tuple(models.ARCHS))
-    check_choice(config, "norm", models.NORMS)
-    check_choice(config, "upsample", models.UPSAMPLES)
-    check_choice(config, "weight_init", models.INITS)
-    check_choice(config, "loss", losses.LOSSES)
-    check_number(config, "width_multiplier")  # <= 0: the kind's default
-    check_int(config, "z_dim", min_value=1)
-    check_int(config, "bottom_size", min_value=0)
-    check_int(config, "max_examples", min_value=0)
-    check_number(config, "optimizer.b1", min_value=0.0, max_value=1.0, max_open=True)
-    check_number(config, "optimizer.b2", min_value=0.0, max_value=1.0, max_open=True)
-    check_int(config, "n_critic", min_value=1)
-    check_int(config, "num_seeds", min_value=1)
-    check_choice(config, "seed_batching", SEED_BATCHING)
-    check_bool(config, "unroll_d_steps")
-    check_number(config, "ema_decay", min_value=0.0, max_value=1.0, max_open=True)
-    check_int(config, "sample_every")
-    check_int(config, "num_grid", min_value=1)
-    check_int(config, "digits_quality_samples", min_value=0)
-    check_bool(config, "conditional")
-    check_int(config, "num_classes", min_value=0)
-    check_choice(config, "class_embedding", models.CLASS_EMBEDDINGS)
-    policy = check_str(config, "diffaugment")
-    try:
-        diffaugment.parse_policy(policy)
-    except ValueError as e:
-        raise ConfigError(f"config.diffaugment={policy!r}: {e}") from None
-    if config.conditional and config.norm != "batch":
-        raise ConfigError(f"config.norm={config.norm!r}: a conditional generator needs 'batch' "
-                          "(its class-conditional BatchNorm)")
-    if config.conditional and config.num_classes == 1:
-        raise ConfigError("config.num_classes=1: a conditional run needs >= 2 classes (0 = the data's)")
-    g_channels = _check_channels(config, "g_channels")
-    d_channels = _check_channels(config, "d_channels")
-    downsample = config.get("d_downsample")
-    if d_channels is not None:
-        if (isinstance(downsample, str) or not hasattr(downsample, "__len__")
-                or len(downsample) != len(d_channels) or any(v not in (0, 1) for v in downsample)):
-            raise ConfigError(f"config.d_downsample={downsample!r}: must be one 0/1 per config.d_channels entry "
-                              f"({len(d_channels)} of them)")
-    elif downsample:
-        raise ConfigError(f"config.d_downsample={downsample!r}: only with config.d_channels; must be () without it")
-    if "eval" in config:
-        check_int(config, "eval.num_samples", min_value=0)
-        check_int(config, "eval.num_reference", min_value=0)
-        check_choice(config, "eval.feature_network", FEATURE_NETWORKS)
-        weights = check_str(config, "eval.inception_weights")
-        if weights and config.eval_every != 0 and not Path(weights).expanduser().is_file():
-            raise ConfigError(f"config.eval.inception_weights={weights!r}: no such file ('' for the default: "
-                              "Inception when its weights are found, else the offline network)")
-        check_str(config, "eval.reference_dataset")
-        if config.eval.reference_dataset:
-            check_data(config, "eval.reference_dataset")
-        check_choice(config, "eval.protocol", tuple(PROTOCOLS))
-    # The architecture: builds the (unbound) modules, which compiles nothing.
-    generator, _ = create_models(config, classes=(config.num_classes or 2) if config.conditional else 0)
-    size = output_size(generator)
-    if g_channels is not None and len(g_channels) < 2:
-        raise ConfigError(f"config.g_channels={config.g_channels!r}: needs at least 2 entries (one per resolution)")
-    n_down = sum(int(v) for v in (downsample or ())) if d_channels is not None else None
-    if n_down is not None and size % 2**n_down:
-        raise ConfigError(f"config.d_downsample={downsample!r}: halves the {size}x{size} images {n_down} times; "
-                          f"the side must stay a whole number (fewer 1s, or change bottom_size/g_channels)")
+    validate_config(config, GAN_FIELDS, RULES)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:

@@ -12,7 +12,6 @@ blocks), sep 60, c2sp 32: within 1% of Table 1's parameter counts; --config.mode
 """
 
 from configs.classify.common import base_config, shrink_for_local_run
-from sympad.kinds import KINDS
 from sympad.train.config import parse_config_arg
 
 
@@ -22,7 +21,7 @@ def get_config(arg=None):
     args = parse_config_arg(
         arg,
         dict(block="c2sp", depth=20, kernel="", data="", mixup=0.0, cutout=0, runlocal=False),
-        choices={"block": tuple(BLOCKS), "kernel": ("",) + KINDS},
+        choices={"block": tuple(BLOCKS)},
     )
     data = args.data or ("digits" if args.runlocal else "cifar100")
     config = base_config(

@@ -1,8 +1,9 @@
-"""The classification suite's defaults, in one place: the paper's CIFAR training (section 4.5).
+"""The classification suite's config helpers: the base config around a model, the runlocal shrink, ImageNet.
 
-``configs/classify/*.py`` start from :func:`base_config` around their model and change a few
-fields. The loop's keys (log_every, eval_every, checkpoint_every, max_checkpoints, host_data,
-conv_implementation) are the shared vocabulary of ``sympad.train.config.LOOP_FIELDS``.
+Every field, its default (the paper's CIFAR training, section 4.5), allowed values and meaning, is
+declared once in ``classify.fields.CLASSIFY_FIELDS`` (``python -m classify.main --helpfull`` lists
+them); ``configs/classify/*.py`` start from :func:`base_config` around their model and change a
+few fields.
 """
 
 from collections.abc import Mapping
@@ -10,14 +11,15 @@ from typing import Any
 
 import ml_collections
 
-from sympad.train.config import add_loop_fields
+from classify.fields import CLASSIFY_FIELDS
+from sympad.train.config import default_config
 
 #: Classes of the datasets the configs know; other data (folder:PATH) takes its count from the files.
 NUM_CLASSES: dict[str, int] = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000, "digits": 10, "synthetic": 10}
 
 
 def base_config(*, model: Mapping[str, Any], kernel: str, data: str, runlocal: bool) -> ml_collections.ConfigDict:
-    """The paper's CIFAR training defaults (section 4.5) around a ``model`` block.
+    """``CLASSIFY_FIELDS``' defaults (the paper's CIFAR training) around a ``model`` block.
 
     Args:
       model: ``config.model`` fields: ``name`` (a ``classify.models.MODELS``
@@ -27,37 +29,12 @@ def base_config(*, model: Mapping[str, Any], kernel: str, data: str, runlocal: b
       data: a ``sympad.train.data.load`` name.
       runlocal: recorded; call :func:`shrink_for_local_run` to apply it.
     """
-    config = ml_collections.ConfigDict()
+    config = default_config(CLASSIFY_FIELDS)
     config.kernel = kernel
     config.data = data
     config.runlocal = runlocal
-    config.model = ml_collections.ConfigDict(
-        {"num_classes": NUM_CLASSES.get(data, 10), "dtype": "float32", **dict(model)}
-    )
-    config.input = ml_collections.ConfigDict(
-        dict(
-            image_size=0,  # 0: as stored (32 for CIFAR); ImageNet configs set 224
-            max_examples=0,  # 0: the whole train split
-            eval_max_examples=0,  # 0: the whole test split
-            cache_dir="",  # '': sympad.train.data.default_cache_dir()
-            data_dir="",  # '': $TFDS_DATA_DIR or ~/tensorflow_datasets
-            crop_pad=4,
-            flip=True,
-        )
-    )
-    config.seed = 0
-    config.batch_size = 64
-    config.eval_batch_size = 500
-    config.num_epochs = 300
-    config.num_train_steps = 0  # > 0 overrides num_epochs
-    config.optimizer = ml_collections.ConfigDict(
-        dict(learning_rate=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4, schedule="cosine", warmup_epochs=0.0)
-    )
-    config.augment = True  # pad-4 crop + flip
-    config.mixup_alpha = 0.0  # paper: 1.0 where "mixup" is stated
-    config.cutout = 0  # side of the cutout square; 0 = off (DeVries & Taylor: 16 on CIFAR-10)
-    # The loop: the test split is evaluated and a checkpoint written once per epoch (-1).
-    add_loop_fields(config, log_every=100, eval_every=-1, checkpoint_every=-1, max_checkpoints=2)
+    config.model.num_classes = NUM_CLASSES.get(data, 10)
+    config.model.update(dict(model))
     return config
 
 

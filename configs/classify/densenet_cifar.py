@@ -9,16 +9,11 @@ is given). Learning rate: piecewise-constant decay (x0.1 at 50% and 75%), which 
 """
 
 from configs.classify.common import base_config, shrink_for_local_run
-from sympad.kinds import KINDS
 from sympad.train.config import parse_config_arg
 
 
 def get_config(arg=None):
-    args = parse_config_arg(
-        arg,
-        dict(depth=112, kernel="C3", growth=12, data="", mixup=0.0, cutout=0, runlocal=False),
-        choices={"kernel": KINDS},
-    )
+    args = parse_config_arg(arg, dict(depth=112, kernel="C3", growth=12, data="", mixup=0.0, cutout=0, runlocal=False))
     data = args.data or ("digits" if args.runlocal else "cifar100")
     config = base_config(
         model=dict(name="densenet_cifar", depth=args.depth, growth=args.growth, stem_kernel="C3"),

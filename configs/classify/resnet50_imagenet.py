@@ -17,16 +17,11 @@ flip on the cached 224 px images, not the paper's Inception-style crops (Silberm
 """
 
 from configs.classify.common import imagenet_config
-from sympad.kinds import KINDS
 from sympad.train.config import parse_config_arg
 
 
 def get_config(arg=None):
-    args = parse_config_arg(
-        arg,
-        dict(kernel="C3", width=1.0, data="", mixup=0.0, cutout=0, runlocal=False),
-        choices={"kernel": KINDS},
-    )
+    args = parse_config_arg(arg, dict(kernel="C3", width=1.0, data="", mixup=0.0, cutout=0, runlocal=False))
     return imagenet_config(
         args,
         model=dict(name="resnet_imagenet", width=args.width, stem_kernel="C7", downsample="auto"),

@@ -16,16 +16,11 @@ max_checkpoints, host_data=true (stream batches from the host), conv_implementat
 """
 
 from configs.classify.common import base_config, shrink_for_local_run
-from sympad.kinds import KINDS
 from sympad.train.config import parse_config_arg
 
 
 def get_config(arg=None):
-    args = parse_config_arg(
-        arg,
-        dict(depth=20, kernel="C3", data="", mixup=0.0, cutout=0, runlocal=False),
-        choices={"kernel": KINDS},
-    )
+    args = parse_config_arg(arg, dict(depth=20, kernel="C3", data="", mixup=0.0, cutout=0, runlocal=False))
     data = args.data or ("digits" if args.runlocal else "cifar10")
     config = base_config(
         model=dict(name="resnet_cifar", depth=args.depth, width=16, stem_kernel="C3", downsample="auto"),

@@ -11,16 +11,11 @@ learning-rate decay as for the paper's other DenseNets.
 """
 
 from configs.classify.common import base_config, shrink_for_local_run
-from sympad.kinds import KINDS
 from sympad.train.config import parse_config_arg
 
 
 def get_config(arg=None):
-    args = parse_config_arg(
-        arg,
-        dict(kernel="C2sp", data="", mixup=0.0, cutout=0, runlocal=False),
-        choices={"kernel": KINDS},
-    )
+    args = parse_config_arg(arg, dict(kernel="C2sp", data="", mixup=0.0, cutout=0, runlocal=False))
     data = args.data or ("digits" if args.runlocal else "cifar10")
     config = base_config(
         model=dict(name="wide_densenet", layers_per_block=8, growth=48, stem_kernel="C3"),

@@ -12,28 +12,17 @@ runlocal (a ~1 min CPU smoke run: 32 px digits, widths 8-16, 20 steps). Splits t
 memory (LSUN bedroom) stream from the host automatically.
 """
 
-from configs.gan.common import ARG_CHOICES, ARGS, base_config
+from configs.gan.common import ARG_CHOICES, ARGS, base_config, shrink_for_local_run
 from sympad.train.config import parse_config_arg
+
+DATA = "celeb_a_hq"
 
 
 def get_config(arg=None):
-    args = parse_config_arg(arg, {**ARGS, "data": "celeb_a_hq"}, choices=ARG_CHOICES)
+    args = parse_config_arg(arg, {**ARGS, "data": DATA}, choices=ARG_CHOICES)
     config = base_config(args)
     config.arch = "resnet19"
     config.class_embedding = "shared"  # BigGAN's, the 128 px reference
     if args.runlocal:
-        if config.data == "celeb_a_hq":
-            config.data = "digits"
-        # Keeps ResNet19's five up-blocks (1 -> 32 px) and six D blocks (four of them downsampling).
-        config.bottom_size = 1
-        config.g_channels = (16, 16, 16, 16, 8, 8)
-        config.d_channels = (8, 8, 16, 16, 16, 16)
-        config.d_downsample = (1, 1, 1, 1, 0, 0)
-        config.z_dim = 32
-        config.batch_size = 16
-        config.num_train_steps = 20
-        config.log_every = 5
-        config.sample_every = 10
-        config.checkpoint_every = 10
-        config.digits_quality_samples = 200
+        shrink_for_local_run(config, default_data=DATA)
     return config

@@ -35,5 +35,5 @@ def get_config(arg=None):
     args = parse_config_arg(arg, ARGS, choices=ARG_CHOICES)
     config = base_config(args)
     if args.runlocal:
-        shrink_for_local_run(config)
+        shrink_for_local_run(config, default_data=ARGS["data"])
     return config

@@ -1,4 +1,4 @@
-"""Config system shared by the suites: big_vision-style config arguments and the absl entry point.
+"""Config system shared by the suites: config fields, big_vision-style config arguments, the absl entry point.
 
 A config file is a module with ``get_config(arg=None)`` returning an ``ml_collections.ConfigDict``;
 its docstring is the command that runs it. Runs are launched as::
@@ -13,40 +13,50 @@ ignored. The resolved config lands in ``workdir/config.json`` (:func:`write_conf
 rebuild a finished run read it back with :func:`read_config`), its checkpoints in
 :func:`checkpoint_dir`.
 
-Both suites speak one vocabulary for what the training loop (``sympad.train.loop``) does, set by
-:func:`add_loop_fields` and documented in :data:`LOOP_FIELDS`. Besides those, every suite's config
-has ``seed``, ``batch_size``, ``num_train_steps``, ``data``, ``kernel`` and an ``optimizer`` block
-with ``learning_rate`` and ``schedule``; the suite defaults live in ``configs/<suite>/common.py``.
+Each field is declared once, as a :class:`Field` (name, type, default, allowed values, help) in its
+suite's table (``gan.fields.GAN_FIELDS``, ``classify.fields.CLASSIFY_FIELDS``): the base config
+of ``configs/<suite>/common.py`` is :func:`default_config` of the table, the suite's ``validate``
+is :func:`validate_config` of it plus the suite's cross-field rules, and ``--helpfull`` lists it
+(:func:`describe_fields`). Both suites' tables hold :data:`RUN_FIELDS` (kernel, data, seed,
+batch_size, runlocal) and the training loop's :data:`LOOP_FIELDS` (``sympad.train.loop``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
 import os
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 import numpy as np
 
+from sympad.kinds import KINDS
+from sympad.ops import IMPLEMENTATIONS
 from sympad.train.errors import ConfigError
 
 __all__ = [
+    "CADENCE",
     "LOOP_FIELDS",
     "RESUME_CORRUPT",
+    "RUN_FIELDS",
+    "Check",
+    "Field",
+    "Range",
     "add_loop_fields",
-    "check_bool",
-    "check_choice",
-    "check_data",
-    "check_int",
-    "check_number",
-    "check_str",
+    "cadence",
+    "check_batch_size",
     "checkpoint_dir",
-    "field",
+    "data_source",
+    "default_config",
+    "describe_fields",
+    "field_error",
+    "field_table",
     "load_config_file",
     "loaded_config",
     "lock_and_validate",
@@ -54,26 +64,12 @@ __all__ = [
     "parse_flags",
     "read_config",
     "run_main",
-    "validate_common",
+    "validate_config",
+    "validate_fields",
+    "with_defaults",
     "write_config",
 ]
 
-_CADENCE = "in train steps; 0 = only at the last step; -n = every n epochs"
-#: The training loop's config keys, the same in both suites: name -> (default, meaning).
-LOOP_FIELDS: dict[str, tuple[Any, str]] = {
-    "log_every": (100, f"train metrics (mean since the last record) to metrics.jsonl, {_CADENCE}"),
-    "eval_every": (0, f"evaluation, {_CADENCE} (classify: test error; gan: FID/IS, none at all with 0)"),
-    "checkpoint_every": (1000, f"checkpoints, {_CADENCE}"),
-    "max_checkpoints": (3, "most recent checkpoints kept (besides the best: test error, or FID when evaluated)"),
-    "host_data": (False, "True: stream batches from the host even when the split fits on the device"),
-    "conv_implementation": ("auto", "formulation of the C*sp convs (sympad.IMPLEMENTATIONS); same results"),
-    "allow_corrupt": (False, "True: skip image files that do not decode (counted in the log and as data/skipped)"),
-    "step_limit_file": ("", ("a file holding an int N: the run ends at step min(N, num_train_steps), final "
-                             "checkpoint and hooks included, when the file appears or changes; '' = none (a "
-                             "scheduler sizes a run while it trains: paper.campaign packs runs on one GPU)")),
-    "resume_corrupt": ("raise", ("latest checkpoint corrupt: 'raise', or 'fall_back' to the newest intact step "
-                                 "(the damaged one moved aside, never deleted)")),
-}
 #: Values of ``config.resume_corrupt`` (``sympad.train.checkpoint.Checkpointer``'s ``on_corrupt``).
 RESUME_CORRUPT = ("raise", "fall_back")
 
@@ -161,8 +157,284 @@ def parse_config_arg(
     return ml_collections.ConfigDict(values)
 
 
+# ----------------------------------------------------------------------------------------------
+# Fields: each config field declared once (name, type, default, allowed values, help); the base
+# config, the checks and the --helpfull listing all come from the declaration.
+
+#: What a cadence field's value means (the loop's ``resolve_every``).
+CADENCE = "in train steps; 0 = only at the last step; -n = every n epochs"
+#: A field's own check, for values a type and a range cannot describe: what is wrong with
+#: ``value`` (the text after ``config.<name>=<value>: ``), or None when it is fine.
+Check = Callable[[Any], "str | None"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The bounds of an int or number field: ``None`` is unbounded; ``*_open`` leaves the bound out."""
+
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False
+    max_open: bool = False
+
+    def __contains__(self, number: float) -> bool:
+        if self.min is not None and (number < self.min or (self.min_open and number == self.min)):
+            return False
+        return self.max is None or not (number > self.max or (self.max_open and number == self.max))
+
+    def __str__(self) -> str:
+        low = f"{'>' if self.min_open else '>='} {self.min}" if self.min is not None else ""
+        high = f"{'<' if self.max_open else '<='} {self.max}" if self.max is not None else ""
+        return " and ".join(filter(None, [low, high]))
+
+
+# What each field type checks and how a message names it (tuple fields: their own Check, if any).
+_TYPES: dict[type, tuple[str, Callable[[Any], bool]]] = {
+    bool: ("a bool (True or False)", lambda v: isinstance(v, bool)),
+    int: ("an int", lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)),
+    float: ("a number", lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            and math.isfinite(v)),
+    str: ("a string", lambda v: isinstance(v, str)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One config field, declared once: the base config takes its default, validation its type and
+    allowed values, ``--helpfull`` its help.
+
+    Attributes:
+      name: the dotted path in the config (``'optimizer.learning_rate'``).
+      type: ``bool``, ``int``, ``float`` (any finite number), ``str`` or ``tuple``.
+      default: its value in the base config.
+      help: what it means, for ``--helpfull`` (:func:`describe_fields`).
+      allowed: None (any value of ``type``), a tuple of the values it may take, a :class:`Range`,
+        or a :data:`Check` of its own (which then checks the type too).
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    allowed: tuple[Any, ...] | Range | Check | None = None
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` for this field (``'must be ...'``), or None."""
+        if isinstance(self.allowed, tuple):
+            if not isinstance(value, bool) and value in self.allowed:  # True == 1: never a choice
+                return None
+            return "must be one of " + ", ".join(map(repr, self.allowed))
+        if callable(self.allowed):
+            return self.allowed(value)
+        if self.type not in _TYPES:
+            return None
+        what, accepts = _TYPES[self.type]
+        if accepts(value) and (self.allowed is None or value in self.allowed):
+            return None
+        return f"must be {what} {self.allowed or ''}".rstrip()
+
+    def check(self, value: Any) -> Any:
+        """``value``, or a ConfigError naming ``config.<name>`` and what it may be."""
+        problem = self.problem(value)
+        if problem is not None:
+            raise field_error(self.name, value, problem)
+        return value
+
+    def describe(self) -> str:
+        """One line for ``--helpfull``: name, type, default, allowed values and help."""
+        if isinstance(self.allowed, tuple):
+            allowed = "; one of " + ", ".join(map(str, self.allowed))
+        elif isinstance(self.allowed, Range):
+            allowed = f"; {self.allowed}"
+        else:
+            allowed = ""
+        return f"{self.name} ({self.type.__name__}, default {self.default!r}{allowed}): {self.help}"
+
+
+def field_error(name: str, value: Any, problem: str) -> ConfigError:
+    """The one-line error for ``config.<name>=<value>``: ``problem`` says what it must be."""
+    return ConfigError(f"config.{name}={value!r}: {problem}")
+
+
+def field_table(*parts: Field | Mapping[str, Field]) -> dict[str, Field]:
+    """One table (name -> Field) of fields and other tables, in order.
+
+    Raises:
+      ValueError: a name given twice (a field is declared once).
+    """
+    table: dict[str, Field] = {}
+    for part in parts:
+        for item in part.values() if isinstance(part, Mapping) else (part,):
+            if item.name in table:
+                raise ValueError(f"field {item.name!r} declared twice")
+            table[item.name] = item
+    return table
+
+
+def with_defaults(table: Mapping[str, Field], defaults: Mapping[str, Any]) -> dict[str, Field]:
+    """``table`` with other defaults for some of its fields (a suite's own values for shared fields).
+
+    Raises:
+      ConfigError: a name that is not in ``table``.
+    """
+    unknown = sorted(set(defaults) - set(table))
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: not fields of the table; valid: {', '.join(table)}")
+    return {name: dataclasses.replace(f, default=defaults[name]) if name in defaults else f
+            for name, f in table.items()}
+
+
+def default_config(table: Mapping[str, Field]) -> ml_collections.ConfigDict:
+    """A config holding every field of ``table`` at its default (dotted names are nested blocks)."""
+    config = ml_collections.ConfigDict()
+    for f in table.values():
+        *blocks, leaf = f.name.split(".")
+        holder = config
+        for block in blocks:
+            if block not in holder:
+                holder[block] = ml_collections.ConfigDict()
+            holder = holder[block]
+        holder[leaf] = f.default
+    return config
+
+
+def describe_fields(table: Mapping[str, Field]) -> str:
+    """The ``--helpfull`` text of a table: one line per field (:meth:`Field.describe`)."""
+    return "\n".join(f.describe() for f in table.values())
+
+
+def _lookup(config: ml_collections.ConfigDict, name: str) -> tuple[bool, Any]:
+    """(whether ``config`` has the dotted ``name``, its value)."""
+    value: Any = config
+    for part in name.split("."):
+        if not isinstance(value, (ml_collections.ConfigDict, Mapping)) or part not in value:
+            return False, None
+        value = value[part]
+    return True, value
+
+
+def validate_fields(config: ml_collections.ConfigDict, table: Mapping[str, Field], *, partial: bool = False) -> None:
+    """Checks each field of ``table`` in ``config``: present (unless ``partial``), of its type, allowed.
+
+    Raises:
+      ConfigError: naming the first offending ``config.<field>`` and what it may be, or the first
+        missing one.
+    """
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"config must be an ml_collections.ConfigDict, got {type(config).__name__}")
+    for name, f in table.items():
+        present, value = _lookup(config, name)
+        if not present:
+            if partial:
+                continue
+            raise ConfigError(f"config.{name} is missing: every config of this suite has it (default "
+                              f"{f.default!r}: {f.help})")
+        f.check(value)
+
+
+def check_batch_size(batch_size: Any, devices: int) -> int:
+    """``config.batch_size``, after checking that it splits evenly over ``devices`` (the whole mesh's).
+
+    Raises:
+      ConfigError: naming config.batch_size when it is not a positive multiple of ``devices``.
+    """
+    if not _TYPES[int][1](batch_size) or batch_size < 1:
+        raise field_error("batch_size", batch_size, f"must be a positive int, a multiple of the {devices} devices")
+    if batch_size % devices:
+        raise field_error("batch_size", batch_size, f"must be a multiple of the {devices} devices")
+    return int(batch_size)
+
+
+def validate_config(config: ml_collections.ConfigDict, table: Mapping[str, Field],
+                    rules: Sequence[Callable[[ml_collections.ConfigDict], None]] = ()) -> None:
+    """A suite's whole check of a config, before anything is loaded or compiled.
+
+    Every field of ``table`` (:func:`validate_fields`), the batch against all devices of every host
+    when the table has :data:`RUN_FIELDS`' ``batch_size``, then the suite's cross-field ``rules``
+    in order (each raises a ConfigError).
+
+    Raises:
+      ConfigError: naming the first offending ``config.<field>`` and what it may be.
+    """
+    import jax
+
+    validate_fields(config, table)
+    if "batch_size" in table:
+        check_batch_size(config.batch_size, jax.device_count())  # the batch is split over the whole mesh
+    for rule in rules:
+        rule(config)
+
+
+def cadence(value: Any) -> str | None:
+    """The :data:`Check` of a cadence field (``log_every``, ...): an int, :data:`CADENCE`."""
+    return None if _TYPES[int][1](value) else f"must be an int ({CADENCE})"
+
+
+def _implementation(value: Any) -> str | None:
+    if isinstance(value, str) and value in IMPLEMENTATIONS:
+        return None
+    return f"must be one of {', '.join(IMPLEMENTATIONS)}"
+
+
+# A TFDS name ('cifar10', 'celeb_a_hq/128', 'lsun/bedroom', 'cifar10:3.0.2').
+_TFDS_NAME = re.compile(r"[a-z0-9_]+(/[A-Za-z0-9_.]+)?(:[0-9.*]+)?")
+
+
+def data_source(value: Any) -> str | None:
+    """The :data:`Check` of a data field: a source ``sympad.train.data.load`` accepts; a folder must exist.
+
+    Checked before anything is loaded, so a typo fails in a second, not after a compile.
+    """
+    allowed = "must be 'digits', 'synthetic', a TFDS name (cifar10, lsun/bedroom, ...) or 'folder:PATH'"
+    if not isinstance(value, str) or not value:
+        return allowed
+    if value.startswith("folder:"):
+        if not value[len("folder:"):]:
+            return "must be 'folder:PATH' with a PATH"
+        path = Path(os.path.expanduser(value[len("folder:"):]))
+        if not path.is_dir():
+            return f"{path} is not a directory (folder:PATH needs a folder of images, or of class subfolders)"
+        return None
+    return None if value in ("digits", "synthetic") or _TFDS_NAME.fullmatch(value) else allowed
+
+
+#: The training loop's fields, the same in both suites (``sympad.train.loop`` reads them; a suite
+#: sets its own defaults with :func:`with_defaults`).
+LOOP_FIELDS: dict[str, Field] = field_table(
+    Field("log_every", int, 100, f"train metrics (mean since the last record) to metrics.jsonl, {CADENCE}", cadence),
+    Field("eval_every", int, 0, f"evaluation, {CADENCE} (classify: test error; gan: FID/IS, none at all with 0)",
+          cadence),
+    Field("checkpoint_every", int, 1000, f"checkpoints, {CADENCE}", cadence),
+    Field("max_checkpoints", int, 3, "most recent checkpoints kept (besides the best: test error, or FID when "
+          "evaluated)", Range(1)),
+    Field("host_data", bool, False, "True: stream batches from the host even when the split fits on the device"),
+    Field("conv_implementation", str, "auto", "formulation of the C*sp convs (sympad.IMPLEMENTATIONS: "
+          f"{', '.join(IMPLEMENTATIONS)}); same results", _implementation),
+    Field("allow_corrupt", bool, False, "True: skip image files that do not decode (counted in the log and as "
+          "data/skipped)"),
+    Field("step_limit_file", str, "", "a file holding an int N: the run ends at step min(N, num_train_steps), final "
+          "checkpoint and hooks included, when the file appears or changes; '' = none (a scheduler sizes a run "
+          "while it trains: paper.campaign packs runs on one GPU)"),
+    Field("resume_corrupt", str, "raise", "latest checkpoint corrupt: 'raise', or 'fall_back' to the newest intact "
+          "step (the damaged one moved aside, never deleted)", RESUME_CORRUPT),
+)
+
+#: The run's fields every suite shares besides the loop's; a suite's table adds its own (among them
+#: ``num_train_steps`` and the ``optimizer`` block, whose defaults and ranges differ).
+RUN_FIELDS: dict[str, Field] = field_table(
+    Field("kernel", str, "C3", "kind of the convs the paper varies (sympad.KINDS)", KINDS),
+    Field("data", str, "cifar10", "'digits', 'synthetic', a TFDS name (cifar10, lsun/bedroom, ...) or "
+          "'folder:PATH' (sympad.train.data.load)", data_source),
+    Field("seed", int, 0, "the run's seed: initialisation, data order, augmentation", Range(0)),
+    Field("batch_size", int, 64, "global batch, split over all devices (a multiple of their number)", Range(1)),
+    Field("runlocal", bool, False, "set by the config arg runlocal: the config shrunk to a CPU smoke run"),
+)
+
+
 def add_loop_fields(config: ml_collections.ConfigDict, **values: Any) -> ml_collections.ConfigDict:
     """Sets every :data:`LOOP_FIELDS` key on ``config``: ``values`` where given, else the default.
+
+    For a config the loop runs without a suite's table (the suites' base configs hold them already).
 
     Raises:
       ConfigError: for a key that is not a loop field.
@@ -170,166 +442,9 @@ def add_loop_fields(config: ml_collections.ConfigDict, **values: Any) -> ml_coll
     unknown = sorted(set(values) - set(LOOP_FIELDS))
     if unknown:
         raise ConfigError(f"{', '.join(unknown)}: not loop fields; valid: {', '.join(LOOP_FIELDS)}")
-    for name, (default, _) in LOOP_FIELDS.items():
-        config[name] = values.get(name, default)
+    for name, f in with_defaults(LOOP_FIELDS, values).items():
+        config[name] = f.default
     return config
-
-
-def _check_loop_fields(config: ml_collections.ConfigDict) -> None:
-    from sympad.ops import IMPLEMENTATIONS
-
-    for name in ("log_every", "eval_every", "checkpoint_every"):
-        if name in config and (isinstance(config[name], bool) or not isinstance(config[name], int)):
-            raise ConfigError(f"config.{name}={config[name]!r}: must be an int ({_CADENCE})")
-    if "max_checkpoints" in config and (
-        isinstance(config.max_checkpoints, bool) or not isinstance(config.max_checkpoints, int)
-        or config.max_checkpoints < 1
-    ):
-        raise ConfigError(f"config.max_checkpoints={config.max_checkpoints!r}: must be an int >= 1")
-    if "host_data" in config and not isinstance(config.host_data, bool):
-        raise ConfigError(f"config.host_data={config.host_data!r}: must be a bool")
-    if "conv_implementation" in config and config.conv_implementation not in IMPLEMENTATIONS:
-        raise ConfigError(
-            f"config.conv_implementation={config.conv_implementation!r}: must be one of {', '.join(IMPLEMENTATIONS)}"
-        )
-    if "allow_corrupt" in config:
-        check_bool(config, "allow_corrupt")
-    if "resume_corrupt" in config:
-        check_choice(config, "resume_corrupt", RESUME_CORRUPT)
-    if "step_limit_file" in config:
-        check_str(config, "step_limit_file")
-
-
-# ----------------------------------------------------------------------------------------------
-# Field checks: each raises a ConfigError (a ValueError) naming ``config.<name>`` and what it may be.
-
-
-def field(config: ml_collections.ConfigDict, name: str) -> Any:
-    """``config``'s value at the dotted ``name`` ('optimizer.learning_rate')."""
-    value: Any = config
-    for part in name.split("."):
-        value = value[part]
-    return value
-
-
-def _bad(name: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"config.{name}={value!r}: must be {allowed}")
-
-
-def check_int(config: ml_collections.ConfigDict, name: str, *, min_value: int | None = None,
-              max_value: int | None = None) -> int:
-    """``config.<name>`` as an int in ``[min_value, max_value]`` (bools refused)."""
-    value = field(config, name)
-    bounds = " ".join(filter(None, [f">= {min_value}" if min_value is not None else "",
-                                    f"<= {max_value}" if max_value is not None else ""]))
-    allowed = f"an int {bounds}".strip()
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise _bad(name, value, allowed)
-    if (min_value is not None and value < min_value) or (max_value is not None and value > max_value):
-        raise _bad(name, value, allowed)
-    return int(value)
-
-
-def check_number(config: ml_collections.ConfigDict, name: str, *, min_value: float | None = None,
-                 max_value: float | None = None, min_open: bool = False, max_open: bool = False) -> float:
-    """``config.<name>`` as a finite float in the range (open ends where asked)."""
-    value = field(config, name)
-    lo = f"{'>' if min_open else '>='} {min_value}" if min_value is not None else ""
-    hi = f"{'<' if max_open else '<='} {max_value}" if max_value is not None else ""
-    allowed = ("a number " + " and ".join(filter(None, [lo, hi]))).strip()
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise _bad(name, value, allowed)
-    number = float(value)
-    if not math.isfinite(number):
-        raise _bad(name, value, allowed)
-    if min_value is not None and (number < min_value or (min_open and number == min_value)):
-        raise _bad(name, value, allowed)
-    if max_value is not None and (number > max_value or (max_open and number == max_value)):
-        raise _bad(name, value, allowed)
-    return number
-
-
-def check_bool(config: ml_collections.ConfigDict, name: str) -> bool:
-    value = field(config, name)
-    if not isinstance(value, bool):
-        raise _bad(name, value, "True or False")
-    return value
-
-
-def check_str(config: ml_collections.ConfigDict, name: str) -> str:
-    value = field(config, name)
-    if not isinstance(value, str):
-        raise _bad(name, value, "a string")
-    return value
-
-
-def check_choice(config: ml_collections.ConfigDict, name: str, allowed: Collection[Any]) -> Any:
-    value = field(config, name)
-    if isinstance(value, bool) or value not in allowed:
-        raise _bad(name, value, "one of " + ", ".join(map(repr, allowed)))
-    return value
-
-
-# A TFDS name ('cifar10', 'celeb_a_hq/128', 'lsun/bedroom', 'cifar10:3.0.2').
-_TFDS_NAME = re.compile(r"[a-z0-9_]+(/[A-Za-z0-9_.]+)?(:[0-9.*]+)?")
-
-
-def check_data(config: ml_collections.ConfigDict, name: str = "data") -> str:
-    """``config.<name>`` is a data source ``sympad.train.data.load`` accepts; a folder must exist.
-
-    Checked before anything is loaded, so a typo fails in a second, not after a compile.
-    """
-    value = field(config, name)
-    allowed = "'digits', 'synthetic', a TFDS name (cifar10, lsun/bedroom, ...) or 'folder:PATH'"
-    if not isinstance(value, str) or not value:
-        raise _bad(name, value, allowed)
-    if value.startswith("folder:"):
-        path = Path(os.path.expanduser(value[len("folder:"):]))
-        if not value[len("folder:"):]:
-            raise _bad(name, value, "'folder:PATH' with a PATH")
-        if not path.is_dir():
-            raise ConfigError(f"config.{name}={value!r}: {path} is not a directory (folder:PATH needs a folder of "
-                              "images, or of class subfolders)")
-        return value
-    if value in ("digits", "synthetic") or _TFDS_NAME.fullmatch(value):
-        return value
-    raise _bad(name, value, allowed)
-
-
-def validate_common(config: ml_collections.ConfigDict, *, schedules: Collection[str], min_steps: int = 0) -> None:
-    """The rules every suite shares: the loop fields, seed, data, batch size, steps, optimizer basics.
-
-    Args:
-      config: a suite's config.
-      schedules: the suite's ``config.optimizer.schedule`` values.
-      min_steps: the least ``config.num_train_steps`` (GAN: 1; classify: 0 = from num_epochs).
-
-    Raises:
-      ConfigError: naming the first offending field and its allowed values.
-    """
-    import jax
-
-    from sympad.kinds import KINDS
-
-    if not isinstance(config, ml_collections.ConfigDict):
-        raise ConfigError(f"config must be an ml_collections.ConfigDict, got {type(config).__name__}")
-    check_choice(config, "kernel", KINDS)
-    if "runlocal" in config:
-        check_bool(config, "runlocal")
-    _check_loop_fields(config)
-    for name in LOOP_FIELDS:
-        if name not in config:
-            raise ConfigError(f"config.{name} is missing: every suite config has the loop fields "
-                              "(sympad.train.config.add_loop_fields)")
-    check_int(config, "seed", min_value=0)
-    check_data(config)
-    batch = check_int(config, "batch_size", min_value=1)
-    devices = jax.device_count()  # every host's: the batch is split over the whole mesh
-    if batch % devices:
-        raise ConfigError(f"config.batch_size={batch}: must be a multiple of the {devices} devices")
-    check_int(config, "num_train_steps", min_value=min_steps)
-    check_number(config, "optimizer.learning_rate", min_value=0.0, min_open=True)
-    check_choice(config, "optimizer.schedule", tuple(schedules))
 
 
 def loaded_config(flag_values: Any, name: str = "config") -> ml_collections.ConfigDict:
@@ -378,13 +493,15 @@ def _loaded(value: Any, label: str) -> ml_collections.ConfigDict:
     return value
 
 
-def lock_and_validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Locks ``config`` (new keys raise; values stay editable) and checks the shared fields.
+def lock_and_validate(config: ml_collections.ConfigDict,
+                      fields: Mapping[str, Field] | None = None) -> ml_collections.ConfigDict:
+    """Locks ``config`` (new keys raise; values stay editable) after checking its fields one by one.
 
-    Checked when present at the top level: ``kernel`` is one of ``sympad.KINDS``; ``runlocal`` is
-    a bool; ``data`` is a non-empty string; the :data:`LOOP_FIELDS` have their types (cadences
-    ints, ``max_checkpoints`` >= 1, ``host_data`` a bool, ``conv_implementation`` one of
-    ``sympad.IMPLEMENTATIONS``).
+    Args:
+      config: a suite's config, as its config file and the overrides made it.
+      fields: the suite's field table, every field of which is checked; None: the
+        :data:`RUN_FIELDS` and :data:`LOOP_FIELDS` that ``config`` has (any config file). The
+        suite's ``validate`` checks the rules across fields.
 
     Returns:
       The same config, locked.
@@ -392,17 +509,10 @@ def lock_and_validate(config: ml_collections.ConfigDict) -> ml_collections.Confi
     Raises:
       ConfigError: naming the offending field.
     """
-    from sympad.kinds import KINDS
-
-    if not isinstance(config, ml_collections.ConfigDict):
-        raise ConfigError(f"config must be an ml_collections.ConfigDict, got {type(config).__name__}")
-    if "kernel" in config and config.kernel not in KINDS:
-        raise ConfigError(f"config.kernel={config.kernel!r}: must be one of {', '.join(KINDS)}")
-    if "runlocal" in config and not isinstance(config.runlocal, bool):
-        raise ConfigError(f"config.runlocal={config.runlocal!r}: must be a bool")
-    if "data" in config and (not isinstance(config.data, str) or not config.data):
-        raise ConfigError(f"config.data={config.data!r}: must be a dataset name")
-    _check_loop_fields(config)
+    if fields is None:
+        validate_fields(config, {**RUN_FIELDS, **LOOP_FIELDS}, partial=True)
+    else:
+        validate_fields(config, fields)
     config.lock()
     return config
 
@@ -455,16 +565,17 @@ _CONFIG_FLAG = "config"
 _WORKDIR_FLAG = "workdir"
 
 
-def _define_flags(flag_values: Any, sys_argv: list[str] | None) -> None:
+def _define_flags(flag_values: Any, sys_argv: list[str] | None, fields: Mapping[str, Field] | None = None) -> None:
     from absl import flags
     from ml_collections import config_flags
 
     if _CONFIG_FLAG not in flag_values:
+        listing = f"\nThe fields (a config file changes some defaults):\n{describe_fields(fields)}" if fields else ""
         config_flags.DEFINE_config_file(
             _CONFIG_FLAG,
             None,
             "Config file (a module with get_config), optionally with args after a colon: "
-            "configs/gan/sngan_cifar10.py:kernel=C2sp,runlocal. Fields: --config.a.b=value.",
+            "configs/gan/sngan_cifar10.py:kernel=C2sp,runlocal. Fields: --config.a.b=value." + listing,
             flag_values=flag_values,
             lock_config=True,  # Overriding a key that does not exist is an error.
             sys_argv=sys_argv,
@@ -479,12 +590,13 @@ def run_main(
     train_and_evaluate: Callable[[ml_collections.ConfigDict, str], Any],
     *,
     argv: list[str] | None = None,
+    fields: Mapping[str, Field] | None = None,
 ) -> Any:
     """The whole of a suite's ``main.py``: flags → config → workdir → ``train_and_evaluate``.
 
     Defines ``--config`` (absl ``config_flags.DEFINE_config_file``: ``path.py[:args]`` plus
     ``--config.a.b=value`` overrides) and ``--workdir``; initialises multi-host JAX when launched
-    that way; creates the workdir, validates and locks the config, writes ``config.json`` and
+    that way; validates and locks the config, creates the workdir, writes ``config.json`` and
     calls ``train_and_evaluate(config, workdir)``. On the real command line a user error is one
     ``error: ...`` line and exit status 2 (``sympad.train.errors.run_absl``).
 
@@ -493,6 +605,8 @@ def run_main(
       argv: None for the real command line (runs under ``absl.app.run``, which exits the
         process); a list (``argv[0]`` is the program name) parses that instead, in-process, on a
         private flag registry, and returns what ``train_and_evaluate`` returns (for tests).
+      fields: the suite's field table: each field is checked before the workdir is written
+        (:func:`lock_and_validate`), and ``--helpfull`` lists them under ``--config``.
 
     Raises:
       ConfigError (list argv): missing flags, an override of a field the config lacks, or an
@@ -510,7 +624,7 @@ def run_main(
         from sympad.train.mesh import maybe_initialize_distributed
 
         maybe_initialize_distributed()  # before anything touches a device
-        config = lock_and_validate(loaded_config(flag_values, _CONFIG_FLAG))
+        config = lock_and_validate(loaded_config(flag_values, _CONFIG_FLAG), fields)
         workdir = os.path.abspath(os.path.expanduser(flag_values[_WORKDIR_FLAG].value))
         Path(workdir).mkdir(parents=True, exist_ok=True)
         path = write_config(config, workdir)
@@ -520,7 +634,7 @@ def run_main(
     if argv is None:
         from sympad.train.errors import run_absl
 
-        _define_flags(flags.FLAGS, None)
+        _define_flags(flags.FLAGS, None, fields)
 
         def app_main(args: list[str]) -> None:
             main(flags.FLAGS, args)  # app.run passes a return value to sys.exit: drop it
@@ -529,7 +643,7 @@ def run_main(
         run_absl(app_main, parse_flags=functools.partial(parse_flags, flags.FLAGS))
         return None
     flag_values = flags.FlagValues()
-    _define_flags(flag_values, list(argv))
+    _define_flags(flag_values, list(argv), fields)
     extra = parse_flags(flag_values, list(argv))
     try:
         return main(flag_values, extra)

@@ -53,7 +53,7 @@ from jax.sharding import Mesh
 import sympad
 from sympad.train import data as sdata
 from sympad.train.checkpoint import Checkpointer
-from sympad.train.config import checkpoint_dir
+from sympad.train.config import LOOP_FIELDS, cadence, check_batch_size, checkpoint_dir, field_error
 from sympad.train.errors import ConfigError
 from sympad.train.mesh import make_mesh, replicate
 from sympad.train.metrics import MetricWriter, check_finite
@@ -100,8 +100,9 @@ def resolve_every(value: int, *, steps_per_epoch: int | None, name: str) -> int:
     Raises:
       ConfigError: naming ``config.<name>`` for a non-int, or for epochs without an epoch length.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"config.{name}={value!r}: must be an int (steps; 0 = only at the end; -n = every n epochs)")
+    problem = cadence(value)
+    if problem is not None:
+        raise field_error(name, value, problem)
     value = int(value)
     if value >= 0:
         return value
@@ -119,13 +120,11 @@ def checked_mesh(batch_size: int) -> Mesh:
     """The data mesh over all devices, after checking ``config.batch_size`` splits evenly over it.
 
     Raises:
-      ConfigError: naming config.batch_size when it is not a positive multiple of the device count.
+      ConfigError: naming config.batch_size when it is not a positive multiple of the device count
+        (``sympad.train.config.check_batch_size``).
     """
     mesh = make_mesh()
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1 \
-            or batch_size % mesh.size:
-        raise ConfigError(f"config.batch_size={batch_size!r}: must be a positive int, a multiple of the {mesh.size} "
-                          "devices")
+    check_batch_size(batch_size, mesh.size)
     return mesh
 
 
@@ -162,9 +161,7 @@ class Input:
 
 def on_device(dataset: sdata.Dataset, *, host_data: bool) -> bool:
     """Whether the split lives on the devices: when it fits, unless ``config.host_data`` asks for the host."""
-    if not isinstance(host_data, bool):
-        raise ConfigError(f"config.host_data={host_data!r}: must be a bool (True: stream batches from the host)")
-    return not host_data and sdata.fits_on_device(dataset)
+    return not LOOP_FIELDS["host_data"].check(host_data) and sdata.fits_on_device(dataset)
 
 
 def restore_or_init(checkpointer: Checkpointer, init_state: Callable[[], State], mesh: Mesh, *,
@@ -370,6 +367,12 @@ class _StepLimit:
                 pass  # a half-written file: the next change is read
         return self.value
 
+    def end(self, total_steps: int, step: int) -> int:
+        """The run's last step once ``step`` steps are done: ``total_steps``, or the limit when it is
+        lower; a limit already passed ends the run at the next step."""
+        limited = self.get()
+        return total_steps if limited is None or limited >= total_steps else max(limited, step + 1)
+
 
 # ----------------------------------------------------------------------------------------------
 # The loop
@@ -394,6 +397,90 @@ class Hook:
 
 def _mean(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in records])) for k in records[0]}
+
+
+def _input_step(data: Input, mesh: Mesh, start: int, *, host_data: bool,
+                resources: contextlib.ExitStack) -> Callable[[State], tuple[State, Metrics]]:
+    """One train step on its batch: the split on every device when it goes there (:func:`on_device`),
+    else from a host loader positioned at step ``start`` (closed with ``resources``)."""
+    if on_device(data.dataset, host_data=host_data):
+        arrays = tuple(replicate(a, mesh) for a in data.device_arrays())
+        return lambda state: data.device_step(state, *arrays)
+    loader = data.host_loader(start)
+    resources.callback(loader.close)
+    return lambda state: data.host_step(state, loader)
+
+
+class _Run:
+    """What one call of :func:`train` holds open (checkpoints, the preemption watch, the input, the
+    metric writer and the progress bar, all closed with ``resources``), its state and the train metrics
+    on their way from the device to metrics.jsonl."""
+
+    def __init__(self, resources: contextlib.ExitStack, config: ml_collections.ConfigDict,
+                 workdir: str | os.PathLike[str], *, mesh: Mesh, init_state: Callable[[], State], data: Input,
+                 total_steps: int, best_metric: str | None, desc: str, place: Callable[[State], State] | None,
+                 run_fields: Mapping[str, Any] | None):
+        self.checkpointer = resources.enter_context(Checkpointer(
+            checkpoint_dir(workdir), max_to_keep=int(config.max_checkpoints), best_metric=best_metric,
+            on_corrupt=config.get("resume_corrupt", "raise"), run_fields=run_fields))
+        # From here on a signal either stops after a step (and saves it) or, with nothing to save, at once.
+        self.preemption = resources.enter_context(_PreemptionWatch())
+        self.state, self.start = restore_or_init(self.checkpointer, init_state, mesh, place=place)
+        self.preemption.saved(self.start)
+        self.next_step = _input_step(data, mesh, self.start, host_data=config.host_data, resources=resources)
+        self.writer = resources.enter_context(MetricWriter(workdir))
+        self.progress = resources.enter_context(Progress(total_steps, initial=self.start, desc=desc))
+        self.step = self.start
+        self.pending: list[Metrics] = []  # on the device, not yet fetched
+        self.since_log: list[dict[str, Any]] = []  # fetched, not yet logged
+        self.train_time, self.tick, self.fetched_at, self.logged_at = 0.0, time.monotonic(), self.start, self.start
+
+    def dispatch(self) -> int:
+        """Dispatches the next train step, its metrics left on the device; returns the steps done."""
+        self.state, metrics = self.next_step(self.state)
+        self.step += 1
+        self.preemption.dispatched(metrics)
+        self.pending.append(metrics)
+        return self.step
+
+    def record(self, *, log: bool, summarize: Callable[[int, dict[str, float]], dict[str, float]] | None,
+               hooks: Sequence[Hook]) -> dict[str, float]:
+        """This step's record, written to metrics.jsonl when not empty.
+
+        The metrics dispatched since the last fetch are fetched and pass the NaN/Inf guard first;
+        then the record holds their mean since the last record (``summarize``d, with ``steps_per_s``)
+        when ``log``, and what ``hooks`` return.
+        """
+        fetched = jax.device_get(self.pending)
+        self.train_time += time.monotonic() - self.tick
+        self.pending = []
+        for i, values in enumerate(fetched):  # the guard, before any save
+            check_finite(self.fetched_at + 1 + i, values, checkpoint_dir=self.checkpointer.directory)
+        self.since_log.extend(fetched)
+        self.fetched_at = step = self.step
+        record: dict[str, float] = {}
+        if log:
+            means = _mean(self.since_log)
+            record = summarize(step, means) if summarize is not None else means
+            record["steps_per_s"] = (step - self.logged_at) / max(self.train_time, 1e-9)
+            self.since_log, self.train_time, self.logged_at = [], 0.0, step
+        for hook in hooks:
+            record.update(hook.fn(step, self.state, self.writer) or {})
+        if record:
+            self.writer.write(step, record)
+        return record
+
+    def save(self, record: Metrics) -> None:
+        self.checkpointer.save(self.step, self.state, metrics=record)
+        self.preemption.saved(self.step)
+
+    def preempted(self) -> Preempted:
+        preempted = Preempted(self.step, self.preemption.signum)
+        logging.warning("%s", preempted)
+        return preempted
+
+    def resume_clock(self) -> None:
+        self.tick = time.monotonic()  # steps/s counts training only, not hooks or saving
 
 
 def train(
@@ -455,81 +542,31 @@ def train(
     log_every = resolve_every(config.log_every, steps_per_epoch=steps_per_epoch, name="log_every")
     checkpoint_every = resolve_every(config.checkpoint_every, steps_per_epoch=steps_per_epoch, name="checkpoint_every")
     periods = [resolve_every(h.every, steps_per_epoch=steps_per_epoch, name=h.name) for h in hooks]
-    record: dict[str, float] = {}
+    limit, record = _StepLimit(config.get("step_limit_file", "")), {}
+    # Every resource is closed on the way out, in reverse order, whatever happens in between.
     with contextlib.ExitStack() as resources, sympad.use_implementation(config.conv_implementation):
-        # Every resource is closed on the way out, in reverse order, whatever happens in between.
-        checkpointer = resources.enter_context(Checkpointer(
-            checkpoint_dir(workdir), max_to_keep=int(config.max_checkpoints), best_metric=best_metric,
-            on_corrupt=config.get("resume_corrupt", "raise"), run_fields=run_fields))
-        # From here on a signal either stops after a step (and saves it) or, with nothing to save, at once.
-        preemption = resources.enter_context(_PreemptionWatch())
-        state, start = restore_or_init(checkpointer, init_state, mesh, place=place)
-        preemption.saved(start)
-
-        if on_device(data.dataset, host_data=config.host_data):
-            arrays = tuple(replicate(a, mesh) for a in data.device_arrays())
-
-            def next_step(state: State) -> tuple[State, Metrics]:
-                return data.device_step(state, *arrays)
-        else:
-            loader = data.host_loader(start)
-            resources.callback(loader.close)
-
-            def next_step(state: State) -> tuple[State, Metrics]:
-                return data.host_step(state, loader)
-
-        writer = resources.enter_context(MetricWriter(workdir))
-        progress = resources.enter_context(Progress(total_steps, initial=start, desc=desc))
-        if start == 0 and first_record:
-            writer.write(0, dict(first_record))
-        pending: list[Metrics] = []  # on the device, not yet fetched
-        since_log: list[dict[str, Any]] = []  # fetched, not yet logged
-        train_time, tick, fetched_at, logged_at = 0.0, time.monotonic(), start, start
-        limit = _StepLimit(config.get("step_limit_file", ""))
-        step = start
-        while step < total_steps:
-            limited = limit.get()
-            if limited is not None and limited < total_steps:
-                # Only ever shortens; a limit already passed ends the run at the next step, which
-                # then gets the last step's record, hooks and checkpoint.
-                total_steps = max(limited, step + 1)
-                progress.set_total(total_steps)
-            step += 1
-            state, metrics = next_step(state)
-            preemption.dispatched(metrics)
-            pending.append(metrics)
+        run = _Run(resources, config, workdir, mesh=mesh, init_state=init_state, data=data, total_steps=total_steps,
+                   best_metric=best_metric, desc=desc, place=place, run_fields=run_fields)
+        if run.start == 0 and first_record:
+            run.writer.write(0, dict(first_record))
+        while run.step < total_steps:
+            if (end := limit.end(total_steps, run.step)) != total_steps:  # only ever shortens
+                total_steps = end
+                run.progress.set_total(total_steps)
+            step = run.dispatch()
             due = [hook for hook, every in zip(hooks, periods) if itstime(step, every, total_steps)]
             # Every process asks every step (the sync point's contract), even when it will not stop.
-            stop = preemption.reached(step) and step < total_steps
+            stop = run.preemption.reached(step) and step < total_steps
             log_now = itstime(step, log_every, total_steps) or stop
             save_now = itstime(step, checkpoint_every, total_steps) or stop
             if not (due or log_now or save_now):
-                progress.update(step)
+                run.progress.update(step)
                 continue
-            fetched = jax.device_get(pending)
-            train_time += time.monotonic() - tick
-            pending = []
-            for i, values in enumerate(fetched):  # the guard, before any save
-                check_finite(fetched_at + 1 + i, values, checkpoint_dir=checkpointer.directory)
-            since_log.extend(fetched)
-            fetched_at = step
-            record = {}
-            if log_now:
-                means = _mean(since_log)
-                record = summarize(step, means) if summarize is not None else means
-                record["steps_per_s"] = (step - logged_at) / max(train_time, 1e-9)
-                since_log, train_time, logged_at = [], 0.0, step
-            for hook in due:
-                record.update(hook.fn(step, state, writer) or {})
-            if record:
-                writer.write(step, record)
-            progress.update(step, **{k: record[k] for k in progress_keys if k in record})
+            record = run.record(log=log_now, summarize=summarize, hooks=due)
+            run.progress.update(step, **{k: record[k] for k in progress_keys if k in record})
             if save_now:
-                checkpointer.save(step, state, metrics=record)
-                preemption.saved(step)
+                run.save(record)
             if stop:
-                preempted = Preempted(step, preemption.signum)
-                logging.warning("%s", preempted)
-                raise preempted
-            tick = time.monotonic()  # steps/s counts training only, not hooks or saving
-    return state, record
+                raise run.preempted()
+            run.resume_clock()
+    return run.state, record

@@ -103,7 +103,7 @@ def test_loop_fields_one_vocabulary():
     config = add_loop_fields(ml_collections.ConfigDict(dict(kernel="C3")), log_every=5, eval_every=-1)
     assert set(config) == {"kernel", *LOOP_FIELDS}
     assert (config.log_every, config.eval_every) == (5, -1)
-    assert config.checkpoint_every == LOOP_FIELDS["checkpoint_every"][0] and config.host_data is False
+    assert config.checkpoint_every == LOOP_FIELDS["checkpoint_every"].default and config.host_data is False
     assert config.conv_implementation == "auto"
     with pytest.raises(ValueError, match="log_evry: not loop fields; valid: log_every"):
         add_loop_fields(ml_collections.ConfigDict(), log_evry=5)
@@ -129,7 +129,7 @@ def test_loop_fields_one_vocabulary():
     ("conv_implementation", "fast", "config.conv_implementation='fast': must be one of auto, pad_select"),
 ])
 def test_lock_and_validate_checks_the_loop_fields(field, value, needle):
-    fields = {name: default for name, (default, _) in LOOP_FIELDS.items()}
+    fields = {name: f.default for name, f in LOOP_FIELDS.items()}
     fields[field] = value  # as a config file could write it (ConfigDict only type-checks later edits)
     with pytest.raises(ValueError, match=needle):
         lock_and_validate(ml_collections.ConfigDict(fields))

@@ -25,9 +25,8 @@ from sympad.train.checkpoint import CheckpointError
 from sympad.train.config import (
     LOOP_FIELDS,
     RESUME_CORRUPT,
+    RUN_FIELDS,
     add_loop_fields,
-    check_data,
-    validate_common,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,10 +189,10 @@ def test_batch_must_split_over_the_devices(monkeypatch):
 def test_data_source_syntax(tmp_path):
     ok = ["digits", "synthetic", "cifar10", "lsun/bedroom", "celeb_a_hq/128", "cifar10:3.0.2", f"folder:{tmp_path}"]
     for name in ok:
-        check_data(ml_collections.ConfigDict({"data": name}))
+        RUN_FIELDS["data"].check(name)
     for name in ["", "folder:", f"folder:{tmp_path / 'none'}", "CIFAR 10", "cifar10;rm"]:
         with pytest.raises(ValueError, match=r"^config\.data="):
-            check_data(ml_collections.ConfigDict({"data": name}))
+            RUN_FIELDS["data"].check(name)
 
 
 def test_loop_fields_must_all_be_present():
@@ -201,7 +200,7 @@ def test_loop_fields_must_all_be_present():
     fields = config.to_dict()
     del fields["resume_corrupt"]
     with pytest.raises(ValueError, match=r"config\.resume_corrupt is missing"):
-        validate_common(ml_collections.ConfigDict(fields), schedules=("constant", "linear"))
+        _validate("gan")(ml_collections.ConfigDict(fields))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,7 +326,7 @@ def _flip_byte(step_dir: Path) -> None:
 
 
 def test_resume_corrupt_reaches_the_checkpointer(tmp_path):
-    assert LOOP_FIELDS["resume_corrupt"][0] == "raise" and RESUME_CORRUPT == ("raise", "fall_back")
+    assert LOOP_FIELDS["resume_corrupt"].default == "raise" and RESUME_CORRUPT == ("raise", "fall_back")
     reference = _tiny_run(tmp_path / "reference", 6, "raise")
     _tiny_run(tmp_path / "run", 4, "raise")
     _flip_byte(tmp_path / "run" / "checkpoints" / "4")
