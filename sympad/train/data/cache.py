@@ -30,7 +30,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -115,71 +115,23 @@ def decode_into_cache(
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-" + entry.name + "-", dir=entry.parent))
     try:
-        # The first decodable item fixes the shape of the array.
-        failures: dict[int, str] = {}
-        first = None
-        for i, item in enumerate(items):
-            try:
-                first = decode(item)
-                break
-            except Undecodable as e:
-                failures[i] = f"{describe(item)}: {e}"
-        if first is None:
-            # Even with allow_corrupt: an empty dataset is never what was meant.
-            _raise_all_corrupt(list(failures.values()))
-        start = i
-        shape = first[0].shape
+        start, (image, label), failures = _first_decodable(items, decode, describe)
         images = np.lib.format.open_memmap(
-            tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(items), *shape)
+            tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(items), *image.shape)
         )
         labels = np.full((len(items),), -1, np.int64)
-        images[start], labels[start] = first[0], -1 if first[1] is None else first[1]
-        has_labels = first[1] is not None
-
-        def work(lo: int, hi: int) -> dict[int, str]:
-            bad = {}
-            for j in range(lo, hi):
-                try:
-                    image, label = decode(items[j])
-                except Undecodable as e:
-                    bad[j] = f"{describe(items[j])}: {e}"
-                    continue
-                if image.shape != shape:
-                    raise ValueError(
-                        f"{describe(items[j])} has shape {image.shape} but "
-                        f"{describe(items[start])} has {shape}; pass image_size to resize "
-                        "and centre-crop all images to one size"
-                    )
-                images[j] = image
-                labels[j] = -1 if label is None else label
-            return bad
-
-        chunk = 256
-        with concurrent.futures.ThreadPoolExecutor(num_threads or _num_threads()) as pool:
-            futures = [
-                pool.submit(work, lo, min(lo + chunk, len(items)))
-                for lo in range(start + 1, len(items), chunk)
-            ]
-            for future in futures:
-                failures.update(future.result())
-
+        images[start], labels[start] = image, -1 if label is None else label
+        failures.update(_decode_rows(items, decode, describe, images, labels, start=start, num_threads=num_threads))
         skipped = [failures[j] for j in sorted(failures)]
         raise_or_warn_corrupt(skipped, len(items), allow_corrupt=allow_corrupt)
         if skipped:
-            keep = np.setdiff1d(np.arange(len(items)), sorted(failures))
-            compact = np.lib.format.open_memmap(
-                tmp / "kept.npy", mode="w+", dtype=np.uint8, shape=(len(keep), *shape)
-            )
-            for lo in range(0, len(keep), 4096):
-                compact[lo : lo + 4096] = images[keep[lo : lo + 4096]]
-            compact.flush()
-            del images, compact
+            labels = _write_kept(tmp / "kept.npy", images, labels, sorted(failures))
+            del images
             os.replace(tmp / "kept.npy", tmp / "images.npy")
-            labels = labels[keep]
         else:
             images.flush()
             del images
-        if has_labels:
+        if label is not None:
             np.save(tmp / "labels.npy", labels.astype(np.int32))
         meta = {**meta, "skipped": skipped, "num_examples": len(items) - len(skipped)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -196,13 +148,88 @@ def decode_into_cache(
     return cached
 
 
+def _first_decodable(
+    items: Sequence[Any], decode: Callable[[Any], tuple[np.ndarray, int | None]], describe: Callable[[Any], str]
+) -> tuple[int, tuple[np.ndarray, int | None], dict[int, str]]:
+    """The first item that decodes (it fixes the images' shape): ``(index, (image, label), failures before it)``.
+
+    Raises:
+      CorruptImageError: no item decodes (even with allow_corrupt: an empty dataset is never what was meant).
+    """
+    failures: dict[int, str] = {}
+    for i, item in enumerate(items):
+        try:
+            return i, decode(item), failures
+        except Undecodable as e:
+            failures[i] = f"{describe(item)}: {e}"
+    _raise_all_corrupt(list(failures.values()))
+
+
+def _decode_rows(
+    items: Sequence[Any],
+    decode: Callable[[Any], tuple[np.ndarray, int | None]],
+    describe: Callable[[Any], str],
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    start: int,
+    num_threads: int | None,
+) -> dict[int, str]:
+    """Decodes ``items[start + 1:]`` into rows of ``images`` (N, H, W, C) and ``labels`` (N,) on a thread pool.
+
+    Returns:
+      The items that did not decode: index -> description and error.
+
+    Raises:
+      ValueError: an image whose shape differs from ``items[start]``'s.
+    """
+    shape = images.shape[1:]
+
+    def work(lo: int, hi: int) -> dict[int, str]:
+        bad = {}
+        for j in range(lo, hi):
+            try:
+                image, label = decode(items[j])
+            except Undecodable as e:
+                bad[j] = f"{describe(items[j])}: {e}"
+                continue
+            if image.shape != shape:
+                raise ValueError(
+                    f"{describe(items[j])} has shape {image.shape} but "
+                    f"{describe(items[start])} has {shape}; pass image_size to resize "
+                    "and centre-crop all images to one size"
+                )
+            images[j] = image
+            labels[j] = -1 if label is None else label
+        return bad
+
+    chunk = 256
+    failures: dict[int, str] = {}
+    with concurrent.futures.ThreadPoolExecutor(num_threads or _num_threads()) as pool:
+        futures = [pool.submit(work, lo, min(lo + chunk, len(items))) for lo in range(start + 1, len(items), chunk)]
+        for future in futures:
+            failures.update(future.result())
+    return failures
+
+
+def _write_kept(path: Path, images: np.ndarray, labels: np.ndarray, dropped: Sequence[int]) -> np.ndarray:
+    """Writes the rows of ``images`` (N, H, W, C) but ``dropped`` to the ``.npy`` at ``path``, in blocks
+    (the split may not fit in RAM); returns ``labels`` without them."""
+    keep = np.setdiff1d(np.arange(len(images)), dropped)
+    kept = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(keep), *images.shape[1:]))
+    for lo in range(0, len(keep), 4096):
+        kept[lo : lo + 4096] = images[keep[lo : lo + 4096]]
+    kept.flush()
+    return labels[keep]
+
+
 def _listing(skipped: Sequence[str]) -> tuple[str, str]:
     listed = "\n  ".join(skipped[:_MAX_LISTED])
     more = f"\n  ... and {len(skipped) - _MAX_LISTED} more" if len(skipped) > _MAX_LISTED else ""
     return listed, more
 
 
-def _raise_all_corrupt(failures: Sequence[str]) -> None:
+def _raise_all_corrupt(failures: Sequence[str]) -> NoReturn:
     listed, more = _listing(failures)
     raise CorruptImageError(
         f"none of the {len(failures)} files could be decoded as images, so the dataset would be "

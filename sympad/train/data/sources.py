@@ -38,6 +38,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -162,40 +163,34 @@ def load(
       DatasetNotPreparedError: when a TFDS set is not prepared; the message
         says what to install, download and run.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"name must be a non-empty string, got {name!r}")
-    if not isinstance(split, str) or not split:
-        raise ValueError(f"split must be a non-empty string, got {split!r}")
-    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
-        raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
-    if max_examples is not None and (not isinstance(max_examples, int) or max_examples < 1):
-        raise ValueError(f"max_examples must be a positive int or None, got {max_examples!r}")
-    if decode_threads is not None and (not isinstance(decode_threads, int) or decode_threads < 1):
-        raise ValueError(f"decode_threads must be a positive int or None, got {decode_threads!r}")
+    _check_load_arguments(name, split, image_size=image_size, max_examples=max_examples,
+                          decode_threads=decode_threads)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()  # '' too: config default.
     if name.startswith("folder:"):
-        return _load_folder(
-            name[len("folder:") :],
-            split,
-            image_size=image_size,
-            cache_dir=cache,
-            allow_corrupt=allow_corrupt,
-            max_examples=max_examples,
-            decode_threads=decode_threads,
-        )
+        return _load_folder(name[len("folder:") :], split, image_size=image_size, cache_dir=cache,
+                            allow_corrupt=allow_corrupt, max_examples=max_examples, decode_threads=decode_threads)
     if name == "digits":
         return _load_digits(split, image_size=image_size or 32, max_examples=max_examples)
     if name == "synthetic":
         return _load_synthetic(split, image_size=image_size or 32, num_examples=max_examples or 512)
-    return _load_tfds(
-        name,
-        split,
-        image_size=image_size,
-        cache_dir=cache,
-        max_examples=max_examples,
-        data_dir=data_dir,
-        decode_threads=decode_threads,
-    )
+    return _load_tfds(name, split, image_size=image_size, cache_dir=cache, max_examples=max_examples,
+                      data_dir=data_dir, decode_threads=decode_threads)
+
+
+def _check_load_arguments(name: Any, split: Any, *, image_size: Any, max_examples: Any, decode_threads: Any) -> None:
+    """:func:`load`'s arguments have their types.
+
+    Raises:
+      ValueError: naming the first bad argument.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    if not isinstance(split, str) or not split:
+        raise ValueError(f"split must be a non-empty string, got {split!r}")
+    for argument, value in (("image_size", image_size), ("max_examples", max_examples),
+                            ("decode_threads", decode_threads)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{argument} must be a positive int or None, got {value!r}")
 
 
 def default_cache_dir() -> Path:
