@@ -1,26 +1,35 @@
-"""Tests for sympad.config: big_vision-style config args, absl entry point, config.json."""
+"""Tests for sympad.train.config: fields, big_vision-style config args, absl entry point, config.json."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import ml_collections
+import numpy as np
 import pytest
 from absl import flags
 
 from sympad.train.config import (
     LOOP_FIELDS,
+    Field,
+    Range,
     add_loop_fields,
     checkpoint_dir,
+    default_config,
+    describe_fields,
+    field_table,
     lock_and_validate,
     parse_config_arg,
     read_config,
     run_main,
+    validate_fields,
+    with_defaults,
     write_config,
 )
 from sympad.train.errors import ConfigError
@@ -82,6 +91,64 @@ def test_choices_and_unsupported_default_types():
         parse_config_arg("kernel=C5", DEFAULTS, choices={"kernel": ("C3", "C4sp")})
     with pytest.raises(ValueError, match="only bool, int, float and str"):
         parse_config_arg("widths=1", {"widths": (1, 2)})
+
+
+# ----------------------------------------------------------------------------------------------
+# Fields
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    (Field("n", int, 1, "", Range(1)), 0, "must be an int >= 1"),
+    (Field("n", int, 1, "", Range(1)), True, "must be an int >= 1"),  # a bool is not an int
+    (Field("n", int, 1, "", Range(1)), 2.0, "must be an int >= 1"),
+    (Field("b", float, 0.5, "", Range(0.0, 1.0, max_open=True)), 1.0, "must be a number >= 0.0 and < 1.0"),
+    (Field("lr", float, 0.1, "", Range(0.0, min_open=True)), 0.0, "must be a number > 0.0"),
+    (Field("lr", float, 0.1, "", Range(0.0, min_open=True)), float("inf"), "must be a number > 0.0"),
+    (Field("x", float, 0.0, ""), "a", "must be a number"),
+    (Field("flag", bool, False, ""), 1, "must be a bool (True or False)"),
+    (Field("name", str, "", ""), None, "must be a string"),
+    (Field("mode", str, "a", "", ("a", "b")), "c", "must be one of 'a', 'b'"),
+    (Field("level", int, 1, "", (1, 2)), True, "must be one of 1, 2"),  # True == 1, yet not a choice
+    (Field("odd", int, 1, "", lambda v: None if v % 2 else "must be odd"), 2, "must be odd"),
+])
+def test_field_problems(field, value, problem):
+    assert field.problem(value) == problem
+    with pytest.raises(ConfigError, match="^" + re.escape(f"config.{field.name}={value!r}: {problem}") + "$"):
+        field.check(value)
+
+
+@pytest.mark.parametrize("field, value", [
+    (Field("n", int, 1, "", Range(1)), 1),
+    (Field("n", int, 1, "", Range(1)), np.int64(7)),
+    (Field("b", float, 0.5, "", Range(0.0, 1.0, max_open=True)), 0),
+    (Field("mode", str, "a", "", ("a", "b")), "b"),
+    (Field("widths", tuple, (), ""), [1, 2]),  # tuple fields: only their own check, if any
+])
+def test_field_accepts(field, value):
+    assert field.problem(value) is None and field.check(value) is value
+
+
+def test_a_table_declares_each_field_once_and_gives_the_base_config():
+    lr = Field("optimizer.learning_rate", float, 0.1, "peak rate", Range(0.0, min_open=True))
+    table = field_table(Field("seed", int, 0, "the seed", Range(0)), {lr.name: lr})
+    with pytest.raises(ValueError, match="field 'seed' declared twice"):
+        field_table(table, Field("seed", int, 1, "again"))
+    config = default_config(with_defaults(table, {"seed": 3}))
+    assert config.to_dict() == {"seed": 3, "optimizer": {"learning_rate": 0.1}}
+    assert table["seed"].default == 0  # with_defaults copies
+    with pytest.raises(ConfigError, match="sede: not fields of the table"):
+        with_defaults(table, {"sede": 1})
+    assert describe_fields(table).splitlines() == [
+        "seed (int, default 0; >= 0): the seed",
+        "optimizer.learning_rate (float, default 0.1; > 0.0): peak rate"]
+    validate_fields(config, table)
+    config.optimizer.learning_rate = 0.0
+    with pytest.raises(ConfigError, match=r"^config\.optimizer\.learning_rate=0\.0: must be a number > 0\.0$"):
+        validate_fields(config, table)
+    del config["optimizer"]
+    validate_fields(config, table, partial=True)  # checks what is there
+    with pytest.raises(ConfigError, match=r"^config\.optimizer\.learning_rate is missing"):
+        validate_fields(config, table)
 
 
 # ----------------------------------------------------------------------------------------------

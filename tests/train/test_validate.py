@@ -9,6 +9,9 @@ Checkpointer; the GAN suite keeps its best-FID checkpoint when it evaluates.
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -201,6 +204,69 @@ def test_loop_fields_must_all_be_present():
     del fields["resume_corrupt"]
     with pytest.raises(ValueError, match=r"config\.resume_corrupt is missing"):
         _validate("gan")(ml_collections.ConfigDict(fields))
+
+
+# ----------------------------------------------------------------------------------------------
+# Each field declared once: the suites' tables are the whole config
+
+
+def _table(suite: str) -> dict:
+    return importlib.import_module(f"{suite}.fields").__dict__[f"{suite.upper()}_FIELDS"]
+
+
+def _leaves(tree: dict, prefix: str = "") -> set[str]:
+    return {name for key, value in tree.items()
+            for name in (_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key})}
+
+
+@pytest.mark.parametrize(("suite", "name"),
+                         [("gan", n) for n in GAN_CONFIGS] + [("classify", n) for n in CLASSIFY_CONFIGS])
+@pytest.mark.parametrize("arg", [None, "runlocal"])
+def test_the_table_declares_every_field_of_the_shipped_configs(suite, name, arg):
+    fields = _leaves(_config(suite, name, arg).to_dict())
+    table = set(_table(suite))
+    assert table <= fields, sorted(table - fields)
+    # Only the model block holds fields of its own: each family's, checked by building the model.
+    assert {f for f in fields - table if not f.startswith("model.")} == set(), sorted(fields - table)
+    assert suite == "classify" or not fields - table
+
+
+def test_the_base_config_is_the_table_s_defaults():
+    from sympad.train.config import default_config
+
+    assert _config("gan", "sngan_cifar10", None).to_dict() == default_config(_table("gan")).to_dict()
+    classify = _config("classify", "resnet_cifar", None).to_dict()
+    for name, f in _table("classify").items():
+        block, _, leaf = name.rpartition(".")
+        assert (classify[block] if block else classify)[leaf] == f.default, name
+
+
+def test_seed_batching_is_what_the_step_runs():
+    from gan.fields import SEED_BATCHING
+    from gan.step import SEED_BATCHING as RUN_BY_THE_STEP
+
+    assert SEED_BATCHING == RUN_BY_THE_STEP
+
+
+@pytest.mark.parametrize("suite", ["gan", "classify"])
+def test_the_boundary_checks_every_field_of_the_table(suite):
+    from sympad.train.config import lock_and_validate
+
+    config = _config(suite, "sngan_cifar10" if suite == "gan" else "resnet_cifar")
+    bad = _with(config, **({"loss": "wgan"} if suite == "gan" else {"augment": "yes"}))
+    with pytest.raises(ValueError, match=r"^config\.(loss|augment)="):
+        lock_and_validate(bad, _table(suite))
+    lock_and_validate(bad)  # without the table: only the shared fields
+    assert lock_and_validate(config, _table(suite)).is_locked
+
+
+@pytest.mark.integration
+def test_helpfull_lists_the_fields():
+    result = subprocess.run([sys.executable, "-m", "gan.main", "--helpfull"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    text = " ".join(result.stdout.split())  # absl wraps the lines
+    for f in _table("gan").values():
+        assert " ".join(f.describe().split()) in text, f.name
 
 
 # ----------------------------------------------------------------------------------------------
