@@ -9,8 +9,9 @@ unless data is given). The stem stays C3 (the paper's FLOPs need it; --config.mo
 to change); downsampling: --config.model.downsample=auto|pool|stride (auto: 2x2 average pool
 then a stride-1 conv for even kernels, stride-2 conv for C3). CIFAR-10 from the JPEG folders:
 data=folder:/path/to/cifar10-jpeg (with train/ and test/ subfolders).
-Fields (defaults in configs/classify/common.py), e.g. --config.optimizer.learning_rate=0.05; the
-loop's, shared with gan (sympad.train.config.LOOP_FIELDS): log_every, eval_every and
+Fields (classify.fields.CLASSIFY_FIELDS; `python -m classify.main --helpfull` lists each with its
+default, allowed values and meaning), e.g. --config.optimizer.learning_rate=0.05; the loop's,
+shared with gan (sympad.train.config.LOOP_FIELDS): log_every, eval_every and
 checkpoint_every (train steps; 0 = only at the end; -n = every n epochs, the default -1),
 max_checkpoints, host_data=true (stream batches from the host), conv_implementation.
 """

@@ -11,10 +11,11 @@ policies joined by '+', e.g. color+translation+cutout), ema (keep an EMA of G, d
 lr_decay (linear to 0), budget (table4: 200k D steps; fig5: 500k), eval (FID/IS every 5k steps
 through gan.metrics), seed, seeds (train seeds seed .. seed+seeds-1 at once, one vmapped program;
 config.num_seeds), runlocal.
-Fields (defaults in configs/gan/common.py), e.g. --config.optimizer.learning_rate=1e-4; the loop's,
-shared with classify (sympad.train.config.LOOP_FIELDS): log_every, checkpoint_every, eval_every
-(train steps; 0 = only at the end), sample_every, max_checkpoints, host_data=true (stream batches
-from the host), conv_implementation (C*sp formulation, sympad.IMPLEMENTATIONS).
+Fields (gan.fields.GAN_FIELDS; `python -m gan.main --helpfull` lists each with its default, allowed
+values and meaning), e.g. --config.optimizer.learning_rate=1e-4; the loop's, shared with classify
+(sympad.train.config.LOOP_FIELDS): log_every, checkpoint_every, eval_every (train steps; 0 = only at
+the end), max_checkpoints, host_data=true (stream batches from the host), conv_implementation (C*sp
+formulation, sympad.IMPLEMENTATIONS); sample_every is the GAN's.
 
 runlocal: a few minutes on a 2-core CPU; the demo, on the bundled sklearn digits (16x16, G widths
 32 for C3 / 48 for C2sp, D 32, batch 32, n_critic 1, 2000 steps; gan.digits_quality scores in metrics.jsonl):
