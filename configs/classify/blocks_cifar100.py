@@ -11,7 +11,7 @@ cifar100), mixup (alpha; Table 1's "with mixup" column: 1.0), cutout, runlocal (
 blocks), sep 60, c2sp 32: within 1% of Table 1's parameter counts; --config.model.width=N.
 """
 
-from configs.classify.common import base_config, shrink_for_local_run
+from configs.classify.common import ARG_CHOICES, base_config, shrink_for_local_run
 from sympad.train.config import parse_config_arg
 
 
@@ -21,7 +21,7 @@ def get_config(arg=None):
     args = parse_config_arg(
         arg,
         dict(block="c2sp", depth=20, kernel="", data="", mixup=0.0, cutout=0, runlocal=False),
-        choices={"block": tuple(BLOCKS)},
+        choices={"block": tuple(BLOCKS), "kernel": ("", *ARG_CHOICES["kernel"])},
     )
     data = args.data or ("digits" if args.runlocal else "cifar100")
     config = base_config(

@@ -14,6 +14,9 @@ import ml_collections
 from classify.fields import CLASSIFY_FIELDS
 from sympad.train.config import default_config
 
+#: Allowed values of the config-file args: the values of the fields they set.
+ARG_CHOICES = {"kernel": CLASSIFY_FIELDS["kernel"].allowed}
+
 #: Classes of the datasets the configs know; other data (folder:PATH) takes its count from the files.
 NUM_CLASSES: dict[str, int] = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000, "digits": 10, "synthetic": 10}
 

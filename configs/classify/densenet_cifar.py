@@ -8,12 +8,16 @@ is given). Learning rate: piecewise-constant decay (x0.1 at 50% and 75%), which 
 (4.5) uses for its DenseNet tests instead of cosine; --config.optimizer.schedule=cosine to change.
 """
 
-from configs.classify.common import base_config, shrink_for_local_run
+from configs.classify.common import ARG_CHOICES, base_config, shrink_for_local_run
 from sympad.train.config import parse_config_arg
 
 
 def get_config(arg=None):
-    args = parse_config_arg(arg, dict(depth=112, kernel="C3", growth=12, data="", mixup=0.0, cutout=0, runlocal=False))
+    args = parse_config_arg(
+        arg,
+        dict(depth=112, kernel="C3", growth=12, data="", mixup=0.0, cutout=0, runlocal=False),
+        choices=ARG_CHOICES,
+    )
     data = args.data or ("digits" if args.runlocal else "cifar100")
     config = base_config(
         model=dict(name="densenet_cifar", depth=args.depth, growth=args.growth, stem_kernel="C3"),

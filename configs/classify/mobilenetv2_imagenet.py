@@ -13,12 +13,16 @@ with TensorFlow installed, `tfds build imagenet2012 --data_dir=<data_dir> --file
 (data_dir: --config.input.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets).
 """
 
-from configs.classify.common import imagenet_config
+from configs.classify.common import ARG_CHOICES, imagenet_config
 from sympad.train.config import parse_config_arg
 
 
 def get_config(arg=None):
-    args = parse_config_arg(arg, dict(width=1.0, kernel="C3", data="", mixup=0.0, cutout=0, runlocal=False))
+    args = parse_config_arg(
+        arg,
+        dict(width=1.0, kernel="C3", data="", mixup=0.0, cutout=0, runlocal=False),
+        choices=ARG_CHOICES,
+    )
     config = imagenet_config(
         args,
         model=dict(name="mobilenetv2", width=args.width, stem_kernel="C3", downsample="auto", dropout_rate=0.2),

@@ -16,12 +16,16 @@ The test split is ImageNet's validation set. Augmentation here is the CIFAR-styl
 flip on the cached 224 px images, not the paper's Inception-style crops (Silberman & Guadarrama).
 """
 
-from configs.classify.common import imagenet_config
+from configs.classify.common import ARG_CHOICES, imagenet_config
 from sympad.train.config import parse_config_arg
 
 
 def get_config(arg=None):
-    args = parse_config_arg(arg, dict(kernel="C3", width=1.0, data="", mixup=0.0, cutout=0, runlocal=False))
+    args = parse_config_arg(
+        arg,
+        dict(kernel="C3", width=1.0, data="", mixup=0.0, cutout=0, runlocal=False),
+        choices=ARG_CHOICES,
+    )
     return imagenet_config(
         args,
         model=dict(name="resnet_imagenet", width=args.width, stem_kernel="C7", downsample="auto"),

@@ -16,12 +16,16 @@ checkpoint_every (train steps; 0 = only at the end; -n = every n epochs, the def
 max_checkpoints, host_data=true (stream batches from the host), conv_implementation.
 """
 
-from configs.classify.common import base_config, shrink_for_local_run
+from configs.classify.common import ARG_CHOICES, base_config, shrink_for_local_run
 from sympad.train.config import parse_config_arg
 
 
 def get_config(arg=None):
-    args = parse_config_arg(arg, dict(depth=20, kernel="C3", data="", mixup=0.0, cutout=0, runlocal=False))
+    args = parse_config_arg(
+        arg,
+        dict(depth=20, kernel="C3", data="", mixup=0.0, cutout=0, runlocal=False),
+        choices=ARG_CHOICES,
+    )
     data = args.data or ("digits" if args.runlocal else "cifar10")
     config = base_config(
         model=dict(name="resnet_cifar", depth=args.depth, width=16, stem_kernel="C3", downsample="auto"),

@@ -10,12 +10,12 @@ compression 0.5: 3.00M parameters with C2sp (see classify/models/densenet.py). P
 learning-rate decay as for the paper's other DenseNets.
 """
 
-from configs.classify.common import base_config, shrink_for_local_run
+from configs.classify.common import ARG_CHOICES, base_config, shrink_for_local_run
 from sympad.train.config import parse_config_arg
 
 
 def get_config(arg=None):
-    args = parse_config_arg(arg, dict(kernel="C2sp", data="", mixup=0.0, cutout=0, runlocal=False))
+    args = parse_config_arg(arg, dict(kernel="C2sp", data="", mixup=0.0, cutout=0, runlocal=False), choices=ARG_CHOICES)
     data = args.data or ("digits" if args.runlocal else "cifar10")
     config = base_config(
         model=dict(name="wide_densenet", layers_per_block=8, growth=48, stem_kernel="C3"),

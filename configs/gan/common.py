@@ -14,14 +14,15 @@ from sympad.train.config import default_config
 BUDGETS = {"table4": 200_000, "fig5": 500_000}
 
 
-#: The config-file args every GAN config takes (after the colon), with their defaults. kernel, loss
-#: and norm are checked as the fields they set (loss and norm '': the mode's default).
+#: The config-file args every GAN config takes (after the colon), with their defaults.
 ARGS = dict(kernel="C3", data="cifar10", loss="", norm="", conditional=False, diffaugment="", ema=False,
             lr_decay=False, budget="table4", eval=False, seed=0, seeds=1, runlocal=False)
 
 
-#: Allowed values of the config-file args that set no field of their own name.
-ARG_CHOICES = {"budget": tuple(BUDGETS)}
+#: Allowed values of the config-file args: the values of the fields they set (loss and norm also '':
+#: the mode's default).
+ARG_CHOICES = {"kernel": GAN_FIELDS["kernel"].allowed, "loss": ("", *GAN_FIELDS["loss"].allowed),
+               "norm": ("", *GAN_FIELDS["norm"].allowed), "budget": tuple(BUDGETS)}
 
 #: runlocal per architecture: sizes that keep its blocks (SNGAN: 2 -> 4 -> 8 -> 16 px; ResNet19:
 #: five up-blocks, 1 -> 32 px, and six D blocks, four of them downsampling) and a few minutes on a
