@@ -175,7 +175,7 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    from gan.step import SEED_BATCHING
+    from gan.fields import SEED_BATCHING
 
     p = common.size_parser("benchmarks.seeds", __doc__, gpu="the paper's SNGAN (H100/H200-class)",
                            tiny="a tiny SNGAN (smoke test)")

@@ -19,7 +19,7 @@ Several seeds (``config.num_seeds = N > 1``, a state stacked by ``gan.state.crea
 one program updates every seed. Seed ``i`` draws its latents from its own state's key and its
 batches with the data key of ``config.seed + i``, from the one copy of the split on the device;
 it computes what a single run with that seed computes, up to floating-point rounding. How the
-program holds the seeds is ``config.seed_batching`` (:data:`SEED_BATCHING`):
+program holds the seeds is ``config.seed_batching`` (``gan.fields.SEED_BATCHING``):
 
 * ``'vmap'``: ``jax.vmap`` of the single-seed step over the seed axis, so every seed runs in the
   same kernels (a convolution becomes one grouped convolution over the seeds): fewer, larger
@@ -43,15 +43,13 @@ import ml_collections
 import optax
 
 from gan import diffaugment, losses, models
+from gan.fields import SEED_BATCHING
 from gan.state import STREAMS, TrainState, num_classes, run_seeds, seed_prefix
 from sympad.train import data as sdata
 from sympad.train import rng
 from sympad.train.mesh import DATA_AXIS, batch_sharded
 
-__all__ = ["SEED_BATCHING", "StepConfig", "make_train_step", "resolve_seed_batching", "seeds_sharded"]
-
-#: Values of ``config.seed_batching``: how one program holds several seeds (module docstring).
-SEED_BATCHING = ("auto", "vmap", "loop")
+__all__ = ["StepConfig", "make_train_step", "resolve_seed_batching", "seeds_sharded"]
 
 #: A step's result: the new state and its scalar metrics.
 StepResult = tuple[TrainState, dict[str, jax.Array]]

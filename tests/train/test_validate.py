@@ -241,13 +241,6 @@ def test_the_base_config_is_the_table_s_defaults():
         assert (classify[block] if block else classify)[leaf] == f.default, name
 
 
-def test_seed_batching_is_what_the_step_runs():
-    from gan.fields import SEED_BATCHING
-    from gan.step import SEED_BATCHING as RUN_BY_THE_STEP
-
-    assert SEED_BATCHING == RUN_BY_THE_STEP
-
-
 @pytest.mark.parametrize("suite", ["gan", "classify"])
 def test_the_boundary_checks_every_field_of_the_table(suite):
     from sympad.train.config import lock_and_validate
