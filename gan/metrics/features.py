@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gan.metrics import inception, offline
+from gan.metrics import inception, inception_formats, offline
 from gan.metrics import inception_weights as weights_cache
 from gan.metrics.scores import feature_statistics
 from sympad.train.progress import Progress
@@ -110,8 +110,8 @@ def get_feature_network(
     if kind == "inception":
         if weights is None:
             raise ValueError(f"inception_weights: feature_network='inception' but no weights are named or "
-                             f"cached (looked for {weights_cache.weights_path()}). {inception.WEIGHTS_HELP}")
-        variables, meta = inception.load_inception_weights(weights)
+                             f"cached (looked for {weights_cache.weights_path()}). {inception_formats.WEIGHTS_HELP}")
+        variables, meta = inception_formats.load_inception_weights(weights)
         with_logits = inception.has_logits(variables)
         identity = {
             "name": "inception",
@@ -125,7 +125,7 @@ def get_feature_network(
             "source": {k: meta[k] for k in ("source", "source_kind", "url", "package", "member", "sha1", "sha256",
                                             "wheel_sha256") if k in meta},
             "resize": resize,
-            # float32, or the compact float16 form (inception.HALF_FORM) with the float32 digest.
+            # float32, or the compact float16 form (inception_formats.HALF_FORM) with the float32 digest.
             "form": meta.get("form", "float32"),
             **({"float32_sha256": meta["float32_weights_sha256"]} if "float32_weights_sha256" in meta else {}),
             "feature_dim": 2048,
