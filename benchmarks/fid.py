@@ -14,9 +14,9 @@ hits both alike), with the median images/s over rounds and the median of the per
    loaded into pytorch-fid's network the way ``tests/gan/make_fid_reference.py`` does (pytorch-fid's
    own download is not needed). The features' difference is reported too.
 2. **end to end**: the FID between two folders of JPEGs, from the files: pytorch-fid's
-   ``calculate_fid_given_paths`` (its CLI's batch 50 and data-loader workers) against
-   ``gan.evaluate.evaluate_samples`` on the first folder's images decoded by ``sympad.train.data``
-   with the second as ``folder:`` reference (decode, resize, network, statistics; fresh caches in
+   ``calculate_fid_given_paths`` (its CLI's batch 50 and data-loader workers) against what
+   ``python -m gan.evaluate`` runs, a ``gan.metrics.Evaluator`` report, on the first folder's
+   images decoded by ``sympad.train.data`` with the second as ``folder:`` reference (decode, resize, network, statistics; fresh caches in
    every round, so each round decodes, loads the weights and compiles again, as a new command
    would; KID on one subset and no precision/recall, which pytorch-fid does not compute).
 
@@ -172,7 +172,7 @@ def _end_to_end(torch_state: dict[str, Any], weights: Path, files: Sequence[Path
                 tmp: Path, report: common.Report) -> dict[str, Any]:
     from pytorch_fid import fid_score
 
-    from gan import evaluate
+    from gan import metrics
 
     half = len(files) // 2
     folders = [tmp / "samples", tmp / "reference"]
@@ -191,10 +191,12 @@ def _end_to_end(torch_state: dict[str, Any], weights: Path, files: Sequence[Path
         with tempfile.TemporaryDirectory(dir=tmp) as cache:  # nothing decoded or computed survives a round
             os.environ["SYMPAD_CACHE"] = cache
             images = np.asarray(data.load(f"folder:{folders[0]}", "test").images)
-            config = {"eval": {"feature_network": "inception", "inception_weights": str(weights), "cache_dir": cache,
-                               "num_reference": half, "kid_subsets": 1, "precision_recall": False}}
-            result = evaluate.evaluate_samples(images, config=config, reference=f"folder:{folders[1]}")
-            fids["sympad"] = result["metrics"]["fid_inception"]
+            settings = metrics.eval_settings({"eval": {
+                "feature_network": "inception", "inception_weights": str(weights), "cache_dir": cache,
+                "reference_dataset": f"folder:{folders[1]}", "num_reference": half, "kid_subsets": 1,
+                "precision_recall": False}})
+            evaluator = metrics.Evaluator(settings)
+            fids["sympad"] = evaluator.report(images)["metrics"][evaluator.fid_key]
 
     timing = _rounds({"pytorch-fid": torch_fid, "sympad": project_fid}, repeats=repeats, report=report,
                      what="end_to_end", images=2 * half)
