@@ -11,7 +11,18 @@ network that produced it (``fid_inception``, ``fid_offline_cifar10``).
     metrics = evaluate(samples_uint8)           # {'fid_offline_cifar10': ..., ...}
 """
 
-from gan.metrics.evaluator import PROTOCOLS, Evaluator, build_evaluator, default_eval_config, eval_settings
+from gan.metrics.evaluator import (
+    METRICS,
+    PROTOCOLS,
+    Evaluator,
+    Features,
+    Metric,
+    MetricResult,
+    Protocol,
+    build_evaluator,
+    default_eval_config,
+    eval_settings,
+)
 from gan.metrics.features import FeatureNetwork, extract_features, get_feature_network, reference_features
 from gan.metrics.scores import (
     feature_statistics,
@@ -22,9 +33,14 @@ from gan.metrics.scores import (
 )
 
 __all__ = [
+    "METRICS",
     "PROTOCOLS",
     "Evaluator",
     "FeatureNetwork",
+    "Features",
+    "Metric",
+    "MetricResult",
+    "Protocol",
     "build_evaluator",
     "default_eval_config",
     "eval_settings",

@@ -7,9 +7,9 @@ Most users want ``python -m gan.metrics.fetch`` instead, which converts into the
 evaluation finds by itself. Torch files are read without torch by a restricted unpickler
 (``gan.metrics.torch_archive``: tensors only, no arbitrary code). The output
 keeps pytorch-fid's parameter names and layouts; the flax mapping happens at load time, in one
-place (``gan.metrics.inception.variables_from_state_dict``). The output records the sha256 of the
+place (``gan.metrics.inception_formats.variables_from_state_dict``). The output records the sha256 of the
 source file; reports and reference-statistics caches name the weights by the content digest
-``gan.metrics.inception.weights_digest``, computed when they are loaded.
+``gan.metrics.inception_formats.weights_digest``, computed when they are loaded.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gan.metrics.inception import (
+from gan.metrics.inception_formats import (
     HALF_FORM,
     WEIGHTS_HELP,
     load_state_dict,
@@ -36,7 +36,7 @@ __all__ = ["convert", "main"]
 
 def convert(pth: str | Path, out: str | Path, *, half: bool = False) -> dict[str, str]:
     """Writes ``out`` (.npz or .safetensors) from the weights at ``pth`` (any readable format).
-    ``half``: an .npz in ``gan.metrics.inception.HALF_FORM`` (float16-rounded values; its
+    ``half``: an .npz in ``gan.metrics.inception_formats.HALF_FORM`` (float16-rounded values; its
     metadata keeps the float32 weights' digest as ``float32_weights_sha256``). Returns the
     metadata written."""
     out = Path(out)

@@ -14,13 +14,16 @@ Class-conditional samples: ``evaluate(images, labels)`` with int labels (N,) add
 metrics through the same network and the reference's labels: per class ``fid_class<c>_<net>``
 (that class's samples vs that class's reference images), ``fid_intra_<net>`` and
 ``kid_intra_<net>`` (means over the classes in ``labels``). Overall metrics are unchanged.
+
+The metrics are the entries of :data:`METRICS` (name → a function of the :class:`Features` and
+the settings); :attr:`Evaluator.fid_key` names the overall FID, the run's primary metric.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_collections
 import numpy as np
@@ -42,15 +45,32 @@ from gan.metrics.scores import (
     precision_recall,
 )
 
-__all__ = ["PROTOCOLS", "EvalSettings", "Evaluator", "build_evaluator", "default_eval_config", "eval_settings",
-           "intra_class_scores"]
+__all__ = ["FID_KEY", "METRICS", "PROTOCOLS", "EvalSettings", "Evaluator", "Features", "Metric", "MetricResult", "Protocol",
+           "build_evaluator", "default_eval_config", "eval_settings", "intra_class_scores"]
 
-# name → (reference split, reference images, samples, description)
-PROTOCOLS: dict[str, tuple[str, int, int, str]] = {
-    "test10k": ("test", 10_000, 10_000,
-                "10k samples vs the 10k-image test split (compare_gan / Kurach et al., followed by the paper)"),
-    "train50k": ("train", 50_000, 50_000,
-                 "50k samples vs 50k training images (SNGAN IS protocol, mimicry, pytorch-fid common use)"),
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """An evaluation protocol: which reference, how many images on each side.
+
+    Attributes:
+      split: the reference split ('test' / 'train').
+      num_reference: reference images.
+      num_samples: samples to generate.
+      description: who uses it.
+    """
+
+    split: str
+    num_reference: int
+    num_samples: int
+    description: str
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "test10k": Protocol("test", 10_000, 10_000,
+                        "10k samples vs the 10k-image test split (compare_gan / Kurach et al., followed by the paper)"),
+    "train50k": Protocol("train", 50_000, 50_000,
+                         "50k samples vs 50k training images (SNGAN IS protocol, mimicry, pytorch-fid common use)"),
 }
 
 
@@ -78,7 +98,8 @@ class EvalSettings:
       reference_split: '' = the protocol's ('test' / 'train').
       cache_dir: reference-statistics cache; '' = $SYMPAD_CACHE/reference_stats or
         ~/.cache/sympad/reference_stats.
-      batch_size: feature-extraction batch.
+      batch_size: feature-extraction batch; 0 = the backend's (50 on a CPU, 200 on an accelerator,
+        ``gan.metrics.features.default_batch_size``).
       is_splits: Inception Score splits; a 1-split score is reported too (compare_gan).
       kid_subsets, kid_subset_size: KID subsets (torch-fidelity's defaults).
       precision_recall: compute improved precision/recall (k-NN, k = pr_k) on up to
@@ -95,7 +116,7 @@ class EvalSettings:
     reference_dataset: str = ""
     reference_split: str = ""
     cache_dir: str = ""
-    batch_size: int = 200
+    batch_size: int = 0
     is_splits: int = 10
     kid_subsets: int = 100
     kid_subset_size: int = 1000
@@ -130,20 +151,126 @@ def eval_settings(config: Any) -> EvalSettings:
         raise ValueError(f"eval.resize must be one of {RESIZE_MODES}, got {values['resize']!r}")
     if values["feature_network"] not in FEATURE_NETWORKS:
         raise ValueError(f"eval.feature_network must be one of {FEATURE_NETWORKS}, got {values['feature_network']!r}")
-    split, num_ref, num_samples, _ = PROTOCOLS[values["protocol"]]
-    values["reference_split"] = values["reference_split"] or split
-    values["num_reference"] = values["num_reference"] or num_ref
-    values["num_samples"] = values["num_samples"] or num_samples
+    protocol = PROTOCOLS[values["protocol"]]
+    values["reference_split"] = values["reference_split"] or protocol.split
+    values["num_reference"] = values["num_reference"] or protocol.num_reference
+    values["num_samples"] = values["num_samples"] or protocol.num_samples
     if not values["reference_dataset"]:
         data = _get(config, "data")
         if not isinstance(data, str):  # the GAN configs hold the dataset name itself in config.data
             data = _get(data, "name", "") or _get(data, "dataset", "")
         values["reference_dataset"] = str(data or "cifar10")
     values["offline_weights"] = values["offline_weights"] or str(offline.OFFLINE_WEIGHTS)
-    for key in ("batch_size", "is_splits", "kid_subsets", "kid_subset_size", "pr_k", "pr_num_samples"):
+    if values["batch_size"] < 0:
+        raise ValueError(f"eval.batch_size must be >= 0 (0 = the backend's default), got {values['batch_size']}")
+    for key in ("is_splits", "kid_subsets", "kid_subset_size", "pr_k", "pr_num_samples"):
         if values[key] < 1:
             raise ValueError(f"eval.{key} must be >= 1, got {values[key]}")
     return EvalSettings(**values)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Features:
+    """What a metric reads: the samples' and the reference's features, and their class labels.
+
+    Attributes:
+      fake: the samples' pool features (N, D).
+      real: the reference's pool features (M, D).
+      real_mu, real_sigma: the reference's Gaussian statistics (D,), (D, D).
+      logits: the samples' classifier logits (N, K) for the Inception Score; None without a logits layer.
+      labels: the samples' class labels (N,), or None (unconditional).
+      real_labels: the reference's class labels (M,), or None.
+    """
+
+    fake: np.ndarray
+    real: np.ndarray
+    real_mu: np.ndarray
+    real_sigma: np.ndarray
+    logits: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    real_labels: np.ndarray | None = None
+
+
+class MetricResult(NamedTuple):
+    """A metric's values (keys hold ``{net}``, the network's name), notes for the report, and details
+    reported under the metric's name (JSON-able, or None)."""
+
+    values: dict[str, float]
+    notes: tuple[str, ...] = ()
+    details: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """One entry of :data:`METRICS`.
+
+    Attributes:
+      compute: ``f(features, settings) -> MetricResult``.
+      needs: 'logits' (skipped, and reported unavailable, without a logits layer), 'labels'
+        (skipped for unlabelled samples), or '' (always computed).
+      enabled: whether the settings ask for it.
+    """
+
+    compute: Callable[[Features, EvalSettings], MetricResult]
+    needs: str = ""
+    enabled: Callable[[EvalSettings], bool] = lambda settings: True
+
+
+#: The overall FID's key (``{net}``: the network's name); :attr:`Evaluator.fid_key` fills it in.
+FID_KEY = "fid_{net}"
+
+
+def _fid(f: Features, s: EvalSettings) -> MetricResult:
+    return MetricResult({FID_KEY: frechet_distance(*feature_statistics(f.fake), f.real_mu, f.real_sigma)})
+
+
+def _kid(f: Features, s: EvalSettings) -> MetricResult:
+    kid, kid_std = kernel_inception_distance(f.real, f.fake, num_subsets=s.kid_subsets, subset_size=s.kid_subset_size)
+    return MetricResult({"kid_{net}": kid, "kid_{net}_std": kid_std})
+
+
+def _inception_score(f: Features, s: EvalSettings) -> MetricResult:
+    mean, std = inception_score(f.logits, splits=min(s.is_splits, len(f.logits)))
+    return MetricResult({"is_{net}": mean, "is_{net}_std": std,
+                         "is_{net}_1split": inception_score(f.logits, splits=1)[0]})
+
+
+def _precision_recall(f: Features, s: EvalSettings) -> MetricResult:
+    rng = np.random.default_rng(0)
+    m = min(s.pr_num_samples, len(f.fake), len(f.real))
+    real_sub = f.real[rng.choice(len(f.real), m, replace=False)]
+    fake_sub = f.fake[rng.choice(len(f.fake), m, replace=False)]
+    precision, recall = precision_recall(real_sub, fake_sub, k=s.pr_k)
+    return MetricResult({"precision_{net}": precision, "recall_{net}": recall})
+
+
+def _intra_class(f: Features, s: EvalSettings) -> MetricResult:
+    intra = intra_class_scores(f.real, f.real_labels, f.fake, f.labels, kid_subsets=s.kid_subsets,
+                               kid_subset_size=s.kid_subset_size)
+    values = {"fid_intra_{net}": intra["fid_intra"], "kid_intra_{net}": intra["kid_intra"],
+              **{f"fid_class{c}_{{net}}": v for c, v in intra["fid"].items()}}
+    n, r = intra["num_samples"].values(), intra["num_reference"].values()
+    notes = [f"intra-class FID/KID over {len(intra['classes'])} classes, {min(n)}-{max(n)} samples vs "
+             f"{min(r)}-{max(r)} reference images per class: FID is biased upward at small counts "
+             "(about 1/N), so fid_intra exceeds fid at the same quality; compare only at equal counts"]
+    if intra["missing_classes"]:
+        notes.append(f"reference classes without samples, left out of the intra-class means: "
+                     f"{intra['missing_classes']}")
+    details = {k: intra[k] for k in ("classes", "num_samples", "num_reference", "missing_classes", "kid_subsets")}
+    return MetricResult(values, tuple(notes), details)
+
+
+#: Every metric the evaluator reports, in report order: a new metric is one entry here (and its test).
+METRICS: dict[str, Metric] = {
+    "fid": Metric(_fid),
+    "kid": Metric(_kid),
+    "is": Metric(_inception_score, needs="logits"),
+    "precision_recall": Metric(_precision_recall, enabled=lambda settings: settings.precision_recall),
+    "intra_class": Metric(_intra_class, needs="labels"),
+}
 
 
 class Evaluator:
@@ -169,6 +296,12 @@ class Evaluator:
         self._reference_labels = reference_labels
         self.reference_name = reference_name or settings.reference_dataset
         self._reference: dict[int, dict[str, Any]] = {}
+
+    @property
+    def fid_key(self) -> str:
+        """The overall FID's key in the metrics (``fid_inception``, ``fid_offline_cifar10``): the run's
+        primary metric, whichever network computed it (not ``fid_intra_*`` or ``fid_class<c>_*``)."""
+        return FID_KEY.format(net=self.network.name)
 
     def reference(self, image_size: int, *, with_labels: bool = False) -> dict[str, Any]:
         """Reference features/statistics (and labels) at ``image_size`` (cached in memory and on disk)."""
@@ -208,73 +341,54 @@ class Evaluator:
         is_logits = self.network.is_logits
         feats = extract_features(self.network, images, batch_size=s.batch_size,
                                  keys=("pool", is_logits) if is_logits else ("pool",), desc="samples")
-        fake = feats["pool"]
-        mu, sigma = feature_statistics(fake)
-        metrics = {f"fid_{net}": frechet_distance(mu, sigma, ref["mu"], ref["sigma"])}
-        kid, kid_std = kernel_inception_distance(ref["pool"], fake, num_subsets=s.kid_subsets,
-                                                 subset_size=s.kid_subset_size)
-        metrics[f"kid_{net}"], metrics[f"kid_{net}_std"] = kid, kid_std
-        splits = min(s.is_splits, len(images))
-        unavailable = {}
-        if is_logits:
-            logits = feats[is_logits]
-            metrics[f"is_{net}"], metrics[f"is_{net}_std"] = inception_score(logits, splits=splits)
-            metrics[f"is_{net}_1split"] = inception_score(logits, splits=1)[0]
-        else:
-            unavailable[f"is_{net}"] = self.network.identity.get("is_unavailable", "no classifier logits")
-        if s.precision_recall:
-            rng = np.random.default_rng(0)
-            m = min(s.pr_num_samples, len(fake), ref["pool"].shape[0])
-            real_sub = ref["pool"][rng.choice(ref["pool"].shape[0], m, replace=False)]
-            fake_sub = fake[rng.choice(len(fake), m, replace=False)]
-            metrics[f"precision_{net}"], metrics[f"recall_{net}"] = precision_recall(real_sub, fake_sub, k=s.pr_k)
-        notes = []
+        if labels is not None and ref["labels"] is None:
+            raise ValueError(f"labels: intra-class metrics need reference labels, but the reference "
+                             f"{self.reference_name}/{s.reference_split} has none (use a labelled set: "
+                             "cifar10, folder:PATH with one subfolder per class, or an npz with 'labels')")
+        features = Features(fake=feats["pool"], real=ref["pool"], real_mu=ref["mu"], real_sigma=ref["sigma"],
+                            logits=feats[is_logits] if is_logits else None, labels=labels, real_labels=ref["labels"])
+        metrics: dict[str, float] = {}
+        unavailable: dict[str, str] = {}
+        notes: list[str] = []
+        details: dict[str, Any] = {}
+        for name, metric in METRICS.items():
+            if not metric.enabled(s) or (metric.needs == "labels" and labels is None):
+                continue
+            if metric.needs == "logits" and features.logits is None:
+                unavailable[f"{name}_{net}"] = self.network.identity.get("is_unavailable", "no classifier logits")
+                continue
+            result = metric.compute(features, s)
+            metrics.update({key.format(net=net): float(value) for key, value in result.values.items()})
+            notes += result.notes
+            if result.details is not None:
+                details[name] = result.details
+        head = []
         if len(images) != s.num_samples:
-            notes.append(f"{len(images)} samples instead of the protocol's {s.num_samples}: FID/IS are biased "
-                         "by sample count, so these numbers are not comparable with published ones")
+            head.append(f"{len(images)} samples instead of the protocol's {s.num_samples}: FID/IS are biased "
+                        "by sample count, so these numbers are not comparable with published ones")
         if net != "inception":
-            notes.append("computed with the offline CIFAR-10 network, not Inception: not comparable with "
-                         "published FID/IS")
+            head.append("computed with the offline CIFAR-10 network, not Inception: not comparable with "
+                        "published FID/IS")
         if unavailable:
-            notes.append(f"Inception Score not computed: {next(iter(unavailable.values()))}")
-        intra = None
-        if labels is not None:
-            if ref["labels"] is None:
-                raise ValueError(f"labels: intra-class metrics need reference labels, but the reference "
-                                 f"{self.reference_name}/{s.reference_split} has none (use a labelled set: "
-                                 "cifar10, folder:PATH with one subfolder per class, or an npz with 'labels')")
-            intra = intra_class_scores(ref["pool"], ref["labels"], fake, labels, kid_subsets=s.kid_subsets,
-                                       kid_subset_size=s.kid_subset_size)
-            metrics[f"fid_intra_{net}"] = intra["fid_intra"]
-            metrics[f"kid_intra_{net}"] = intra["kid_intra"]
-            metrics.update({f"fid_class{c}_{net}": v for c, v in intra["fid"].items()})
-            n, r = intra["num_samples"].values(), intra["num_reference"].values()
-            notes.append(f"intra-class FID/KID over {len(intra['classes'])} classes, {min(n)}-{max(n)} samples vs "
-                         f"{min(r)}-{max(r)} reference images per class: FID is biased upward at small counts "
-                         "(about 1/N), so fid_intra exceeds fid at the same quality; compare only at equal counts")
-            if intra["missing_classes"]:
-                notes.append(f"reference classes without samples, left out of the intra-class means: "
-                             f"{intra['missing_classes']}")
-        split_name, _, _, description = PROTOCOLS[s.protocol]
+            head.append(f"Inception Score not computed: {next(iter(unavailable.values()))}")
         return {
-            "metrics": {k: float(v) for k, v in metrics.items()},
+            "metrics": metrics,
             "unavailable": unavailable,
             "feature_network": self.network.identity,
-            "protocol": {"name": s.protocol, "description": description},
+            "protocol": {"name": s.protocol, "description": PROTOCOLS[s.protocol].description},
             "num_samples": int(len(images)),
             "num_reference": int(ref["num_examples"]),
             "reference": {"dataset": self.reference_name, "split": s.reference_split,
                           "image_size": int(images.shape[1]), "cache_file": ref["cache_file"]},
-            "settings": {"is_splits": splits if is_logits else None, "is_logits": is_logits,
+            "settings": {"is_splits": min(s.is_splits, len(images)) if is_logits else None, "is_logits": is_logits,
                          "resize": s.resize if net == "inception" else None,
                          "kid_subsets": s.kid_subsets, "kid_subset_size": s.kid_subset_size,
                          "precision_recall_k": s.pr_k if s.precision_recall else None,
                          "precision_recall_samples": (min(s.pr_num_samples, len(images))
                                                       if s.precision_recall else None),
                          "fid_sqrtm": "scipy.linalg.sqrtm, float64"},
-            "notes": notes,
-            **({"intra_class": {k: intra[k] for k in ("classes", "num_samples", "num_reference",
-                                                      "missing_classes", "kid_subsets")}} if intra else {}),
+            "notes": head + notes,
+            **details,
         }
 
 
@@ -320,7 +434,7 @@ def intra_class_scores(
             "kid_subsets": subsets}
 
 
-def build_evaluator(config: Any, **kwargs: Any) -> Callable[..., dict[str, float]]:
+def build_evaluator(config: Any, **kwargs: Any) -> Evaluator:
     """Evaluator for a training config: ``f(uint8 samples (N,H,W,3), labels=None) -> dict[str, float]``.
 
     Loads the feature network now (a missing weights file fails at start-up, not at the first

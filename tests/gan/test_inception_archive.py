@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from gan.metrics import inception as inc
+from gan.metrics import inception_formats as fmt
 from gan.metrics import torch_archive
 
 # ---------------------------------------------------------------- an independent torch-file encoder
@@ -213,7 +214,7 @@ def conv_shapes() -> dict[str, tuple[int, ...]]:
         keys = [p.key for p in path]
         if keys[-1] == "kernel":
             kh, kw, i, o = leaf.shape
-            out[".".join(keys[:-2])] = (o, i, kh, kw)
+            out[".".join(keys[:-1])] = (o, i, kh, kw)
     return out
 
 
@@ -311,18 +312,18 @@ def synthetic_pt(tmp_path_factory):
 @pytest.mark.slow
 def test_torchscript_archive_converts_onto_the_port(synthetic_pt, tmp_path):
     path, by_module = synthetic_pt
-    variables, meta = inc.load_inception_weights(path)
+    variables, meta = fmt.load_inception_weights(path)
     assert meta["has_logits"] is False and "fc" not in variables["params"]
     assert meta["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    state, _ = fmt.load_state_dict(path)
+    jax.tree.map(np.testing.assert_array_equal, variables, fmt.variables_from_state_dict(state))
     n = 0
     for module, leaves in by_module.items():
-        node_p = functools.reduce(lambda t, k: t[k], module.split("."), variables["params"])
-        node_s = functools.reduce(lambda t, k: t[k], module.split("."), variables["batch_stats"])
-        np.testing.assert_array_equal(node_p["conv"]["kernel"], leaves["weight"].transpose(2, 3, 1, 0))
-        np.testing.assert_array_equal(node_p["bn"]["bias"], leaves["beta"])
-        np.testing.assert_array_equal(node_p["bn"]["scale"], np.ones_like(leaves["beta"]))  # TF BN has no scale
-        np.testing.assert_array_equal(node_s["bn"]["mean"], leaves["mean"])
-        np.testing.assert_array_equal(node_s["bn"]["var"], leaves["var"])
+        np.testing.assert_array_equal(state[f"{module}.conv.weight"], leaves["weight"])
+        np.testing.assert_array_equal(state[f"{module}.bn.bias"], leaves["beta"])
+        np.testing.assert_array_equal(state[f"{module}.bn.weight"], np.ones_like(leaves["beta"]))  # TF BN has no scale
+        np.testing.assert_array_equal(state[f"{module}.bn.running_mean"], leaves["mean"])
+        np.testing.assert_array_equal(state[f"{module}.bn.running_var"], leaves["var"])
         n += 1
     assert n == 94  # every conv of the FID Inception
 
@@ -331,7 +332,7 @@ def test_torchscript_archive_converts_onto_the_port(synthetic_pt, tmp_path):
 
     out = tmp_path / "fid_inception.npz"
     written = inception_weights.convert_to_cache(path, out, provenance={"source_kind": "test"})
-    again, meta2 = inc.load_inception_weights(out)
+    again, meta2 = fmt.load_inception_weights(out)
     jax.tree.map(np.testing.assert_array_equal, again, variables)
     assert meta2["weights_sha256"] == written["weights_sha256"] == meta["weights_sha256"]
     assert meta2["source_kind"] == "test" and meta2["has_logits"] is False
@@ -343,22 +344,22 @@ def test_torchscript_archive_converts_onto_the_port(synthetic_pt, tmp_path):
 
 def test_weights_digest_ignores_the_file_and_the_logits_layer(synthetic_pt):
     path, _ = synthetic_pt
-    state, _ = inc.load_state_dict(path)
-    digest = inc.weights_digest(state)
+    state, _ = fmt.load_state_dict(path)
+    digest = fmt.weights_digest(state)
     with_fc = {**state, "fc.weight": np.ones((1008, 2048), np.float32), "fc.bias": np.zeros(1008, np.float32)}
-    assert inc.weights_digest(with_fc) == digest
+    assert fmt.weights_digest(with_fc) == digest
     changed = dict(state)
     changed["Mixed_7c.branch_pool.bn.running_var"] = state["Mixed_7c.branch_pool.bn.running_var"] + 1e-7
-    assert inc.weights_digest(changed) != digest
+    assert fmt.weights_digest(changed) != digest
 
 
 def test_torchscript_with_unknown_or_missing_layers_is_rejected(tmp_path):
     leaves = {k: np.ones(2, np.float32) for k in ("weight", "beta", "mean", "var")}
     with pytest.raises(ValueError, match="not a layer"):
-        inc.state_dict_from_torchscript({f"net.layers.mixed_11.conv.{k}": v for k, v in leaves.items()})
+        fmt.state_dict_from_torchscript({f"net.layers.mixed_11.conv.{k}": v for k, v in leaves.items()})
     state = {f"net.layers.conv.{k}": v for k, v in leaves.items()}
     with pytest.raises(ValueError, match="missing"):
-        inc.state_dict_from_torchscript(state)
+        fmt.state_dict_from_torchscript(state)
 
 
 REAL_PT = os.environ.get("SYMPAD_TEST_FID_PT", "")
@@ -377,11 +378,11 @@ def test_real_torchscript_weights():
     # The table inverted: every pytorch-fid conv has its four TorchScript tensors, shapes OIHW.
     for module, ts in pytorch_fid_to_torchscript().items():
         assert tensors[f"net.layers.{ts}.weight"].shape == conv_shapes()[module], module
-    _, meta = inc.load_inception_weights(REAL_PT)
+    _, meta = fmt.load_inception_weights(REAL_PT)
     assert meta["weights_sha256"] == KNOWN_WEIGHTS_SHA256
 
 
-# Content digest of the real default_1.pt's weights (gan.metrics.inception.weights_digest).
+# Content digest of the real default_1.pt's weights (gan.metrics.inception_formats.weights_digest).
 KNOWN_WEIGHTS_SHA256 = "9d7e5a4f85a9d1ad61f602be8e54f599bb80b5ee10dc3f36984cf6145cf022bc"
 
 
@@ -393,8 +394,8 @@ def test_legacy_pth_with_pytorch_fid_names_loads(tmp_path):
     path = write_legacy(tmp_path / "pt_inception-2015-12-05-00000000.pth", state)
     (tmp_path / "renamed.pth").write_bytes(path.read_bytes())
     with pytest.raises(ValueError, match="does not start with 00000000"):
-        inc.load_state_dict(path)  # the name's sha256 prefix is checked first
-    loaded, meta = inc.load_state_dict(tmp_path / "renamed.pth")
+        fmt.load_state_dict(path)  # the name's sha256 prefix is checked first
+    loaded, meta = fmt.load_state_dict(tmp_path / "renamed.pth")
     assert set(loaded) == {"Conv2d_1a_3x3.conv.weight"} and meta["has_logits"] is False
     with pytest.raises(ValueError, match="missing"):
-        inc.variables_from_state_dict(loaded)
+        fmt.variables_from_state_dict(loaded)

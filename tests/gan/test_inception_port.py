@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from gan.metrics import inception as inc
+from gan.metrics import inception_formats as fmt
 from gan.metrics import scores
 from tests.gan import fid_reference
 
@@ -86,9 +87,9 @@ def test_resize_matches_torch_interpolate(in_size, out_size):
 
 def test_missing_weights_error_says_where_and_how(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
-        inc.load_inception_weights(tmp_path / "nope.pth")
+        fmt.load_inception_weights(tmp_path / "nope.pth")
     msg = str(e.value)
-    assert "github.com/mseitzer/pytorch-fid/releases" in msg and inc.WEIGHTS_FILENAME in msg
+    assert "github.com/mseitzer/pytorch-fid/releases" in msg and fmt.WEIGHTS_FILENAME in msg
     assert "--inception_weights" in msg and "gan.metrics.fetch" in msg
 
 
@@ -97,18 +98,15 @@ def _torch_shapes() -> dict[str, tuple[int, ...]]:
     """pytorch-fid's state-dict names and shapes of the FID Inception, built from the flax shapes."""
     shapes = jax.eval_shape(lambda: inc.FIDInceptionV3().init(jax.random.PRNGKey(0), jnp.zeros((1, 299, 299, 3))))
     torch_shapes = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(shapes["params"]):
         keys = [p.key for p in path]
-        col, name, leafname = keys[0], ".".join(keys[1:-1]), keys[-1]
-        if col == "params" and leafname == "kernel":
-            if name == "fc":  # torch (out, in), flax (in, out)
-                torch_shapes["fc.weight"] = leaf.shape[::-1]
-            else:  # torch OIHW, flax HWIO
-                kh, kw, i, o = leaf.shape
-                torch_shapes[f"{name}.weight"] = (o, i, kh, kw)
-        else:
-            torch_name = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}[leafname]
-            torch_shapes[f"{name}.{torch_name}"] = leaf.shape
+        name, leafname = ".".join(keys[:-1]), keys[-1]
+        if name == "fc":  # torch (out, in), flax (in, out)
+            torch_shapes[f"fc.{'weight' if leafname == 'kernel' else 'bias'}"] = leaf.shape[::-1]
+        elif leafname == "kernel":  # torch OIHW, flax HWIO; the BatchNorm folded into it has four (O,) leaves
+            kh, kw, i, o = leaf.shape
+            torch_shapes[f"{name}.conv.weight"] = (o, i, kh, kw)
+            torch_shapes.update({f"{name}.bn.{k}": (o,) for k in ("weight", "bias", "running_mean", "running_var")})
     return torch_shapes
 
 
@@ -122,16 +120,21 @@ def test_converted_files_load_identically(tmp_path):
     from gan.metrics import convert
 
     state = _random_state_dict()
-    direct = inc.variables_from_state_dict(state)
+    direct = fmt.variables_from_state_dict(state)
     # The converter's writers (its torch reader is exercised by the equivalence test).
     npz = tmp_path / "w.npz"
     np.savez(npz, __metadata__=np.frombuffer(json.dumps({"sha256": "abc"}).encode(), np.uint8), **state)
-    variables, meta = inc.load_inception_weights(npz)
+    variables, meta = fmt.load_inception_weights(npz)
     assert meta["sha256"] == "abc"
     jax.tree.map(np.testing.assert_array_equal, variables, direct)
-    # Layout: torch OIHW → flax HWIO, fc (out, in) → (in, out).
-    np.testing.assert_array_equal(direct["params"]["Mixed_6b"]["branch7x7_2"]["conv"]["kernel"],
-                                  state["Mixed_6b.branch7x7_2.conv.weight"].transpose(2, 3, 1, 0))
+    # Layout: torch OIHW → flax HWIO with the BatchNorm folded in, fc (out, in) → (in, out).
+    layer = "Mixed_6b.branch7x7_2"
+    kernel, bias = fmt.fold_batch_norm(state[f"{layer}.conv.weight"], state[f"{layer}.bn.weight"],
+                                       state[f"{layer}.bn.bias"], state[f"{layer}.bn.running_mean"],
+                                       state[f"{layer}.bn.running_var"])
+    assert kernel.shape == state[f"{layer}.conv.weight"].transpose(2, 3, 1, 0).shape
+    np.testing.assert_array_equal(direct["params"]["Mixed_6b"]["branch7x7_2"]["kernel"], kernel)
+    np.testing.assert_array_equal(direct["params"]["Mixed_6b"]["branch7x7_2"]["bias"], bias)
     np.testing.assert_array_equal(direct["params"]["fc"]["kernel"], state["fc.weight"].T)
     with pytest.raises(ValueError, match="out"):
         convert.convert(npz, tmp_path / "w.bin")
@@ -142,8 +145,8 @@ def test_safetensors_round_trip_and_layout(tmp_path):
     tensors = {"b.weight": rng.normal(size=(3, 2, 5)).astype(np.float32), "a": np.arange(7, dtype=np.int64),
                "c": rng.normal(size=(4,))}
     path = tmp_path / "t.safetensors"
-    inc.write_safetensors(path, tensors, metadata={"sha256": "abc"})
-    got, meta = inc.read_safetensors(path)
+    fmt.write_safetensors(path, tensors, metadata={"sha256": "abc"})
+    got, meta = fmt.read_safetensors(path)
     assert meta == {"sha256": "abc"} and set(got) == set(tensors)
     for k, v in tensors.items():
         assert got[k].dtype == v.dtype
@@ -163,7 +166,26 @@ def test_wrong_state_dict_is_rejected():
     state = dict(_random_state_dict())
     del state["Mixed_7c.branch_pool.conv.weight"]
     with pytest.raises(ValueError, match="missing"):
-        inc.variables_from_state_dict(state)
+        fmt.variables_from_state_dict(state)
+
+
+def test_fold_batch_norm_matches_conv_then_batch_norm():
+    """The folded conv against conv (no bias) then inference BatchNorm, written out in float64 NumPy."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 6, 5, 3))
+    weight = rng.standard_normal((4, 3, 3, 2)).astype(np.float32)  # torch (O, I, kh, kw)
+    gamma, var = (0.5 + rng.random(4)).astype(np.float32), (0.5 + rng.random(4)).astype(np.float32)
+    beta, mean = (0.1 * rng.standard_normal((2, 4))).astype(np.float32)
+    conv = np.zeros((2, 4, 4, 4))  # VALID: (6 - 3 + 1, 5 - 2 + 1)
+    for i in range(4):
+        for j in range(4):
+            conv[:, i, j, :] = np.einsum("bhwc,ochw->bo", x[:, i : i + 3, j : j + 2, :], weight.astype(np.float64))
+    want = (conv - mean) / np.sqrt(var.astype(np.float64) + fmt.BN_EPSILON) * gamma + beta
+    kernel, bias = fmt.fold_batch_norm(weight, gamma, beta, mean, var)
+    got = jax.lax.conv_general_dilated(jnp.asarray(x, jnp.float32), kernel, (1, 1), "VALID",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                       precision=jax.lax.Precision.HIGHEST) + bias
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -205,11 +227,11 @@ def test_matches_pytorch_fid(tmp_path, monkeypatch):
     torch.save(state, pth)
     npz = tmp_path / "random_fid_inception.npz"
     convert.main([f"--pth={pth}", f"--out={npz}"])
-    variables, meta = inc.load_inception_weights(npz)
+    variables, meta = fmt.load_inception_weights(npz)
     assert len(meta["sha256"]) == 64
     st = tmp_path / "random_fid_inception.safetensors"
     convert.main([f"--pth={pth}", f"--out={st}"])
-    st_variables, st_meta = inc.load_inception_weights(st)
+    st_variables, st_meta = fmt.load_inception_weights(st)
     assert st_meta["sha256"] == meta["sha256"]
     jax.tree.map(np.testing.assert_array_equal, st_variables, variables)
 
@@ -246,7 +268,7 @@ def test_matches_committed_pytorch_fid_outputs():
 
     # One compiled network for every image: each size is resized to 299 px first, as the port does.
     model = inc.FIDInceptionV3(num_classes=inc.NUM_CLASSES)
-    out = jax.jit(model.apply)(inc.variables_from_state_dict(state),
+    out = jax.jit(model.apply)(fmt.variables_from_state_dict(state),
                                jnp.concatenate([inc.preprocess(jnp.asarray(b)) for b in images.values()]))
     starts = np.cumsum([0, *(len(b) for b in images.values())])
     for (name, _), lo, hi in zip(images.items(), starts[:-1], starts[1:]):
@@ -284,7 +306,7 @@ def test_pth_name_hash_is_checked(tmp_path):
     path = tmp_path / "pt_inception-2015-12-05-deadbeef.pth"
     torch.save({"fc.bias": torch.zeros(3)}, path)
     with pytest.raises(ValueError, match="sha256"):
-        inc.load_state_dict(path)
+        fmt.load_state_dict(path)
 
 
 def test_half_form_loads_the_float16_rounded_weights_and_says_so(tmp_path):
@@ -296,14 +318,14 @@ def test_half_form_loads_the_float16_rounded_weights_and_says_so(tmp_path):
     src = tmp_path / "w.npz"
     np.savez(src, __metadata__=np.frombuffer(json.dumps({"sha256": "abc"}).encode(), np.uint8), **state)
     meta = convert.convert(src, tmp_path / "w16.npz", half=True)
-    assert meta["form"] == inc.HALF_FORM and meta["float32_weights_sha256"] == inc.weights_digest(state)
+    assert meta["form"] == fmt.HALF_FORM and meta["float32_weights_sha256"] == fmt.weights_digest(state)
     assert (tmp_path / "w16.npz").stat().st_size < 0.55 * src.stat().st_size
-    variables, loaded = inc.load_inception_weights(tmp_path / "w16.npz")
+    variables, loaded = fmt.load_inception_weights(tmp_path / "w16.npz")
     rounded = {k: v.astype(np.float16).astype(np.float32) for k, v in state.items()}
-    jax.tree.map(np.testing.assert_array_equal, variables, inc.variables_from_state_dict(rounded))
-    assert loaded["weights_sha256"] == inc.weights_digest(rounded) != inc.weights_digest(state)
+    jax.tree.map(np.testing.assert_array_equal, variables, fmt.variables_from_state_dict(rounded))
+    assert loaded["weights_sha256"] == fmt.weights_digest(rounded) != fmt.weights_digest(state)
     identity = get_feature_network("inception", inception_weights=tmp_path / "w16.npz").identity
-    assert identity["form"] == inc.HALF_FORM and identity["float32_sha256"] == inc.weights_digest(state)
+    assert identity["form"] == fmt.HALF_FORM and identity["float32_sha256"] == fmt.weights_digest(state)
     assert get_feature_network("inception", inception_weights=src).identity["form"] == "float32"
     with pytest.raises(ValueError, match="npz"):
         convert.convert(src, tmp_path / "w16.safetensors", half=True)

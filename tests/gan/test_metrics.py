@@ -404,3 +404,24 @@ def test_reference_labels_extend_an_old_cache_only_when_needed(colour_network, t
     again = features.reference_features(cached_net, images=ds.images, with_labels=True,
                                         **{**kw, "dataset": "toy", "cache_dir": tmp_path / "toy"})
     assert again["labels"] is None
+
+
+def test_a_metric_is_one_registry_entry_and_the_fid_key_is_explicit(random_offline_network, tmp_path, monkeypatch):
+    ref = np.random.default_rng(9).integers(0, 256, (30, 32, 32, 3), dtype=np.uint8)
+    settings = metrics.eval_settings({"eval": {"num_reference": 30, "cache_dir": str(tmp_path), "kid_subset_size": 10,
+                                               "kid_subsets": 2, "is_splits": 2, "precision_recall": False}})
+    ev = metrics.Evaluator(settings, network=random_offline_network, reference_images=ref, reference_name="toy")
+    assert ev.fid_key == "fid_random_cnn" and metrics.PROTOCOLS["test10k"].num_reference == 10_000
+
+    def mean_distance(f, s):  # a new metric: the distance between the two feature means
+        return metrics.MetricResult({"mean_distance_{net}": float(np.linalg.norm(f.fake.mean(0) - f.real.mean(0)))},
+                                    notes=("a toy metric",))
+
+    monkeypatch.setitem(metrics.METRICS, "mean_distance", metrics.Metric(mean_distance))
+    report = ev.report(ref[::-1])
+    got = report["metrics"]
+    assert set(got) == {"fid_random_cnn", "kid_random_cnn", "kid_random_cnn_std", "is_random_cnn",
+                        "is_random_cnn_std", "is_random_cnn_1split", "mean_distance_random_cnn"}
+    assert got["mean_distance_random_cnn"] == pytest.approx(0.0, abs=1e-4)  # the same images, reordered
+    assert "a toy metric" in report["notes"]
+    assert got[ev.fid_key] == pytest.approx(0.0, abs=1e-6 * (1 + np.trace(ev.reference(32)["sigma"])))
