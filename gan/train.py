@@ -22,7 +22,7 @@ from absl import logging
 
 from gan import diffaugment, models, sampling
 from gan.fields import GAN_FIELDS, RULES
-from gan.metrics.evaluator import build_evaluator
+from gan.metrics.evaluator import Evaluator, build_evaluator
 from gan.state import (
     STREAMS,
     TrainState,
@@ -100,7 +100,7 @@ def _load_data(config: ml_collections.ConfigDict, size: int) -> sdata.Dataset:
     return dataset
 
 
-def _build_evaluator(config: ml_collections.ConfigDict) -> Callable[[np.ndarray], dict[str, float]] | None:
+def _build_evaluator(config: ml_collections.ConfigDict) -> Evaluator | None:
     """FID/IS through gan.metrics when eval_every != 0; else None."""
     if config.eval_every == 0:
         return None
@@ -258,7 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     evaluator = _build_evaluator(config)
     if evaluator is not None:
         def evaluate(step: int, state: TrainState, writer: MetricWriter) -> dict[str, float]:
-            num = _eval_num_samples(config, evaluator)
+            num = _eval_num_samples(evaluator)
             per_seed = []
             for i, seed in enumerate(seeds):
                 samples = sampling.generate_samples(generator, generator_variables(one_seed(state, i), use_ema=True),
@@ -266,9 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 # Conditional runs: overall and intra-class (per class) scores through the same network.
                 scores = {f"eval/{k}": v for k, v in evaluator(samples, labels=sample_labels(num)).items()}
                 # One name for the best-checkpoint rule, whichever feature network computed the FID.
-                fids = [v for k, v in scores.items()
-                        if k.startswith("eval/fid_") and not k.startswith(("eval/fid_intra", "eval/fid_class"))]
-                per_seed.append({**scores, "eval/fid": fids[0]} if fids else scores)
+                per_seed.append({**scores, "eval/fid": scores[f"eval/{evaluator.fid_key}"]})
             return _over_seeds(seeds, per_seed)
 
         hooks.append(loop.Hook(config.eval_every, evaluate, "eval_every"))
@@ -339,7 +337,6 @@ def _over_seeds(seeds: tuple[int, ...], per_seed: list[dict[str, float]]) -> dic
     return out
 
 
-def _eval_num_samples(config: ml_collections.ConfigDict, evaluator: Any) -> int:
-    settings = getattr(evaluator, "settings", None)
-    num = getattr(settings, "num_samples", 0) or (config.eval.get("num_samples", 0) if "eval" in config else 0)
-    return int(num or 10_000)
+def _eval_num_samples(evaluator: Evaluator) -> int:
+    """Samples per evaluation: the evaluator's setting, else the protocol's 10k."""
+    return int(evaluator.settings.num_samples or 10_000)

@@ -333,8 +333,15 @@ def test_gan_skipped_files_reach_the_first_record(monkeypatch, tmp_path):
 def test_gan_keeps_the_best_fid_when_it_evaluates(monkeypatch, tmp_path):
     gan_train = importlib.import_module("gan.train")
     config = _with(_config("gan", "sngan_cifar10"), eval_every=10, digits_quality_samples=0)
-    monkeypatch.setattr(gan_train, "_build_evaluator", lambda config: lambda images, labels=None: {
-        "fid_offline_cifar10": 12.5, "is_offline_cifar10": 2.0})
+    class Evaluator:  # gan.metrics.Evaluator's interface: settings, fid_key, called with the samples
+        settings = types.SimpleNamespace(num_samples=50)
+        fid_key = "fid_offline_cifar10"
+
+        def __call__(self, images, labels=None):
+            assert len(images) == 50
+            return {"fid_offline_cifar10": 12.5, "is_offline_cifar10": 2.0}
+
+    monkeypatch.setattr(gan_train, "_build_evaluator", lambda config: Evaluator())
     monkeypatch.setattr(gan_train.sampling, "generate_samples",
                         lambda *a, num, **k: np.zeros((num, 16, 16, 3), np.uint8))
     calls: list = []
