@@ -290,7 +290,7 @@ def _d_steps_cell(f: KindFID) -> str:
         return "-"
     if len(set(f.d_steps)) == 1:
         return f"{f.d_steps[0]:,}"
-    return "differ: " + ", ".join(f"{_fmt(d, ',')} (seed {s})" for s, d in zip(f.seeds, f.d_steps))
+    return "differ: " + ", ".join(f"{_fmt(d, ',')} (seed {s})" for s, d in zip(f.seeds, f.d_steps, strict=True))
 
 
 def _table4_summary(entries: Sequence[Entry], records: Records) -> list[str]:

@@ -442,9 +442,9 @@ class Records(Sequence[Record]):
 
     def crosschecks(self, evaluation: Evaluation | None = None, *, network: str | None = None) -> list[Crosscheck]:
         """Cross-checks (of ``evaluation``'s device features, by ``network`` here, when given)."""
+        of = None if evaluation is None else (*evaluation.result_key, evaluation.network)
         return [c for c in self.of_kind(Crosscheck)
-                if (evaluation is None or (c.id, c.of_run, c.of_network) == (*evaluation.result_key, evaluation.network))
-                and (network is None or c.network == network)]
+                if (of is None or (c.id, c.of_run, c.of_network) == of) and (network is None or c.network == network)]
 
     def done_ids(self) -> set[str]:
         """Entries with a 'done' result."""
