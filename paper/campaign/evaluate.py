@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from paper.campaign import results as results_lib
+from paper.campaign.results import Evaluation, Records, Result
 
 __all__ = ["FEATURE_CHECK", "contract_labels", "crosscheck", "evaluate_samples", "load_labels", "load_samples",
            "merge_run", "network_label", "pending_crosschecks", "pending_evaluations", "score_run"]
@@ -40,15 +41,19 @@ Scorer = Callable[..., Mapping[str, Any]]
 #: Classes of the campaign's conditional runs (CIFAR-10).
 NUM_CLASSES = 10
 
+#: What the functions read: typed records, or the results file's dicts (validated on the way in).
+RecordsLike = Records | Sequence[Mapping[str, Any]]
+
 
 def merge_run(run_dir: Path, results_file: Path) -> int:
     """Appends the run's records that ``results_file`` lacks; returns how many. A smoke run's
     records are refused: the committed results hold device runs of the plan only."""
-    records = results_lib.read(run_dir / "results.jsonl")
-    smoke = [r for r in records if r.get("campaign") == "smoke"]
+    path = run_dir / "results.jsonl"
+    loaded = results_lib.load(path)  # a malformed record never enters the committed file
+    smoke = [r for r in [*loaded.runs(), *loaded.results()] if r.campaign == "smoke"]
     if smoke:
         raise ValueError(f"{run_dir} holds a smoke run ({len(smoke)} records): not merged into {results_file}")
-    return results_lib.merge(results_file, records)
+    return results_lib.merge(results_file, results_lib.read(path))
 
 
 def load_samples(run_dir: Path, artifacts: Sequence[str]) -> np.ndarray:
@@ -86,17 +91,20 @@ def network_label(identity: Mapping[str, Any]) -> str:
     return f"{identity.get('name', '?')}-{str(identity.get('sha256', 'unknown'))[:12]}"
 
 
-def pending_evaluations(records: Sequence[Mapping[str, Any]], *, network: str, run_dir: Path) -> list[Mapping[str, Any]]:
+def _scored(records: Records, result: Result, network: str) -> bool:
+    """Whether ``result`` is a finished GAN result with samples that ``network`` has not scored yet."""
+    return (result.suite == "gan" and result.status == "done" and bool(result.artifacts)
+            and not records.evaluations(result, network=network))
+
+
+def pending_evaluations(records: RecordsLike, *, network: str, run_dir: Path) -> list[Result]:
     """'done' GAN results with samples in ``run_dir`` and no evaluation labelled ``network`` yet."""
-    evaluated = {(r["id"], r["of_run"]) for r in records
-                 if r.get("record") == "evaluation" and r.get("network") == network}
-    return [r for r in records
-            if r.get("record") == "result" and r.get("suite") == "gan" and r.get("status") == "done"
-            and r.get("artifacts") and (r["id"], r["run"]) not in evaluated
-            and all((run_dir / a).is_file() for a in r["artifacts"])]
+    records = Records.of(records)
+    return [r for r in records.results() if _scored(records, r, network)
+            and all((run_dir / a).is_file() for a in r.artifacts)]
 
 
-def evaluate_samples(records: Sequence[Mapping[str, Any]], *, run_dir: Path, scorer: Scorer, network: str,
+def evaluate_samples(records: RecordsLike, *, run_dir: Path, scorer: Scorer, network: str,
                      device: str, command: str, conditional: Collection[str] = (),
                      num_classes: int = NUM_CLASSES) -> list[dict[str, Any]]:
     """Evaluation records of every pending result (see :func:`pending_evaluations`).
@@ -114,10 +122,10 @@ def evaluate_samples(records: Sequence[Mapping[str, Any]], *, run_dir: Path, sco
     """
     out = []
     for result in pending_evaluations(records, network=network, run_dir=run_dir):
-        images = load_samples(run_dir, result["artifacts"])
+        images = load_samples(run_dir, result.artifacts)
         labels, labels_from = None, None
-        if result.get("conditional") or result["id"] in conditional:
-            labels, labels_from = load_labels(run_dir, result["artifacts"]), "stored with the samples"
+        if result.conditional or result.id in conditional:
+            labels, labels_from = load_labels(run_dir, result.artifacts), "stored with the samples"
             if labels is None:
                 labels = contract_labels(len(images), num_classes)
                 labels_from = f"reconstructed by the sampling contract: sample i has class i % {num_classes}"
@@ -131,11 +139,11 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _evaluation_record(result: Mapping[str, Any], report: Mapping[str, Any], *, network: str, device: str,
+def _evaluation_record(result: Result, report: Mapping[str, Any], *, network: str, device: str,
                        command: str, num: int, labels_from: str | None) -> dict[str, Any]:
     identity = dict(report.get("feature_network", {}))
     return {
-        "record": "evaluation", "id": result["id"], "of_run": result["run"], "network": network,
+        "record": "evaluation", "id": result.id, "of_run": result.run, "network": network,
         "feature_network": {k: identity.get(k) for k in ("name", "sha256", "description", "form", "float32_sha256")
                             if k in identity},
         "metrics": dict(report["metrics"]), "num_samples": int(report.get("num_samples", num)),
@@ -146,7 +154,7 @@ def _evaluation_record(result: Mapping[str, Any], report: Mapping[str, Any], *, 
     }
 
 
-def score_run(records: Sequence[Mapping[str, Any]], *, run_id: str, workroot: Path, out: Path, scorer: Scorer,
+def score_run(records: RecordsLike, *, run_id: str, workroot: Path, out: Path, scorer: Scorer,
               features: Callable[[np.ndarray], np.ndarray], network: str, device: str, command: str,
               feature_check: int = FEATURE_CHECK) -> list[dict[str, Any]]:
     """Evaluation records of run ``run_id``'s finished GAN results, scored where they were made.
@@ -160,22 +168,17 @@ def score_run(records: Sequence[Mapping[str, Any]], *, run_id: str, workroot: Pa
       scorer: ``Evaluator.report``; features: uint8 images -> pool3 features (float32 (n, D)).
       network: the scorer's label; device, command: recorded.
     """
-    evaluated = {(r["id"], r["of_run"]) for r in records
-                 if r.get("record") == "evaluation" and r.get("network") == network}
+    records = Records.of(records)
     new = []
-    for result in records:
-        if not (result.get("record") == "result" and result.get("run") == run_id and result.get("suite") == "gan"
-                and result.get("status") == "done" and result.get("artifacts")
-                and (result["id"], run_id) not in evaluated):
-            continue
-        with np.load(workroot / result["id"] / "samples.npz") as z:
+    for result in (r for r in records.results() if r.run == run_id and _scored(records, r, network)):
+        with np.load(workroot / result.id / "samples.npz") as z:
             images = z["images"]
             labels = z["labels"].astype(np.int32) if "labels" in z.files else None
         report = scorer(images) if labels is None else scorer(images, labels=labels)
         record = _evaluation_record(result, report, network=network, device=device, command=command,
                                     num=len(images),
                                     labels_from=None if labels is None else "stored with the samples")
-        first = out / result["artifacts"][0]
+        first = out / result.artifacts[0]
         with np.load(first) as z:
             returned = {k: z[k] for k in z.files}
         n = min(feature_check, len(returned["images"]))
@@ -186,30 +189,27 @@ def score_run(records: Sequence[Mapping[str, Any]], *, run_id: str, workroot: Pa
     return new
 
 
-def pending_crosschecks(records: Sequence[Mapping[str, Any]], *, network: str,
-                        run_dir: Path) -> list[Mapping[str, Any]]:
+def pending_crosschecks(records: RecordsLike, *, network: str, run_dir: Path) -> list[Evaluation]:
     """Device evaluations with stored features in ``run_dir`` and no cross-check by ``network`` yet."""
-    checked = {(r["id"], r["of_run"], r.get("of_network")) for r in records
-               if r.get("record") == "crosscheck" and r.get("network") == network}
-    return [r for r in records if r.get("record") == "evaluation" and r.get("feature_check")
-            and (r["id"], r["of_run"], r["network"]) not in checked
-            and (run_dir / r["feature_check"]["file"]).is_file()]
+    records = Records.of(records)
+    return [ev for ev in records.evaluations() if ev.feature_check is not None
+            and not records.crosschecks(ev, network=network) and (run_dir / ev.feature_check["file"]).is_file()]
 
 
-def crosscheck(records: Sequence[Mapping[str, Any]], *, run_dir: Path, features: Callable[[np.ndarray], np.ndarray],
+def crosscheck(records: RecordsLike, *, run_dir: Path, features: Callable[[np.ndarray], np.ndarray],
                network: str, identity: Mapping[str, Any], device: str, command: str) -> list[dict[str, Any]]:
     """``crosscheck`` records: this machine's pool3 features of the returned images whose device
     features were stored, against those: per image, the largest difference over the largest
     feature; its max and mean over the images."""
     new = []
     for ev in pending_crosschecks(records, network=network, run_dir=run_dir):
-        with np.load(run_dir / ev["feature_check"]["file"]) as z:
+        with np.load(run_dir / ev.feature_check["file"]) as z:
             theirs = z["features"].astype(np.float64)
             images = z["images"][:len(theirs)]
         ours = np.asarray(features(images), np.float64)
         rel = np.abs(ours - theirs).max(axis=1) / np.maximum(np.abs(theirs).max(axis=1), 1e-12)
         new.append({
-            "record": "crosscheck", "id": ev["id"], "of_run": ev["of_run"], "of_network": ev["network"],
+            "record": "crosscheck", "id": ev.id, "of_run": ev.of_run, "of_network": ev.network,
             "network": network, "form": identity.get("form", "float32"), "num": len(images),
             "max_rel_diff": float(rel.max()), "mean_rel_diff": float(rel.mean()),
             "device": device, "command": command,

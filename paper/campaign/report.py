@@ -1,8 +1,9 @@
 """REPRODUCTION.md from the plan and the results file (``python -m paper.reproduce --report``).
 
-Generated sections: how to run the campaign, the claims with verdicts, the plan's status, Table 4,
-Figure 4, the benchmark entries, conditional SNGAN (issue 18, beside StudioGAN's numbers as a
-yardstick of another protocol and budget), the device runs. Hand-written sections are Markdown fragments in
+Generated sections: how to run the campaign, the claims with verdicts, the plan's status, Table 4
+(per kind: mean ± std over the seeds beside the paper's; per entry), Figure 4, the benchmark
+entries, conditional SNGAN (issue 18, beside StudioGAN's numbers as a yardstick of another
+protocol and budget), the device runs. Hand-written sections are Markdown fragments in
 ``paper/sections/*.md``, included verbatim in name order after the generated ones, so a section
 that ``--report`` does not produce survives every regeneration: edit the fragment, not the report.
 
@@ -13,67 +14,113 @@ and FID verdicts only from the Inception network: 'holds' / 'does not hold' at t
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from paper.campaign.plan import STUDIOGAN, Entry
+from paper.campaign.results import Crosscheck, Evaluation, Records, Result
 
-__all__ = ["PAPER_FID", "claims", "render_report"]
+__all__ = ["PAPER_FID", "KindFID", "claims", "render_report", "table4_fids"]
 
 #: Table 4 top of the paper (SNGAN, CIFAR-10, Inception FID, mean over runs); C2 did not converge.
 PAPER_FID = {"C3": "24.12 ± 0.47", "C2sp": "23.35 ± 0.26", "C4sp": "24.86 ± 0.41", "C2": "does not converge"}
 #: The network whose FID the verdicts use (the paper's).
 VERDICT_NETWORK = "inception"
+#: D updates per G update of the plan's SNGAN entries that do not set ``n_critic`` (gan.fields' default).
+N_CRITIC = 5
 
-Records = Sequence[Mapping[str, Any]]
-
-
-def _latest_results(records: Records) -> dict[str, Mapping[str, Any]]:
-    """The last result of each entry, a 'done' one preferred."""
-    latest: dict[str, Mapping[str, Any]] = {}
-    for r in records:
-        if r.get("record") != "result":
-            continue
-        if r["id"] not in latest or r.get("status") == "done" or latest[r["id"]].get("status") != "done":
-            latest[r["id"]] = r
-    return latest
+#: What the report reads: typed records, or the results file's dicts (validated on the way in).
+RecordsLike = Records | Iterable[Mapping[str, Any]]
 
 
-def _evaluations(records: Records, result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    return [r for r in records if r.get("record") == "evaluation" and r.get("id") == result["id"]
-            and r.get("of_run") == result.get("run")]
+@dataclasses.dataclass(frozen=True)
+class KindFID:
+    """Table 4's Inception FID of one generator kind over the seeds measured.
+
+    Attributes:
+      kind: the G kernel kind.
+      seeds: the seeds with an FID, in plan order.
+      fids: their FIDs.
+      d_steps: the D steps each trained (None where unknown).
+      diverged: seeds whose training stopped on a non-finite loss.
+    """
+
+    kind: str
+    seeds: tuple[int | None, ...] = ()
+    fids: tuple[float, ...] = ()
+    d_steps: tuple[int | None, ...] = ()
+    diverged: tuple[int | None, ...] = ()
+
+    @property
+    def n(self) -> int:
+        return len(self.fids)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.fids)
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation (n - 1 in the denominator); None for fewer than two seeds."""
+        return statistics.stdev(self.fids) if self.n > 1 else None
+
+    def text(self) -> str:
+        """'23.10 ± 0.20 (n=2)', or '20.00 (n=1, one seed: no std)'."""
+        if self.std is None:
+            return f"{self.mean:.2f} (n=1, one seed: no std)"
+        return f"{self.mean:.2f} ± {self.std:.2f} (n={self.n})"
 
 
-def _fid(records: Records, result: Mapping[str, Any], network: str = VERDICT_NETWORK) -> float | None:
-    for ev in reversed(_evaluations(records, result)):
-        if ev.get("feature_network", {}).get("name") == network and f"fid_{network}" in ev.get("metrics", {}):
-            return float(ev["metrics"][f"fid_{network}"])
+def _fid(records: Records, result: Result, network: str = VERDICT_NETWORK) -> float | None:
+    """The result's latest FID by ``network``."""
+    for ev in reversed(records.evaluations(result)):
+        if ev.network_name == network and ev.metric("fid") is not None:
+            return ev.metric("fid")
     return None
 
 
-def _crosscheck(records: Records, ev: Mapping[str, Any]) -> str:
-    """This CPU's check of a device evaluation's features, as text ('-' when none)."""
-    checks = [r for r in records if r.get("record") == "crosscheck" and r.get("id") == ev.get("id")
-              and r.get("of_run") == ev.get("of_run") and r.get("of_network") == ev.get("network")]
-    return "; ".join(f"{c['num']} images, max rel. diff {c['max_rel_diff']:.1e} ({c.get('form', '?')} weights)"
-                     for c in checks) or "-"
+def _d_steps(result: Result, entry: Entry) -> int | None:
+    """The D steps a GAN result trained (its G steps times the entry's n_critic)."""
+    if not result.steps or entry.suite != "gan":
+        return None
+    return result.steps * int(entry.set.get("n_critic", N_CRITIC))
 
 
-def _trained(result: Mapping[str, Any], entry: Entry) -> str:
+def _diverged(result: Result) -> bool:
+    return result.status == "failed" and any(s in result.log_tail for s in ("DivergenceError", "finite", "nan", "NaN"))
+
+
+def table4_fids(entries: Sequence[Entry], records: RecordsLike) -> dict[str, KindFID]:
+    """Per Table 4 kind (plan order), the Inception FIDs of its seeds' latest 'done' results."""
+    records = Records.of(records)
+    results = records.latest_results()
+    measured: dict[str, list[tuple[int | None, float, int | None]]] = {}
+    diverged: dict[str, list[int | None]] = {}
+    for e in (e for e in entries if e.experiment == "table4"):
+        kind, seed, r = e.args["kernel"], e.args.get("seed"), results.get(e.id)
+        measured.setdefault(kind, [])
+        diverged.setdefault(kind, [])
+        fid = _fid(records, r) if r is not None and r.status == "done" else None
+        if fid is not None:
+            measured[kind].append((seed, fid, _d_steps(r, e)))
+        if r is not None and _diverged(r):
+            diverged[kind].append(seed)
+    return {kind: KindFID(kind, seeds=tuple(s for s, _, _ in rows), fids=tuple(f for _, f, _ in rows),
+                          d_steps=tuple(d for _, _, d in rows), diverged=tuple(diverged[kind]))
+            for kind, rows in measured.items()}
+
+
+def _trained(result: Result, entry: Entry) -> str:
     """The budget an entry actually trained: its steps (D steps for a GAN) as a share of the paper's."""
-    steps = result.get("steps")
-    if not steps or entry.suite != "gan":
+    d = _d_steps(result, entry)
+    if d is None:
         return entry.budget.split(";")[0]
-    d = int(steps) * 5
-    packed = f", {result['packing']} packed" if result.get("packing", 1) > 1 else ""
-    return f"{steps:,} G = {d:,} D steps ({d / 200_000:.1%} of the paper's 200k{packed})"
-
-
-def _diverged(result: Mapping[str, Any]) -> bool:
-    tail = result.get("log_tail", "")
-    return result.get("status") == "failed" and any(s in tail for s in ("DivergenceError", "finite", "nan", "NaN"))
+    packed = f", {result.packing} packed" if result.packing > 1 else ""
+    seeds = f", seeds {', '.join(map(str, result.seeds))} in one process" if len(result.seeds) > 1 else ""
+    return f"{result.steps:,} G = {d:,} D steps ({d / 200_000:.1%} of the paper's 200k{packed}{seeds})"
 
 
 def _budget_of(entries: Sequence[Entry], experiment: str, **match: Any) -> str:
@@ -84,63 +131,50 @@ def _budget_of(entries: Sequence[Entry], experiment: str, **match: Any) -> str:
     return "?"
 
 
-def claims(entries: Sequence[Entry], records: Records) -> list[tuple[str, str, str]]:
-    """(claim, verdict, evidence) of each claim the plan measures."""
-    results = _latest_results(records)
+def _table4_claims(entries: Sequence[Entry], records: Records) -> list[tuple[str, str, str]]:
+    """Table 4's claims from the kinds' mean FIDs over their seeds, with n."""
+    results = records.latest_results()
     by_entry = {e.id: e for e in entries}
-    rows = []
-
-    # Table 4: FID per generator kind, mean over the seeds measured at the plan's budget.
-    fids: dict[str, list[float]] = {}
-    diverged: dict[str, bool] = {}
-    for rid, r in results.items():
-        e = by_entry.get(rid)
-        if e is None or e.experiment != "table4":
-            continue
-        kind = e.args["kernel"]
-        if r.get("status") == "done":
-            fid = _fid(records, r)
-            if fid is not None:
-                fids.setdefault(kind, []).append(fid)
-        diverged[kind] = diverged.get(kind, False) or _diverged(r)
+    kinds = table4_fids(entries, records)
+    fids = {k: f for k, f in kinds.items() if f.n}
     budget = _budget_of(entries, "table4")
     trained = sorted({_trained(r, by_entry[rid]) for rid, r in results.items()
-                      if rid in by_entry and by_entry[rid].experiment == "table4" and r.get("status") == "done"})
+                      if rid in by_entry and by_entry[rid].experiment == "table4" and r.status == "done"})
     if trained:
         budget = " / ".join(trained)
 
-    def mean(kind: str) -> str:
-        v = fids[kind]
-        return f"{statistics.fmean(v):.2f} ({len(v)} seed{'s' if len(v) > 1 else ''})"
-
     def fid_claim(name: str, a: str, b: str) -> tuple[str, str, str]:
         if a in fids and b in fids:
-            ok = statistics.fmean(fids[a]) < statistics.fmean(fids[b])
+            ok = fids[a].mean < fids[b].mean
             return (name, f"{'holds' if ok else 'does not hold'} at {budget}",
-                    f"Inception FID {a} {mean(a)} vs {b} {mean(b)}")
+                    f"Inception FID {a} {fids[a].text()} vs {b} {fids[b].text()}")
         missing = [k for k in (a, b) if k not in fids]
         return name, f"not measured at {budget}", f"no Inception FID for {', '.join(missing)} yet"
 
-    rows.append(fid_claim("Table 4: C2sp reaches a lower FID than C3 (paper 23.35 vs 24.12)", "C2sp", "C3"))
+    rows = [fid_claim("Table 4: C2sp reaches a lower FID than C3 (paper 23.35 vs 24.12)", "C2sp", "C3")]
     name = "Table 4: C2 does not converge (here: training diverges, or FID at least 1.5x C3's)"
-    if diverged.get("C2"):
+    if "C2" in kinds and kinds["C2"].diverged:
         rows.append((name, f"holds at {budget}", "C2 training stopped on a non-finite loss"))
     elif "C2" in fids and "C3" in fids:
-        ratio = statistics.fmean(fids["C2"]) / statistics.fmean(fids["C3"])
+        ratio = fids["C2"].mean / fids["C3"].mean
         rows.append((name, f"{'holds' if ratio >= 1.5 else 'does not hold'} at {budget}",
-                     f"Inception FID C2 {mean('C2')} = {ratio:.2f}x C3's {mean('C3')}"))
+                     f"Inception FID C2 {fids['C2'].text()} = {ratio:.2f}x C3's {fids['C3'].text()}"))
     else:
         rows.append((name, f"not measured at {budget}", "no Inception FID for C2 and C3 yet"))
+    return rows
 
-    # Figure 4: test error and parameters per depth.
+
+def _figure4_claims(entries: Sequence[Entry], records: Records) -> list[tuple[str, str, str]]:
+    """Figure 4's claims per depth: test error and parameters of C2sp, C3 and C2."""
+    results = records.latest_results()
+    rows = []
     for depth in sorted({e.args["depth"] for e in entries if e.experiment == "figure4"}):
         got = {}
         for e in entries:
             r = results.get(e.id)
-            if e.experiment == "figure4" and e.args["depth"] == depth and r and r.get("status") == "done":
-                m = r.get("metrics", {})
-                if m.get("test_error") is not None and m.get("num_params"):
-                    got[e.args["kernel"]] = (float(m["test_error"]), int(m["num_params"]))
+            if e.experiment == "figure4" and e.args["depth"] == depth and r and r.status == "done":
+                if r.metrics.get("test_error") is not None and r.metrics.get("num_params"):
+                    got[e.args["kernel"]] = (float(r.metrics["test_error"]), int(r.metrics["num_params"]))
         budget = _budget_of(entries, "figure4", depth=depth)
         name = f"Figure 4: ResNet-{depth} C2sp reaches C3's test error (within 0.5 pt) with fewer parameters"
         if {"C2sp", "C3"} <= set(got):
@@ -160,29 +194,206 @@ def claims(entries: Sequence[Entry], records: Records) -> list[tuple[str, str, s
     return rows
 
 
+def claims(entries: Sequence[Entry], records: RecordsLike) -> list[tuple[str, str, str]]:
+    """(claim, verdict, evidence) of each claim the plan measures."""
+    records = Records.of(records)
+    return [*_table4_claims(entries, records), *_figure4_claims(entries, records)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Cells.
+
+
 def _fmt(value: Any, spec: str = ".3g") -> str:
     return "-" if value is None else format(value, spec)
 
 
 def _status(entry: Entry, records: Records) -> str:
-    tries = [r for r in records if r.get("record") == "result" and r.get("id") == entry.id]
+    tries = records.results(entry.id)
     if not tries:
-        started = sum(1 for r in records if r.get("record") == "started" and r.get("id") == entry.id)
+        started = len(records.started(entry.id))
         return f"interrupted ({started}x)" if started else "pending"
-    latest = _latest_results(records)[entry.id]
-    return latest["status"] + (f" ({len(tries)} tries)" if len(tries) > 1 else "")
+    latest = records.latest_results()[entry.id]
+    return latest.status + (f" ({len(tries)} tries)" if len(tries) > 1 else "")
 
 
-def _commands(r: Mapping[str, Any]) -> str:
-    return "<br>".join(f"`{c}`" for c in r.get("commands", []))
+def _commands(r: Result) -> str:
+    return "<br>".join(f"`{c}`" for c in r.commands)
 
 
-def _provenance(r: Mapping[str, Any]) -> str:
-    return f"{r.get('device', '?')}, {r.get('date', '?')}, commit {str(r.get('commit', '?'))[:12]}"
+def _provenance(r: Result) -> str:
+    return f"{r.device or '?'}, {r.date or '?'}, commit {(r.commit or '?')[:12]}"
 
 
-def _conditional_section(entries: Sequence[Entry], records: Records,
-                         results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def _step_ms(r: Result) -> str:
+    return _fmt(r.step_time_s * 1e3 if r.step_time_s else None, ".1f")
+
+
+def _crosscheck(checks: Sequence[Crosscheck]) -> str:
+    """This CPU's check of a device evaluation's features, as text ('-' when none)."""
+    return "; ".join(f"{c.num} images, max rel. diff {c.max_rel_diff:.1e} ({c.form or '?'} weights)"
+                     for c in checks) or "-"
+
+
+def _samples(ev: Evaluation | None, r: Result) -> Any:
+    if ev is not None and ev.num_samples is not None:
+        return ev.num_samples
+    return r.num_samples if r.num_samples is not None else "-"
+
+
+def _g_params(r: Result) -> str:
+    params = (r.params or {}).get("generator")
+    return f"{params:,}" if params else "-"
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections.
+
+
+def _intro(plan_path: str, results_path: str) -> list[str]:
+    return [
+        "# Reproduction report", "",
+        f"Generated by `python -m paper.reproduce --report` from the plan `{plan_path}` and the results "
+        f"`{results_path}`; do not edit by hand (hand-written sections live in `paper/sections/*.md`). "
+        "Every number was measured by the command beside it, on the device named there; budgets are "
+        "fractions of the paper's. CPU smoke runs never enter this report.", "",
+        "The campaign, one device run at a time (each continues where the results stop; README: "
+        "'Reproducing the paper on a GPU'):", "",
+        "```",
+        "bash paper/device/prepare.sh                       # here: data, wheels, FID weights, commit (git-ignored)",
+        "bash paper/device/run.sh OUT                       # GPU machine: the next entries, Inception FID there",
+        "python -m paper.reproduce --evaluate --out=OUT    # CPU: merge, check the device's features on this CPU",
+        "python -m paper.reproduce --report                # CPU: this file",
+        "```", "",
+    ]
+
+
+def _claims_section(entries: Sequence[Entry], records: Records) -> list[str]:
+    lines = ["## Claims", "", "| claim | verdict | evidence |", "|---|---|---|"]
+    return lines + [f"| {c} | {v} | {ev} |" for c, v, ev in claims(entries, records)]
+
+
+def _plan_section(entries: Sequence[Entry], records: Records) -> list[str]:
+    results = records.latest_results()
+    lines = ["", "## Plan and status", "",
+             "| # | entry | budget | estimate | status | device, date, commit |", "|---|---|---|---|---|---|"]
+    for i, e in enumerate(entries, 1):
+        r = results.get(e.id)
+        lines.append(f"| {i} | {e.id} | {e.budget} | {e.estimate_s:.0f} s | {_status(e, records)} | "
+                     f"{_provenance(r) if r else '-'} |")
+    return lines
+
+
+def _d_steps_cell(f: KindFID) -> str:
+    """The D steps a kind's seeds trained: one count, or each seed's where they differ."""
+    if not f.n or all(d is None for d in f.d_steps):
+        return "-"
+    if len(set(f.d_steps)) == 1:
+        return f"{f.d_steps[0]:,}"
+    return "differ: " + ", ".join(f"{_fmt(d, ',')} (seed {s})" for s, d in zip(f.seeds, f.d_steps, strict=True))
+
+
+def _table4_summary(entries: Sequence[Entry], records: Records) -> list[str]:
+    """Per kind: the paper's FID and this project's mean ± std over its seeds, their count and D steps."""
+    lines = ["Per kind, mean ± std over the seeds measured (sample std, n - 1 in the denominator; a single "
+             "seed has none), beside the paper's mean ± std over its runs:", "",
+             "| G kind | paper FID (mean ± std) | FID here (mean ± std) | seeds | D steps |", "|---|---|---|---|---|"]
+    for kind, f in table4_fids(entries, records).items():
+        if f.n:
+            here = f"{f.mean:.2f} ± {f.std:.2f}" if f.std is not None else f"{f.mean:.2f} (one seed: no std)"
+        else:
+            here = "not measured"
+        if f.diverged:
+            here += f"; training diverged (seed {', '.join(map(str, f.diverged))})"
+        seeds = f"{f.n} ({', '.join(map(str, f.seeds))})" if f.n else "0"
+        lines.append(f"| {kind} | {PAPER_FID.get(kind, '-')} | {here} | {seeds} | {_d_steps_cell(f)} |")
+    return lines
+
+
+def _table4_entries(entries: Sequence[Entry], records: Records) -> list[str]:
+    """One row per Table 4 entry (a kind and a seed) and evaluation."""
+    results = records.latest_results()
+    lines = ["| entry | G kind | seed | trained | G params | paper FID | FID | KID | feature network | weights | "
+             "samples | scored on | CPU check | step ms | compile s | status | device, date, commit | commands |",
+             "|" + "---|" * 18]
+    for e in (e for e in entries if e.experiment == "table4"):
+        r = results.get(e.id)
+        if r is None:
+            continue
+        for ev in records.evaluations(r) or [None]:
+            lines.append(
+                f"| {e.id} | {e.args['kernel']} | {e.args.get('seed')} | {_trained(r, e)} | {_g_params(r)} | "
+                f"{PAPER_FID.get(e.args['kernel'], '-')} | {_fmt(ev and ev.metric('fid'), '.2f')} | "
+                f"{_fmt(ev and ev.metric('kid'), '.4f')} | {ev.network if ev else 'not evaluated'} | "
+                f"{ev.feature_network.get('form', '-') if ev else '-'} | {_samples(ev, r)} | "
+                f"{(ev.device or '-') if ev else '-'} | {_crosscheck(records.crosschecks(ev)) if ev else '-'} | "
+                f"{_step_ms(r)} | {_fmt(r.compile_s, '.0f')} | {r.status} | {_provenance(r)} | {_commands(r)} |")
+    return lines
+
+
+def _table4_section(entries: Sequence[Entry], records: Records) -> list[str]:
+    intro = ("Paper: Inception FID, 10k samples vs the test split, 200k D steps, mean ± std over runs. Here: "
+             "the same protocol at the steps shown (the kinds of a seed trained at once on one device, "
+             "for one step count); FID/KID computed where the samples were made (`scored on`), "
+             "`feature network` names the network and its weights digest (only `inception` is comparable "
+             "with the paper), `weights` their form (float16-rounded weights moved FID by 5e-4 relative "
+             "in a CPU test), `CPU check` this CPU's pool3 features of returned samples against the device's.")
+    return ["", "## Table 4: SNGAN on CIFAR-10", "", intro, "", *_table4_summary(entries, records), "",
+            "Per entry (a kind and a seed; a row per feature network):", "", *_table4_entries(entries, records)]
+
+
+def _figure4_section(entries: Sequence[Entry], records: Records) -> list[str]:
+    results = records.latest_results()
+    lines = ["", "## Figure 4: CIFAR-10 ResNet, test error against parameters", "",
+             "Paper: C2sp reaches C3's error with 60-70% of the parameters; C2 is worse (figure only; "
+             "300 epochs, batch 64).", "",
+             "| entry | depth | kind | budget | params | test error | step ms | compile s | status | "
+             "device, date, commit | command |", "|" + "---|" * 11]
+    for e in (e for e in entries if e.experiment == "figure4"):
+        r = results.get(e.id)
+        if r is None:
+            continue
+        m = r.metrics
+        params = f"{int(m['num_params']):,}" if m.get("num_params") else "-"
+        lines.append(
+            f"| {e.id} | {e.args['depth']} | {e.args['kernel']} | {e.budget} | {params} | "
+            f"{_fmt(m.get('test_error'), '.2%')} | {_step_ms(r)} | {_fmt(r.compile_s, '.0f')} | {r.status} | "
+            f"{_provenance(r)} | {_commands(r)} |")
+    return lines
+
+
+def _bench_section(entries: Sequence[Entry], records: Records) -> list[str]:
+    results = records.latest_results()
+    lines = ["", "## GPU benchmarks (BENCHMARKS.md's open targets, through benchmarks.all)", "",
+             "| entry | what | status | records | device, date, commit | command |", "|---|---|---|---|---|---|"]
+    for e in (e for e in entries if e.experiment == "bench"):
+        r = results.get(e.id)
+        if r is None:
+            continue
+        measured = sum(1 for b in r.bench_records if b.get("record") in ("conv", "model"))
+        lines.append(f"| {e.id} | {e.budget} | {r.status} | {measured} measurements | {_provenance(r)} | "
+                     f"{_commands(r)} |")
+    return lines
+
+
+def _conditional_rows(cond: Sequence[Entry], records: Records) -> list[str]:
+    results = records.latest_results()
+    lines = []
+    for e in cond:
+        r = results.get(e.id)
+        if r is None:
+            continue
+        for ev in records.evaluations(r) or [None]:
+            lines.append(
+                f"| {e.id} | {e.args['kernel']} | {e.set.get('diffaugment') or 'off'} | {_trained(r, e)} | "
+                f"{_g_params(r)} | {_fmt(ev and ev.metric('fid'), '.2f')} | "
+                f"{_fmt(ev and ev.metric('fid_intra'), '.2f')} | {_fmt(ev and ev.metric('kid'), '.4f')} | "
+                f"{ev.network if ev else 'not evaluated'} | {_samples(ev, r)} | {(ev.labels or '-') if ev else '-'} | "
+                f"{_step_ms(r)} | {_fmt(r.compile_s, '.0f')} | {r.status} | {_provenance(r)} | {_commands(r)} |")
+    return lines
+
+
+def _conditional_section(entries: Sequence[Entry], records: Records) -> list[str]:
     """Conditional SNGAN rows (overall and intra-class FID) and StudioGAN's numbers as a yardstick."""
     cond = [e for e in entries if e.experiment == "conditional"]
     if not cond:
@@ -199,128 +410,33 @@ def _conditional_section(entries: Sequence[Entry], records: Records,
                  "its best checkpoint; the rows below are at the fraction of that budget shown.")
     header = ("| entry | G kind | DiffAugment | budget | G params | FID | intra-FID | KID | feature network | "
               "samples | labels | step ms | compile s | status | device, date, commit | commands |")
-    lines = ["", "## Conditional SNGAN on CIFAR-10 (issue 18)", "", about, "", yardstick, "", header, "|" + "---|" * 16]
-    for e in cond:
-        r = results.get(e.id)
-        if r is None:
-            continue
-        params = (r.get("params") or {}).get("generator")
-        for ev in _evaluations(records, r) or [{}]:
-            m = ev.get("metrics", {})
-            net = ev.get("feature_network", {}).get("name")
-            lines.append(
-                f"| {e.id} | {e.args['kernel']} | {e.set.get('diffaugment') or 'off'} | {_trained(r, e)} | "
-                f"{f'{params:,}' if params else '-'} | {_fmt(m.get(f'fid_{net}') if net else None, '.2f')} | "
-                f"{_fmt(m.get(f'fid_intra_{net}') if net else None, '.2f')} | "
-                f"{_fmt(m.get(f'kid_{net}') if net else None, '.4f')} | {ev.get('network', 'not evaluated')} | "
-                f"{ev.get('num_samples', r.get('num_samples', '-'))} | {ev.get('labels', '-')} | "
-                f"{_fmt(r['step_time_s'] * 1e3 if r.get('step_time_s') else None, '.1f')} | "
-                f"{_fmt(r.get('compile_s'), '.0f')} | {r['status']} | {_provenance(r)} | {_commands(r)} |")
-    lines += ["", "| yardstick (StudioGAN, another protocol and budget) | FID |", "|---|---|",
-              f"| conditional SNGAN, {STUDIOGAN['sngan_d_steps'] // 1000}k D steps | {STUDIOGAN['fid_sngan']} |",
-              f"| conditional BigGAN | {STUDIOGAN['fid_biggan']} |"]
-    return lines
+    return ["", "## Conditional SNGAN on CIFAR-10 (issue 18)", "", about, "", yardstick, "", header, "|" + "---|" * 16,
+            *_conditional_rows(cond, records),
+            "", "| yardstick (StudioGAN, another protocol and budget) | FID |", "|---|---|",
+            f"| conditional SNGAN, {STUDIOGAN['sngan_d_steps'] // 1000}k D steps | {STUDIOGAN['fid_sngan']} |",
+            f"| conditional BigGAN | {STUDIOGAN['fid_biggan']} |"]
 
 
-def render_report(entries: Sequence[Entry], records: Records, *, sections: Sequence[Path] = (),
-                  plan_path: str = "paper/plan.json", results_path: str = "paper/results.jsonl") -> str:
-    """The text of REPRODUCTION.md."""
-    results = _latest_results(records)
-    lines = [
-        "# Reproduction report", "",
-        f"Generated by `python -m paper.reproduce --report` from the plan `{plan_path}` and the results "
-        f"`{results_path}`; do not edit by hand (hand-written sections live in `paper/sections/*.md`). "
-        "Every number was measured by the command beside it, on the device named there; budgets are "
-        "fractions of the paper's. CPU smoke runs never enter this report.", "",
-        "The campaign, one device run at a time (each continues where the results stop; README: "
-        "'Reproducing the paper on a GPU'):", "",
-        "```",
-        "bash paper/device/prepare.sh                       # here: data, wheels, FID weights, commit (git-ignored)",
-        "bash paper/device/run.sh OUT                       # GPU machine: the next entries, Inception FID there",
-        "python -m paper.reproduce --evaluate --out=OUT    # CPU: merge, check the device's features on this CPU",
-        "python -m paper.reproduce --report                # CPU: this file",
-        "```", "",
-        "## Claims", "",
-        "| claim | verdict | evidence |", "|---|---|---|",
-    ]
-    lines += [f"| {c} | {v} | {ev} |" for c, v, ev in claims(entries, records)]
-    lines += ["", "## Plan and status", "",
-              "| # | entry | budget | estimate | status | device, date, commit |", "|---|---|---|---|---|---|"]
-    for i, e in enumerate(entries, 1):
-        r = results.get(e.id)
-        lines.append(f"| {i} | {e.id} | {e.budget} | {e.estimate_s:.0f} s | {_status(e, records)} | "
-                     f"{_provenance(r) if r else '-'} |")
-
-    lines += ["", "## Table 4: SNGAN on CIFAR-10", "",
-              "Paper: Inception FID, 10k samples vs the test split, 200k D steps, mean ± std over runs. Here: "
-              "the same protocol at the steps shown (the kinds of a seed trained at once on one device, "
-              "for one step count); FID/KID computed where the samples were made (`scored on`), "
-              "`feature network` names the network and its weights digest (only `inception` is comparable "
-              "with the paper), `weights` their form (float16-rounded weights moved FID by 5e-4 relative "
-              "in a CPU test), `CPU check` this CPU's pool3 features of returned samples against the device's.",
-              "",
-              "| entry | G kind | seed | trained | G params | paper FID | FID | KID | feature network | weights | "
-              "samples | scored on | CPU check | step ms | compile s | status | device, date, commit | commands |",
-              "|" + "---|" * 18]
-    for e in (e for e in entries if e.experiment == "table4"):
-        r = results.get(e.id)
-        if r is None:
-            continue
-        evs = _evaluations(records, r) or [{}]
-        for ev in evs:
-            m = ev.get("metrics", {})
-            net = ev.get("feature_network", {}).get("name")
-            fid = m.get(f"fid_{net}") if net else None
-            kid = m.get(f"kid_{net}") if net else None
-            params = (r.get("params") or {}).get("generator")
-            lines.append(
-                f"| {e.id} | {e.args['kernel']} | {e.args.get('seed')} | {_trained(r, e)} | "
-                f"{f'{params:,}' if params else '-'} | {PAPER_FID.get(e.args['kernel'], '-')} | "
-                f"{_fmt(fid, '.2f')} | {_fmt(kid, '.4f')} | {ev.get('network', 'not evaluated')} | "
-                f"{ev.get('feature_network', {}).get('form', '-')} | "
-                f"{ev.get('num_samples', r.get('num_samples', '-'))} | {ev.get('device', '-')} | "
-                f"{_crosscheck(records, ev)} | "
-                f"{_fmt(r['step_time_s'] * 1e3 if r.get('step_time_s') else None, '.1f')} | "
-                f"{_fmt(r.get('compile_s'), '.0f')} | {r['status']} | {_provenance(r)} | {_commands(r)} |")
-
-    lines += ["", "## Figure 4: CIFAR-10 ResNet, test error against parameters", "",
-              "Paper: C2sp reaches C3's error with 60-70% of the parameters; C2 is worse (figure only; "
-              "300 epochs, batch 64).", "",
-              "| entry | depth | kind | budget | params | test error | step ms | compile s | status | "
-              "device, date, commit | command |", "|" + "---|" * 11]
-    for e in (e for e in entries if e.experiment == "figure4"):
-        r = results.get(e.id)
-        if r is None:
-            continue
-        m = r.get("metrics", {})
-        params = f"{int(m['num_params']):,}" if m.get("num_params") else "-"
-        lines.append(
-            f"| {e.id} | {e.args['depth']} | {e.args['kernel']} | {e.budget} | {params} | "
-            f"{_fmt(m.get('test_error'), '.2%')} | "
-            f"{_fmt(r['step_time_s'] * 1e3 if r.get('step_time_s') else None, '.1f')} | "
-            f"{_fmt(r.get('compile_s'), '.0f')} | {r['status']} | {_provenance(r)} | {_commands(r)} |")
-
-    lines += ["", "## GPU benchmarks (BENCHMARKS.md's open targets, through benchmarks.all)", "",
-              "| entry | what | status | records | device, date, commit | command |", "|---|---|---|---|---|---|"]
-    for e in (e for e in entries if e.experiment == "bench"):
-        r = results.get(e.id)
-        if r is None:
-            continue
-        measured = sum(1 for b in r.get("bench_records", []) if b.get("record") in ("conv", "model"))
-        lines.append(f"| {e.id} | {e.budget} | {r['status']} | {measured} measurements | {_provenance(r)} | "
-                     f"{_commands(r)} |")
-
-    lines += _conditional_section(entries, records, results)
-
-    runs = [r for r in records if r.get("record") == "run"]
-    lines += ["", "## Device runs", ""]
+def _runs_section(records: Records) -> list[str]:
+    runs = records.runs()
+    lines = ["", "## Device runs", ""]
     if not runs:
         lines.append("No device run yet: every claim above is 'not measured'.")
     for r in runs:
-        versions = ", ".join(f"{k} {v}" for k, v in r.get("versions", {}).items())
-        lines.append(f"- {r.get('run')}: {r.get('device')}, commit {str(r.get('commit'))[:12]}, deadline "
-                     f"{r.get('deadline_s')} s, {versions}; `{r.get('command', '')}`")
-    lines.append("")
+        versions = ", ".join(f"{k} {v}" for k, v in r.versions.items())
+        deadline = "None" if r.deadline_s is None else format(r.deadline_s, "g")
+        lines.append(f"- {r.run}: {r.device}, commit {str(r.commit)[:12]}, deadline {deadline} s, {versions}; "
+                     f"`{r.command}`")
+    return lines
+
+
+def render_report(entries: Sequence[Entry], records: RecordsLike, *, sections: Sequence[Path] = (),
+                  plan_path: str = "paper/plan.json", results_path: str = "paper/results.jsonl") -> str:
+    """The text of REPRODUCTION.md: the generated sections, then the hand-written ``sections``."""
+    records = Records.of(records, source=results_path)
+    lines = [*_intro(plan_path, results_path), *_claims_section(entries, records), *_plan_section(entries, records),
+             *_table4_section(entries, records), *_figure4_section(entries, records),
+             *_bench_section(entries, records), *_conditional_section(entries, records), *_runs_section(records), ""]
     text = "\n".join(lines)
     for path in sorted(sections):
         text += "\n" + path.read_text(encoding="utf-8").rstrip() + "\n"

@@ -23,7 +23,7 @@ from classify import models as classify_models
 from classify import state as classify_state
 from configs.classify import resnet_cifar as resnet_config
 from paper import measures
-from paper.analysis import main
+from paper.analysis.__main__ import main
 from tests.reference import reference_conv, reference_pads
 
 REPO = Path(__file__).resolve().parents[2]
