@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import common
-from benchmarks.data import CHECKOUT_SHARED_DATA
+from paper.shared_data import CHECKOUT_SHARED_DATA
 from sympad.train import data, errors
 
 __all__ = ["main", "pytorch_fid_network", "torch_weights"]
