@@ -306,7 +306,24 @@ def _extract_once(archive: Path, target: Path, member: str = "") -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+            # Regular files are written here, without tarfile's per-file chmod and utime: half of
+            # extractall's time for the 60k small JPEGs of CIFAR-10. Only while their paths cannot
+            # leave tmp (relative, no '..', no link extracted yet); every other member, and every
+            # member after a link, goes through the 'data' filter.
+            made: set[Path] = set()
+            links = False
+            for info in tar:
+                name = Path(info.name)
+                links = links or info.issym() or info.islnk()
+                if links or not info.isfile() or name.is_absolute() or ".." in name.parts:
+                    tar.extract(info, tmp, filter="data")
+                    continue
+                path = tmp / name
+                if path.parent not in made:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(path.parent)
+                with tar.extractfile(info) as src, open(path, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
         source = tmp / member
         if not source.is_dir():
             raise ValueError(f"archive: {archive} holds no folder {member!r}")
