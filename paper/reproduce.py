@@ -1,7 +1,7 @@
 """The paper's headline results on real CIFAR-10, one sub-10-minute device run at a time.
 
     bash paper/device/prepare.sh                                         # here: what the GPU run carries
-    bash paper/device/run.sh OUT                                         # GPU machine: the next entries, scored there
+    bash paper/device/run.sh OUT                                         # GPU machine: pre-flight, the next entries, scored there
     python -m paper.reproduce --evaluate --out=OUT                       # CPU: merge, check the device's features
     python -m paper.reproduce --report                                   # CPU: REPRODUCTION.md
     python -m paper.reproduce --write-plan                               # CPU: re-size the plan from measured steps
@@ -13,20 +13,27 @@ is committed. A device run reads both, runs the entries not yet done whose estim
 deadline (a group's entries at once, sized to one step count), scores each GAN entry's 10k samples
 there (``--score``, Inception FID/KID from the carried weights) and writes ``OUT/results.jsonl``,
 ``OUT/log.txt`` and the first samples of each GAN entry with their device features (uint8
-``.npz``). ``paper/device/`` prepares and runs it; see ``paper.campaign``.
+``.npz``). ``paper/device/`` prepares and runs it; see ``paper.campaign``. Before the plan, the
+pre-flight (``paper.campaign.preflight``) trains the first group's entries one step each and scores
+one Inception batch; a failed check stops the run (exit status 3), and so does a run in which no
+entry finished (exit status 1). ``--set`` and ``--samples`` cut every entry (a check of the path,
+recorded as such, never merged into the committed results).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import statistics
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from paper.campaign import evaluate as evaluate_lib
 from paper.campaign import plan as plan_lib
+from paper.campaign import preflight as preflight_lib
 from paper.campaign import report as report_lib
 from paper.campaign import results as results_lib
 from paper.campaign import runner
@@ -40,6 +47,8 @@ SECTIONS = REPO / "paper" / "sections"
 CARRY = REPO / "paper" / "device" / "carry"
 #: The compact Inception weights in CARRY (gan.metrics.inception.HALF_FORM).
 CARRIED_WEIGHTS = CARRY / "fid_inception_f16.npz"
+#: Exit status of a run stopped by its pre-flight, and of one in which no entry finished.
+PREFLIGHT_FAILED, NOTHING_FINISHED = 3, 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--return_samples", type=int, default=runner.RETURN_SAMPLES,
                    help="samples of each GAN entry copied to --out (default %(default)s)")
     p.add_argument("--no_score", action="store_true", help="--budget: do not score the samples on this machine")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="--budget: override NAME of every entry's 'set' (the plan's names, e.g. steps=2, "
+                        "batch_size=8; repeatable): a check of the path, recorded as a cut, never merged")
+    p.add_argument("--samples", type=int, default=None,
+                   help="--budget: GAN samples of every entry instead of the plan's (a cut, as --set)")
+    p.add_argument("--no_preflight", action="store_true", help="--budget: start the plan without the pre-flight")
+    p.add_argument("--preflight_s", type=float, default=0.0,
+                   help="--budget: seconds the pre-flight may take (default 0: 60 on a GPU, 900 on a CPU)")
+    p.add_argument("--probe", action="store_true",
+                   help="the pre-flight's device checks, in a process of their own (the pre-flight starts it)")
     p.add_argument("--score", action="store_true",
                    help="FID/KID of run --run's samples in --workroot, written to --out (the runner starts it)")
     p.add_argument("--run", default="", help="--score: the run id")
@@ -141,6 +160,10 @@ def _evaluate(args: argparse.Namespace, command: str) -> list[dict]:
     """The CPU side: merges a device run, checks its features here, scores what it did not."""
     if args.out is None:
         raise SystemExit("--evaluate needs --out=DIR (a device run's results directory)")
+    cut = next((r["cut"] for r in results_lib.read(args.out / "results.jsonl") if r.get("cut")), None)
+    if cut:
+        raise SystemExit(f"--evaluate: {args.out} holds a cut run ({cut}: --set/--samples), a check of the path; "
+                         "not merged")
     added = evaluate_lib.merge_run(args.out, args.results)
     print(f"[reproduce] merged {added} records of {args.out} into {args.results}")
     evaluator = _evaluator(args)
@@ -165,26 +188,111 @@ def _evaluate(args: argparse.Namespace, command: str) -> list[dict]:
     return new
 
 
+def _feature_flags(args: argparse.Namespace) -> list[str]:
+    """The scorer's flags: its network, weights, reference and batch (the scorer's and the probe's)."""
+    weights = _inception_weights(args)
+    flags = [f"--feature_network={args.feature_network}", f"--num_reference={args.num_reference}",
+             f"--feature_batch={args.feature_batch}"]
+    flags += [f"--inception_weights={weights}"] if weights else []
+    return flags + ([f"--reference={args.reference}"] if args.reference else [])
+
+
 def _score_command(args: argparse.Namespace) -> list[str]:
     """The runner's scoring step for this run's samples; [] (with a note) without Inception weights."""
     from gan.metrics.inception_weights import cached_weights
 
-    weights = _inception_weights(args)
-    if args.feature_network != "offline" and not weights and cached_weights() is None:
+    if args.feature_network != "offline" and not _inception_weights(args) and cached_weights() is None:
         print("[reproduce] note: no Inception weights carried or cached: samples come back unscored "
               "(bash paper/device/prepare.sh carries them)", flush=True)
         return []
-    argv = ["python", "-m", "paper.reproduce", "--score", f"--out={args.out}",
-            f"--feature_network={args.feature_network}", f"--num_reference={args.num_reference}",
-            f"--feature_batch={args.feature_batch}"]
-    argv += [f"--inception_weights={weights}"] if weights else []
-    argv += [f"--reference={args.reference}"] if args.reference else []
-    return argv
+    return ["python", "-m", "paper.reproduce", "--score", f"--out={args.out}", *_feature_flags(args)]
+
+
+def _probe(args: argparse.Namespace) -> int:
+    """The pre-flight's device checks (``--probe``): one JSON line on stdout; exit 1 when one fails."""
+
+    def network():
+        evaluator = _evaluator(args)
+        return _pool_features(evaluator), evaluator.network.identity
+
+    result = preflight_lib.probe(network=None if args.no_score else network, batch=args.feature_batch,
+                                 wheels=sorted((CARRY / "wheels").glob("*.whl")), expect_gpu=bool(runner.gpus()))
+    print(preflight_lib.PROBE_PREFIX + json.dumps(result), flush=True)
+    return 0 if result["ok"] else 1
+
+
+def _cut(args: argparse.Namespace, entries: list[plan_lib.Entry]) -> tuple[list[plan_lib.Entry], dict]:
+    """``entries`` with ``--set`` and ``--samples`` applied, and the cut as recorded ({} for none)."""
+    overrides = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--set: expected NAME=VALUE, got {item!r}")
+        try:
+            overrides[name] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[name] = value
+    cut = {**overrides, **({"samples": args.samples} if args.samples is not None else {})}
+    if not cut:
+        return entries, {}
+    out = []
+    for e in entries:
+        changed = {"set": {**e.set, **overrides}} if overrides and e.suite in plan_lib.CONFIG_KEYS else {}
+        if args.samples is not None and e.samples:
+            changed["samples"] = args.samples
+        try:
+            out.append(plan_lib.Entry.from_dict({**e.to_dict(), **changed}))
+        except ValueError as err:
+            raise SystemExit(f"--set: {err}") from None
+    return out, cut
+
+
+def _preflight(args: argparse.Namespace, entries: Sequence[plan_lib.Entry], *, records: Sequence[dict],
+               retry: Sequence[str], packing: int, data: str, score: Sequence[str]) -> dict | None:
+    """Runs the pre-flight on the entries the run starts first; prints its verdict; None when none is left."""
+    batch = runner.first_batch(entries, records, retry=retry, packing=packing)
+    if not batch:
+        return None
+    probe = ["python", "-m", "paper.reproduce", "--probe", *(_feature_flags(args) if score else ["--no_score"])]
+    limit = args.preflight_s or preflight_lib.default_limit(gpu=bool(runner.gpus()))
+    workroot = args.workroot or runner.WORKROOT
+    summary = preflight_lib.preflight(batch, workroot=workroot, data=data, probe_argv=probe, limit_s=limit)
+    print(summary["verdict"], flush=True)
+    with open(args.out / "log.txt", "a", encoding="utf-8") as f:
+        f.write(f"{summary['verdict']}\n")
+        if summary.get("log_tail"):
+            f.write(f"===== the failed check's output =====\n{summary['log_tail']}\n")
+    workroot.mkdir(parents=True, exist_ok=True)
+    (workroot / "preflight.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    return summary
+
+
+def _unfinished(entries: Sequence[plan_lib.Entry], written: Sequence[dict], records: Sequence[dict]) -> str:
+    """Why a run in which no entry finished (done, or partial: a benchmark resumed next time)
+    failed; '' when one did, or when the plan is complete (``records``: all so far)."""
+    results = [r for r in written if r.get("record") == "result"]
+    if any(r["status"] in ("done", "partial") for r in results):
+        return ""
+    left = [e.id for e in entries if e.id not in results_lib.done_ids(records)]
+    if not left:
+        return ""
+    if not results:
+        return f"no entry started: {len(left)} left, none ready or fitting the deadline (see the [campaign] lines)"
+
+    def last_line(text: str) -> str:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return lines[-1] if lines else "no output"
+
+    return "no entry finished: " + "; ".join(
+        f"{r['id']} {r['status']} (exit {r.get('exit_code')}: {last_line(r.get('log_tail', ''))})" for r in results)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = shlex.join(["python", "-m", "paper.reproduce", *(sys.argv[1:] if argv is None else argv)])
+    started = time.monotonic()
+    if args.probe:
+        return _probe(args)
     if not (args.budget or args.score or args.evaluate or args.report or args.write_plan):
         raise SystemExit("nothing to do: pass --budget=device|smoke, --score, --evaluate, --report or --write-plan")
     if args.write_plan:
@@ -197,19 +305,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.out is None:
             raise SystemExit("--budget needs --out=DIR")
         smoke = args.budget == "smoke"
-        entries = plan_lib.build_smoke_plan() if smoke else plan_lib.load_plan(args.plan)
-        # Smoke runs never see (or feed) the committed results.
-        committed = [] if smoke else results_lib.read(args.results)
+        entries, cut = _cut(args, plan_lib.build_smoke_plan() if smoke else plan_lib.load_plan(args.plan))
+        # Smoke and cut runs never see (or feed) the committed results.
+        committed = [] if smoke or cut else results_lib.read(args.results)
         retry = [s for s in args.retry.split(",") if s]
         unknown = sorted(set(retry) - {e.id for e in entries})
         if unknown:
             raise SystemExit(f"--retry: unknown entry ids {unknown}")
-        runner.run_plan(entries, out=args.out, deadline_s=args.deadline, committed=committed, workroot=args.workroot,
-                        data=args.data, commit=args.commit, command=command, retry=retry, budget=args.budget,
-                        packing=plan_lib.PACKING if smoke else plan_lib.load_packing(args.plan),
-                        overhead=plan_lib.OVERHEAD_S, return_samples=args.return_samples,
-                        # A smoke run scores only with weights named (a CPU needs minutes per 1k images).
-                        score=() if args.no_score or (smoke and not args.inception_weights) else _score_command(args))
+        packing = plan_lib.PACKING if smoke else plan_lib.load_packing(args.plan)
+        # A smoke run scores only with weights named (a CPU needs minutes per 1k images).
+        score = () if args.no_score or (smoke and not args.inception_weights) else _score_command(args)
+        args.out.mkdir(parents=True, exist_ok=True)
+        data = args.data or (runner.cifar10_arg() if runner.needs_cifar10(entries) else "")
+        summary = None
+        if not args.no_preflight:
+            records = [*committed, *results_lib.read(args.out / "results.jsonl")]
+            summary = _preflight(args, entries, records=records, retry=retry, packing=packing, data=data, score=score)
+            if summary is not None and not summary["ok"]:
+                return PREFLIGHT_FAILED
+        written = runner.run_plan(
+            entries, out=args.out, deadline_s=max(1.0, args.deadline - (time.monotonic() - started)), committed=committed,
+            workroot=args.workroot, data=data, commit=args.commit, command=command, retry=retry, budget=args.budget,
+            packing=packing, overhead=plan_lib.OVERHEAD_S, return_samples=args.return_samples, score=score, cut=cut,
+            preflight={k: v for k, v in summary.items() if k != "verdict"} if summary else None)
+        why = _unfinished(entries, written, [*committed, *results_lib.read(args.out / "results.jsonl")])
+        if why:
+            print(f"[reproduce] {why}", file=sys.stderr, flush=True)
+            return NOTHING_FINISHED
     if args.score:
         _score(args, command)
     if args.evaluate:

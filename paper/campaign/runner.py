@@ -17,6 +17,7 @@ import ctypes
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import shlex
@@ -37,8 +38,9 @@ from paper.campaign import results as results_lib
 from paper.campaign.plan import Entry, config_overrides
 from sympad.train import environment as renv
 
-__all__ = ["MAX_FILE_BYTES", "MAX_TRIES", "RETURN_SAMPLES", "cifar10_folder", "entry_commands", "environment",
-           "group_steps", "run_plan", "size_group", "write_samples"]
+__all__ = ["MAX_FILE_BYTES", "MAX_TRIES", "RETURN_SAMPLES", "WORKROOT", "Gpu", "Process", "cifar10_arg",
+           "cifar10_folder", "entry_commands", "environment", "first_batch", "gpus", "group_env", "group_steps",
+           "needs_cifar10", "run_plan", "size_group", "write_samples"]
 
 #: Largest file the device machine sends back (the issue: 16 MiB a file, 8 files, 64 MiB in all).
 MAX_FILE_BYTES = 16 * 2**20
@@ -61,22 +63,44 @@ RATE_SAFETY = 0.9
 POLL_S = 1.0
 
 REPO = Path(__file__).resolve().parents[2]
+#: The run directories (checkpoints, full samples) when the caller names none.
+WORKROOT = REPO / "runs" / "campaign"
 
 
 # ----------------------------------------------------------------------------------------------
 # Environment and data, through the runtime's helpers.
 
 
+@dataclasses.dataclass(frozen=True)
+class Gpu:
+    """One GPU as nvidia-smi lists it (memory in MiB)."""
+
+    name: str
+    memory_free_mib: int
+    memory_total_mib: int
+
+
+def gpus() -> list[Gpu]:
+    """The GPUs nvidia-smi lists ([] without nvidia-smi or when it fails), found without JAX."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    probe = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.free,memory.total", "--format=csv,noheader,nounits"],
+                           capture_output=True, text=True, check=False)
+    found = []
+    for line in probe.stdout.splitlines() if probe.returncode == 0 else []:
+        parts = [p.strip() for p in line.rsplit(",", 2)]
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            found.append(Gpu(parts[0], int(parts[1]), int(parts[2])))
+    return found
+
+
 def environment(*, commit: str = "") -> dict[str, Any]:
     """Device, versions and commit of this run, found without initializing JAX in this process
     (the runner leaves the accelerator to the experiments it starts): the GPU from nvidia-smi."""
     device = ""
-    if shutil.which("nvidia-smi"):
-        probe = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                               text=True, check=False)
-        names = [n.strip() for n in probe.stdout.splitlines() if n.strip()]
-        if probe.returncode == 0 and names:
-            device = f"{len(names)} x {names[0]} (gpu)"
+    found_gpus = gpus()
+    if found_gpus:
+        device = f"{len(found_gpus)} x {found_gpus[0].name} (gpu)"
     if not device:
         device = f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})"
     found = {k: v for k, v in renv.versions().items() if v}
@@ -95,6 +119,20 @@ def cifar10_folder(target: Path) -> Path | None:
             cache_dir=target, archives=carried if all((carried / n).is_file() for n in names) else None)
     except FileNotFoundError:
         return None
+
+
+def cifar10_arg() -> str:
+    """The entries' ``{cifar10}``: ``'folder:PATH'`` of :func:`cifar10_folder` in ``data/``."""
+    folder = cifar10_folder(REPO / "data")
+    if folder is None:
+        raise FileNotFoundError("no CIFAR-10 JPEG archives in data/ or ../shared/data: copy "
+                                "cifar10-train.tar.gz and cifar10-test.tar.gz into data/ (git-ignored)")
+    return f"folder:{folder}"
+
+
+def needs_cifar10(entries: Sequence[Entry]) -> bool:
+    """Whether any of ``entries`` trains on CIFAR-10 (its args hold ``'{cifar10}'``)."""
+    return any("{cifar10}" in e.args.values() for e in entries)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,7 +176,7 @@ def _set_pdeathsig() -> None:
         pass
 
 
-class _Process:
+class Process:
     """One command of an entry, started at once; its output appended to ``log``."""
 
     def __init__(self, argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None,
@@ -173,6 +211,12 @@ class _Process:
                 self.proc.wait()
         return self.proc.returncode
 
+    def kill(self) -> None:
+        """SIGKILL now, if still running (a scratch run: nothing to save)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     @property
     def seconds(self) -> float:
         return self.clock() - self.start
@@ -180,7 +224,7 @@ class _Process:
 
 def _spawn(argv: Sequence[str], *, log: Path, end: float, clock: Callable[[], float]) -> tuple[int, float, bool]:
     """Runs one command until it exits or ``end``; returns (exit code, seconds, killed at the deadline)."""
-    proc = _Process(argv, log=log, clock=clock)
+    proc = Process(argv, log=log, clock=clock)
     rc = proc.wait(end - clock())
     if rc is not None:
         return rc, proc.seconds, False
@@ -300,6 +344,7 @@ class _Run:
     score: Sequence[str] = ()
     overhead: Mapping[str, float] = dataclasses.field(default_factory=dict)
     return_samples: int = RETURN_SAMPLES
+    cut: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def write(self, record: dict[str, Any]) -> None:
         results_lib.append(self.out / "results.jsonl", record)
@@ -310,12 +355,7 @@ class _Run:
         return self.end - self.clock()
 
     def cifar10(self) -> str:
-        if not self.data:
-            folder = cifar10_folder(REPO / "data")
-            if folder is None:
-                raise FileNotFoundError("no CIFAR-10 JPEG archives in data/ or ../shared/data: copy "
-                                        "cifar10-train.tar.gz and cifar10-test.tar.gz into data/ (git-ignored)")
-            self.data = f"folder:{folder}"
+        self.data = self.data or cifar10_arg()
         return self.data
 
     def fresh_workdir(self, entry: Entry) -> Path:
@@ -336,6 +376,8 @@ class _Run:
         }
         if entry.set.get("conditional"):
             record["conditional"] = True
+        if self.cut:
+            record["cut"] = self.cut
         if status != "done":
             record["log_tail"] = tail[-1500:]
         return record
@@ -353,6 +395,7 @@ def run_plan(entries: Sequence[Entry], *, out: Path, deadline_s: float, committe
              workroot: Path | None = None, data: str = "", commit: str = "", command: str = "",
              retry: Sequence[str] = (), budget: str = "device", packing: int = 1, score: Sequence[str] = (),
              overhead: Mapping[str, float] | None = None, return_samples: int = RETURN_SAMPLES,
+             cut: Mapping[str, Any] | None = None, preflight: Mapping[str, Any] | None = None,
              clock: Callable[[], float] = time.monotonic) -> list[dict[str, Any]]:
     """Runs the plan's pending entries in order until ``deadline_s`` seconds from now.
 
@@ -384,6 +427,9 @@ def run_plan(entries: Sequence[Entry], *, out: Path, deadline_s: float, committe
       overhead: the plan's fixed costs (seconds): 'sample', 'score' and 'margin' are kept free at
         the end of a group's training.
       return_samples: samples of each GAN entry copied to ``out`` (uint8, with their labels).
+      cut: what the entries were cut to for a check of the path (e.g. ``{'steps': 2}``), recorded
+        in the run and result records (such results are never the paper's); None for the plan.
+      preflight: the pre-flight's summary (:mod:`paper.campaign.preflight`), recorded in the run record.
       clock: seconds (monotonic); tests may pass a fake.
 
     Returns:
@@ -395,33 +441,24 @@ def run_plan(entries: Sequence[Entry], *, out: Path, deadline_s: float, committe
         raise ValueError(f"packing must be >= 1, got {packing}")
     out.mkdir(parents=True, exist_ok=True)
     env = environment(commit=commit)
-    run = _Run(out=out, workroot=workroot or REPO / "runs" / "campaign", end=clock() + deadline_s,
+    run = _Run(out=out, workroot=workroot or WORKROOT, end=clock() + deadline_s,
                deadline_s=deadline_s, run_id=f"{env['date'].replace(' ', 'T')}-{os.getpid()}", env=env,
                budget=budget, data=data, clock=clock, records=[*committed, *results_lib.read(out / "results.jsonl")],
-               written=[], score=tuple(score), overhead=dict(overhead or {}), return_samples=return_samples)
+               written=[], score=tuple(score), overhead=dict(overhead or {}), return_samples=return_samples,
+               cut=dict(cut or {}))
     run.write({"record": "run", "run": run.run_id, "campaign": budget, "deadline_s": deadline_s, "command": command,
-               "packing": packing, **env})
-    done = results_lib.done_ids(run.records)
+               "packing": packing, **({"cut": run.cut} if run.cut else {}),
+               **({"preflight": dict(preflight)} if preflight else {}), **env})
     handled: set[str] = set()
     for entry in entries:
         if entry.id in handled:
             continue
-        batch = [e for e in entries if e.group and e.group == entry.group] if entry.group else [entry]
+        batch = _batch(entries, entry)
         handled.update(e.id for e in batch)
-        ready = []
-        for e in batch:
-            if e.id in done:
-                continue
-            tried = results_lib.attempts(run.records, e.id)
-            if e.id not in retry and tried["failed"]:
-                print(f"[campaign] {e.id}: failed before; not retried (--retry={e.id} to run it)", flush=True)
-                continue
-            if e.id not in retry and tried["killed"] + tried["interrupted"] >= MAX_TRIES:
-                print(f"[campaign] {e.id}: given up after {MAX_TRIES} unfinished tries", flush=True)
-                continue
-            ready.append((e, _estimate(e, tried, deadline_s=deadline_s, retry=e.id in retry)))
-        for k in range(0, len(ready), packing if entry.group else 1):
-            part = ready[k:k + packing] if entry.group else ready[k:k + 1]
+        ready, notes = _ready(batch, run.records, retry=retry, deadline_s=deadline_s)
+        for note in notes:
+            print(f"[campaign] {note}", flush=True)
+        for part in _parts(ready, entry, packing):
             estimate, left = max(t for _, t in part), run.left()
             if estimate > left:
                 why = ("never fits one run: re-size it" if estimate > deadline_s
@@ -432,16 +469,70 @@ def run_plan(entries: Sequence[Entry], *, out: Path, deadline_s: float, committe
                 _run_group([e for e, _ in part], run, estimate=estimate, group=batch)
             else:
                 _run_single(part[0][0], run, estimate=estimate)
-        done = results_lib.done_ids(run.records)
+    done = results_lib.done_ids(run.records)
     left_ids = [e.id for e in entries if e.id not in done]
     print(f"[campaign] {len(done & {e.id for e in entries})}/{len(entries)} done; "
           f"left: {', '.join(left_ids) if left_ids else 'none'}", flush=True)
     return run.written
 
 
+def _batch(entries: Sequence[Entry], entry: Entry) -> list[Entry]:
+    """``entry``'s group in plan order, or ``entry`` alone."""
+    return [e for e in entries if e.group and e.group == entry.group] if entry.group else [entry]
+
+
+def _ready(batch: Sequence[Entry], records: Sequence[Mapping[str, Any]], *, retry: Sequence[str],
+           deadline_s: float) -> tuple[list[tuple[Entry, float]], list[str]]:
+    """(entry, estimate) of each of ``batch``'s entries a run starts, and why it skips the others."""
+    done = results_lib.done_ids(records)
+    ready, notes = [], []
+    for e in batch:
+        if e.id in done:
+            continue
+        tried = results_lib.attempts(records, e.id)
+        if e.id not in retry and tried["failed"]:
+            notes.append(f"{e.id}: failed before; not retried (--retry={e.id} to run it)")
+            continue
+        if e.id not in retry and tried["killed"] + tried["interrupted"] >= MAX_TRIES:
+            notes.append(f"{e.id}: given up after {MAX_TRIES} unfinished tries")
+            continue
+        ready.append((e, _estimate(e, tried, deadline_s=deadline_s, retry=e.id in retry)))
+    return ready, notes
+
+
+def _parts(ready: Sequence[tuple[Entry, float]], entry: Entry, packing: int) -> list[list[tuple[Entry, float]]]:
+    """The ready entries in the sets that run at once: up to ``packing`` of a group, else one."""
+    size = packing if entry.group else 1
+    return [list(ready[k:k + size]) for k in range(0, len(ready), size)]
+
+
+def first_batch(entries: Sequence[Entry], records: Sequence[Mapping[str, Any]], *, retry: Sequence[str] = (),
+                packing: int = 1) -> list[Entry]:
+    """The entries :func:`run_plan` starts first with these records (a group's entries, run at
+    once, or one entry); [] when none is left. The pre-flight checks them."""
+    handled: set[str] = set()
+    for entry in entries:
+        if entry.id in handled:
+            continue
+        batch = _batch(entries, entry)
+        handled.update(e.id for e in batch)
+        ready, _ = _ready(batch, records, retry=retry, deadline_s=math.inf)
+        if ready:
+            return [e for e, _ in _parts(ready, entry, packing)[0]]
+    return []
+
+
+def group_env(k: int) -> dict[str, str]:
+    """Environment of each of ``k`` processes sharing the one device: no preallocation, and an
+    equal share of its memory with one share left for sampling and scoring (none for ``k`` = 1)."""
+    if k <= 1:
+        return {}
+    return {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / (k + 1):.3f}"}
+
+
 def _run_single(entry: Entry, run: _Run, *, estimate: float) -> None:
     """One entry, its commands in turn, killed at the deadline."""
-    data = run.cifar10() if "{cifar10}" in entry.args.values() else run.data
+    data = run.cifar10() if needs_cifar10([entry]) else run.data
     workdir = run.fresh_workdir(entry)
     if entry.suite == "bench":
         # benchmarks.all --resume measures only what earlier runs' records lack.
@@ -539,13 +630,12 @@ def _run_group(entries: Sequence[Entry], run: _Run, *, estimate: float, group: S
     deadline is stopped by SIGTERM (it saves its checkpoint) and recorded as killed at the step
     it reached.
     """
-    data = run.cifar10() if any("{cifar10}" in e.args.values() for e in entries) else run.data
+    data = run.cifar10() if needs_cifar10(entries) else run.data
     fixed = group_steps(group, run.records)
     left = run.left()
     k = len(entries)
     reserve = sum(run.overhead.get(n, 0.0) for n in ("sample", "score", "margin"))
-    env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / (k + 1):.3f}"} \
-        if k > 1 else {}
+    env = group_env(k)
     names = ", ".join(e.id for e in entries)
     print(f"[campaign] {names}: start {k} at once (estimate {estimate:.0f} s, {left:.0f} s left"
           f"{f', {fixed} steps as the group before' if fixed else ', sized while training'})", flush=True)
@@ -560,7 +650,7 @@ def _run_group(entries: Sequence[Entry], run: _Run, *, estimate: float, group: S
         run.write({"record": "started", "id": e.id, "run": run.run_id, "allotted_s": round(left, 1),
                    "estimate_s": estimate, "group": e.group, "packing": k})
         state[e.id] = {"entry": e, "workdir": workdir, "commands": commands, "next": 1, "seconds": [], "rc": 0,
-                       "status": "", "proc": _Process(commands[0], log=workdir / "log.txt", env=env, clock=run.clock)}
+                       "status": "", "proc": Process(commands[0], log=workdir / "log.txt", env=env, clock=run.clock)}
     sized = fixed
     while any(s["proc"] is not None for s in state.values()):
         for s in state.values():
@@ -574,7 +664,7 @@ def _run_group(entries: Sequence[Entry], run: _Run, *, estimate: float, group: S
                 continue
             s["trained"] = True
             if s["next"] < len(s["commands"]):  # trained: now its samples
-                s["proc"] = _Process(s["commands"][s["next"]], log=s["workdir"] / "log.txt", env=env, clock=run.clock)
+                s["proc"] = Process(s["commands"][s["next"]], log=s["workdir"] / "log.txt", env=env, clock=run.clock)
                 s["next"] += 1
             else:
                 s["status"] = "done"
@@ -594,7 +684,8 @@ def _run_group(entries: Sequence[Entry], run: _Run, *, estimate: float, group: S
                            "steps": sized, "at_s": round(run.deadline_s - run.left(), 1),
                            "train_left_s": round(run.end - reserve - run.clock(), 1), "reserve_s": reserve,
                            "rates": {i: round(statistics.median(r), 3) if r else None
-                                     for i, (_, r) in progress.items()}})
+                                     for i, (_, r) in progress.items()},
+                           "at_steps": {i: step for i, (step, _) in progress.items()}})
                 print(f"[campaign] {entries[0].group}: {sized} steps for all {k} "
                       f"(rates {', '.join(f'{statistics.median(r):.1f}' for _, r in progress.values() if r)} steps/s)",
                       flush=True)

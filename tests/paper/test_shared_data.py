@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tarfile
@@ -126,3 +127,35 @@ def test_extract_archive_once_and_afresh_when_changed(tmp_path):
     for bad in (tmp_path / "missing.tar.gz", tmp_path / "build"):
         with pytest.raises(ValueError, match="archive"):
             shared_data.extract_archive(bad, cache_dir=tmp_path / "cache")
+
+
+def _tar_with(path: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for info, payload in members:
+            info.size = len(payload) if info.isfile() else 0
+            tar.addfile(info, io.BytesIO(payload) if info.isfile() else None)
+    return path
+
+
+def _file(name: str) -> tuple[tarfile.TarInfo, bytes]:
+    return tarfile.TarInfo(name), b"jpeg bytes"
+
+
+def test_extract_archive_keeps_every_member_inside_its_folder(tmp_path):
+    # The fast path writes plain files itself: what the 'data' filter refuses must still be refused.
+    (tmp_path / "outside").mkdir()
+    link = tarfile.TarInfo("a/escape")
+    link.type, link.linkname = tarfile.SYMTYPE, str(tmp_path / "outside")
+    cases = {"dots": [_file("a/x.jpg"), _file("a/../../dots.jpg")],
+             "link": [(link, b""), _file("a/escape/through_link.jpg")]}
+    for name, members in cases.items():
+        archive = _tar_with(tmp_path / f"{name}.tar.gz", members)
+        with pytest.raises(tarfile.FilterError):
+            shared_data.extract_archive(archive, cache_dir=tmp_path / "cache")
+    assert not list((tmp_path / "outside").iterdir()) and not (tmp_path / "dots.jpg").exists()
+    assert not list((tmp_path / "cache").iterdir())  # nothing half-extracted left behind
+    # An absolute name lands inside, as the filter puts it; plain files keep their bytes.
+    good = _tar_with(tmp_path / "good.tar.gz", [_file("/abs/y.jpg"), _file("b/c/z.jpg")])
+    folder = shared_data.extract_archive(good, cache_dir=tmp_path / "cache")
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.jpg")) == ["abs/y.jpg", "b/c/z.jpg"]
+    assert (folder / "b" / "c" / "z.jpg").read_bytes() == b"jpeg bytes"
