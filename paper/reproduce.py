@@ -14,10 +14,16 @@ deadline (a group's entries at once, sized to one step count), scores each GAN e
 there (``--score``, Inception FID/KID from the carried weights) and writes ``OUT/results.jsonl``,
 ``OUT/log.txt`` and the first samples of each GAN entry with their device features (uint8
 ``.npz``). ``paper/device/`` prepares and runs it; see ``paper.campaign``. Before the plan, the
-pre-flight (``paper.campaign.preflight``) trains the first group's entries one step each and scores
-one Inception batch; a failed check stops the run (exit status 3), and so does a run in which no
-entry finished (exit status 1). ``--set`` and ``--samples`` cut every entry (a check of the path,
+pre-flight (``paper.campaign.preflight``) trains the first group's processes one step each and
+scores one Inception batch; a failed check stops the run (exit status 3), and so does a run in which
+no entry finished (exit status 1). A kind's seeds train in one process (the plan's
+``seeds_per_process``; a GPU never seen before measures how many pay off first,
+``paper.campaign.calibration``). ``--set`` and ``--samples`` cut every entry (a check of the path,
 recorded as such, never merged into the committed results).
+
+One command, several flags rather than subcommands: the device's ``run.sh`` and the CPU's steps
+share the run's flags (``--out``, ``--plan``, ``--results``, the scorer's), and ``--budget`` then
+``--evaluate`` in one call is the smoke test's whole pipeline.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from pathlib import Path
 
 from paper.campaign import evaluate as evaluate_lib
 from paper.campaign import plan as plan_lib
+from paper.campaign import calibration
 from paper.campaign import preflight as preflight_lib
 from paper.campaign import report as report_lib
 from paper.campaign import results as results_lib
@@ -45,7 +52,7 @@ RESULTS = Path("paper/results.jsonl")
 SECTIONS = REPO / "paper" / "sections"
 #: What ``paper/device/prepare.sh`` writes (git-ignored) and the device run carries.
 CARRY = REPO / "paper" / "device" / "carry"
-#: The compact Inception weights in CARRY (gan.metrics.inception.HALF_FORM).
+#: The compact Inception weights in CARRY (gan.metrics.inception_formats.HALF_FORM).
 CARRIED_WEIGHTS = CARRY / "fid_inception_f16.npz"
 #: Exit status of a run stopped by its pre-flight, and of one in which no entry finished.
 PREFLIGHT_FAILED, NOTHING_FINISHED = 3, 1
@@ -74,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no_preflight", action="store_true", help="--budget: start the plan without the pre-flight")
     p.add_argument("--preflight_s", type=float, default=0.0,
                    help="--budget: seconds the pre-flight may take (default 0: 60 on a GPU, 900 on a CPU)")
+    p.add_argument("--seeds_per_process", type=int, default=0,
+                   help="--budget: seeds of a kind one process trains (default 0: the device's calibration, "
+                        "else the plan's)")
+    p.add_argument("--no_calibrate", action="store_true",
+                   help="--budget: on a GPU never calibrated, keep the plan's seeds_per_process (no measurement)")
+    p.add_argument("--calibrate_s", type=float, default=calibration.CALIBRATION_S,
+                   help="--budget: seconds the calibration may take (default %(default)s)")
     p.add_argument("--probe", action="store_true",
                    help="the pre-flight's device checks, in a process of their own (the pre-flight starts it)")
     p.add_argument("--score", action="store_true",
@@ -248,15 +262,17 @@ def _cut(args: argparse.Namespace, entries: list[plan_lib.Entry]) -> tuple[list[
 
 
 def _preflight(args: argparse.Namespace, entries: Sequence[plan_lib.Entry], *, records: Sequence[dict],
-               retry: Sequence[str], packing: int, data: str, score: Sequence[str]) -> dict | None:
+               retry: Sequence[str], packing: int, seeds_per_process: int, data: str, score: Sequence[str]
+               ) -> dict | None:
     """Runs the pre-flight on the entries the run starts first; prints its verdict; None when none is left."""
-    batch = runner.first_batch(entries, records, retry=retry, packing=packing)
+    batch = runner.first_batch(entries, records, retry=retry, packing=packing, seeds_per_process=seeds_per_process)
     if not batch:
         return None
     probe = ["python", "-m", "paper.reproduce", "--probe", *(_feature_flags(args) if score else ["--no_score"])]
     limit = args.preflight_s or preflight_lib.default_limit(gpu=bool(runner.gpus()))
     workroot = args.workroot or runner.WORKROOT
-    summary = preflight_lib.preflight(batch, workroot=workroot, data=data, probe_argv=probe, limit_s=limit)
+    summary = preflight_lib.preflight(batch, workroot=workroot, data=data, probe_argv=probe, limit_s=limit,
+                                      seeds_per_process=seeds_per_process)
     print(summary["verdict"], flush=True)
     with open(args.out / "log.txt", "a", encoding="utf-8") as f:
         f.write(f"{summary['verdict']}\n")
@@ -265,6 +281,66 @@ def _preflight(args: argparse.Namespace, entries: Sequence[plan_lib.Entry], *, r
     workroot.mkdir(parents=True, exist_ok=True)
     (workroot / "preflight.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return summary
+
+
+def _seeds_per_process(args: argparse.Namespace, entries: Sequence[plan_lib.Entry], records: Sequence[dict], *,
+                       smoke: bool, calibrate: bool) -> int:
+    """Seeds of a kind one process trains: ``--seeds_per_process``, else this device's calibration
+    record, else (``calibrate``, on a GPU never calibrated) a calibration now, else the plan's."""
+    default = plan_lib.SEEDS_PER_PROCESS if smoke else plan_lib.load_seeds_per_process(args.plan)
+    if args.seeds_per_process:
+        return args.seeds_per_process
+    device = runner.environment()["device"]
+    found = calibration.recorded(records, device)
+    if found is not None:
+        return int(found["seeds_per_process"])
+    if not calibrate or smoke or args.no_calibrate or not runner.gpus() or calibration.max_seeds_per_kind(entries) < 2:
+        return default
+    record = calibration.calibrate(entries, out=args.out, workroot=args.workroot or runner.WORKROOT, device=device,
+                                   default=default, limit_s=args.calibrate_s)
+    rates = ", ".join(f"{m['num_seeds']}: {m['images_per_s']:.0f}" for m in record["measured"]) or "none"
+    print(f"[calibration] {record['status']} in {record['seconds']:.0f} s: images/s by seeds per process {rates}; "
+          f"{record['seeds_per_process']} per process", flush=True)
+    return int(record["seeds_per_process"])
+
+
+def _run_budget(args: argparse.Namespace, command: str, started: float) -> int:
+    """``--budget``: the pre-flight, the seeds per process, then the plan until the deadline."""
+    if args.out is None:
+        raise SystemExit("--budget needs --out=DIR")
+    smoke = args.budget == "smoke"
+    entries, cut = _cut(args, plan_lib.build_smoke_plan() if smoke else plan_lib.load_plan(args.plan))
+    # Smoke and cut runs never see (or feed) the committed results.
+    committed = [] if smoke or cut else results_lib.read(args.results)
+    retry = [s for s in args.retry.split(",") if s]
+    unknown = sorted(set(retry) - {e.id for e in entries})
+    if unknown:
+        raise SystemExit(f"--retry: unknown entry ids {unknown}")
+    packing = plan_lib.PACKING if smoke else plan_lib.load_packing(args.plan)
+    # A smoke run scores only with weights named (a CPU needs minutes per 1k images).
+    score = () if args.no_score or (smoke and not args.inception_weights) else _score_command(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = args.data or (runner.cifar10_arg() if runner.needs_cifar10(entries) else "")
+    records = [*committed, *results_lib.read(args.out / "results.jsonl")]
+    # The pre-flight compiles what the run will: the recorded (or the plan's) seeds per process.
+    seeds = _seeds_per_process(args, entries, records, smoke=smoke, calibrate=False)
+    summary = None
+    if not args.no_preflight:
+        summary = _preflight(args, entries, records=records, retry=retry, packing=packing, seeds_per_process=seeds,
+                             data=data, score=score)
+        if summary is not None and not summary["ok"]:
+            return PREFLIGHT_FAILED
+    seeds = _seeds_per_process(args, entries, records, smoke=smoke, calibrate=True)
+    written = runner.run_plan(
+        entries, out=args.out, deadline_s=max(1.0, args.deadline - (time.monotonic() - started)), committed=committed,
+        workroot=args.workroot, data=data, commit=args.commit, command=command, retry=retry, budget=args.budget,
+        packing=packing, seeds_per_process=seeds, overhead=plan_lib.OVERHEAD_S, return_samples=args.return_samples,
+        score=score, cut=cut, preflight={k: v for k, v in summary.items() if k != "verdict"} if summary else None)
+    why = _unfinished(entries, written, [*committed, *results_lib.read(args.out / "results.jsonl")])
+    if why:
+        print(f"[reproduce] {why}", file=sys.stderr, flush=True)
+        return NOTHING_FINISHED
+    return 0
 
 
 def _unfinished(entries: Sequence[plan_lib.Entry], written: Sequence[dict], records: Sequence[dict]) -> str:
@@ -302,36 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.plan.write_text(plan_lib.plan_json(new, step_times={**plan_lib.STEP_TIMES, **times}), encoding="utf-8")
         print(f"[reproduce] wrote {args.plan} ({len(new)} entries; measured step times: {times or 'none'})")
     if args.budget:
-        if args.out is None:
-            raise SystemExit("--budget needs --out=DIR")
-        smoke = args.budget == "smoke"
-        entries, cut = _cut(args, plan_lib.build_smoke_plan() if smoke else plan_lib.load_plan(args.plan))
-        # Smoke and cut runs never see (or feed) the committed results.
-        committed = [] if smoke or cut else results_lib.read(args.results)
-        retry = [s for s in args.retry.split(",") if s]
-        unknown = sorted(set(retry) - {e.id for e in entries})
-        if unknown:
-            raise SystemExit(f"--retry: unknown entry ids {unknown}")
-        packing = plan_lib.PACKING if smoke else plan_lib.load_packing(args.plan)
-        # A smoke run scores only with weights named (a CPU needs minutes per 1k images).
-        score = () if args.no_score or (smoke and not args.inception_weights) else _score_command(args)
-        args.out.mkdir(parents=True, exist_ok=True)
-        data = args.data or (runner.cifar10_arg() if runner.needs_cifar10(entries) else "")
-        summary = None
-        if not args.no_preflight:
-            records = [*committed, *results_lib.read(args.out / "results.jsonl")]
-            summary = _preflight(args, entries, records=records, retry=retry, packing=packing, data=data, score=score)
-            if summary is not None and not summary["ok"]:
-                return PREFLIGHT_FAILED
-        written = runner.run_plan(
-            entries, out=args.out, deadline_s=max(1.0, args.deadline - (time.monotonic() - started)), committed=committed,
-            workroot=args.workroot, data=data, commit=args.commit, command=command, retry=retry, budget=args.budget,
-            packing=packing, overhead=plan_lib.OVERHEAD_S, return_samples=args.return_samples, score=score, cut=cut,
-            preflight={k: v for k, v in summary.items() if k != "verdict"} if summary else None)
-        why = _unfinished(entries, written, [*committed, *results_lib.read(args.out / "results.jsonl")])
-        if why:
-            print(f"[reproduce] {why}", file=sys.stderr, flush=True)
-            return NOTHING_FINISHED
+        status = _run_budget(args, command, started)
+        if status:
+            return status
     if args.score:
         _score(args, command)
     if args.evaluate:

@@ -162,7 +162,8 @@ def score_run(records: RecordsLike, *, run_id: str, workroot: Path, out: Path, s
     Args:
       records: the run's records (``out/results.jsonl``).
       run_id: the run whose results to score.
-      workroot: the runner's run directories (``<workroot>/<id>/samples.npz``: every sample).
+      workroot: the runner's run directories: every sample in ``<workroot>/<samples_file>`` (a
+        result's, e.g. ``<trainer>/samples_seed1.npz``), else ``<workroot>/<id>/samples.npz``.
       out: the results directory holding the returned samples (their first file gets the device
         features of its first ``feature_check`` images as ``features``).
       scorer: ``Evaluator.report``; features: uint8 images -> pool3 features (float32 (n, D)).
@@ -171,7 +172,7 @@ def score_run(records: RecordsLike, *, run_id: str, workroot: Path, out: Path, s
     records = Records.of(records)
     new = []
     for result in (r for r in records.results() if r.run == run_id and _scored(records, r, network)):
-        with np.load(workroot / result.id / "samples.npz") as z:
+        with np.load(workroot / (result.samples_file or f"{result.id}/samples.npz")) as z:
             images = z["images"]
             labels = z["labels"].astype(np.int32) if "labels" in z.files else None
         report = scorer(images) if labels is None else scorer(images, labels=labels)

@@ -26,7 +26,7 @@ __all__ = [
     "STEP_TIMES", "STUDIOGAN",
     "build_plan", "build_smoke_plan",
     "config_overrides",
-    "load_packing", "load_plan", "load_seeds_per_process", "plan_json", "sizing",
+    "load_packing", "load_plan", "load_seeds_per_process", "plan_json", "score_s", "sizing",
 ]
 
 #: The plan's neutral names for config fields -> each suite's field (dotted for nested ones).
@@ -232,12 +232,17 @@ def sizing(*, step_s: float, fixed_s: float, run_s: float = RUN_SECONDS - RUNNER
     return max(quantum, int((run_s - fixed_s) / step_s) // quantum * quantum)
 
 
+def score_s(entries: int, *, overhead: Mapping[str, float] = OVERHEAD_S) -> float:
+    """Seconds a group keeps for scoring its ``entries``' samples where they were made: the
+    ``'score'`` overhead covers :data:`PACKING` entries, and grows in proportion beyond."""
+    return float(overhead.get("score", 0.0)) * max(1.0, entries / PACKING)
+
+
 def _group_estimate(entries: int = PACKING) -> float:
     """Seconds a packed group needs at least: start, compile, calibration and some training, then
     sampling, scoring (:data:`OVERHEAD_S`'s for four entries, more with more) and the margin (its
     step count is sized to what is left)."""
-    score = OVERHEAD_S["score"] * max(1.0, entries / PACKING)
-    return round(sum(OVERHEAD_S.values()) - OVERHEAD_S["score"] + score + GROUP_MIN_TRAIN_S)
+    return round(sum(OVERHEAD_S.values()) - OVERHEAD_S["score"] + score_s(entries) + GROUP_MIN_TRAIN_S)
 
 
 def _gan_entries(step_times: Mapping[str, float], seeds: Sequence[int]) -> list[Entry]:

@@ -5,7 +5,8 @@ before its plan, on the entries the run starts first (:func:`paper.campaign.runn
 first group's kinds). Everything runs at once, each check in a process of its own (the runner never
 initializes JAX):
 
-* every entry's own train command (its config, its data, its seeds) with
+* every process's own train command (its config, its data, its seeds: the run's
+  :func:`~paper.campaign.runner.trainers`) with
   ``--config.step_limit_file`` holding 1, in a scratch work directory: the carried wheels import,
   the data loads, the step compiles and runs one step on the device;
 * the probe, ``python -m paper.reproduce --probe`` (:func:`probe`): jax sees the accelerator that
@@ -180,7 +181,8 @@ def _gib(n: float) -> str:
 
 
 def preflight(entries: Sequence[Entry], *, workroot: Path, data: str, probe_argv: Sequence[str],
-              limit_s: float, clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+              limit_s: float, seeds_per_process: int = 1, clock: Callable[[], float] = time.monotonic
+              ) -> dict[str, Any]:
     """Runs the pre-flight of a run that starts with ``entries``; never raises for a failed check.
 
     Args:
@@ -191,6 +193,8 @@ def preflight(entries: Sequence[Entry], *, workroot: Path, data: str, probe_argv
       data: the entries' dataset argument (``'folder:PATH'``) for ``'{cifar10}'``.
       probe_argv: the probe's command (``python -m paper.reproduce --probe ...``).
       limit_s: seconds the checks may take (:func:`default_limit`).
+      seeds_per_process: as the run trains them (:func:`paper.campaign.runner.trainers`): each
+        process is checked with its seeds, the program the run compiles.
       clock: seconds (monotonic).
 
     Returns:
@@ -198,7 +202,10 @@ def preflight(entries: Sequence[Entry], *, workroot: Path, data: str, probe_argv
       with ``'failed'`` (which check), ``'error'`` and the failed process's ``'log_tail'`` when not ok.
     """
     start = clock()
-    summary: dict[str, Any] = {"ok": False, "limit_s": limit_s, "entries": [e.id for e in entries]}
+    trained = runner.trainers([e for e in entries if e.suite in ("gan", "classify")],
+                              seeds_per_process=seeds_per_process)
+    summary: dict[str, Any] = {"ok": False, "limit_s": limit_s, "entries": [e.id for e in entries],
+                               "trainers": [t.name for t in trained]}
     procs: dict[str, runner.Process] = {}
     scratch = workroot / "preflight"
     try:
@@ -215,15 +222,13 @@ def preflight(entries: Sequence[Entry], *, workroot: Path, data: str, probe_argv
         if scratch.exists():
             shutil.rmtree(scratch)
         scratch.mkdir(parents=True)
-        env = runner.group_env(len(entries))
-        for e in entries:
-            if e.suite not in ("gan", "classify"):
-                continue
-            workdir = scratch / e.id
+        env = runner.group_env(len(trained))
+        for t in trained:
+            workdir = scratch / t.name
             workdir.mkdir()
             (workdir / "step_limit").write_text(f"{STEPS}\n", encoding="utf-8")
-            train = runner.entry_commands(e, workdir=workdir, data=data)[0]
-            procs[e.id] = runner.Process([*train, f"--config.step_limit_file={workdir / 'step_limit'}"],
+            train = runner.entry_commands(t.entry, workdir=workdir, data=data)[0]
+            procs[t.name] = runner.Process([*train, f"--config.step_limit_file={workdir / 'step_limit'}"],
                                          log=workdir / "log.txt", env=env, clock=clock)
         procs["probe"] = runner.Process(probe_argv, log=scratch / "probe.log",
                                         env={**env, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}, clock=clock)
@@ -275,9 +280,11 @@ def _verdict(s: Mapping[str, Any]) -> str:
     parts = [f"jax sees {p.get('devices')} {p.get('platform')} device(s) ({p.get('device_kind')})"]
     if p.get("modules"):
         parts.append(f"carried {', '.join(p['modules'])} import")
-    trained = [i for i in s["entries"] if i in s.get("seconds_each", {})]
+    trained = [i for i in s.get("trainers", s["entries"]) if i in s.get("seconds_each", {})]
     if trained:
-        parts.append(f"{len(trained)} entries compiled and ran {STEPS} step ({', '.join(trained)})")
+        what = f"{len(trained)} entries" if len(trained) == len(s["entries"]) else (
+            f"{len(trained)} processes ({len(s['entries'])} entries)")
+        parts.append(f"{what} compiled and ran {STEPS} step ({', '.join(trained)})")
     if p.get("inception"):
         inc = p["inception"]
         parts.append(f"Inception ({inc['form']}, {str(inc['sha256'])[:12]}) scored {inc['images']} images")

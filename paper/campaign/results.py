@@ -14,6 +14,8 @@ Records (``record`` field), each read as a frozen dataclass of its kind:
   (``--score``) or on the CPU (``--evaluate``).
 - ``crosscheck`` (:class:`Crosscheck`): this CPU's features of returned samples against the
   device's.
+- ``calibration`` (:class:`Calibration`): how many seeds one process trains on a device, measured
+  there once.
 
 :func:`load` reads and validates a file in one place: a record that lacks a field its kind needs,
 or has one of the wrong type, is one :class:`RecordError` naming the file, the line and the field.
@@ -34,7 +36,7 @@ from typing import Any, ClassVar, TypeVar
 
 from sympad.train.errors import UserError
 
-__all__ = ["STATUSES", "Attempts", "Crosscheck", "Evaluation", "Other", "Record", "RecordError", "Records", "Result",
+__all__ = ["STATUSES", "Attempts", "Calibration", "Crosscheck", "Evaluation", "Other", "Record", "RecordError", "Records", "Result",
            "Run", "Sizing", "Started", "append", "attempts", "done_ids", "load", "merge", "read"]
 
 #: A result's outcomes.
@@ -116,6 +118,7 @@ class Result(Record):
       allotted_s: for a killed entry, the seconds the runner gave it.
       metrics: the suite's last logged or final metrics.
       params: a GAN's parameter counts ('generator', 'discriminator', 'generator_widths').
+      samples_file: where all its samples are, relative to the runner's work root ('': none).
       artifacts: sample files (``.npz``) in the run's results directory, in order.
       bench_records: a benchmark entry's records (``benchmarks.all``'s).
     """
@@ -153,6 +156,7 @@ class Result(Record):
     params: Mapping[str, Any] | None = None
     num_samples: int | None = None
     returned_samples: int | None = None
+    samples_file: str = ""
     artifacts: tuple[str, ...] = ()
     labelled_samples: bool = False
     bench_records: tuple[Mapping[str, Any], ...] = ()
@@ -255,13 +259,39 @@ class Crosscheck(Record):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class Calibration(Record):
+    """How many seeds one process trains on a device, as measured there (:mod:`paper.campaign.calibration`).
+
+    Attributes:
+      seeds_per_process: the choice (the plan's ``default`` when nothing was measured).
+      measured: per seed count: ``num_seeds``, ``images_per_s`` (summed over seeds), ``step_ms``,
+        ``compile_s`` and memory bytes.
+      status: 'done' | 'failed' | 'killed' (its time ran out).
+    """
+
+    KIND: ClassVar[str] = "calibration"
+
+    device: str
+    seeds_per_process: int
+    kind: str = ""
+    status: str = "done"
+    counts: tuple[int, ...] = ()
+    measured: tuple[Mapping[str, Any], ...] = ()
+    default: int = 1
+    seconds: float = 0.0
+    command: str = ""
+    log_tail: str = ""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Other(Record):
     """A record of a kind this version does not know, kept whole (its fields in ``extra``)."""
 
     kind: str
 
 
-KINDS: dict[str, type[Record]] = {cls.KIND: cls for cls in (Run, Started, Result, Sizing, Evaluation, Crosscheck)}
+KINDS: dict[str, type[Record]] = {cls.KIND: cls for cls in (Run, Started, Result, Sizing, Evaluation, Crosscheck,
+                                                            Calibration)}
 
 
 # ----------------------------------------------------------------------------------------------

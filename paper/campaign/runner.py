@@ -35,12 +35,13 @@ import numpy as np
 
 from paper import shared_data
 from paper.campaign import results as results_lib
+from paper.campaign import plan as plan_lib
 from paper.campaign.plan import Entry, config_overrides
 from sympad.train import environment as renv
 
 __all__ = ["MAX_FILE_BYTES", "MAX_TRIES", "RETURN_SAMPLES", "WORKROOT", "Gpu", "Process", "cifar10_arg",
            "cifar10_folder", "entry_commands", "environment", "first_batch", "gpus", "group_env", "group_steps",
-           "needs_cifar10", "run_plan", "size_group", "write_samples"]
+           "needs_cifar10", "run_plan", "size_group", "spawn", "Trainer", "trainers", "write_samples"]
 
 #: Largest file the device machine sends back (the issue: 16 MiB a file, 8 files, 64 MiB in all).
 MAX_FILE_BYTES = 16 * 2**20
@@ -168,6 +169,61 @@ def entry_commands(entry: Entry, *, workdir: Path, data: str = "", deadline_s: f
     return [list(entry.argv)]
 
 
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """One training process of a packed group: one entry, or several that differ only in their
+    consecutive ``seed`` args, trained at once (``seeds=N``, the GAN suite's vmapped seeds).
+
+    Attributes:
+      entries: its entries in seed order.
+    """
+
+    entries: tuple[Entry, ...]
+
+    @property
+    def name(self) -> str:
+        """Its work directory's name: the entry's id, or ``<first id>..<last seed>`` for several."""
+        first = self.entries[0]
+        return first.id if len(self.entries) == 1 else f"{first.id}..{self.entries[-1].args['seed']}"
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The seeds it trains (() for one entry: its process is the entry's own command)."""
+        return tuple(int(e.args["seed"]) for e in self.entries) if len(self.entries) > 1 else ()
+
+    @property
+    def entry(self) -> Entry:
+        """What its commands are made from: the first entry, with ``seeds=N`` for several."""
+        first = self.entries[0]
+        if len(self.entries) == 1:
+            return first
+        return dataclasses.replace(first, id=self.name, args={**first.args, "seeds": len(self.entries)})
+
+
+def _same_but_seed(a: Entry, b: Entry) -> bool:
+    """Whether ``b`` is ``a`` with the next seed (and nothing else changed)."""
+    if a.suite != "gan" or "seed" not in a.args or "seed" not in b.args:
+        return False
+    def rest(e: Entry) -> tuple:
+        return {k: v for k, v in e.args.items() if k != "seed"}, dict(e.set), e.config, e.samples, e.group
+
+    return rest(a) == rest(b) and int(b.args["seed"]) == int(a.args["seed"]) + 1
+
+
+def trainers(entries: Sequence[Entry], *, seeds_per_process: int = 1) -> list[Trainer]:
+    """``entries`` (in order) as the processes that train them: runs of consecutive entries that
+    differ only by the next seed share one, up to ``seeds_per_process`` each."""
+    if seeds_per_process < 1:
+        raise ValueError(f"seeds_per_process must be >= 1, got {seeds_per_process}")
+    out: list[list[Entry]] = []
+    for e in entries:
+        if out and len(out[-1]) < seeds_per_process and _same_but_seed(out[-1][-1], e):
+            out[-1].append(e)
+        else:
+            out.append([e])
+    return [Trainer(tuple(t)) for t in out]
+
+
 def _set_pdeathsig() -> None:
     # The command dies with the runner, also when the runner is SIGKILLed (Linux only).
     try:
@@ -222,7 +278,7 @@ class Process:
         return self.clock() - self.start
 
 
-def _spawn(argv: Sequence[str], *, log: Path, end: float, clock: Callable[[], float]) -> tuple[int, float, bool]:
+def spawn(argv: Sequence[str], *, log: Path, end: float, clock: Callable[[], float]) -> tuple[int, float, bool]:
     """Runs one command until it exits or ``end``; returns (exit code, seconds, killed at the deadline)."""
     proc = Process(argv, log=log, clock=clock)
     rc = proc.wait(end - clock())
@@ -275,34 +331,48 @@ def write_samples(images: np.ndarray, *, out: Path, stem: str, max_bytes: int = 
     return names
 
 
-def _collect(entry: Entry, workdir: Path, out: Path, *, return_samples: int | None = None) -> dict[str, Any]:
+def _gan_found(entry: Entry, workdir: Path, out: Path, *, return_samples: int | None, seed: int | None
+               ) -> dict[str, Any]:
+    """A GAN entry's metrics, parameter counts and samples; ``seed``: its seed's, in a process of several."""
+    from gan.state import seed_path, seed_prefix  # Deferred: only a GAN result needs the suite's names.
+
+    lines = _metric_lines(workdir)
+    found: dict[str, Any] = dict(_timing(lines, rate_key="steps_per_s"))
+    last = lines[-1] if lines else {}
+    prefix = "" if seed is None else seed_prefix(seed)
+    found["metrics"] = {k: last[prefix + k] for k in ("d_loss", "g_loss") if prefix + k in last}
+    found["metrics"].update({k: last[k] for k in ("step", "d_steps") if k in last})
+    found["steps"] = int(last.get("step", 0))  # 0: stopped before its first logged step
+    summary = workdir / "model_summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        found["params"] = {"generator": s.get("generator", {}).get("params"),
+                           "discriminator": s.get("discriminator", {}).get("params"),
+                           "generator_widths": s.get("generator", {}).get("widths")}
+    samples = workdir / "samples.npz"
+    samples = samples if seed is None else seed_path(samples, seed)  # gan.sample's file of that seed
+    if entry.samples and samples.is_file():
+        with np.load(samples) as z:
+            images = z["images"]
+            labels = z["labels"] if "labels" in z.files else None  # gan.sample's, for a conditional G
+        found["num_samples"] = int(len(images))
+        found["samples_file"] = f"{workdir.name}/{samples.name}"
+        if return_samples is not None:
+            images = images[:return_samples]
+            labels = None if labels is None else labels[:return_samples]
+            found["returned_samples"] = int(len(images))
+        found["artifacts"] = write_samples(images, out=out, stem=f"samples-{entry.id}", labels=labels)
+        found["labelled_samples"] = labels is not None
+    return found
+
+
+def _collect(entry: Entry, workdir: Path, out: Path, *, return_samples: int | None = None,
+             seed: int | None = None) -> dict[str, Any]:
     """Metrics, timings and artifacts of a finished entry; ``return_samples``: copy only the
-    first that many GAN samples to ``out`` (None: all of them)."""
+    first that many GAN samples to ``out`` (None: all of them); ``seed``: the entry's seed in a
+    process that trained several (its ``seed<k>/`` metrics and ``samples_seed<k>.npz``)."""
     if entry.suite == "gan":
-        lines = _metric_lines(workdir)
-        found: dict[str, Any] = dict(_timing(lines, rate_key="steps_per_s"))
-        last = lines[-1] if lines else {}
-        found["metrics"] = {k: last[k] for k in ("step", "d_steps", "d_loss", "g_loss") if k in last}
-        found["steps"] = int(last.get("step", 0))  # 0: stopped before its first logged step
-        summary = workdir / "model_summary.json"
-        if summary.is_file():
-            s = json.loads(summary.read_text())
-            found["params"] = {"generator": s.get("generator", {}).get("params"),
-                               "discriminator": s.get("discriminator", {}).get("params"),
-                               "generator_widths": s.get("generator", {}).get("widths")}
-        samples = workdir / "samples.npz"
-        if entry.samples and samples.is_file():
-            with np.load(samples) as z:
-                images = z["images"]
-                labels = z["labels"] if "labels" in z.files else None  # gan.sample's, for a conditional G
-            found["num_samples"] = int(len(images))
-            if return_samples is not None:
-                images = images[:return_samples]
-                labels = None if labels is None else labels[:return_samples]
-                found["returned_samples"] = int(len(images))
-            found["artifacts"] = write_samples(images, out=out, stem=f"samples-{entry.id}", labels=labels)
-            found["labelled_samples"] = labels is not None
-        return found
+        return _gan_found(entry, workdir, out, return_samples=return_samples, seed=seed)
     if entry.suite == "classify":
         lines = _metric_lines(workdir)
         found = dict(_timing(lines, rate_key="steps_per_s"))
@@ -345,6 +415,7 @@ class _Run:
     overhead: Mapping[str, float] = dataclasses.field(default_factory=dict)
     return_samples: int = RETURN_SAMPLES
     cut: dict[str, Any] = dataclasses.field(default_factory=dict)
+    seeds_per_process: int = 1
 
     def write(self, record: dict[str, Any]) -> None:
         results_lib.append(self.out / "results.jsonl", record)
@@ -393,14 +464,16 @@ def _log_tail(entry: Entry, workdir: Path, status: str, out: Path) -> str:
 
 def run_plan(entries: Sequence[Entry], *, out: Path, deadline_s: float, committed: Sequence[Mapping[str, Any]] = (),
              workroot: Path | None = None, data: str = "", commit: str = "", command: str = "",
-             retry: Sequence[str] = (), budget: str = "device", packing: int = 1, score: Sequence[str] = (),
+             retry: Sequence[str] = (), budget: str = "device", packing: int = 1, seeds_per_process: int = 1,
+             score: Sequence[str] = (),
              overhead: Mapping[str, float] | None = None, return_samples: int = RETURN_SAMPLES,
              cut: Mapping[str, Any] | None = None, preflight: Mapping[str, Any] | None = None,
              clock: Callable[[], float] = time.monotonic) -> list[dict[str, Any]]:
     """Runs the plan's pending entries in order until ``deadline_s`` seconds from now.
 
-    Entries of one ``group`` (the Table 4 kinds of a seed) run at once on the one device, up to
-    ``packing`` of them, each in its own process; once every one of them has logged a few steady
+    Entries of one ``group`` (Table 4's kinds and seeds) run at once on the one device, in up to
+    ``packing`` processes, a kind's consecutive seeds in one process (up to ``seeds_per_process``,
+    trained as one vmapped program); once every one of them has logged a few steady
     step rates, the runner gives them all the same step count, the most that the slowest reaches
     before the deadline leaves time to sample and score (:func:`_run_group`). Other entries run
     one at a time with the step counts of the plan.
@@ -420,7 +493,10 @@ def run_plan(entries: Sequence[Entry], *, out: Path, deadline_s: float, committe
       retry: entry ids to run again even if failed or given up (with the plan's estimate).
       budget: 'device' or 'smoke', recorded as the 'campaign' of the run and result records
         (a smoke run is never merged into the committed results).
-      packing: entries of one group run at once (the plan's ``packing``).
+      packing: processes of one group run at once (the plan's ``packing``).
+      seeds_per_process: entries of a group that differ only in their seed train in one process,
+        up to this many consecutive seeds (the plan's ``seeds_per_process``, or the device's
+        calibration: :mod:`paper.campaign.calibration`).
       score: the command (argv, ``python`` first) that scores this run's GAN samples where they
         were made (``python -m paper.reproduce --score ...``); run once after each group, with
         ``--run=<this run's id>`` added; () = no scoring here.
@@ -437,17 +513,17 @@ def run_plan(entries: Sequence[Entry], *, out: Path, deadline_s: float, committe
     """
     if deadline_s <= 0:
         raise ValueError(f"deadline_s must be positive, got {deadline_s}")
-    if packing < 1:
-        raise ValueError(f"packing must be >= 1, got {packing}")
+    if packing < 1 or seeds_per_process < 1:
+        raise ValueError(f"packing and seeds_per_process must be >= 1, got {packing} and {seeds_per_process}")
     out.mkdir(parents=True, exist_ok=True)
     env = environment(commit=commit)
     run = _Run(out=out, workroot=workroot or WORKROOT, end=clock() + deadline_s,
                deadline_s=deadline_s, run_id=f"{env['date'].replace(' ', 'T')}-{os.getpid()}", env=env,
                budget=budget, data=data, clock=clock, records=[*committed, *results_lib.read(out / "results.jsonl")],
                written=[], score=tuple(score), overhead=dict(overhead or {}), return_samples=return_samples,
-               cut=dict(cut or {}))
+               cut=dict(cut or {}), seeds_per_process=seeds_per_process)
     run.write({"record": "run", "run": run.run_id, "campaign": budget, "deadline_s": deadline_s, "command": command,
-               "packing": packing, **({"cut": run.cut} if run.cut else {}),
+               "packing": packing, "seeds_per_process": seeds_per_process, **({"cut": run.cut} if run.cut else {}),
                **({"preflight": dict(preflight)} if preflight else {}), **env})
     handled: set[str] = set()
     for entry in entries:
@@ -458,7 +534,7 @@ def run_plan(entries: Sequence[Entry], *, out: Path, deadline_s: float, committe
         ready, notes = _ready(batch, run.records, retry=retry, deadline_s=deadline_s)
         for note in notes:
             print(f"[campaign] {note}", flush=True)
-        for part in _parts(ready, entry, packing):
+        for part in _parts(ready, entry, packing, run.seeds_per_process):
             estimate, left = max(t for _, t in part), run.left()
             if estimate > left:
                 why = ("never fits one run: re-size it" if estimate > deadline_s
@@ -500,14 +576,20 @@ def _ready(batch: Sequence[Entry], records: Sequence[Mapping[str, Any]], *, retr
     return ready, notes
 
 
-def _parts(ready: Sequence[tuple[Entry, float]], entry: Entry, packing: int) -> list[list[tuple[Entry, float]]]:
-    """The ready entries in the sets that run at once: up to ``packing`` of a group, else one."""
-    size = packing if entry.group else 1
-    return [list(ready[k:k + size]) for k in range(0, len(ready), size)]
+def _parts(ready: Sequence[tuple[Entry, float]], entry: Entry, packing: int, seeds_per_process: int = 1
+           ) -> list[list[tuple[Entry, float]]]:
+    """The ready entries in the sets that run at once: a group's in up to ``packing`` processes
+    (:func:`trainers`: up to ``seeds_per_process`` seeds of a kind each), any other alone."""
+    if not entry.group:
+        return [[r] for r in ready]
+    estimates = dict((e.id, t) for e, t in ready)
+    procs = trainers([e for e, _ in ready], seeds_per_process=seeds_per_process)
+    return [[(e, estimates[e.id]) for t in procs[k:k + packing] for e in t.entries]
+            for k in range(0, len(procs), packing)]
 
 
 def first_batch(entries: Sequence[Entry], records: Sequence[Mapping[str, Any]], *, retry: Sequence[str] = (),
-                packing: int = 1) -> list[Entry]:
+                packing: int = 1, seeds_per_process: int = 1) -> list[Entry]:
     """The entries :func:`run_plan` starts first with these records (a group's entries, run at
     once, or one entry); [] when none is left. The pre-flight checks them."""
     handled: set[str] = set()
@@ -518,7 +600,7 @@ def first_batch(entries: Sequence[Entry], records: Sequence[Mapping[str, Any]], 
         handled.update(e.id for e in batch)
         ready, _ = _ready(batch, records, retry=retry, deadline_s=math.inf)
         if ready:
-            return [e for e, _ in _parts(ready, entry, packing)[0]]
+            return [e for e, _ in _parts(ready, entry, packing, seeds_per_process)[0]]
     return []
 
 
@@ -548,7 +630,7 @@ def _run_single(entry: Entry, run: _Run, *, estimate: float) -> None:
     commands = entry_commands(entry, workdir=workdir, data=data, deadline_s=left - 30)
     status, seconds, rc = "done", [], 0
     for argv in commands:
-        rc, took, killed = _spawn(argv, log=workdir / "log.txt", end=run.end, clock=run.clock)
+        rc, took, killed = spawn(argv, log=workdir / "log.txt", end=run.end, clock=run.clock)
         seconds.append(took)
         if killed:
             status = "killed"
@@ -620,109 +702,169 @@ def _write_limit(path: Path, steps: int) -> None:
     os.replace(tmp, path)  # the trainer never reads half a number
 
 
-def _run_group(entries: Sequence[Entry], run: _Run, *, estimate: float, group: Sequence[Entry]) -> None:
-    """Trains a group's GAN entries at once, sizes them to one step count, samples, scores.
+@dataclasses.dataclass
+class _Training:
+    """One trainer of a running group: its process now, and what it has done."""
 
-    Each trainer gets ``--config.step_limit_file``; the runner writes the group's step count there
-    once every trainer has logged :data:`CALIBRATION_INTERVALS` steady intervals (or a group
-    finished before: the count it reached). Entries of a ``group`` whose other entries finished in
-    an earlier run get those entries' count from the start. A trainer still running at the
-    deadline is stopped by SIGTERM (it saves its checkpoint) and recorded as killed at the step
-    it reached.
-    """
-    data = run.cifar10() if needs_cifar10(entries) else run.data
-    fixed = group_steps(group, run.records)
-    left = run.left()
-    k = len(entries)
-    reserve = sum(run.overhead.get(n, 0.0) for n in ("sample", "score", "margin"))
-    env = group_env(k)
-    names = ", ".join(e.id for e in entries)
-    print(f"[campaign] {names}: start {k} at once (estimate {estimate:.0f} s, {left:.0f} s left"
-          f"{f', {fixed} steps as the group before' if fixed else ', sized while training'})", flush=True)
-    state: dict[str, dict[str, Any]] = {}
-    for e in entries:
-        workdir = run.fresh_workdir(e)
-        limit = workdir / "step_limit"
-        if fixed:
-            _write_limit(limit, fixed)
-        commands = entry_commands(e, workdir=workdir, data=data)
-        commands[0] = [*commands[0], f"--config.step_limit_file={limit}"]
+    trainer: Trainer
+    workdir: Path
+    commands: list[list[str]]
+    proc: Process | None
+    next: int = 1  # the index of the command after the running one
+    seconds: list[float] = dataclasses.field(default_factory=list)
+    rc: int = 0
+    status: str = ""  # '' while running, then 'done' | 'failed' | 'killed'
+    trained: bool = False
+
+    @property
+    def training(self) -> bool:
+        return self.next == 1 and self.proc is not None
+
+    def advance(self, *, env: Mapping[str, str], clock: Callable[[], float]) -> None:
+        """If its process exited: starts its next command (the samples), or settles its status."""
+        if self.proc is None or (rc := self.proc.poll()) is None:
+            return
+        self.seconds.append(self.proc.seconds)
+        self.rc, self.proc = rc, None
+        if rc != 0:
+            self.status = "failed"
+            return
+        self.trained = True
+        if self.next < len(self.commands):
+            self.proc = Process(self.commands[self.next], log=self.workdir / "log.txt", env=env, clock=clock)
+            self.next += 1
+        else:
+            self.status = "done"
+
+    def stop(self) -> None:
+        """At the deadline: SIGTERM (the trainer checkpoints), recorded as killed."""
+        if self.proc is not None:
+            self.rc = self.proc.stop()
+            self.seconds.append(self.proc.seconds)
+            self.proc, self.status = None, "killed"
+
+
+def _reserve_s(run: _Run, procs: Sequence[Trainer]) -> float:
+    """Seconds a group keeps free at the end of training: sampling (a trainer samples its seeds one
+    after another), scoring (:func:`paper.campaign.plan.score_s` of its entries) and the margin."""
+    seeds = max(len(t.entries) for t in procs)
+    entries = sum(len(t.entries) for t in procs)
+    return (run.overhead.get("sample", 0.0) * seeds + plan_lib.score_s(entries, overhead=run.overhead)
+            + run.overhead.get("margin", 0.0))
+
+
+def _start_training(trainer: Trainer, run: _Run, *, data: str, fixed: int | None, env: Mapping[str, str],
+                    estimate: float, left: float, k: int) -> _Training:
+    workdir = run.fresh_workdir(trainer.entry)
+    limit = workdir / "step_limit"
+    if fixed:
+        _write_limit(limit, fixed)
+    commands = entry_commands(trainer.entry, workdir=workdir, data=data)
+    commands[0] = [*commands[0], f"--config.step_limit_file={limit}"]
+    for e in trainer.entries:
         run.write({"record": "started", "id": e.id, "run": run.run_id, "allotted_s": round(left, 1),
-                   "estimate_s": estimate, "group": e.group, "packing": k})
-        state[e.id] = {"entry": e, "workdir": workdir, "commands": commands, "next": 1, "seconds": [], "rc": 0,
-                       "status": "", "proc": Process(commands[0], log=workdir / "log.txt", env=env, clock=run.clock)}
-    sized = fixed
-    while any(s["proc"] is not None for s in state.values()):
-        for s in state.values():
-            proc = s["proc"]
-            if proc is None or (rc := proc.poll()) is None:
-                continue
-            s["seconds"].append(proc.seconds)
-            s["rc"], s["proc"] = rc, None
-            if rc != 0:
-                s["status"] = "failed"
-                continue
-            s["trained"] = True
-            if s["next"] < len(s["commands"]):  # trained: now its samples
-                s["proc"] = Process(s["commands"][s["next"]], log=s["workdir"] / "log.txt", env=env, clock=run.clock)
-                s["next"] += 1
-            else:
-                s["status"] = "done"
-        training = {i: s for i, s in state.items() if s["next"] == 1 and s["proc"] is not None}
-        if sized is None and training:
-            progress = {i: _rates(s["workdir"]) for i, s in state.items() if s["status"] != "failed"}
-            calibrated = all(len(progress[i][1]) >= CALIBRATION_INTERVALS for i in training)
-            finished = [progress[i][0] for i, s in state.items() if s.get("trained")]  # read just above
-            if finished or (calibrated and progress):
-                cap = max(int(e.set.get("steps", 0)) for e in entries) or 1
-                quantum = max(1, int(entries[0].set.get("log_every", 1)))
-                sized = max(finished) if finished else size_group(
-                    progress, seconds_left=run.end - reserve - run.clock(), cap=cap, quantum=quantum)
-                for s in state.values():
-                    _write_limit(s["workdir"] / "step_limit", sized)
-                run.write({"record": "sizing", "group": entries[0].group, "run": run.run_id, "packing": k,
-                           "steps": sized, "at_s": round(run.deadline_s - run.left(), 1),
-                           "train_left_s": round(run.end - reserve - run.clock(), 1), "reserve_s": reserve,
-                           "rates": {i: round(statistics.median(r), 3) if r else None
-                                     for i, (_, r) in progress.items()},
-                           "at_steps": {i: step for i, (step, _) in progress.items()}})
-                print(f"[campaign] {entries[0].group}: {sized} steps for all {k} "
-                      f"(rates {', '.join(f'{statistics.median(r):.1f}' for _, r in progress.values() if r)} steps/s)",
-                      flush=True)
-        if run.left() <= 0:
-            for s in state.values():
-                if s["proc"] is not None:
-                    s["rc"] = s["proc"].stop()
-                    s["seconds"].append(s["proc"].seconds)
-                    s["proc"], s["status"] = None, "killed"
-            break
-        time.sleep(POLL_S)
+                   "estimate_s": estimate, "group": e.group, "packing": k,
+                   **({"seeds": list(trainer.seeds)} if trainer.seeds else {})})
+    return _Training(trainer, workdir, commands, Process(commands[0], log=workdir / "log.txt", env=env, clock=run.clock))
+
+
+def _size(state: Mapping[str, _Training], run: _Run, *, reserve: float) -> int | None:
+    """The group's one step count once every trainer has logged its calibration intervals (or one
+    finished: the count it reached); None before. Written to every trainer's step-limit file."""
+    progress = {i: _rates(t.workdir) for i, t in state.items() if t.status != "failed"}
+    calibrated = all(len(progress[i][1]) >= CALIBRATION_INTERVALS for i, t in state.items() if t.training)
+    finished = [progress[i][0] for i, t in state.items() if t.trained and i in progress]
+    if not finished and not (calibrated and progress):
+        return None
+    entries = [e for t in state.values() for e in t.trainer.entries]
+    cap = max(int(e.set.get("steps", 0)) for e in entries) or 1
+    quantum = max(1, int(entries[0].set.get("log_every", 1)))
+    sized = max(finished) if finished else size_group(
+        progress, seconds_left=run.end - reserve - run.clock(), cap=cap, quantum=quantum)
+    for t in state.values():
+        _write_limit(t.workdir / "step_limit", sized)
+    group = entries[0].group
+    run.write({"record": "sizing", "group": group, "run": run.run_id, "packing": len(state), "steps": sized,
+               "at_s": round(run.deadline_s - run.left(), 1), "train_left_s": round(run.end - reserve - run.clock(), 1),
+               "reserve_s": reserve, "rates": {i: round(statistics.median(r), 3) if r else None
+                                               for i, (_, r) in progress.items()},
+               "at_steps": {i: step for i, (step, _) in progress.items()}})
+    print(f"[campaign] {group}: {sized} steps for all {len(state)} "
+          f"(rates {', '.join(f'{statistics.median(r):.1f}' for _, r in progress.values() if r)} steps/s)", flush=True)
+    return sized
+
+
+def _record_training(t: _Training, run: _Run, *, sized: int | None, left: float, k: int) -> list[str]:
+    """One result record per entry of a trainer; returns the ids with samples to score."""
+    tail = _log_tail(t.trainer.entry, t.workdir, t.status, run.out)
     scored = []
-    for s in state.values():
-        e, workdir = s["entry"], s["workdir"]
-        tail = _log_tail(e, workdir, s["status"], run.out)
-        record = run.result(e, status=s["status"], commands=s["commands"], seconds=s["seconds"], rc=s["rc"], tail=tail)
+    for e in t.trainer.entries:
+        record = run.result(e, status=t.status, commands=t.commands, seconds=t.seconds, rc=t.rc, tail=tail)
         record.update(group=e.group, packing=k, step_limit=sized)
-        if s["status"] == "killed":
+        if t.trainer.seeds:
+            record["seeds"] = list(t.trainer.seeds)
+        if t.status == "killed":
             record["allotted_s"] = round(left, 1)
         try:
-            record.update(_collect(e, workdir, run.out, return_samples=run.return_samples))
+            record.update(_collect(e, t.workdir, run.out, return_samples=run.return_samples,
+                                   seed=int(e.args["seed"]) if t.trainer.seeds else None))
         except (OSError, ValueError, KeyError) as err:
             record["collect_error"] = repr(err)
         run.write(record)
         if record["status"] == "done" and record.get("artifacts"):
             scored.append(e.id)
         print(f"[campaign] {e.id}: {record['status']} at step {record.get('steps', '?')} after "
-              f"{sum(s['seconds']):.0f} s", flush=True)
+              f"{sum(t.seconds):.0f} s", flush=True)
+    return scored
+
+
+def _score_group(run: _Run, scored: Sequence[str]) -> None:
+    """Scores a group's samples on this device (``run.score``), killed at the deadline."""
+    log = run.workroot / "score.log"
+    argv = [*run.score, f"--run={run.run_id}", f"--workroot={run.workroot}"]
+    rc, took, killed = spawn(argv, log=log, end=run.end, clock=run.clock)
+    tail = log.read_text(encoding="utf-8", errors="replace")[-LOG_TAIL_CHARS:] if log.is_file() else ""
+    with open(run.out / "log.txt", "a", encoding="utf-8") as f:
+        f.write(f"\n===== scoring {', '.join(scored)} (exit {rc}{', killed' if killed else ''}) =====\n{tail}\n")
+    print(f"[campaign] scored {', '.join(scored)} on this device: exit {rc} after {took:.0f} s"
+          f"{' (killed at the deadline)' if killed else ''}", flush=True)
+
+
+def _run_group(entries: Sequence[Entry], run: _Run, *, estimate: float, group: Sequence[Entry]) -> None:
+    """Trains a group's GAN entries at once, sizes them to one step count, samples, scores.
+
+    The entries train in :func:`trainers` (a kind's consecutive seeds in one process, up to
+    ``run.seeds_per_process``). Each trainer gets ``--config.step_limit_file``; the runner writes
+    the group's step count there once every trainer has logged :data:`CALIBRATION_INTERVALS`
+    steady intervals (or a trainer finished before: the count it reached). Entries of a ``group``
+    whose other entries finished in an earlier run get those entries' count from the start. A
+    trainer still running at the deadline is stopped by SIGTERM (it saves its checkpoint) and its
+    entries recorded as killed at the step it reached.
+    """
+    data = run.cifar10() if needs_cifar10(entries) else run.data
+    fixed = group_steps(group, run.records)
+    left = run.left()
+    procs = trainers(entries, seeds_per_process=run.seeds_per_process)
+    k, reserve, env = len(procs), _reserve_s(run, procs), group_env(len(procs))
+    print(f"[campaign] {', '.join(e.id for e in entries)}: start {len(entries)} in {k} processes (estimate "
+          f"{estimate:.0f} s, {left:.0f} s left{f', {fixed} steps as the group before' if fixed else ', sized while training'})",
+          flush=True)
+    state = {t.name: _start_training(t, run, data=data, fixed=fixed, env=env, estimate=estimate, left=left, k=k)
+             for t in procs}
+    sized = fixed
+    while any(t.proc is not None for t in state.values()):
+        for t in state.values():
+            t.advance(env=env, clock=run.clock)
+        if sized is None and any(t.training for t in state.values()):
+            sized = _size(state, run, reserve=reserve)
+        if run.left() <= 0:
+            for t in state.values():
+                t.stop()
+            break
+        time.sleep(POLL_S)
+    scored = [i for t in state.values() for i in _record_training(t, run, sized=sized, left=left, k=k)]
     if scored and run.score:
-        log = run.workroot / "score.log"
-        argv = [*run.score, f"--run={run.run_id}", f"--workroot={run.workroot}"]
-        rc, took, killed = _spawn(argv, log=log, end=run.end, clock=run.clock)
-        tail = log.read_text(encoding="utf-8", errors="replace")[-LOG_TAIL_CHARS:] if log.is_file() else ""
-        with open(run.out / "log.txt", "a", encoding="utf-8") as f:
-            f.write(f"\n===== scoring {', '.join(scored)} (exit {rc}{', killed' if killed else ''}) =====\n{tail}\n")
-        print(f"[campaign] scored {', '.join(scored)} on this device: exit {rc} after {took:.0f} s"
-              f"{' (killed at the deadline)' if killed else ''}", flush=True)
+        _score_group(run, scored)
 
 
 def _shown_argv(argv: Sequence[str], data: str) -> list[str]:

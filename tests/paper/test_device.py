@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gan.metrics import inception
-from paper import reproduce
+from gan.metrics import inception_formats as inception
+from paper import reproduce, shared_data
 from paper.campaign import evaluate, plan, preflight, results, runner
-from paper import shared_data
+
 from tests.shared import COMPILE_CACHE_ENV, FAST_COMPILE_FLAG, build_once
 
 REPO = Path(__file__).resolve().parents[2]
@@ -111,6 +111,93 @@ def test_a_packed_group_trains_for_one_step_count_sized_while_it_runs(tmp_path, 
     # A finished group is not run again.
     again = runner.run_plan(entries, out=out, deadline_s=12, workroot=tmp_path / "work", packing=2)
     assert [r["record"] for r in again] == ["run"]
+
+
+# A stand-in trainer of several seeds (``seeds=N`` in its --config): logs the loop's per-seed
+# scalars; its sampler writes gan.sample's per-seed files.
+SEEDS_TRAINER = textwrap.dedent("""
+    import json, pathlib, sys, time
+    args = dict(a.split("=", 1) for a in sys.argv[1:])
+    workdir, limit = pathlib.Path(args["--workdir"]), pathlib.Path(args["--config.step_limit_file"])
+    seeds = [int(args["--seed"]) + i for i in range(int(args["--seeds"]))]
+    step, total = 0, 10_000
+    while step < total:
+        if limit.is_file() and limit.read_text().strip():
+            total = min(total, max(int(limit.read_text()), step + 1))
+        time.sleep(0.05)
+        step += 1
+        line = {"step": step, "steps_per_s": 20.0, "d_loss": 0.5}
+        line.update({f"seed{s}/d_loss": s + step / 1000 for s in seeds})
+        with open(workdir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\\n")
+""")
+SEEDS_SAMPLER = textwrap.dedent("""
+    import numpy as np, sys
+    seeds = range(int(sys.argv[2]), int(sys.argv[3]))
+    for s in seeds:
+        name = f"samples_seed{s}.npz" if len(seeds) > 1 else "samples.npz"
+        np.savez(f"{sys.argv[1]}/{name}", images=np.full((6, 4, 4, 3), s, np.uint8))
+""")
+
+
+def _seed_entry(kind, seed):
+    return plan.Entry(id=f"t-{kind}-seed{seed}", experiment="table4", suite="gan", estimate_s=1, budget="b",
+                      group="t", set={"steps": 10_000, "log_every": 1}, samples=6, args={"kernel": kind, "seed": seed},
+                      config="configs/gan/sngan_cifar10.py")
+
+
+@pytest.mark.integration  # the runner's processes
+def test_a_kinds_seeds_train_in_one_process_and_are_recorded_one_by_one(tmp_path, monkeypatch):
+    started = []
+
+    def commands(entry, *, workdir, data="", deadline_s=0.0):
+        started.append(entry.id)
+        seed, n = entry.args["seed"], entry.args.get("seeds", 1)
+        return [["python", "-c", SEEDS_TRAINER, f"--workdir={workdir}", f"--seed={seed}", f"--seeds={n}"],
+                ["python", "-c", SEEDS_SAMPLER, str(workdir), str(seed), str(seed + n)]]
+
+    monkeypatch.setattr(runner, "entry_commands", commands)
+    entries = [_seed_entry(k, s) for k in ("a", "b") for s in (0, 1)] + [_seed_entry("c", 0)]
+    out, work = tmp_path / "out", tmp_path / "work"
+    written = runner.run_plan(entries, out=out, deadline_s=10, workroot=work, packing=4, seeds_per_process=2,
+                              overhead={"sample": 2, "score": 0, "margin": 0}, return_samples=4)
+    # Three processes at once: a's seeds, b's seeds, c alone.
+    assert started == ["t-a-seed0..1", "t-b-seed0..1", "t-c-seed0"]
+    (sizing,) = [r for r in written if r["record"] == "sizing"]
+    assert set(sizing["rates"]) == {"t-a-seed0..1", "t-b-seed0..1", "t-c-seed0"} and sizing["packing"] == 3
+    done = {r["id"]: r for r in written if r["record"] == "result"}
+    assert list(done) == [e.id for e in entries] and {r["status"] for r in done.values()} == {"done"}, done
+    assert {r["steps"] for r in done.values()} == {sizing["steps"]}
+    assert [done[f"t-a-seed{s}"]["seeds"] for s in (0, 1)] == [[0, 1], [0, 1]] and "seeds" not in done["t-c-seed0"]
+    started_recs = [r for r in written if r["record"] == "started"]
+    assert [r.get("seeds") for r in started_recs] == [[0, 1]] * 4 + [None]
+    for s in (0, 1):  # each entry its own seed's scalars and samples
+        r = done[f"t-b-seed{s}"]
+        assert r["metrics"]["d_loss"] == pytest.approx(s + r["steps"] / 1000)
+        assert r["samples_file"] == f"t-b-seed0..1/samples_seed{s}.npz"
+        with np.load(out / r["artifacts"][0]) as z:
+            assert z["images"].shape == (4, 4, 4, 3) and (z["images"] == s).all()
+    assert done["t-c-seed0"]["samples_file"] == "t-c-seed0/samples.npz"
+    # Scoring on the device reads every entry's own samples file.
+    evs = evaluate.score_run(results.read(out / "results.jsonl"), run_id=written[0]["run"], workroot=work, out=out,
+                             scorer=_report, features=_features, network="n", device="d", command="c")
+    assert {e["id"]: e["metrics"]["fid_inception"] for e in evs if e["id"].startswith("t-a")} == {
+        "t-a-seed0": 0.0, "t-a-seed1": 1.0}
+
+
+def test_trainers_join_a_kinds_consecutive_seeds_only():
+    a0, a1, a2, b0 = _seed_entry("a", 0), _seed_entry("a", 1), _seed_entry("a", 2), _seed_entry("b", 0)
+    assert [t.name for t in runner.trainers([a0, a1, a2, b0], seeds_per_process=2)] == [
+        "t-a-seed0..1", "t-a-seed2", "t-b-seed0"]
+    assert [t.name for t in runner.trainers([a0, a1, a2, b0], seeds_per_process=1)] == [
+        e.id for e in (a0, a1, a2, b0)]
+    assert [t.seeds for t in runner.trainers([a0, a2, a1], seeds_per_process=4)] == [(), (), ()]  # not consecutive
+    other = plan.Entry.from_dict({**a1.to_dict(), "set": {"steps": 5, "log_every": 1}})
+    assert len(runner.trainers([a0, other], seeds_per_process=2)) == 2  # differs beyond its seed
+    (t,) = runner.trainers([a0, a1, a2], seeds_per_process=3)
+    assert t.entry.args == {"kernel": "a", "seed": 0, "seeds": 3} and t.entry.id == t.name == "t-a-seed0..2"
+    # The runner's first processes: up to `packing` of them, each with its seeds.
+    assert runner.first_batch([a0, a1, a2, b0], [], packing=2, seeds_per_process=2) == [a0, a1, a2]
 
 
 @pytest.mark.integration  # the runner's processes
@@ -599,9 +686,13 @@ def test_device_run_first_table4_group_as_on_the_gpu(prepared, tmp_path):
     # with all its kinds, XLA's default compile settings and run.sh's own compilation cache;
     # cut only to fit a 2-core CPU: 2 steps at batch 2 (one full-size batch-64 step of a kind takes
     # minutes here, a batch-8 one half a minute), 16 samples, 16 reference images.
-    entries = plan.load_plan(REPO / "paper" / "plan.json")
-    group = runner.first_batch(entries, [], packing=plan.load_packing(REPO / "paper" / "plan.json"))
-    assert len(group) == 4 and len({e.group for e in group}) == 1 and all(e.suite == "gan" for e in group)
+    committed = REPO / "paper" / "plan.json"
+    entries = plan.load_plan(committed)
+    seeds = plan.load_seeds_per_process(committed)
+    group = runner.first_batch(entries, [], packing=plan.load_packing(committed), seeds_per_process=seeds)
+    assert len(group) == 8 and len({e.group for e in group}) == 1 and all(e.suite == "gan" for e in group)
+    procs = runner.trainers(group, seeds_per_process=seeds)
+    assert len(procs) == 4 and {t.seeds for t in procs} == {(0, 1)}  # a packed 2-seed group
     first = tmp_path / "plan.json"  # the group alone, its entries as committed: the run stops after it
     first.write_text(plan.plan_json(group, step_times=plan.STEP_TIMES))
     tree = _device_copy(prepared, tmp_path / "repo")
@@ -614,7 +705,7 @@ def test_device_run_first_table4_group_as_on_the_gpu(prepared, tmp_path):
     processes = [json.loads(line) for line in (tmp_path / "processes.jsonl").read_text().splitlines()]
     processes = [p for p in processes if p["argv"][0] == "-m" and p["argv"][1] != "zipfile"]  # run.sh's unzip first
     modules = [p["argv"][1] for p in processes]
-    assert modules.count("gan.main") == modules.count("gan.sample") * 2 == 2 * len(group), modules  # pre-flight + run
+    assert modules.count("gan.main") == modules.count("gan.sample") * 2 == 2 * len(procs), modules  # pre-flight + run
     assert modules.count("paper.reproduce") == 3, modules  # the run, its probe, its scorer
     cache = tree / "runs" / "jax-cache"
     assert all("XLA_FLAGS" not in p and p.get("JAX_COMPILATION_CACHE_DIR") == str(cache) for p in processes), processes
@@ -624,11 +715,14 @@ def test_device_run_first_table4_group_as_on_the_gpu(prepared, tmp_path):
     (run,) = [r for r in recs if r["record"] == "run"]
     assert run["commit"] == commit and run["cut"] == {"steps": 2, "batch_size": 2, "samples": 16}
     assert run["preflight"]["ok"] and run["preflight"]["entries"] == [e.id for e in group]
+    assert run["preflight"]["trainers"] == [t.name for t in procs] and run["seeds_per_process"] == 2
     got = {r["id"]: r for r in recs if r["record"] == "result"}
     assert set(got) == {e.id for e in group}, done.stdout[-3000:]
     assert {got[e.id]["status"] for e in group} == {"done"}, done.stdout[-3000:]
     assert {got[e.id]["steps"] for e in group} == {2} and {got[e.id]["packing"] for e in group} == {4}
     assert {got[e.id]["commit"] for e in group} == {commit}
+    assert {tuple(got[e.id]["seeds"]) for e in group} == {(0, 1)}
+    assert [got[e.id]["samples_file"] for e in group] == [f"{t.name}/samples_seed{s}.npz" for t in procs for s in (0, 1)]
     # Scored on the "device" with the carried float16 weights, named by their digests.
     state, meta = inception.load_state_dict(tree / "paper" / "device" / "carry" / "fid_inception_f16.npz")
     evs = {r["id"]: r for r in recs if r["record"] == "evaluation"}
@@ -648,4 +742,4 @@ def test_device_run_first_table4_group_as_on_the_gpu(prepared, tmp_path):
     # The pre-flight's compiles were the run's: one train-step program per kind in the cache
     # (a recompile of the step by a trainer would have added its own entry).
     steps = sorted(p.name for p in cache.iterdir() if p.name.startswith("jit_step_on_device-"))
-    assert len(steps) == len(group), steps
+    assert len(steps) == len(procs), steps

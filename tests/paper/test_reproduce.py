@@ -53,15 +53,22 @@ def test_plan_follows_the_issue_order_and_every_entry_fits_one_run():
     assert [e.experiment for e in entries] == (["table4"] * 8 + ["figure4"] * 3 + ["conditional"] * 4
                                                + ["bench"] * 4 + ["figure4"] * 3)
     assert [e.args.get("depth") for e in entries if e.experiment == "figure4"] == [56] * 3 + [110] * 3
-    assert [e.args.get("seed") for e in entries[:8]] == [0] * 4 + [1] * 4
-    assert [e.group for e in entries[:8]] == ["table4-seed0"] * 4 + ["table4-seed1"] * 4
-    assert {e.args["kernel"] for e in entries[:4]} == {"C3", "C2sp", "C2", "C4sp"}
+    # Issue 30: the 8 Table 4 entries are one group, a kind's two seeds side by side (one process).
+    assert plan.load_seeds_per_process(REPO / "paper" / "plan.json") == plan.SEEDS_PER_PROCESS == 2
+    assert [e.args.get("seed") for e in entries[:8]] == [0, 1] * 4
+    assert [e.group for e in entries[:8]] == ["table4"] * 8
+    assert [e.args["kernel"] for e in entries[:8:2]] == ["C3", "C2sp", "C2", "C4sp"]
+    procs = runner.trainers(entries[:8], seeds_per_process=2)
+    assert [t.name for t in procs] == [f"table4-sngan-{k}-seed0..1" for k in ("C3", "C2sp", "C2", "C4sp")]
+    assert [t.seeds for t in procs] == [(0, 1)] * 4 and procs[0].entry.args["seeds"] == 2
     for e in entries:
         assert e.estimate_s <= plan.RUN_SECONDS - plan.RUNNER_S, e.id
     # A packed group's steps are sized on the device; the plan caps them at the paper's 200k D steps
     # and starts the group when its fixed costs and some training fit.
     assert {e.set["steps"] for e in entries[:8]} == {200_000 // 5}
-    assert {e.estimate_s for e in entries[:8]} == {round(sum(plan.OVERHEAD_S.values()) + plan.GROUP_MIN_TRAIN_S)}
+    # Scoring 8 entries' samples takes twice the 4 the overhead's figure covers.
+    assert {e.estimate_s for e in entries[:8]} == {round(sum(plan.OVERHEAD_S.values()) + plan.OVERHEAD_S["score"]
+                                                         + plan.GROUP_MIN_TRAIN_S)}
     assert all(e.fraction is None and "sized on the device" in e.budget for e in entries[:8])
 
 
