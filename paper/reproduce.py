@@ -1,11 +1,11 @@
 """The paper's headline results on real CIFAR-10, one sub-10-minute device run at a time.
 
-    bash paper/device/prepare.sh                                         # here: what the GPU run carries
-    bash paper/device/run.sh OUT                                         # GPU machine: pre-flight, the next entries, scored there
-    python -m paper.reproduce --evaluate --out=OUT                       # CPU: merge, check the device's features
-    python -m paper.reproduce --report                                   # CPU: REPRODUCTION.md
-    python -m paper.reproduce --write-plan                               # CPU: re-size the plan from measured steps
-    python -m paper.reproduce --budget=smoke --out=/tmp/smoke            # CPU: the same pipeline, tiny, on digits
+    bash paper/device/prepare.sh                          # here: what the GPU run carries
+    bash paper/device/run.sh OUT                          # GPU machine: pre-flight, the next entries, scored there
+    python -m paper.reproduce evaluate --out=OUT          # CPU: merge, check the device's features
+    python -m paper.reproduce report                      # CPU: REPRODUCTION.md
+    python -m paper.reproduce write-plan                  # CPU: re-size the plan from measured steps
+    python -m paper.reproduce run smoke --out=/tmp/smoke  # CPU: the same pipeline, tiny, on digits
 
 The plan (``paper/plan.json``, written by ``paper.campaign.plan.build_plan``) is an ordered queue
 of experiments, each with its exact config and budget; the results file (``paper/results.jsonl``)
@@ -21,9 +21,11 @@ no entry finished (exit status 1). A kind's seeds train in one process (the plan
 ``paper.campaign.calibration``). ``--set`` and ``--samples`` cut every entry (a check of the path,
 recorded as such, never merged into the committed results).
 
-One command, several flags rather than subcommands: the device's ``run.sh`` and the CPU's steps
-share the run's flags (``--out``, ``--plan``, ``--results``, the scorer's), and ``--budget`` then
-``--evaluate`` in one call is the smoke test's whole pipeline.
+Each mode is a subcommand (``run [device|smoke]``, ``score``, ``evaluate``, ``report [PATH]``,
+``write-plan``, ``probe``) that shares the run's flags (``--out``, ``--plan``, ``--results``, the
+scorer's). The subcommand is a spelling of its flag: ``evaluate --out=OUT`` is ``--evaluate
+--out=OUT``, and flags can still combine modes in one call (``--budget=smoke --evaluate``: the
+smoke test's whole pipeline).
 """
 
 from __future__ import annotations
@@ -59,7 +61,10 @@ PREFLIGHT_FAILED, NOTHING_FINISHED = 3, 1
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = errors.ArgumentParser(prog="python -m paper.reproduce", description=__doc__.splitlines()[0])
+    p = errors.ArgumentParser(prog="python -m paper.reproduce", description=__doc__.splitlines()[0],
+                              usage="%(prog)s {run [device|smoke],score,evaluate,report [PATH],write-plan,probe} "
+                                    "[flags]\n       %(prog)s [--budget=device|smoke] [--score] [--evaluate] "
+                                    "[--report [PATH]] [--write-plan] [flags]")
     p.add_argument("--budget", choices=("device", "smoke"), help="run the plan (device) or the CPU smoke plan")
     p.add_argument("--deadline", type=float, default=plan_lib.RUN_SECONDS,
                    help="seconds this run may take; no entry starts that cannot finish by then")
@@ -108,6 +113,25 @@ def _parser() -> argparse.ArgumentParser:
                    help="write the report (default path REPRODUCTION.md)")
     p.add_argument("--write-plan", action="store_true", help="rewrite --plan from build_plan and measured step times")
     return p
+
+
+#: The subcommands and the mode flag each one spells.
+SUBCOMMANDS = {"run": "--budget", "score": "--score", "evaluate": "--evaluate", "report": "--report",
+               "write-plan": "--write-plan", "probe": "--probe"}
+
+
+def from_subcommand(argv: Sequence[str]) -> list[str]:
+    """A command line with its subcommand as the mode flag it spells: ``run [device|smoke]`` ->
+    ``--budget=device|smoke`` (device by default), ``report [PATH]`` -> ``--report [PATH]``, any
+    other -> its flag. A command line that starts with a flag is returned as it is."""
+    argv = list(argv)
+    if not argv or argv[0] not in SUBCOMMANDS:
+        return argv
+    name, rest = argv[0], argv[1:]
+    if name == "run":
+        budget = rest.pop(0) if rest and rest[0] in ("device", "smoke") else "device"
+        return [f"--budget={budget}", *rest]
+    return [SUBCOMMANDS[name], *rest]
 
 
 def measured_step_times(entries: Sequence[plan_lib.Entry], records: Sequence[dict]) -> dict[str, float]:
@@ -364,13 +388,14 @@ def _unfinished(entries: Sequence[plan_lib.Entry], written: Sequence[dict], reco
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(from_subcommand(sys.argv[1:] if argv is None else argv))
     command = shlex.join(["python", "-m", "paper.reproduce", *(sys.argv[1:] if argv is None else argv)])
     started = time.monotonic()
     if args.probe:
         return _probe(args)
     if not (args.budget or args.score or args.evaluate or args.report or args.write_plan):
-        raise SystemExit("nothing to do: pass --budget=device|smoke, --score, --evaluate, --report or --write-plan")
+        raise SystemExit("nothing to do: pass a subcommand (run [device|smoke], score, evaluate, report, write-plan) "
+                         "or its flag (--budget=device|smoke, --score, --evaluate, --report, --write-plan)")
     if args.write_plan:
         entries = plan_lib.load_plan(args.plan) if args.plan.is_file() else plan_lib.build_plan()
         times = measured_step_times(entries, results_lib.read(args.results))

@@ -3,9 +3,14 @@ through it inside a deadline (packing a group's GAN entries on one GPU and scori
 there), the CPU's check of what comes back, and the report.
 
     bash paper/device/prepare.sh                       # here: what the GPU run carries
-    bash paper/device/run.sh OUT                       # GPU machine (python -m paper.reproduce --budget=device)
-    python -m paper.reproduce --evaluate --out=OUT     # CPU: merge, check the device's features
-    python -m paper.reproduce --report                 # REPRODUCTION.md
+    bash paper/device/run.sh OUT                       # GPU machine (python -m paper.reproduce run device)
+    python -m paper.reproduce evaluate --out=OUT     # CPU: merge, check the device's features
+    python -m paper.reproduce report                 # REPRODUCTION.md
+
+Modules, one concern each: ``plan`` (the entries and their budgets), ``runner`` (the queue and its
+packed groups), ``processes`` (the commands it starts, the GPUs), ``artifacts`` (what a finished
+entry measured), ``preflight`` (the minute before the plan), ``calibration`` (seeds per process on a
+device), ``evaluate`` (scoring and the CPU's check), ``results`` (the typed records), ``report``.
 """
 
 from paper.campaign.plan import CONFIG_KEYS, Entry, build_plan, load_plan

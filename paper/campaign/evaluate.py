@@ -1,6 +1,6 @@
 """Scores of the campaign's GAN samples, through ``gan.metrics``: on the device, and checked on the CPU.
 
-On the device (:func:`score_run`, ``python -m paper.reproduce --score``, started by the runner
+On the device (:func:`score_run`, ``python -m paper.reproduce score``, started by the runner
 after each group): every sample set of the run (10k) is scored where it was made and an
 ``evaluation`` record is written; the pool3 features of the first samples copied back are stored
 in their ``.npz`` (``features``). On the CPU (:func:`crosscheck`): the same images' features from

@@ -9,7 +9,7 @@ one-line fix: :data:`CONFIG_KEYS` (the plan's neutral names -> each suite's conf
 Sizing: every entry's ``estimate_s`` is its fixed cost (process start, data decode, compile,
 sampling) plus its steps times a step time. Step times come from :data:`STEP_TIMES` (the issue's
 H200 measurements) unless results measured on a device replace them (``build_plan(step_times=...)``;
-``python -m paper.reproduce --write-plan`` does it from the results file).
+``python -m paper.reproduce write-plan`` does it from the results file).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The device run's pre-flight: what fails first on new hardware, found in a minute, before the plan runs.
 
-``python -m paper.reproduce --budget=...`` (so ``bash paper/device/run.sh OUT``) runs :func:`preflight`
+``python -m paper.reproduce run ...`` (so ``bash paper/device/run.sh OUT``) runs :func:`preflight`
 before its plan, on the entries the run starts first (:func:`paper.campaign.runner.first_batch`: the
 first group's kinds). Everything runs at once, each check in a process of its own (the runner never
 initializes JAX):
@@ -9,7 +9,7 @@ initializes JAX):
   :func:`~paper.campaign.runner.trainers`) with
   ``--config.step_limit_file`` holding 1, in a scratch work directory: the carried wheels import,
   the data loads, the step compiles and runs one step on the device;
-* the probe, ``python -m paper.reproduce --probe`` (:func:`probe`): jax sees the accelerator that
+* the probe, ``python -m paper.reproduce probe`` (:func:`probe`): jax sees the accelerator that
   nvidia-smi lists, every carried wheel's modules import, and one batch goes through the feature
   network the scorer builds, from the carried Inception weights, giving finite features;
 * here: free disk under the work root and free GPU memory (nvidia-smi).
@@ -102,7 +102,7 @@ def _versions_note() -> str:
 
 def probe(*, network: Callable[[], tuple[Callable[[np.ndarray], np.ndarray], Mapping[str, Any]]] | None,
           batch: int, wheels: Sequence[Path], expect_gpu: bool) -> dict[str, Any]:
-    """The device checks of the pre-flight (``python -m paper.reproduce --probe`` runs it).
+    """The device checks of the pre-flight (``python -m paper.reproduce probe`` runs it).
 
     Args:
       network: builds the scorer's feature network: ``() -> (features, identity)``, features
@@ -191,7 +191,7 @@ def preflight(entries: Sequence[Entry], *, workroot: Path, data: str, probe_argv
       workroot: the run's work root: the scratch directories go to ``workroot/preflight`` (removed
         when the checks pass) and free disk is measured there.
       data: the entries' dataset argument (``'folder:PATH'``) for ``'{cifar10}'``.
-      probe_argv: the probe's command (``python -m paper.reproduce --probe ...``).
+      probe_argv: the probe's command (``python -m paper.reproduce probe ...``).
       limit_s: seconds the checks may take (:func:`default_limit`).
       seeds_per_process: as the run trains them (:func:`paper.campaign.runner.trainers`): each
         process is checked with its seeds, the program the run compiles.

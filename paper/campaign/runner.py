@@ -13,44 +13,36 @@ to the experiment's process.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import datetime
-import json
 import math
 import os
 import platform
 import shlex
 import shutil
-import signal
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from paper import shared_data
-from paper.campaign import results as results_lib
+from paper.campaign import artifacts
 from paper.campaign import plan as plan_lib
+from paper.campaign import results as results_lib
+from paper.campaign.artifacts import MAX_FILE_BYTES, write_samples
 from paper.campaign.plan import Entry, config_overrides
+from paper.campaign.processes import Gpu, Process, gpus, group_env, spawn
 from sympad.train import environment as renv
 
 __all__ = ["MAX_FILE_BYTES", "MAX_TRIES", "RETURN_SAMPLES", "WORKROOT", "Gpu", "Process", "cifar10_arg",
            "cifar10_folder", "entry_commands", "environment", "first_batch", "gpus", "group_env", "group_steps",
            "needs_cifar10", "run_plan", "size_group", "spawn", "Trainer", "trainers", "write_samples"]
 
-#: Largest file the device machine sends back (the issue: 16 MiB a file, 8 files, 64 MiB in all).
-MAX_FILE_BYTES = 16 * 2**20
 #: An entry killed or interrupted this many times is not started again (``retry`` overrides).
 MAX_TRIES = 2
 #: A killed entry's next estimate: this much more than the time it was given.
 KILLED_GROWTH = 1.2
-#: Seconds a killed command gets to exit after SIGTERM (the trainers checkpoint on it).
-TERM_GRACE_S = 10.0
 LOG_TAIL_CHARS = 6000
 #: Samples of each GAN entry copied back (uint8, 6 MB at 32 px): with the 8-file, 64 MiB return
 #: limit the scores are computed where the samples were made, and these let the CPU check them.
@@ -70,29 +62,6 @@ WORKROOT = REPO / "runs" / "campaign"
 
 # ----------------------------------------------------------------------------------------------
 # Environment and data, through the runtime's helpers.
-
-
-@dataclasses.dataclass(frozen=True)
-class Gpu:
-    """One GPU as nvidia-smi lists it (memory in MiB)."""
-
-    name: str
-    memory_free_mib: int
-    memory_total_mib: int
-
-
-def gpus() -> list[Gpu]:
-    """The GPUs nvidia-smi lists ([] without nvidia-smi or when it fails), found without JAX."""
-    if not shutil.which("nvidia-smi"):
-        return []
-    probe = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.free,memory.total", "--format=csv,noheader,nounits"],
-                           capture_output=True, text=True, check=False)
-    found = []
-    for line in probe.stdout.splitlines() if probe.returncode == 0 else []:
-        parts = [p.strip() for p in line.rsplit(",", 2)]
-        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-            found.append(Gpu(parts[0], int(parts[1]), int(parts[2])))
-    return found
 
 
 def environment(*, commit: str = "") -> dict[str, Any]:
@@ -224,166 +193,6 @@ def trainers(entries: Sequence[Entry], *, seeds_per_process: int = 1) -> list[Tr
     return [Trainer(tuple(t)) for t in out]
 
 
-def _set_pdeathsig() -> None:
-    # The command dies with the runner, also when the runner is SIGKILLed (Linux only).
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-class Process:
-    """One command of an entry, started at once; its output appended to ``log``."""
-
-    def __init__(self, argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
-        argv = [sys.executable if a == "python" and i == 0 else a for i, a in enumerate(argv)]
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {}),
-                    "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self.clock = clock
-        self.start = clock()
-        with open(log, "ab") as f:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(argv, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=full_env,
-                                         preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None)
-
-    def poll(self) -> int | None:
-        return self.proc.poll()
-
-    def wait(self, timeout: float) -> int | None:
-        try:
-            return self.proc.wait(timeout=max(0.0, timeout))
-        except subprocess.TimeoutExpired:
-            return None
-
-    def stop(self) -> int:
-        """SIGTERM (the trainers checkpoint on it), SIGKILL after :data:`TERM_GRACE_S`."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=TERM_GRACE_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        """SIGKILL now, if still running (a scratch run: nothing to save)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    @property
-    def seconds(self) -> float:
-        return self.clock() - self.start
-
-
-def spawn(argv: Sequence[str], *, log: Path, end: float, clock: Callable[[], float]) -> tuple[int, float, bool]:
-    """Runs one command until it exits or ``end``; returns (exit code, seconds, killed at the deadline)."""
-    proc = Process(argv, log=log, clock=clock)
-    rc = proc.wait(end - clock())
-    if rc is not None:
-        return rc, proc.seconds, False
-    return proc.stop(), proc.seconds, True
-
-
-# ----------------------------------------------------------------------------------------------
-# What an entry measured.
-
-
-def _metric_lines(workdir: Path) -> list[dict[str, Any]]:
-    return results_lib.read(workdir / "metrics.jsonl")
-
-
-def _timing(lines: Sequence[Mapping[str, Any]], *, rate_key: str) -> dict[str, float | None]:
-    """Steady step time (median over logged intervals after the first) and a compile estimate
-    (the first interval's excess over that: compiling happens in the first step)."""
-    rated = [(int(r["step"]), float(r[rate_key])) for r in lines if r.get(rate_key)]
-    if len(rated) < 2:
-        return {"step_time_s": 1.0 / rated[0][1] if rated else None, "compile_s": None}
-    step_time = float(np.median([1.0 / rate for _, rate in rated[1:]]))
-    first_steps, first_rate = rated[0]
-    return {"step_time_s": step_time, "compile_s": max(0.0, first_steps / first_rate - first_steps * step_time)}
-
-
-def write_samples(images: np.ndarray, *, out: Path, stem: str, max_bytes: int = MAX_FILE_BYTES,
-                  labels: np.ndarray | None = None) -> list[str]:
-    """Writes uint8 ``images`` (N, H, W, C) as ``stem-<k>.npz`` files (key 'images', and 'labels'
-    int32 (n,) when ``labels`` are given) of at most ``max_bytes`` each; returns the file names in order."""
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
-    if labels is not None:
-        labels = np.asarray(labels)
-        if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"labels must be integers of shape ({len(images)},), got {labels.dtype} {labels.shape}")
-        labels = labels.astype(np.int32)
-    per_image = int(np.prod(images.shape[1:])) + (4 if labels is not None else 0)
-    per_file = (max_bytes - 4096) // per_image  # 4 KiB for the zip and .npy headers
-    if per_file < 1:
-        raise ValueError(f"max_bytes={max_bytes} holds no {images.shape[1:]} image")
-    names = []
-    for k, lo in enumerate(range(0, len(images), per_file)):
-        name = f"{stem}-{k}.npz"
-        part = {"labels": labels[lo:lo + per_file]} if labels is not None else {}
-        np.savez(out / name, images=images[lo:lo + per_file], **part)
-        names.append(name)
-    return names
-
-
-def _gan_found(entry: Entry, workdir: Path, out: Path, *, return_samples: int | None, seed: int | None
-               ) -> dict[str, Any]:
-    """A GAN entry's metrics, parameter counts and samples; ``seed``: its seed's, in a process of several."""
-    from gan.state import seed_path, seed_prefix  # Deferred: only a GAN result needs the suite's names.
-
-    lines = _metric_lines(workdir)
-    found: dict[str, Any] = dict(_timing(lines, rate_key="steps_per_s"))
-    last = lines[-1] if lines else {}
-    prefix = "" if seed is None else seed_prefix(seed)
-    found["metrics"] = {k: last[prefix + k] for k in ("d_loss", "g_loss") if prefix + k in last}
-    found["metrics"].update({k: last[k] for k in ("step", "d_steps") if k in last})
-    found["steps"] = int(last.get("step", 0))  # 0: stopped before its first logged step
-    summary = workdir / "model_summary.json"
-    if summary.is_file():
-        s = json.loads(summary.read_text())
-        found["params"] = {"generator": s.get("generator", {}).get("params"),
-                           "discriminator": s.get("discriminator", {}).get("params"),
-                           "generator_widths": s.get("generator", {}).get("widths")}
-    samples = workdir / "samples.npz"
-    samples = samples if seed is None else seed_path(samples, seed)  # gan.sample's file of that seed
-    if entry.samples and samples.is_file():
-        with np.load(samples) as z:
-            images = z["images"]
-            labels = z["labels"] if "labels" in z.files else None  # gan.sample's, for a conditional G
-        found["num_samples"] = int(len(images))
-        found["samples_file"] = f"{workdir.name}/{samples.name}"
-        if return_samples is not None:
-            images = images[:return_samples]
-            labels = None if labels is None else labels[:return_samples]
-            found["returned_samples"] = int(len(images))
-        found["artifacts"] = write_samples(images, out=out, stem=f"samples-{entry.id}", labels=labels)
-        found["labelled_samples"] = labels is not None
-    return found
-
-
-def _collect(entry: Entry, workdir: Path, out: Path, *, return_samples: int | None = None,
-             seed: int | None = None) -> dict[str, Any]:
-    """Metrics, timings and artifacts of a finished entry; ``return_samples``: copy only the
-    first that many GAN samples to ``out`` (None: all of them); ``seed``: the entry's seed in a
-    process that trained several (its ``seed<k>/`` metrics and ``samples_seed<k>.npz``)."""
-    if entry.suite == "gan":
-        return _gan_found(entry, workdir, out, return_samples=return_samples, seed=seed)
-    if entry.suite == "classify":
-        lines = _metric_lines(workdir)
-        found = dict(_timing(lines, rate_key="steps_per_s"))
-        final = workdir / "final_metrics.json"
-        found["metrics"] = json.loads(final.read_text()) if final.is_file() else {}
-        return found
-    if entry.suite == "bench":
-        return {"bench_records": results_lib.read(workdir / "results.jsonl")}
-    return {}
-
-
 # ----------------------------------------------------------------------------------------------
 # The queue.
 
@@ -498,7 +307,7 @@ def run_plan(entries: Sequence[Entry], *, out: Path, deadline_s: float, committe
         up to this many consecutive seeds (the plan's ``seeds_per_process``, or the device's
         calibration: :mod:`paper.campaign.calibration`).
       score: the command (argv, ``python`` first) that scores this run's GAN samples where they
-        were made (``python -m paper.reproduce --score ...``); run once after each group, with
+        were made (``python -m paper.reproduce score ...``); run once after each group, with
         ``--run=<this run's id>`` added; () = no scoring here.
       overhead: the plan's fixed costs (seconds): 'sample', 'score' and 'margin' are kept free at
         the end of a group's training.
@@ -604,14 +413,6 @@ def first_batch(entries: Sequence[Entry], records: Sequence[Mapping[str, Any]], 
     return []
 
 
-def group_env(k: int) -> dict[str, str]:
-    """Environment of each of ``k`` processes sharing the one device: no preallocation, and an
-    equal share of its memory with one share left for sampling and scoring (none for ``k`` = 1)."""
-    if k <= 1:
-        return {}
-    return {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / (k + 1):.3f}"}
-
-
 def _run_single(entry: Entry, run: _Run, *, estimate: float) -> None:
     """One entry, its commands in turn, killed at the deadline."""
     data = run.cifar10() if needs_cifar10([entry]) else run.data
@@ -643,7 +444,7 @@ def _run_single(entry: Entry, run: _Run, *, estimate: float) -> None:
     if status == "killed":
         record["allotted_s"] = round(left, 1)
     try:
-        record.update(_collect(entry, workdir, run.out))
+        record.update(artifacts.collect(entry, workdir, run.out))
     except (OSError, ValueError, KeyError) as e:  # what was measured still gets recorded
         record["collect_error"] = repr(e)
     if entry.suite == "bench" and status == "done":
@@ -661,7 +462,7 @@ def _run_single(entry: Entry, run: _Run, *, estimate: float) -> None:
 
 def _rates(workdir: Path) -> tuple[int, list[float]]:
     """(last logged step, steps/s of every logged interval after the first, which holds the compile)."""
-    lines = [r for r in _metric_lines(workdir) if r.get("steps_per_s")]
+    lines = [r for r in artifacts.metric_lines(workdir) if r.get("steps_per_s")]
     return (int(lines[-1]["step"]) if lines else 0), [float(r["steps_per_s"]) for r in lines[1:]]
 
 
@@ -806,7 +607,7 @@ def _record_training(t: _Training, run: _Run, *, sized: int | None, left: float,
         if t.status == "killed":
             record["allotted_s"] = round(left, 1)
         try:
-            record.update(_collect(e, t.workdir, run.out, return_samples=run.return_samples,
+            record.update(artifacts.collect(e, t.workdir, run.out, return_samples=run.return_samples,
                                    seed=int(e.args["seed"]) if t.trainer.seeds else None))
         except (OSError, ValueError, KeyError) as err:
             record["collect_error"] = repr(err)

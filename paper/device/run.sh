@@ -54,4 +54,4 @@ EOF
 # the model inits, the Inception batch).
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$PWD/runs/jax-cache}"
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
-python3 -m paper.reproduce --budget=device --out="$out" --commit="$(cat "$carry/COMMIT")" "$@"
+python3 -m paper.reproduce run device --out="$out" --commit="$(cat "$carry/COMMIT")" "$@"

@@ -496,3 +496,17 @@ def test_bench_entries_resume_their_records_until_complete(tmp_path):
     second = runner.run_plan([entry], out=out, deadline_s=60, workroot=tmp_path / "work2")
     (done,) = [r for r in second if r["record"] == "result"]
     assert done["status"] == "done" and [b["group"] for b in done["bench_records"]] == [0, 1]
+
+
+def test_subcommands_spell_the_mode_flags():
+    spell = reproduce.from_subcommand
+    assert spell(["run", "--out=o"]) == ["--budget=device", "--out=o"]
+    assert spell(["run", "smoke", "--out=o", "--evaluate"]) == ["--budget=smoke", "--out=o", "--evaluate"]
+    assert spell(["evaluate", "--out=o"]) == ["--evaluate", "--out=o"]
+    assert spell(["report", "R.md"]) == ["--report", "R.md"] and spell(["write-plan"]) == ["--write-plan"]
+    assert spell(["--evaluate", "--out=o"]) == ["--evaluate", "--out=o"] and spell([]) == []
+    parse = reproduce._parser().parse_args
+    assert vars(parse(spell(["report", "R.md"]))) == vars(parse(["--report", "R.md"]))
+    assert parse(spell(["run", "smoke", "--out=o"])).budget == "smoke"
+    with pytest.raises(SystemExit, match="nothing to do: pass a subcommand"):
+        reproduce.main([])
