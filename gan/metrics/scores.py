@@ -47,17 +47,35 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis=0), np.cov(x, rowvar=False)
 
 
+def _congruence(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    """A symmetric matrix with the eigenvalues of ``s1 @ s2`` (both PSD): ``F^T s2 F`` for a factor
+    ``s1 = F F^T``, Cholesky's when ``s1`` is positive definite, else its eigen square root."""
+    try:
+        factor = np.linalg.cholesky(s1)
+    except np.linalg.LinAlgError:
+        w, v = np.linalg.eigh((s1 + s1.T) / 2)
+        factor = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    return factor.T @ s2 @ factor
+
+
 def frechet_distance(
     mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, *,
-    eps: float = 1e-6, method: str = "sqrtm",
+    eps: float = 1e-6, method: str = "eigh",
 ) -> float:
     """Fréchet distance between Gaussians N(mu1, sigma1) and N(mu2, sigma2), float64.
+
+    ``tr sqrt(S1 S2)`` is the sum of the square roots of the eigenvalues of ``S1 S2``, which are
+    those of the symmetric ``L^T S2 L`` for ``S1 = L L^T``: one Cholesky factor and the
+    eigenvalues alone, about 10x faster than pytorch-fid's ``scipy.linalg.sqrtm`` at D = 2048 and
+    equal to it to round-off (tests/gan/test_metrics.py). Without a positive-definite covariance
+    (N <= D) the factor is ``S1``'s square root from its eigen-decomposition.
 
     Args:
       mu1, mu2: means (D,).
       sigma1, sigma2: covariances (D, D).
-      eps: diagonal offset added to both covariances when ``S1 S2`` is singular (pytorch-fid).
-      method: 'sqrtm' (pytorch-fid's scipy computation) or 'eigh' (symmetric eigen-decomposition).
+      eps: diagonal offset added to both covariances when ``S1 S2`` is singular ('sqrtm', as pytorch-fid).
+      method: 'eigh' (the symmetric eigenvalues, the default) or 'sqrtm' (pytorch-fid's scipy
+        computation, for comparisons).
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
@@ -80,9 +98,7 @@ def frechet_distance(
             covmean = covmean.real
         tr_covmean = np.trace(covmean)
     elif method == "eigh":
-        w1, v1 = np.linalg.eigh((s1 + s1.T) / 2)
-        sqrt_s1 = (v1 * np.sqrt(np.clip(w1, 0, None))) @ v1.T
-        m = sqrt_s1 @ s2 @ sqrt_s1
+        m = _congruence(s1, s2)
         tr_covmean = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)))
     else:
         raise ValueError(f"method must be 'sqrtm' or 'eigh', got {method!r}")

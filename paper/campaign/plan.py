@@ -48,6 +48,9 @@ CONFIG_KEYS: dict[str, dict[str, str]] = {
         "class_embedding": "class_embedding",
         "diffaugment": "diffaugment",
         "max_examples": "max_examples",  # tests and dry runs: a few training images
+        # How a process holds its seeds ('auto': vmap on a GPU, loop on a CPU); the device-like test
+        # sets the GPU's form on the CPU so that it compiles the program the GPU compiles.
+        "seed_batching": "seed_batching",
     },
     "classify": {
         "epochs": "num_epochs",
