@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -310,30 +310,36 @@ def _table4_summary(entries: Sequence[Entry], records: Records) -> list[str]:
     return lines
 
 
+def _evaluated(entries: Sequence[Entry], records: Records) -> Iterator[tuple[Entry, Result, Evaluation | None]]:
+    """Each entry with a result: (entry, its latest result, each of its evaluations), or one row
+    with None when it has none."""
+    results = records.latest_results()
+    for e in entries:
+        r = results.get(e.id)
+        if r is not None:
+            for ev in records.evaluations(r) or [None]:
+                yield e, r, ev
+
+
 def _table4_entries(entries: Sequence[Entry], records: Records) -> list[str]:
     """One row per Table 4 entry (a kind and a seed) and evaluation."""
-    results = records.latest_results()
     lines = ["| entry | G kind | seed | trained | G params | paper FID | FID | KID | feature network | weights | "
              "samples | scored on | CPU check | step ms | compile s | status | device, date, commit | commands |",
              "|" + "---|" * 18]
-    for e in (e for e in entries if e.experiment == "table4"):
-        r = results.get(e.id)
-        if r is None:
-            continue
-        for ev in records.evaluations(r) or [None]:
-            lines.append(
-                f"| {e.id} | {e.args['kernel']} | {e.args.get('seed')} | {_trained(r, e)} | {_g_params(r)} | "
-                f"{PAPER_FID.get(e.args['kernel'], '-')} | {_fmt(ev and ev.metric('fid'), '.2f')} | "
-                f"{_fmt(ev and ev.metric('kid'), '.4f')} | {ev.network if ev else 'not evaluated'} | "
-                f"{ev.feature_network.get('form', '-') if ev else '-'} | {_samples(ev, r)} | "
-                f"{(ev.device or '-') if ev else '-'} | {_crosscheck(records.crosschecks(ev)) if ev else '-'} | "
-                f"{_step_ms(r)} | {_fmt(r.compile_s, '.0f')} | {r.status} | {_provenance(r)} | {_commands(r)} |")
+    for e, r, ev in _evaluated([e for e in entries if e.experiment == "table4"], records):
+        lines.append(
+            f"| {e.id} | {e.args['kernel']} | {e.args.get('seed')} | {_trained(r, e)} | {_g_params(r)} | "
+            f"{PAPER_FID.get(e.args['kernel'], '-')} | {_fmt(ev and ev.metric('fid'), '.2f')} | "
+            f"{_fmt(ev and ev.metric('kid'), '.4f')} | {ev.network if ev else 'not evaluated'} | "
+            f"{ev.feature_network.get('form', '-') if ev else '-'} | {_samples(ev, r)} | "
+            f"{(ev.device or '-') if ev else '-'} | {_crosscheck(records.crosschecks(ev)) if ev else '-'} | "
+            f"{_step_ms(r)} | {_fmt(r.compile_s, '.0f')} | {r.status} | {_provenance(r)} | {_commands(r)} |")
     return lines
 
 
 def _table4_section(entries: Sequence[Entry], records: Records) -> list[str]:
     intro = ("Paper: Inception FID, 10k samples vs the test split, 200k D steps, mean ± std over runs. Here: "
-             "the same protocol at the steps shown (the kinds of a seed trained at once on one device, "
+             "the same protocol at the steps shown (every kind and seed trained at once on one device, "
              "for one step count); FID/KID computed where the samples were made (`scored on`), "
              "`feature network` names the network and its weights digest (only `inception` is comparable "
              "with the paper), `weights` their form (float16-rounded weights moved FID by 5e-4 relative "
@@ -377,19 +383,14 @@ def _bench_section(entries: Sequence[Entry], records: Records) -> list[str]:
 
 
 def _conditional_rows(cond: Sequence[Entry], records: Records) -> list[str]:
-    results = records.latest_results()
     lines = []
-    for e in cond:
-        r = results.get(e.id)
-        if r is None:
-            continue
-        for ev in records.evaluations(r) or [None]:
-            lines.append(
-                f"| {e.id} | {e.args['kernel']} | {e.set.get('diffaugment') or 'off'} | {_trained(r, e)} | "
-                f"{_g_params(r)} | {_fmt(ev and ev.metric('fid'), '.2f')} | "
-                f"{_fmt(ev and ev.metric('fid_intra'), '.2f')} | {_fmt(ev and ev.metric('kid'), '.4f')} | "
-                f"{ev.network if ev else 'not evaluated'} | {_samples(ev, r)} | {(ev.labels or '-') if ev else '-'} | "
-                f"{_step_ms(r)} | {_fmt(r.compile_s, '.0f')} | {r.status} | {_provenance(r)} | {_commands(r)} |")
+    for e, r, ev in _evaluated(cond, records):
+        lines.append(
+            f"| {e.id} | {e.args['kernel']} | {e.set.get('diffaugment') or 'off'} | {_trained(r, e)} | "
+            f"{_g_params(r)} | {_fmt(ev and ev.metric('fid'), '.2f')} | "
+            f"{_fmt(ev and ev.metric('fid_intra'), '.2f')} | {_fmt(ev and ev.metric('kid'), '.4f')} | "
+            f"{ev.network if ev else 'not evaluated'} | {_samples(ev, r)} | {(ev.labels or '-') if ev else '-'} | "
+            f"{_step_ms(r)} | {_fmt(r.compile_s, '.0f')} | {r.status} | {_provenance(r)} | {_commands(r)} |")
     return lines
 
 

@@ -22,7 +22,7 @@ import shlex
 import shutil
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -334,12 +334,7 @@ def run_plan(entries: Sequence[Entry], *, out: Path, deadline_s: float, committe
     run.write({"record": "run", "run": run.run_id, "campaign": budget, "deadline_s": deadline_s, "command": command,
                "packing": packing, "seeds_per_process": seeds_per_process, **({"cut": run.cut} if run.cut else {}),
                **({"preflight": dict(preflight)} if preflight else {}), **env})
-    handled: set[str] = set()
-    for entry in entries:
-        if entry.id in handled:
-            continue
-        batch = _batch(entries, entry)
-        handled.update(e.id for e in batch)
+    for entry, batch in _batches(entries):
         ready, notes = _ready(batch, run.records, retry=retry, deadline_s=deadline_s)
         for note in notes:
             print(f"[campaign] {note}", flush=True)
@@ -361,9 +356,15 @@ def run_plan(entries: Sequence[Entry], *, out: Path, deadline_s: float, committe
     return run.written
 
 
-def _batch(entries: Sequence[Entry], entry: Entry) -> list[Entry]:
-    """``entry``'s group in plan order, or ``entry`` alone."""
-    return [e for e in entries if e.group and e.group == entry.group] if entry.group else [entry]
+def _batches(entries: Sequence[Entry]) -> Iterator[tuple[Entry, list[Entry]]]:
+    """Each group's first entry and the group in plan order, or an entry without a group and itself, in plan order."""
+    handled: set[str] = set()
+    for entry in entries:
+        if entry.id in handled:
+            continue
+        batch = [e for e in entries if e.group and e.group == entry.group] if entry.group else [entry]
+        handled.update(e.id for e in batch)
+        yield entry, batch
 
 
 def _ready(batch: Sequence[Entry], records: Sequence[Mapping[str, Any]], *, retry: Sequence[str],
@@ -401,12 +402,7 @@ def first_batch(entries: Sequence[Entry], records: Sequence[Mapping[str, Any]], 
                 packing: int = 1, seeds_per_process: int = 1) -> list[Entry]:
     """The entries :func:`run_plan` starts first with these records (a group's entries, run at
     once, or one entry); [] when none is left. The pre-flight checks them."""
-    handled: set[str] = set()
-    for entry in entries:
-        if entry.id in handled:
-            continue
-        batch = _batch(entries, entry)
-        handled.update(e.id for e in batch)
+    for entry, batch in _batches(entries):
         ready, _ = _ready(batch, records, retry=retry, deadline_s=math.inf)
         if ready:
             return [e for e, _ in _parts(ready, entry, packing, seeds_per_process)[0]]

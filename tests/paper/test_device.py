@@ -685,7 +685,8 @@ def test_device_run_first_table4_group_as_on_the_gpu(prepared, tmp_path):
     # pytorch-fid .pth), the real archives extracted by the run, the committed plan's first group
     # with all its kinds, XLA's default compile settings and run.sh's own compilation cache;
     # cut only to fit a 2-core CPU: 2 steps at batch 2 (one full-size batch-64 step of a kind takes
-    # minutes here, a batch-8 one half a minute), 16 samples, 16 reference images.
+    # minutes here, a batch-8 one half a minute), 16 samples, 16 reference images. Each kind's two
+    # seeds train in one process, as one vmapped program (a packed 2-seed group, issue 30).
     committed = REPO / "paper" / "plan.json"
     entries = plan.load_plan(committed)
     seeds = plan.load_seeds_per_process(committed)
@@ -697,7 +698,9 @@ def test_device_run_first_table4_group_as_on_the_gpu(prepared, tmp_path):
     first.write_text(plan.plan_json(group, step_times=plan.STEP_TIMES))
     tree = _device_copy(prepared, tmp_path / "repo")
     out, work = tmp_path / "out", tmp_path / "work"
-    done = _run_device(prepared, tree, out, f"--plan={first}", "--set=steps=2", "--set=batch_size=2", "--samples=16",
+    # seed_batching=vmap: the program a GPU compiles for two seeds ('auto' writes both out on a CPU).
+    done = _run_device(prepared, tree, out, f"--plan={first}", "--set=steps=2", "--set=batch_size=2",
+                       "--set=seed_batching=vmap", "--samples=16",
                        "--num_reference=16", "--feature_batch=8", "--return_samples=8", f"--workroot={work}",
                        "--deadline=1700", timeout=1750)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -713,7 +716,7 @@ def test_device_run_first_table4_group_as_on_the_gpu(prepared, tmp_path):
     recs = results.read(out / "results.jsonl")
     commit = (tree / "paper" / "device" / "carry" / "COMMIT").read_text().strip()
     (run,) = [r for r in recs if r["record"] == "run"]
-    assert run["commit"] == commit and run["cut"] == {"steps": 2, "batch_size": 2, "samples": 16}
+    assert run["commit"] == commit and run["cut"] == {"steps": 2, "batch_size": 2, "seed_batching": "vmap", "samples": 16}
     assert run["preflight"]["ok"] and run["preflight"]["entries"] == [e.id for e in group]
     assert run["preflight"]["trainers"] == [t.name for t in procs] and run["seeds_per_process"] == 2
     got = {r["id"]: r for r in recs if r["record"] == "result"}
