@@ -31,7 +31,6 @@ import contextlib
 import importlib.metadata
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -88,7 +87,7 @@ def pytorch_fid_network(weights: dict[str, Any], device: str) -> Any:
     import pytorch_fid.inception as pfi
 
     original = pfi.load_state_dict_from_url
-    pfi.load_state_dict_from_url = lambda *args, **kwargs: weights  # noqa: ARG005
+    pfi.load_state_dict_from_url = lambda *args, **kwargs: weights
     try:
         return pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval().to(device)
     finally:

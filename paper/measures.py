@@ -187,7 +187,7 @@ def module_outputs(
       own return value is discarded. Use inside or outside ``jax.jit``.
     """
     if select is None:
-        select = lambda module, out: type(module).__name__.endswith("Conv")  # noqa: E731
+        select = lambda module, out: type(module).__name__.endswith("Conv")
 
     def apply_fn(variables: Any, x: jax.Array) -> tuple[jax.Array, ...]:
         recorded: list[jax.Array] = []

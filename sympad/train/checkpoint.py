@@ -390,7 +390,7 @@ class Checkpointer:
         reason = f"{os.strerror(code)} (errno {code}); " if code is not None else ""
         try:
             steps = self.all_steps()
-        except Exception:  # noqa: BLE001 - an unreadable directory must not hide the save's error
+        except Exception:  # an unreadable directory must not hide the save's error
             steps = None
         if steps is None:
             kept = f"Earlier checkpoints in {self.directory} were not touched"

@@ -35,7 +35,7 @@ def main() -> None:
     shapes = {k: tuple(v.shape) for k, v in template.items() if not k.endswith("num_batches_tracked")}
     state = fid_reference.random_state_dict(shapes)
     torch_state = {k: torch.from_numpy(v) for k, v in state.items()}
-    pfi.load_state_dict_from_url = lambda *args, **kwargs: torch_state  # noqa: ARG005
+    pfi.load_state_dict_from_url = lambda *args, **kwargs: torch_state
     pool_net = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
     logits_net = pfi.fid_inception_v3().eval()  # torchvision's forward with the FID blocks: logits
 

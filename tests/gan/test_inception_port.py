@@ -192,9 +192,9 @@ def test_fold_batch_norm_matches_conv_then_batch_norm():
 @needs_pytorch_fid
 def test_matches_pytorch_fid(tmp_path, monkeypatch):
     """pytorch-fid's own InceptionV3 (random weights) vs the port: pool features and logits to 1e-4."""
+    import pytorch_fid.inception as pfi
     import torch
     import torchvision
-    import pytorch_fid.inception as pfi
 
     from gan.metrics import convert
 

@@ -83,9 +83,9 @@ def test_hybrids_forward_mode(implementation):
     # custom_jvp: the tangent of the bilinear conv is conv(dx, w) + conv(x, dw).
     x, w = random((2, 7, 6, 8), seed=1), random((2, 2, 8, 4), seed=2)
     dx, dw = random(x.shape, seed=3), random(w.shape, seed=4)
-    f = lambda a, b: sympad.sym_pad_conv(a, b, implementation=implementation)  # noqa: E731
+    f = lambda a, b: sympad.sym_pad_conv(a, b, implementation=implementation)
     y, dy = jax.jvp(f, (x, w), (dx, dw))
-    ref = lambda a, b: reference_conv(a, b, (1, 1), (1, 1))  # noqa: E731
+    ref = lambda a, b: reference_conv(a, b, (1, 1), (1, 1))
     np.testing.assert_allclose(y, ref(x, w), atol=1e-4)
     np.testing.assert_allclose(dy, ref(dx, w) + ref(x, dw), atol=1e-4)
     _, dy_x_only = jax.jvp(f, (x, w), (dx, jnp.zeros_like(w)))

@@ -80,13 +80,13 @@ def test_depthwise_taps_values_and_gradients(ndim, k, stride, dilation, multipli
     x = _random((2,) + (9, 8, 5)[:ndim] + (channels,), seed=ndim * 10 + k)
     w = _random((k,) * ndim + (1, channels * multiplier), seed=stride + multiplier)
     _check(x, w, stride, dilation, groups=channels, implementation="depthwise_taps")
-    f = lambda a, b: sympad.sym_pad_conv(  # noqa: E731
+    f = lambda a, b: sympad.sym_pad_conv(
         a, b, stride, kernel_dilation=dilation, feature_group_count=channels, implementation="depthwise_taps"
     )
     # Both gradients equal those of a conv formulation (whose gradients
     # test_gradients checks against finite differences and the adjoint).
     g = _random(f(x, w).shape, seed=5)
-    conv = lambda a, b: jnp.vdot(  # noqa: E731
+    conv = lambda a, b: jnp.vdot(
         sympad.sym_pad_conv(a, b, stride, kernel_dilation=dilation, feature_group_count=channels,
                             implementation="pad_select"), g)
     taps_grads = jax.grad(lambda a, b: jnp.vdot(f(a, b), g), argnums=(0, 1))(x, w)

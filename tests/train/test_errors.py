@@ -244,7 +244,7 @@ def test_absl_env_var_shows_the_traceback(clis):
 def _raised(error: BaseException) -> BaseException:
     try:
         raise error
-    except BaseException as e:  # noqa: BLE001 - the point is to get a traceback
+    except BaseException as e:  # the point is to get a traceback
         return e
 
 

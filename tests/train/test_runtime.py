@@ -19,8 +19,15 @@ import numpy as np
 import optax
 import pytest
 
-from sympad.train.checkpoint import CheckpointError, Checkpointer
-from sympad.train.mesh import _distributed_init_kwargs, batch_sharded, make_mesh, maybe_initialize_distributed, replicate, shard_batch
+from sympad.train.checkpoint import Checkpointer, CheckpointError
+from sympad.train.mesh import (
+    _distributed_init_kwargs,
+    batch_sharded,
+    make_mesh,
+    maybe_initialize_distributed,
+    replicate,
+    shard_batch,
+)
 from sympad.train.metrics import DivergenceError, MetricWriter, check_finite, image_grid, save_image_grid
 from sympad.train.progress import Progress
 
