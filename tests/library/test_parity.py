@@ -38,7 +38,7 @@ def to_equinox(layer, kernel, bias):
     """Writes a flax-layout kernel (*k, I, O) and bias (O,) into an Equinox conv."""
     ndim = kernel.ndim - 2
     weight = jnp.transpose(kernel, (ndim + 1, ndim) + tuple(range(ndim)))
-    return eqx.tree_at(lambda l: (l.weight, l.bias), layer, (weight, jnp.reshape(bias, (-1,) + (1,) * ndim)))
+    return eqx.tree_at(lambda conv: (conv.weight, conv.bias), layer, (weight, jnp.reshape(bias, (-1,) + (1,) * ndim)))
 
 
 def from_equinox(layer):

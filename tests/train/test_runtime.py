@@ -134,7 +134,7 @@ def test_four_devices_match_one_device():
         [sys.executable, "-c", _MULTI_DEVICE_SCRIPT], env=env, cwd=REPO, capture_output=True, text=True, timeout=180
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+    line = next(out for out in proc.stdout.splitlines() if out.startswith("RESULT "))
     r = json.loads(line[len("RESULT "):])
     assert r["mesh_shape"] == {"data": 4}
     # The global batch of 8 is split 2 per device and the state stays replicated.
