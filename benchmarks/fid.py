@@ -16,9 +16,10 @@ hits both alike), with the median images/s over rounds and the median of the per
 2. **end to end**: the FID between two folders of JPEGs, from the files: pytorch-fid's
    ``calculate_fid_given_paths`` (its CLI's batch 50 and data-loader workers) against what
    ``python -m gan.evaluate`` runs, a ``gan.metrics.Evaluator`` report, on the first folder's
-   images decoded by ``sympad.train.data`` with the second as ``folder:`` reference (decode, resize, network, statistics; fresh caches in
-   every round, so each round decodes, loads the weights and compiles again, as a new command
-   would; KID on one subset and no precision/recall, which pytorch-fid does not compute).
+   images decoded by ``sympad.train.data`` with the second as ``folder:`` reference (decode,
+   resize, network, statistics; fresh caches in every round, so each round decodes, loads the
+   weights and compiles again, as a new command would; KID on one subset and no precision/recall,
+   which pytorch-fid does not compute).
 
 Needs the reference extra (torch, pytorch-fid) beside jax. Writes JSON lines (``--out``, else
 stdout: an environment record with the versions and the load average, then one record per
@@ -167,8 +168,8 @@ def _network(weights: dict[str, Any], network: Any, images: np.ndarray, *, devic
     return _summary("network", timing, len(images), max_relative_difference=difference)
 
 
-def _end_to_end(torch_state: dict[str, Any], weights: Path, files: Sequence[Path], *, device: str, repeats: int, workers: int,
-                tmp: Path, report: common.Report) -> dict[str, Any]:
+def _end_to_end(torch_state: dict[str, Any], weights: Path, files: Sequence[Path], *, device: str, repeats: int,
+                workers: int, tmp: Path, report: common.Report) -> dict[str, Any]:
     from pytorch_fid import fid_score
 
     from gan import metrics

@@ -149,7 +149,9 @@ class Conv(nnx.Conv):
             )
         inputs, batch_shape = flatten_batch(jnp.asarray(inputs), len(self.kernel_size))
         if inputs.shape[-1] != self.in_features:
-            raise ValueError(f"inputs have {inputs.shape[-1]} channels, the layer expects in_features={self.in_features}")
+            raise ValueError(
+                f"inputs have {inputs.shape[-1]} channels, the layer expects in_features={self.in_features}"
+            )
         kernel = self.kernel[...]
         if self.mask is not None:
             if self.mask.shape != kernel.shape:

@@ -270,10 +270,12 @@ def run_shift(settings: Settings, *, invocation: Mapping[str, Any]) -> dict[str,
         for layer, (m, s) in enumerate(zip(r["offsets_mean"], r["offsets_std"])):
             rows.append([kind, layer, int(layer in ends), m[0], m[1], s[0], s[1]])
     _write_csv(out / "shift.csv", ["kind", "layer", "stage_end", "dy_mean", "dx_mean", "dy_std", "dx_std"], rows)
-    titles = [f"layer {e} ({'x'.join(map(str, stage_maps[next(iter(stage_maps))][i].shape))})" for i, e in enumerate(ends)]
+    first_kind_maps = stage_maps[next(iter(stage_maps))]
+    titles = [f"layer {e} ({'x'.join(map(str, first_kind_maps[i].shape))})" for i, e in enumerate(ends)]
     plots.plot_maps(out / "shift_maps.png", stage_maps, titles, markers=stage_marks)
     plots.plot_offsets(out / "shift_per_layer.png", {k: r["offsets_mean"] for k, r in per_kind.items()}, ends,
-                  ylabel="centroid offset (input px)", title=f"{description}\n{info['source']}, {info['num_images']} images")
+                       ylabel="centroid offset (input px)",
+                       title=f"{description}\n{info['source']}, {info['num_images']} images")
     return payload
 
 
@@ -354,7 +356,8 @@ def run_receptive_field(settings: Settings, *, invocation: Mapping[str, Any]) ->
     plots.plot_rf(out / "receptive_field.png", per_kind, ends, title=f"{description}\n{info['source']}")
     shown_layers = [e for e in ends if e in layers]
     if shown_layers:
-        plots.plot_maps(out / "receptive_field_maps.png", stage_maps, [f"layer {layer}: |dF/dx|" for layer in shown_layers])
+        titles = [f"layer {layer}: |dF/dx|" for layer in shown_layers]
+        plots.plot_maps(out / "receptive_field_maps.png", stage_maps, titles)
     return payload
 
 

@@ -501,7 +501,8 @@ class Checkpointer:
                 raise CheckpointError(
                     f"checkpoint {path} is corrupt, and moving it aside to {aside} failed: {_brief(e)}"
                 ) from e
-        logging.warning("%s; moved it aside to %s (not deleted) and trying the previous step.", str(error).rstrip("."), aside)
+        logging.warning("%s; moved it aside to %s (not deleted) and trying the previous step.",
+                        str(error).rstrip("."), aside)
         return aside
 
     def _restore_step(self, template: PyTree, step: int, *, hint: str) -> tuple[int, PyTree]:
