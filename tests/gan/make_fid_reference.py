@@ -50,7 +50,8 @@ def main() -> None:
     images = fid_reference.reference_images()
     arrays: dict[str, np.ndarray] = dict(images)
     for name, batch in images.items():
-        arrays[f"pool_{name.removeprefix('images_')}"], arrays[f"logits_{name.removeprefix('images_')}"] = outputs(batch)
+        suffix = name.removeprefix("images_")
+        arrays[f"pool_{suffix}"], arrays[f"logits_{suffix}"] = outputs(batch)
     stats = [(p.mean(axis=0), np.cov(p, rowvar=False)) for p in (arrays["pool_a"], arrays["pool_b"])]
     arrays["fid_a_b"] = np.float64(calculate_frechet_distance(*stats[0], *stats[1]))
     versions = {d: metadata.version(d) for d in ("torch", "torchvision", "pytorch-fid", "numpy", "scipy")}

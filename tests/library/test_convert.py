@@ -32,7 +32,9 @@ try:
 except ImportError:  # the equinox extra is optional; its cases skip below
     eqx = speqx = None
 
-needs_equinox = pytest.mark.skipif(eqx is None, reason="the equinox extra is not installed (pip install -e '.[equinox]')")
+needs_equinox = pytest.mark.skipif(
+    eqx is None, reason="the equinox extra is not installed (pip install -e '.[equinox]')"
+)
 X = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16, 16, 3)), jnp.float32)
 
 

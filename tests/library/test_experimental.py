@@ -42,7 +42,8 @@ def test_importing_sympad_does_not_import_experimental():
 
 @pytest.mark.parametrize("implementation", EXPERIMENTAL)
 @pytest.mark.parametrize("k,stride,dilation,channels", [
-    (2, 1, 1, 5), (4, 2, 1, 13), (2, 2, 1, 8), (4, 1, 2, 3), (3, 1, 1, 4), (2, 1, (1, 2), 6), (2, 1, 3, 5), (4, 1, (3, 1), 4),
+    (2, 1, 1, 5), (4, 2, 1, 13), (2, 2, 1, 8), (4, 1, 2, 3), (3, 1, 1, 4), (2, 1, (1, 2), 6), (2, 1, 3, 5),
+    (4, 1, (3, 1), 4),
 ])
 def test_2d_matches_reference(implementation, k, stride, dilation, channels):
     x = random((2, 9, 8, channels), seed=3)
@@ -70,7 +71,9 @@ def test_grouped_and_depthwise_match_reference(implementation, channels, groups,
 
 def test_group_sum_rejects_feature_groups():
     with pytest.raises(ValueError, match="group_sum.*feature_group_count=1"):
-        sympad.sym_pad_conv(jnp.ones((1, 6, 6, 4)), jnp.ones((2, 2, 2, 4)), feature_group_count=2, implementation="group_sum")
+        sympad.sym_pad_conv(
+            jnp.ones((1, 6, 6, 4)), jnp.ones((2, 2, 2, 4)), feature_group_count=2, implementation="group_sum"
+        )
 
 
 @pytest.mark.parametrize("implementation", EXPERIMENTAL)

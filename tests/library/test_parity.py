@@ -27,7 +27,9 @@ try:
 except ImportError:  # the equinox extra is optional; its cases skip below
     eqx = speqx = None
 
-needs_equinox = pytest.mark.skipif(eqx is None, reason="the equinox extra is not installed (pip install -e '.[equinox]')")
+needs_equinox = pytest.mark.skipif(
+    eqx is None, reason="the equinox extra is not installed (pip install -e '.[equinox]')"
+)
 
 
 def _x(shape, seed=0):
