@@ -218,7 +218,9 @@ def render(records: Sequence[dict], numbered: Sequence[tuple[int, str, dict]]) -
         todo = [g for g in planned if g not in measured]
         left += [f"step {number}: {g}" + (" (given up)" if g in given_up else "") for g in todo]
         body = {"conv": conv.markdown, "seeds": seeds.markdown}.get(spec["bench"], models.markdown)(mine)
-        notes = [f"given up (started {MAX_TRIES} times, never finished): {', '.join(sorted(given_up))}"] if given_up else []
+        notes = []
+        if given_up:
+            notes.append(f"given up (started {MAX_TRIES} times, never finished): {', '.join(sorted(given_up))}")
         if not planned:
             notes.append("(nothing to measure in this size set)")
         if todo and len(given_up) < len(todo):
@@ -228,7 +230,9 @@ def render(records: Sequence[dict], numbered: Sequence[tuple[int, str, dict]]) -
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    p = common.size_parser("benchmarks.all", __doc__, gpu="the GPU set (H100/H200-class)", tiny="the tiny set (smoke test)")
+    p = common.size_parser(
+        "benchmarks.all", __doc__, gpu="the GPU set (H100/H200-class)", tiny="the tiny set (smoke test)"
+    )
     p.add_argument("--out", required=True, help="directory for results.jsonl and results.md")
     p.add_argument("--deadline", type=float, default=None, help="seconds; steps and groups after it are skipped")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per measurement (default: each bench's)")

@@ -222,7 +222,7 @@ class Report:
         self.records: list[dict[str, Any]] = []
         #: Fields added to every record written (``benchmarks.all`` sets the step).
         self.context: dict[str, Any] = {}
-        self._file = open(path, "a") if path else None  # noqa: SIM115 - closed in close()
+        self._file = open(path, "a") if path else None  # closed in close()
         if self._file and self._file.tell() and not Path(path).read_bytes().endswith(b"\n"):
             self._file.write("\n")  # after a run killed mid-line, start a line of our own
         self._stream = stream

@@ -16,9 +16,10 @@ hits both alike), with the median images/s over rounds and the median of the per
 2. **end to end**: the FID between two folders of JPEGs, from the files: pytorch-fid's
    ``calculate_fid_given_paths`` (its CLI's batch 50 and data-loader workers) against what
    ``python -m gan.evaluate`` runs, a ``gan.metrics.Evaluator`` report, on the first folder's
-   images decoded by ``sympad.train.data`` with the second as ``folder:`` reference (decode, resize, network, statistics; fresh caches in
-   every round, so each round decodes, loads the weights and compiles again, as a new command
-   would; KID on one subset and no precision/recall, which pytorch-fid does not compute).
+   images decoded by ``sympad.train.data`` with the second as ``folder:`` reference (decode,
+   resize, network, statistics; fresh caches in every round, so each round decodes, loads the
+   weights and compiles again, as a new command would; KID on one subset and no precision/recall,
+   which pytorch-fid does not compute).
 
 Needs the reference extra (torch, pytorch-fid) beside jax. Writes JSON lines (``--out``, else
 stdout: an environment record with the versions and the load average, then one record per
@@ -31,7 +32,6 @@ import contextlib
 import importlib.metadata
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -88,7 +88,7 @@ def pytorch_fid_network(weights: dict[str, Any], device: str) -> Any:
     import pytorch_fid.inception as pfi
 
     original = pfi.load_state_dict_from_url
-    pfi.load_state_dict_from_url = lambda *args, **kwargs: weights  # noqa: ARG005
+    pfi.load_state_dict_from_url = lambda *args, **kwargs: weights
     try:
         return pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval().to(device)
     finally:
@@ -168,8 +168,8 @@ def _network(weights: dict[str, Any], network: Any, images: np.ndarray, *, devic
     return _summary("network", timing, len(images), max_relative_difference=difference)
 
 
-def _end_to_end(torch_state: dict[str, Any], weights: Path, files: Sequence[Path], *, device: str, repeats: int, workers: int,
-                tmp: Path, report: common.Report) -> dict[str, Any]:
+def _end_to_end(torch_state: dict[str, Any], weights: Path, files: Sequence[Path], *, device: str, repeats: int,
+                workers: int, tmp: Path, report: common.Report) -> dict[str, Any]:
     from pytorch_fid import fid_score
 
     from gan import metrics

@@ -159,7 +159,9 @@ class Sizes:
 
 
 GPU = Sizes(
-    resnet=((56, 128, "float32"), (56, 512, "float32"), (56, 512, "bfloat16"), (20, 128, "float32"), (110, 128, "float32")),
+    resnet=(
+        (56, 128, "float32"), (56, 512, "float32"), (56, 512, "bfloat16"), (20, 128, "float32"), (110, 128, "float32")
+    ),
     resnet_width=16,
     table1=((20, 64), (56, 64), (110, 64)),
     table1_width_scale=1.0,
@@ -239,9 +241,8 @@ def build_cases(
                 if block == "shift":
                     width = max(9, 9 * round(width / 9))  # The shift block splits channels into 9 groups.
                 model = blocks_cifar(block=block, depth=depth, width=width)
-                cases.append(
-                    Case(group, block, batch, _classifier_maker(model, batch, 32, 100, None), {"model": f"table1-{block}", "depth": depth, "width": width})
-                )
+                info = {"model": f"table1-{block}", "depth": depth, "width": width}
+                cases.append(Case(group, block, batch, _classifier_maker(model, batch, 32, 100, None), info))
     for suite in ("sngan", "resnet19"):
         if suite not in suites:
             continue
@@ -425,9 +426,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--depths", default=None, help="comma-separated ResNet/Table-1 depths to keep")
     p.add_argument("--batches", default=None, help="comma-separated batch sizes to keep")
     p.add_argument("--formulations", default="", help="resnet, GANs: also C2sp under these formulations")
-    p.add_argument(
-        "--implementation", default=None, choices=sympad.IMPLEMENTATIONS, help="force every C*sp conv to this formulation"
-    )
+    p.add_argument("--implementation", default=None, choices=sympad.IMPLEMENTATIONS,
+                   help="force every C*sp conv to this formulation")
     common.add_run_args(
         p,
         repeats="timed rounds (default 5, 10 with --gpu)",
@@ -472,7 +472,8 @@ def _available(sizes: Sizes, suites: Sequence[str]) -> str:
         batches |= {b for _, b in sizes.table1}
     batches |= {sizes.sngan_batch} if "sngan" in suites else set()
     batches |= {sizes.resnet19_batch} if "resnet19" in suites else set()
-    parts = [f"{name} {','.join(map(str, sorted(values)))}" for name, values in (("depths", depths), ("batches", batches)) if values]
+    kept = (("depths", depths), ("batches", batches))
+    parts = [f"{name} {','.join(map(str, sorted(values)))}" for name, values in kept if values]
     return ", ".join(parts)
 
 

@@ -130,7 +130,7 @@ def run(cases: Sequence[Case], *, warmup: int = 2, repeats: int = 5, report: com
             memory[n] = common.memory(compiled)
             holder = {"state": state}
 
-            def call(compiled=compiled, holder=holder):
+            def call(compiled=compiled, holder=holder, images=images):
                 holder["state"], metrics = compiled(holder["state"], images)
                 return metrics
 

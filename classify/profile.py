@@ -181,7 +181,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     )
     flags.DEFINE_string("json", None, "also write the result to this JSON file", flag_values=flag_values)
     flags.DEFINE_integer("batch_size", None, "images per step (default: the config's)", flag_values=flag_values)
-    flags.DEFINE_integer("image_size", None, "input side (default: config.input.image_size or 32)", flag_values=flag_values)
+    flags.DEFINE_integer(
+        "image_size", None, "input side (default: config.input.image_size or 32)", flag_values=flag_values
+    )
     flags.DEFINE_integer("warmup", 2, "untimed steps after compilation", flag_values=flag_values)
     flags.DEFINE_integer("repeats", 5, "timings; images/s is their median", flag_values=flag_values)
     flags.DEFINE_integer("steps", 5, "train steps per timing", flag_values=flag_values)

@@ -94,7 +94,9 @@ def weight_decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
+def learning_rate_schedule(
+    config: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoch: int
+) -> optax.Schedule:
     """``config.optimizer.schedule``: 'cosine' (to 0 at the last step) or 'piecewise' (x0.1 at 50% and 75%).
 
     An optional linear warm-up of ``config.optimizer.warmup_epochs`` precedes either.
@@ -119,7 +121,9 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, *, total_steps: in
     return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), main], [warmup])
 
 
-def create_optimizer(config: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
+def create_optimizer(
+    config: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoch: int
+) -> optax.GradientTransformation:
     """SGD with momentum and masked coupled weight decay (see the module docstring)."""
     opt = config.optimizer
     schedule = learning_rate_schedule(config, total_steps=total_steps, steps_per_epoch=steps_per_epoch)

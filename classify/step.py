@@ -106,7 +106,9 @@ def make_train_step(
         return new_state, metrics
 
     def step_on_device(state: TrainState, images: jax.Array, labels: jax.Array) -> StepResult:
-        batch, batch_labels = sdata.get_batch(images, labels, data_key, state.step, batch_size=batch_size, **augment_kwargs)
+        batch, batch_labels = sdata.get_batch(
+            images, labels, data_key, state.step, batch_size=batch_size, **augment_kwargs
+        )
         return update(state, batch, batch_labels)
 
     def step_on_batch(state: TrainState, images: jax.Array, labels: jax.Array) -> StepResult:
@@ -116,7 +118,9 @@ def make_train_step(
     return jax.jit(step_on_device, donate_argnums=0), jax.jit(step_on_batch, donate_argnums=0)
 
 
-def make_eval_step(model: nn.Module, *, batch_size: int, mesh: jax.sharding.Mesh | None = None) -> Callable[..., dict[str, jax.Array]]:
+def make_eval_step(
+    model: nn.Module, *, batch_size: int, mesh: jax.sharding.Mesh | None = None
+) -> Callable[..., dict[str, jax.Array]]:
     """Jitted ``eval_step(state, images, labels, step) -> {'loss_sum', 'correct', 'count'}``.
 
     ``images``/``labels`` are the whole split on the device; batch ``step``

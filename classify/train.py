@@ -113,7 +113,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         arrays="images_labels",
         device_step=step_on_device,
         host_loader=lambda start: sdata.HostLoader(
-            train_ds.images, train_ds.labels, batch_size=int(config.batch_size), key=rng.stream(int(config.seed), "data", STREAMS),
+            train_ds.images, train_ds.labels, batch_size=int(config.batch_size),
+            key=rng.stream(int(config.seed), "data", STREAMS),
             start_step=start, num_steps=total_steps - start, sharding=batch_sharded(mesh)),
         host_step=lambda state, loader: step_on_batch(state, *next(loader)),
     )
@@ -136,7 +137,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         init_state=lambda: create_train_state(model, tx, seed=int(config.seed), image_size=image_size),
         hooks=[loop.Hook(config.eval_every, evaluate_test, "eval_every")], summarize=summarize,
         progress_keys=("train_loss", "train_error", "test_error"),
-        first_record={"num_params": num_params, "steps_per_epoch": per_epoch, "data/skipped": skipped}, best_metric="test_error")
+        first_record={"num_params": num_params, "steps_per_epoch": per_epoch, "data/skipped": skipped},
+        best_metric="test_error")
     if "test_error" not in record:  # resumed at the end: evaluate the restored state once
         # Traced outside the loop, so under the run's formulation here (sympad.train.loop owns it inside).
         with sympad.use_implementation(config.conv_implementation):

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 project = "sympad"
 author = "the sympad authors"
-copyright = "2026, the sympad authors"  # noqa: A001 (Sphinx's name)
+copyright = "2026, the sympad authors"  # Sphinx reads this name
 
 extensions = [
     "sphinx.ext.autodoc",

@@ -38,6 +38,7 @@ A run of several seeds (``config.num_seeds > 1``) samples each seed's generator 
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -163,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config, generator, state = restore_state(args.workdir, config)
     for index in indices:
         # Several seeds: seed k's files are named <name>_seed<k>.<ext>.
-        name = (lambda path: seed_path(path, seeds[index])) if len(seeds) > 1 else Path
+        name = functools.partial(seed_path, seed=seeds[index]) if len(seeds) > 1 else Path
         _write(args, config, generator, select_seed(state, index), classes, name)
 
 

@@ -176,7 +176,8 @@ def table(q: dict[str, Any], *, inits: int, batches: int, batch: int) -> tuple[l
             continue  # the count variations only for the project's summary
         c3 = summary(q[f"{net}|C3"][cell], normalize=normalize, geometric=geometric, inits=n_i, batches=n_b)
         sp = summary(q[f"{net}|C2sp"][cell], normalize=normalize, geometric=geometric, inits=n_i, batches=n_b)
-        rows.append({"setup": label, "Q": "Q55/Q0" if normalize else "Q55", "mean": "geometric" if geometric else "arithmetic",
+        rows.append({"setup": label, "Q": "Q55/Q0" if normalize else "Q55",
+                     "mean": "geometric" if geometric else "arithmetic",
                      "images": n_b * batch, "inits": n_i, "C3": c3, "C2sp": sp, "ratio": sp / c3})
     lines = ["| setup | Q | mean over inits | images | inits | C3 | C2sp | C2sp / C3 | C2sp above C3 |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -187,7 +187,7 @@ def module_outputs(
       own return value is discarded. Use inside or outside ``jax.jit``.
     """
     if select is None:
-        select = lambda module, out: type(module).__name__.endswith("Conv")  # noqa: E731
+        select = lambda module, out: type(module).__name__.endswith("Conv")
 
     def apply_fn(variables: Any, x: jax.Array) -> tuple[jax.Array, ...]:
         recorded: list[jax.Array] = []
@@ -571,14 +571,15 @@ def receptive_field(
     if layers is None:
         layers = range(len(shapes))
     layers = list(layers)
-    for l in layers:
-        if not 0 <= l < len(shapes):
-            raise ValueError(f"layers must index the {len(shapes)} maps, got {l}")
+    for layer in layers:
+        if not 0 <= layer < len(shapes):
+            raise ValueError(f"layers must index the {len(shapes)} maps, got {layer}")
     maps, offsets = [], []
-    for l in layers:
-        m = np.asarray(_centre_gradient(params, x, jnp.zeros(len(shapes)).at[l].set(1.0), apply_fn=apply_fn), np.float64)
+    for layer in layers:
+        only_this_layer = jnp.zeros(len(shapes)).at[layer].set(1.0)
+        m = np.asarray(_centre_gradient(params, x, only_this_layer, apply_fn=apply_fn), np.float64)
         maps.append(m)
-        h, w = shapes[l][1:3]
+        h, w = shapes[layer][1:3]
         unit = np.array(
             [unit_position(h, height, _centre_index(h)), unit_position(w, width, _centre_index(w))]
         )

@@ -110,10 +110,10 @@ def concat_pad(
     runs = channel_runs(pads)
     if max_runs is not None and len(runs) > max_runs:
         return select_pad(x, totals, dirs, axes)
-    pieces = [
-        jnp.pad(lax.slice_in_dim(x, a, b, axis=x.ndim - 1), [(0, 0)] + [tuple(int(v) for v in p) for p in pads[a]] + [(0, 0)])
-        for a, b in runs
-    ]
+    pieces = []
+    for a, b in runs:
+        spatial = [tuple(int(v) for v in p) for p in pads[a]]
+        pieces.append(jnp.pad(lax.slice_in_dim(x, a, b, axis=x.ndim - 1), [(0, 0)] + spatial + [(0, 0)]))
     return jnp.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
 
 

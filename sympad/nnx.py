@@ -20,6 +20,11 @@ from sympad.ops import IMPLEMENTATIONS, Implementation, padded_conv
 
 __all__ = ["Conv", "SymPadConv", "conv", "convert"]
 
+# One instance each, built at import as flax's nnx.Conv builds its defaults: an initializer is a
+# pure function, so every layer may share it.
+_DEFAULT_KERNEL_INIT = nnx.initializers.lecun_normal()
+_DEFAULT_BIAS_INIT = nnx.initializers.zeros_init()
+
 
 class Conv(nnx.Conv):
     """Drop-in for ``flax.nnx.Conv``: even kernels get symmetric padding (C2sp, C4sp).
@@ -94,8 +99,8 @@ class Conv(nnx.Conv):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         precision: Any = None,
-        kernel_init: nnx.initializers.Initializer = nnx.initializers.lecun_normal(),
-        bias_init: nnx.initializers.Initializer = nnx.initializers.zeros_init(),
+        kernel_init: nnx.initializers.Initializer = _DEFAULT_KERNEL_INIT,
+        bias_init: nnx.initializers.Initializer = _DEFAULT_BIAS_INIT,
         conv_general_dilated: Any = lax.conv_general_dilated,
         promote_dtype: Any = _promote_dtype,
         preferred_element_type: Any = None,
@@ -144,7 +149,9 @@ class Conv(nnx.Conv):
             )
         inputs, batch_shape = flatten_batch(jnp.asarray(inputs), len(self.kernel_size))
         if inputs.shape[-1] != self.in_features:
-            raise ValueError(f"inputs have {inputs.shape[-1]} channels, the layer expects in_features={self.in_features}")
+            raise ValueError(
+                f"inputs have {inputs.shape[-1]} channels, the layer expects in_features={self.in_features}"
+            )
         kernel = self.kernel[...]
         if self.mask is not None:
             if self.mask.shape != kernel.shape:

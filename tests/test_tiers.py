@@ -123,7 +123,8 @@ def _function_in(module: str, source: str, **names) -> Callable:
 
 
 def _deprecated_api(library: str, *, stacklevel: int) -> Callable:
-    return _function_in(library, f"def f():\n    warnings.warn('old API', DeprecationWarning, stacklevel={stacklevel})\n")
+    source = f"def f():\n    warnings.warn('old API', DeprecationWarning, stacklevel={stacklevel})\n"
+    return _function_in(library, source)
 
 
 def test_deprecations_of_jax_flax_optax_and_orbax_are_errors():
@@ -153,7 +154,10 @@ CHILD = """
 import json, sys, warnings
 import jax, jax.numpy as jnp
 caught = []
-for name, call in [("project", lambda: jnp.array([1.0], None, True)), ("jax", lambda: jax.nn.one_hot(jnp.array([0.0]), 2))]:
+for name, call in [
+    ("project", lambda: jnp.array([1.0], None, True)),
+    ("jax", lambda: jax.nn.one_hot(jnp.array([0.0]), 2)),
+]:
     try:
         call()
     except DeprecationWarning:

@@ -26,7 +26,14 @@ import numpy as np
 from flax import linen as nn
 
 from classify.models.blocks import DOWNSAMPLE_MODES
-from classify.models.densenet import DenseNet, DenseNet121, WideDenseNet, densenet_cifar, densenet_imagenet, wide_densenet
+from classify.models.densenet import (
+    DenseNet,
+    DenseNet121,
+    WideDenseNet,
+    densenet_cifar,
+    densenet_imagenet,
+    wide_densenet,
+)
 from classify.models.mobilenetv2 import MobileNetV2, mobilenetv2
 from classify.models.resnet_cifar import (
     BLOCKS,

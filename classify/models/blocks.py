@@ -216,7 +216,10 @@ class BasicBlock(_ResidualBase):
 
 
 class BottleneckBlock(_ResidualBase):
-    """1x1 - k x k - 1x1 bottleneck (ResNet-50); ``features`` is the output width, the inner one is ``features / expansion``."""
+    """1x1 - k x k - 1x1 bottleneck (ResNet-50).
+
+    ``features`` is the output width, the inner one is ``features / expansion``.
+    """
 
     expansion: int = 4
 

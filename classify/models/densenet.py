@@ -79,19 +79,23 @@ class DenseNet(nn.Module):
         if self.stem == "cifar":
             x = spatial_conv(x, stem_kind, 2 * self.growth, dtype=self.dtype, name="stem")
         else:
-            x = spatial_conv(x, stem_kind, 2 * self.growth, strides=2, downsample="stride", dtype=self.dtype, name="stem")
+            x = spatial_conv(
+                x, stem_kind, 2 * self.growth, strides=2, downsample="stride", dtype=self.dtype, name="stem"
+            )
             x = nn.relu(batch_norm(train, dtype=self.dtype, name="bn_stem")(x))
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         for block, num_layers in enumerate(self.stage_sizes):
             for i in range(num_layers):
-                y = nn.relu(batch_norm(train, dtype=self.dtype, name=f"block{block + 1}_layer{i + 1}_bn1")(x))
-                y = conv1x1(self.bottleneck * self.growth, dtype=self.dtype, name=f"block{block + 1}_layer{i + 1}_conv1")(y)
-                y = nn.relu(batch_norm(train, dtype=self.dtype, name=f"block{block + 1}_layer{i + 1}_bn2")(y))
-                y = spatial_conv(y, self.kernel, self.growth, dtype=self.dtype, name=f"block{block + 1}_layer{i + 1}_conv2")
+                layer = f"block{block + 1}_layer{i + 1}"
+                y = nn.relu(batch_norm(train, dtype=self.dtype, name=f"{layer}_bn1")(x))
+                y = conv1x1(self.bottleneck * self.growth, dtype=self.dtype, name=f"{layer}_conv1")(y)
+                y = nn.relu(batch_norm(train, dtype=self.dtype, name=f"{layer}_bn2")(y))
+                y = spatial_conv(y, self.kernel, self.growth, dtype=self.dtype, name=f"{layer}_conv2")
                 x = jnp.concatenate([x, y], axis=-1)
             if block < len(self.stage_sizes) - 1:
-                x = nn.relu(batch_norm(train, dtype=self.dtype, name=f"transition{block + 1}_bn")(x))
-                x = conv1x1(int(x.shape[-1] * self.compression), dtype=self.dtype, name=f"transition{block + 1}_conv")(x)
+                transition = f"transition{block + 1}"
+                x = nn.relu(batch_norm(train, dtype=self.dtype, name=f"{transition}_bn")(x))
+                x = conv1x1(int(x.shape[-1] * self.compression), dtype=self.dtype, name=f"{transition}_conv")(x)
                 x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="SAME")
         return head(x, train, num_classes=self.num_classes, dtype=self.dtype)
 
@@ -121,6 +125,8 @@ DenseNet121 = functools.partial(
 )
 
 
-def densenet_imagenet(*, kernel: str = "C3", stem_kernel: str = "C7", num_classes: int = 1000, **kwargs: Any) -> DenseNet:
+def densenet_imagenet(
+    *, kernel: str = "C3", stem_kernel: str = "C7", num_classes: int = 1000, **kwargs: Any
+) -> DenseNet:
     """DenseNet-121 (Table 3): growth 32, blocks 6/12/24/16, 7x7 stride-2 stem."""
     return DenseNet121(kernel=kernel, stem_kernel=stem_kernel, num_classes=num_classes, **kwargs)

@@ -66,7 +66,9 @@ class MobileNetV2(nn.Module):
         bn = functools.partial(batch_norm, train, dtype=self.dtype)
         x = jnp.asarray(x, self.dtype)
         channels = make_divisible(32 * self.width)
-        x = spatial_conv(x, self.stem_kernel, channels, strides=2, downsample=self.downsample, dtype=self.dtype, name="stem")
+        x = spatial_conv(
+            x, self.stem_kernel, channels, strides=2, downsample=self.downsample, dtype=self.dtype, name="stem"
+        )
         x = nn.relu6(bn(name="bn_stem")(x))
         index = 0
         for t, c, n, s in self.stages:

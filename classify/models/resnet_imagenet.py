@@ -61,7 +61,9 @@ class ImageNetResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         x = jnp.asarray(x, self.dtype)
-        x = spatial_conv(x, self.stem_kernel, self.stem_width, strides=2, downsample="stride", dtype=self.dtype, name="stem")
+        x = spatial_conv(
+            x, self.stem_kernel, self.stem_width, strides=2, downsample="stride", dtype=self.dtype, name="stem"
+        )
         x = nn.relu(batch_norm(train, dtype=self.dtype, name="bn_stem")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         for stage, num_blocks in enumerate(self.stage_sizes):

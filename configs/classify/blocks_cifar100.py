@@ -1,7 +1,8 @@
 r"""Table 1: ShiftNet, inverted-bottleneck, depthwise-separable and C2sp blocks on a CIFAR-100 ResNet (paper 4.2).
 
     python -m classify.main --config=configs/classify/blocks_cifar100.py:block=sep,depth=56 --workdir=runs/t1_sep56
-    python -m classify.main --config=configs/classify/blocks_cifar100.py:block=c2sp,depth=110,mixup=1.0 --workdir=runs/t1_c2sp110_mixup
+    python -m classify.main --config=configs/classify/blocks_cifar100.py:block=c2sp,depth=110,mixup=1.0 \
+        --workdir=runs/t1_c2sp110_mixup
 
 Args: block (shift | invert | sep | c2sp), depth (20 | 56 | 110, any 6n+2), kernel (default: C2sp
 for c2sp, C3 for the depthwise convs of invert/sep; shift has no spatial conv but the stem, which

@@ -41,7 +41,9 @@ def base_config(*, model: Mapping[str, Any], kernel: str, data: str, runlocal: b
     return config
 
 
-def shrink_for_local_run(config: ml_collections.ConfigDict, *, tiny_model: Mapping[str, Any]) -> ml_collections.ConfigDict:
+def shrink_for_local_run(
+    config: ml_collections.ConfigDict, *, tiny_model: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
     """``runlocal``: a ~1 minute CPU run (tiny model, 20 steps, small splits), same code path."""
     config.model.update(dict(tiny_model))
     config.batch_size = 32

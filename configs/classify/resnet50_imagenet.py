@@ -1,6 +1,7 @@
 r"""ResNet-50 on ImageNet with C3, C2 or C2sp, full or 0.5x width (paper 4.3, Table 3).
 
-    python -m classify.main --config=configs/classify/resnet50_imagenet.py:kernel=C2sp,width=0.5 --workdir=runs/r50x05_c2sp
+    python -m classify.main --config=configs/classify/resnet50_imagenet.py:kernel=C2sp,width=0.5 \
+        --workdir=runs/r50x05_c2sp
 
 Args: kernel, width (1.0 | 0.5), data (default imagenet2012), runlocal (one block per stage, 1/8
 width, 20 steps on 32 px digits unless data is given). Paper 4.5: 100 epochs, batch 256, cosine

@@ -1,7 +1,8 @@
 r"""Wide-DenseNet (K = 48, L = 50) on CIFAR-10, 600 epochs (paper 4.2, Table 2).
 
     python -m classify.main --config=configs/classify/wide_densenet.py:kernel=C2sp --workdir=runs/wdn_c2sp
-    python -m classify.main --config=configs/classify/wide_densenet.py:kernel=C2sp,cutout=16,mixup=1.0 --workdir=runs/wdn_c2sp_co_mixup
+    python -m classify.main --config=configs/classify/wide_densenet.py:kernel=C2sp,cutout=16,mixup=1.0 \
+        --workdir=runs/wdn_c2sp_co_mixup
 
 Args: kernel (default C2sp), data (default cifar10), cutout (square side, 0 = off; Table 2's
 "c/o" row: 16), mixup (alpha; Table 2's "mixup" row: 1.0), runlocal (1 layer per block, growth 8,

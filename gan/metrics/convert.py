@@ -1,7 +1,8 @@
 """Converts FID Inception weights (.pth or TorchScript .pt) to .npz or .safetensors at a path you choose.
 
     python -m gan.metrics.convert --pth=pt_inception-2015-12-05-6726825d.pth --out=inception_fid.npz
-    python -m gan.metrics.convert --pth=fid_inception.npz --out=fid_inception_f16.npz --half   # 37 MB, for a capped carry
+    # float16, 37 MB, for a capped carry:
+    python -m gan.metrics.convert --pth=fid_inception.npz --out=fid_inception_f16.npz --half
 
 Most users want ``python -m gan.metrics.fetch`` instead, which converts into the cache that
 evaluation finds by itself. Torch files are read without torch by a restricted unpickler

@@ -45,8 +45,10 @@ from gan.metrics.scores import (
     precision_recall,
 )
 
-__all__ = ["FID_KEY", "METRICS", "PROTOCOLS", "EvalSettings", "Evaluator", "Features", "Metric", "MetricResult", "Protocol",
-           "build_evaluator", "default_eval_config", "eval_settings", "intra_class_scores"]
+__all__ = [
+    "FID_KEY", "METRICS", "PROTOCOLS", "EvalSettings", "Evaluator", "Features", "Metric", "MetricResult", "Protocol",
+    "build_evaluator", "default_eval_config", "eval_settings", "intra_class_scores",
+]
 
 
 @dataclasses.dataclass(frozen=True)

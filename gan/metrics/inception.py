@@ -385,14 +385,14 @@ def has_logits(variables: Any) -> bool:
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiler_options(backend: str) -> dict[str, Any]:
     """:data:`CPU_COMPILER_OPTIONS` on a CPU when this XLA knows them; none elsewhere."""
     if backend != "cpu":
         return {}
     try:  # an XLA without the option refuses it: compile as it would by default
         jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(np.float32(0)).compile()
-    except Exception:  # noqa: BLE001 - the option's error type is XLA's, not a stable one
+    except Exception:  # the option's error type is XLA's, not a stable one
         return {}
     return dict(CPU_COMPILER_OPTIONS)
 

@@ -89,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--kinds", type=_kinds, default=KINDS, help="comma-separated kernel kinds")
         p.add_argument("--inits", type=_positive, default=inits, help="random initializations per kind")
         p.add_argument("--seed", type=int, default=0, help="seed of the initializations and the image draw")
-        p.add_argument("--data", default="auto", help="'auto' (CIFAR-10 test folder), a .tar.gz, or a sympad.train.data name")
+        p.add_argument("--data", default="auto",
+                       help="'auto' (CIFAR-10 test folder), a .tar.gz, or a sympad.train.data name")
         p.add_argument("--split", default="test", choices=("train", "test"))
         p.add_argument("--num_images", type=_positive, default=num_images, help="images drawn from the split")
         p.add_argument("--image_size", type=_positive, default=None, help="resize images (default: native)")
@@ -116,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("receptive-field", help="per-layer gradient receptive field and impulse response")
     common(r, inits=2, num_images=4)
     r.add_argument("--linear", action="store_true", help="plain stack without ReLUs (pure geometry)")
-    r.add_argument("--layers", default="all", help="'all', 'stages' (last layer of each stage) or comma-separated indices")
+    r.add_argument("--layers", default="all",
+                   help="'all', 'stages' (last layer of each stage) or comma-separated indices")
 
     for p in (s, r):
         p.add_argument("--model", choices=MODELS, default="plain")
@@ -124,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
             "--checkpoint",
             type=Path,
             default=None,
-            help="classify training workdir: restore its latest checkpoint (implies --model=classify; kind from its config)",
+            help="classify training workdir: restore its latest checkpoint "
+            "(implies --model=classify; kind from its config)",
         )
     return parser
 

@@ -193,8 +193,9 @@ def run_q_curves(settings: Settings, *, invocation: Mapping[str, Any]) -> dict[s
     _write_json(out / "q_curves.json", payload)
     header = ["layer", "height", "width"] + [f"{k}_{s}" for k in results for s in ("mean", "std")]
     rows = [
-        [l, sizes[l][0], sizes[l][1]] + [v for k in results for v in (q_mean[k][l], q_std[k][l])]
-        for l in range(len(sizes))
+        [layer, sizes[layer][0], sizes[layer][1]]
+        + [v for k in results for v in (q_mean[k][layer], q_std[k][layer])]
+        for layer in range(len(sizes))
     ]
     _write_csv(out / "q_curves.csv", header, rows)
     plots.plot_q_curves(out / "q_curves.png", {k: r["q"] for k, r in results.items()}, ends,
@@ -266,13 +267,15 @@ def run_shift(settings: Settings, *, invocation: Mapping[str, Any]) -> dict[str,
     _write_json(out / "shift.json", payload)
     rows = []
     for kind, r in per_kind.items():
-        for l, (m, s) in enumerate(zip(r["offsets_mean"], r["offsets_std"])):
-            rows.append([kind, l, int(l in ends), m[0], m[1], s[0], s[1]])
+        for layer, (m, s) in enumerate(zip(r["offsets_mean"], r["offsets_std"])):
+            rows.append([kind, layer, int(layer in ends), m[0], m[1], s[0], s[1]])
     _write_csv(out / "shift.csv", ["kind", "layer", "stage_end", "dy_mean", "dx_mean", "dy_std", "dx_std"], rows)
-    titles = [f"layer {e} ({'x'.join(map(str, stage_maps[next(iter(stage_maps))][i].shape))})" for i, e in enumerate(ends)]
+    first_kind_maps = stage_maps[next(iter(stage_maps))]
+    titles = [f"layer {e} ({'x'.join(map(str, first_kind_maps[i].shape))})" for i, e in enumerate(ends)]
     plots.plot_maps(out / "shift_maps.png", stage_maps, titles, markers=stage_marks)
     plots.plot_offsets(out / "shift_per_layer.png", {k: r["offsets_mean"] for k, r in per_kind.items()}, ends,
-                  ylabel="centroid offset (input px)", title=f"{description}\n{info['source']}, {info['num_images']} images")
+                       ylabel="centroid offset (input px)",
+                       title=f"{description}\n{info['source']}, {info['num_images']} images")
     return payload
 
 
@@ -285,9 +288,9 @@ def _layer_selection(spec: str, shapes: Sequence[Sequence[int]]) -> list[int]:
         layers = [int(v) for v in spec.split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"--layers must be 'all', 'stages' or comma-separated ints, got {spec!r}") from None
-    for l in layers:
-        if not 0 <= l < len(shapes):
-            raise ConfigError(f"--layers: {l} is not one of the {len(shapes)} layers")
+    for layer in layers:
+        if not 0 <= layer < len(shapes):
+            raise ConfigError(f"--layers: {layer} is not one of the {len(shapes)} layers")
     return layers
 
 
@@ -306,7 +309,7 @@ def run_receptive_field(settings: Settings, *, invocation: Mapping[str, Any]) ->
         grads, extents, impulses, map_sums = [], [], [], None
         for key in _keys(settings, net):
             variables = variables_of(net, key, images)
-            shapes = [s.shape for s in jax.eval_shape(lambda v, x: net.conv_outputs(v, x), variables, x)]
+            shapes = [s.shape for s in jax.eval_shape(net.conv_outputs, variables, x)]
             ends = measures.stage_ends(shapes)
             layers = _layer_selection(settings.layers, shapes)
             maps, offsets, ext = measures.receptive_field(net.conv_outputs, variables, x, layers=layers)
@@ -345,15 +348,16 @@ def run_receptive_field(settings: Settings, *, invocation: Mapping[str, Any]) ->
     _write_json(out / "receptive_field.json", payload)
     rows = []
     for kind, r in per_kind.items():
-        for i, l in enumerate(r["layers"]):
-            rows.append([kind, l, *r["gradient_offset_mean"][i], *r["gradient_rms_radius_mean"][i],
+        for i, layer in enumerate(r["layers"]):
+            rows.append([kind, layer, *r["gradient_offset_mean"][i], *r["gradient_rms_radius_mean"][i],
                          *r["impulse_offset_mean"][i]])
     _write_csv(out / "receptive_field.csv",
                ["kind", "layer", "grad_dy", "grad_dx", "grad_rms_y", "grad_rms_x", "impulse_dy", "impulse_dx"], rows)
     plots.plot_rf(out / "receptive_field.png", per_kind, ends, title=f"{description}\n{info['source']}")
     shown_layers = [e for e in ends if e in layers]
     if shown_layers:
-        plots.plot_maps(out / "receptive_field_maps.png", stage_maps, [f"layer {l}: |dF/dx|" for l in shown_layers])
+        titles = [f"layer {layer}: |dF/dx|" for layer in shown_layers]
+        plots.plot_maps(out / "receptive_field_maps.png", stage_maps, titles)
     return payload
 
 

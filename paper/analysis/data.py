@@ -58,7 +58,9 @@ def load_images(*, data: str, split: str, num_images: int, seed: int, image_size
         try:  # the archive of $SYMPAD_SHARED_DATA, else of ../shared/data beside the checkout
             spec = f"folder:{shared_data.cifar10_folder(split, cache_dir=cache_dir)}"
         except FileNotFoundError as e:
-            raise ConfigError(f"--data=auto: {e}; or pass --data=cifar10, --data=folder:PATH or --data=synthetic") from None
+            raise ConfigError(
+                f"--data=auto: {e}; or pass --data=cifar10, --data=folder:PATH or --data=synthetic"
+            ) from None
         source = f"shared cifar10-{split}.tar.gz"
     elif spec.endswith((".tar.gz", ".tgz")):
         archive = Path(spec)

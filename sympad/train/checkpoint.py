@@ -390,7 +390,7 @@ class Checkpointer:
         reason = f"{os.strerror(code)} (errno {code}); " if code is not None else ""
         try:
             steps = self.all_steps()
-        except Exception:  # noqa: BLE001 - an unreadable directory must not hide the save's error
+        except Exception:  # an unreadable directory must not hide the save's error
             steps = None
         if steps is None:
             kept = f"Earlier checkpoints in {self.directory} were not touched"
@@ -501,7 +501,8 @@ class Checkpointer:
                 raise CheckpointError(
                     f"checkpoint {path} is corrupt, and moving it aside to {aside} failed: {_brief(e)}"
                 ) from e
-        logging.warning("%s; moved it aside to %s (not deleted) and trying the previous step.", str(error).rstrip("."), aside)
+        logging.warning("%s; moved it aside to %s (not deleted) and trying the previous step.",
+                        str(error).rstrip("."), aside)
         return aside
 
     def _restore_step(self, template: PyTree, step: int, *, hint: str) -> tuple[int, PyTree]:

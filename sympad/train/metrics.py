@@ -28,7 +28,9 @@ class DivergenceError(RuntimeError):
     """A training metric became NaN or infinite."""
 
 
-def check_finite(step: int, metrics: Mapping[str, Any], *, checkpoint_dir: str | os.PathLike[str] | None = None) -> None:
+def check_finite(
+    step: int, metrics: Mapping[str, Any], *, checkpoint_dir: str | os.PathLike[str] | None = None
+) -> None:
     """Raises ``DivergenceError`` if any metric is NaN or infinite.
 
     Fetches the metrics to the host, so call it where they are fetched anyway (log intervals),

@@ -168,7 +168,8 @@ def _conv_macs(model, size: int = 32) -> int:
             if eqn.primitive.name == "conv_general_dilated":
                 out, kernel = eqn.outvars[0].aval.shape, eqn.invars[1].aval.shape
                 total += int(np.prod(out)) * int(np.prod(kernel[:-1]))  # HWIO: (k, k, C / groups)
-            stack += [p.jaxpr if hasattr(p, "jaxpr") else p for p in eqn.params.values() if hasattr(p, "eqns") or hasattr(p, "jaxpr")]
+            inner = [p for p in eqn.params.values() if hasattr(p, "eqns") or hasattr(p, "jaxpr")]
+            stack += [p.jaxpr if hasattr(p, "jaxpr") else p for p in inner]
     return total
 
 

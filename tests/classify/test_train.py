@@ -1,4 +1,7 @@
-"""Classification training: optimizer pieces vs closed forms, one step, classify.main and classify.profile end to end."""
+"""Classification training, from the optimizer's pieces to the command lines.
+
+Optimizer pieces vs closed forms, one step, classify.main and classify.profile end to end.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +37,11 @@ def _config(name: str, arg: str) -> ml_collections.ConfigDict:
 
 @pytest.mark.parametrize("family", ["blocks_cifar/sep", "blocks_cifar/invert", "mobilenetv2"])
 def test_weight_decay_mask_excludes_depthwise_bn_and_biases(family):
-    kwargs = {"blocks_cifar/sep": dict(block="sep", depth=8, width=4), "blocks_cifar/invert": dict(block="invert", depth=8, width=4), "mobilenetv2": dict(width=0.25)}[family]
+    kwargs = {
+        "blocks_cifar/sep": dict(block="sep", depth=8, width=4),
+        "blocks_cifar/invert": dict(block="invert", depth=8, width=4),
+        "mobilenetv2": dict(width=0.25),
+    }[family]
     model = models.create_model(family.split("/")[0], **kwargs)
     params = models.param_shapes(model, 32)["params"]
     mask = classify_state.weight_decay_mask(params)
@@ -89,7 +96,8 @@ def test_learning_rate_schedules_closed_form():
     config = _config("densenet_cifar", "")
     assert config.optimizer.schedule == "piecewise"
     piecewise = classify_state.learning_rate_schedule(config, total_steps=1000, steps_per_epoch=10)
-    assert [float(piecewise(t)) for t in (0, 499, 500, 749, 750, 999)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    steps, rates = (0, 499, 500, 749, 750, 999), [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    assert [float(piecewise(t)) for t in steps] == pytest.approx(rates)
     config.optimizer.warmup_epochs = 5.0
     warm = classify_state.learning_rate_schedule(config, total_steps=1000, steps_per_epoch=10)
     assert float(warm(25)) == pytest.approx(0.05)
@@ -222,7 +230,8 @@ def test_profile_prints_every_column(tmp_path):
     # The train step's arguments hold at least the parameters and their momentum (float32).
     assert saved["argument_bytes"] >= 2 * 4 * saved["params"]
     assert saved["train_memory_bytes"] == saved["temp_bytes"] + saved["argument_bytes"] + saved["output_bytes"]
-    assert len(saved["images_per_s_all"]) == 2 and saved["images_per_s"] == pytest.approx(np.median(saved["images_per_s_all"]))
+    per_round = saved["images_per_s_all"]
+    assert len(per_round) == 2 and saved["images_per_s"] == pytest.approx(np.median(per_round))
     assert result["params"] == saved["params"]
 
 

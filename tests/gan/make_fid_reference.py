@@ -35,7 +35,7 @@ def main() -> None:
     shapes = {k: tuple(v.shape) for k, v in template.items() if not k.endswith("num_batches_tracked")}
     state = fid_reference.random_state_dict(shapes)
     torch_state = {k: torch.from_numpy(v) for k, v in state.items()}
-    pfi.load_state_dict_from_url = lambda *args, **kwargs: torch_state  # noqa: ARG005
+    pfi.load_state_dict_from_url = lambda *args, **kwargs: torch_state
     pool_net = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
     logits_net = pfi.fid_inception_v3().eval()  # torchvision's forward with the FID blocks: logits
 
@@ -50,7 +50,8 @@ def main() -> None:
     images = fid_reference.reference_images()
     arrays: dict[str, np.ndarray] = dict(images)
     for name, batch in images.items():
-        arrays[f"pool_{name.removeprefix('images_')}"], arrays[f"logits_{name.removeprefix('images_')}"] = outputs(batch)
+        suffix = name.removeprefix("images_")
+        arrays[f"pool_{suffix}"], arrays[f"logits_{suffix}"] = outputs(batch)
     stats = [(p.mean(axis=0), np.cov(p, rowvar=False)) for p in (arrays["pool_a"], arrays["pool_b"])]
     arrays["fid_a_b"] = np.float64(calculate_frechet_distance(*stats[0], *stats[1]))
     versions = {d: metadata.version(d) for d in ("torch", "torchvision", "pytorch-fid", "numpy", "scipy")}

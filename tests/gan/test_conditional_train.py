@@ -103,7 +103,7 @@ def test_conditional_step_uses_the_labels_and_trains_the_class_tables():
     g_tx, d_tx = gan_state.create_optimizers(config)
     dataset = sdata.load("synthetic", image_size=8, max_examples=64)
     step, _ = gan_step.make_train_step(generator, discriminator, g_tx, d_tx, config, data_key=jax.random.key(5))
-    fresh = lambda: gan_state.create_train_state(config, generator, discriminator, g_tx, d_tx)  # noqa: E731
+    fresh = lambda: gan_state.create_train_state(config, generator, discriminator, g_tx, d_tx)
     a, _ = step(fresh(), jnp.asarray(dataset.images), jnp.asarray(dataset.labels))
     b, _ = step(fresh(), jnp.asarray(dataset.images), jnp.asarray((dataset.labels + 1) % 10))
     assert not np.allclose(np.asarray(jax.tree_util.tree_leaves(a.d_params)[0]),

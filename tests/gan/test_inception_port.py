@@ -155,8 +155,8 @@ def test_safetensors_round_trip_and_layout(tmp_path):
     raw = path.read_bytes()
     n = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8 : 8 + n])
-    assert header["b.weight"] == {"dtype": "F32", "shape": [3, 2, 5], "data_offsets": header["b.weight"]["data_offsets"]}
     start, end = header["b.weight"]["data_offsets"]
+    assert header["b.weight"] == {"dtype": "F32", "shape": [3, 2, 5], "data_offsets": [start, end]}
     assert n % 8 == 0 and end - start == 30 * 4
     np.testing.assert_array_equal(np.frombuffer(raw[8 + n + start : 8 + n + end], "<f4").reshape(3, 2, 5),
                                   tensors["b.weight"])
@@ -192,9 +192,9 @@ def test_fold_batch_norm_matches_conv_then_batch_norm():
 @needs_pytorch_fid
 def test_matches_pytorch_fid(tmp_path, monkeypatch):
     """pytorch-fid's own InceptionV3 (random weights) vs the port: pool features and logits to 1e-4."""
+    import pytorch_fid.inception as pfi
     import torch
     import torchvision
-    import pytorch_fid.inception as pfi
 
     from gan.metrics import convert
 

@@ -12,7 +12,6 @@ from gan.metrics import features, offline, offline_train, scores
 from sympad.train import data
 
 
-
 def _samples_with_exact_stats(rng, mu, sigma, n):
     """n samples whose unbiased sample mean/covariance are exactly mu/sigma (up to round-off)."""
     z = rng.normal(size=(n, len(mu)))
@@ -107,7 +106,7 @@ def test_inception_score_matches_loop_reference():
 
 def _mmd2_unbiased_loop(x, y):
     d = x.shape[1]
-    k = lambda a, b: (a @ b / d + 1.0) ** 3  # noqa: E731
+    k = lambda a, b: (a @ b / d + 1.0) ** 3
     m = len(x)
     xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))

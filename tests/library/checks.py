@@ -35,7 +35,7 @@ def check_gradients(implementation):
     """Both gradients by finite differences, and the input gradient as the reference's adjoint."""
     x = random((1, 5, 6, 5), seed=13)
     w = random((2, 2, 5, 3), seed=14)
-    f = lambda a, b: sympad.sym_pad_conv(a, b, 2, implementation=implementation)  # noqa: E731
+    f = lambda a, b: sympad.sym_pad_conv(a, b, 2, implementation=implementation)
     check_grads(f, (x.astype(np.float64), w.astype(np.float64)), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
     # The gradient wrt x is the reference's adjoint: <conv(x), g> = <x, conv^T(g)>.
     g = random((1, 3, 3, 3), seed=15)

@@ -69,7 +69,7 @@ def check_case(implementation: str, shape: tuple, seed: int, *, tol: float = 1e-
     x = random((2,) + (9, 8, 7)[:ndim] + (channels,), seed=seed)
     w = random((k,) * ndim + (channels // groups, features), seed=seed + 1)
     strides, dilations = (stride,) * ndim, (dilation,) * ndim if isinstance(dilation, int) else dilation
-    conv = lambda a, b: sympad.sym_pad_conv(  # noqa: E731
+    conv = lambda a, b: sympad.sym_pad_conv(
         a, b, stride, kernel_dilation=dilation, feature_group_count=groups, implementation=implementation)
 
     @jax.jit
@@ -114,7 +114,7 @@ def main(argv: list[str]) -> int:
     for implementation, shape, seed in all_cases:
         try:
             check_case(implementation, shape, seed)
-        except Exception:  # noqa: BLE001 - every failing case is reported, not only the first
+        except Exception:  # every failing case is reported, not only the first
             failures[case_id(implementation, shape)] = traceback.format_exc(limit=-3)
     Path(report).write_text(json.dumps({"settings": settings(), "cases": len(all_cases), "failures": failures}))
     return 1 if failures else 0

@@ -30,7 +30,8 @@ def _raises(fn, needle, error=ValueError):
 @pytest.mark.parametrize(
     ("kernel_size", "needle"),
     [
-        (2, f"{ALLOWED_KERNEL_SIZE}, e.g. (2, 2) (an int does not say how many axes: (2,) for 1D, (2, 2) for 2D); got 2"),
+        (2, f"{ALLOWED_KERNEL_SIZE}, e.g. (2, 2) "
+            "(an int does not say how many axes: (2,) for 1D, (2, 2) for 2D); got 2"),
         ((), f"{ALLOWED_KERNEL_SIZE}, e.g. (2, 2); got ()"),
         ("22", "; got '22'"),  # not silently (2, 2)
         ((2.5, 2), "; got (2.5, 2)"),  # not silently (2, 2)
@@ -58,7 +59,8 @@ def test_symmetric_pad_kernel_size(kernel_size, needle):
 
 
 def test_symmetric_pad_int_kernel_size_needs_a_spatial_axis():
-    _raises(lambda: sympad.symmetric_pad(jnp.ones((2, 4)), 2), "x must have shape (N, *spatial, C) with at least one spatial dim")
+    _raises(lambda: sympad.symmetric_pad(jnp.ones((2, 4)), 2),
+            "x must have shape (N, *spatial, C) with at least one spatial dim")
 
 
 # --- channels ------------------------------------------------------------------------------------
@@ -67,11 +69,13 @@ def test_symmetric_pad_int_kernel_size_needs_a_spatial_axis():
 @pytest.mark.parametrize("fn", [sympad.shift_directions, sympad.channel_pads], ids=["shift_directions", "channel_pads"])
 @pytest.mark.parametrize("channels", ["4", 0, -1, 4.0, True, None])
 def test_channels(fn, channels):
-    _raises(lambda: fn(channels, (2, 2)), f"channels must be a positive int (the number of input channels), got {channels!r}")
+    _raises(lambda: fn(channels, (2, 2)),
+            f"channels must be a positive int (the number of input channels), got {channels!r}")
 
 
 def test_channels_of_x():
-    _raises(lambda: sympad.symmetric_pad(jnp.ones((1, 5, 5, 0)), (2, 2)), "x must have at least one channel, got shape (1, 5, 5, 0)")
+    _raises(lambda: sympad.symmetric_pad(jnp.ones((1, 5, 5, 0)), (2, 2)),
+            "x must have at least one channel, got shape (1, 5, 5, 0)")
     _raises(
         lambda: sympad.sym_pad_conv(jnp.ones((1, 5, 5, 0)), jnp.ones((2, 2, 0, 3))),
         "x must have at least one channel, got shape (1, 5, 5, 0) (layout NHWC)",
@@ -84,7 +88,8 @@ def test_channels_of_x():
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
-        ({"strides": (1.5, 1.5)}, "strides must be an int or a sequence of 2 ints, got (1.5, 1.5)"),  # was truncated to 1
+        # (1.5, 1.5) was once truncated to 1.
+        ({"strides": (1.5, 1.5)}, "strides must be an int or a sequence of 2 ints, got (1.5, 1.5)"),
         ({"strides": True}, "strides must be an int or a sequence of 2 ints, got True"),
         ({"strides": "SAME"}, "got 'SAME' (the padding is always the symmetric 'SAME'; there is no padding argument)"),
         ({"strides": "22"}, "strides must be an int or a sequence of 2 ints, got '22'"),
@@ -102,14 +107,17 @@ def test_sym_pad_conv_arguments(kwargs, needle):
 
 @pytest.mark.parametrize("fn", [sympad.shift_directions, sympad.channel_pads], ids=["shift_directions", "channel_pads"])
 def test_dilation_and_groups_without_an_input(fn):
-    _raises(lambda: fn(4, (2, 2), kernel_dilation=(1, 1.5)), "kernel_dilation must be an int or a sequence of 2 ints, got (1, 1.5)")
+    _raises(lambda: fn(4, (2, 2), kernel_dilation=(1, 1.5)),
+            "kernel_dilation must be an int or a sequence of 2 ints, got (1, 1.5)")
     _raises(lambda: fn(4, (2, 2), feature_group_count=0), "feature_group_count must be a positive int, got 0")
-    _raises(lambda: fn(4, (2, 2), feature_group_count=3), "input channels (4) must be divisible by feature_group_count (3)")
+    _raises(lambda: fn(4, (2, 2), feature_group_count=3),
+            "input channels (4) must be divisible by feature_group_count (3)")
 
 
 def test_symmetric_pad_dilation_and_groups():
     _raises(lambda: sympad.symmetric_pad(X, 2, kernel_dilation=0), "kernel_dilation must be positive, got 0")
-    _raises(lambda: sympad.symmetric_pad(X, 2, feature_group_count="2"), "feature_group_count must be a positive int, got '2'")
+    _raises(lambda: sympad.symmetric_pad(X, 2, feature_group_count="2"),
+            "feature_group_count must be a positive int, got '2'")
 
 
 # --- choose_implementation, use_implementation ---------------------------------------------------
@@ -118,7 +126,8 @@ def test_symmetric_pad_dilation_and_groups():
 @pytest.mark.parametrize(
     ("x", "kernel", "kwargs", "needle"),
     [
-        (jnp.ones((5, 4)), K, {}, "x must be channels-last (N, *spatial, C) with 1, 2 or 3 spatial dims, got shape (5, 4)"),
+        (jnp.ones((5, 4)), K, {},
+         "x must be channels-last (N, *spatial, C) with 1, 2 or 3 spatial dims, got shape (5, 4)"),
         (3, K, {}, "got 'int' object without .shape"),
         (X, jnp.ones((2, 4, 3)), {}, "kernel must have the rank of x (4), got shape (2, 4, 3)"),
         (X, K, {"feature_group_count": 0}, "feature_group_count must be a positive int, got 0"),
@@ -142,7 +151,8 @@ def test_use_implementation_name():
 
 @pytest.mark.parametrize("kind", ["c2sp", "C2SP", "C0", "C2 sp", "", None, 2])
 def test_parse_kind(kind):
-    _raises(lambda: sympad.parse_kind(kind), f"unknown kernel kind {kind!r}: expected 'C<k>' (k x k, 'SAME' padding) or 'C<k>sp'")
+    _raises(lambda: sympad.parse_kind(kind),
+            f"unknown kernel kind {kind!r}: expected 'C<k>' (k x k, 'SAME' padding) or 'C<k>sp'")
 
 
 def test_kernel_kind_fields():
@@ -172,7 +182,8 @@ def test_int_kernel_size_is_square_in_symmetric_pad():
 def test_channel_pads_match_the_reference(channels, kernel_size, dilation, groups):
     dilation_t = (dilation,) * len(kernel_size) if isinstance(dilation, int) else dilation
     got = sympad.channel_pads(channels, kernel_size, kernel_dilation=dilation, feature_group_count=groups)
-    np.testing.assert_array_equal(got, np.asarray(reference_pads(int(channels), tuple(kernel_size), dilation_t, groups)))
+    want = reference_pads(int(channels), tuple(kernel_size), dilation_t, groups)
+    np.testing.assert_array_equal(got, np.asarray(want))
     dirs = sympad.shift_directions(channels, kernel_size, kernel_dilation=dilation, feature_group_count=groups)
     assert dirs.shape == (channels, len(kernel_size))
 

@@ -32,7 +32,9 @@ try:
 except ImportError:  # the equinox extra is optional; its cases skip below
     eqx = speqx = None
 
-needs_equinox = pytest.mark.skipif(eqx is None, reason="the equinox extra is not installed (pip install -e '.[equinox]')")
+needs_equinox = pytest.mark.skipif(
+    eqx is None, reason="the equinox extra is not installed (pip install -e '.[equinox]')"
+)
 X = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16, 16, 3)), jnp.float32)
 
 
@@ -87,7 +89,7 @@ def _check_counts(before: dict, after: dict, size: int) -> None:
     assert len(spatial) >= 4, "a multi-block model"
     for path, shape in before.items():
         assert after[path] == ((size, size) + shape[2:] if path in spatial else shape), path
-    weights = lambda shapes, paths: sum(int(np.prod(shapes[p])) for p in paths)  # noqa: E731
+    weights = lambda shapes, paths: sum(int(np.prod(shapes[p])) for p in paths)
     assert weights(after, spatial) * 9 == weights(before, spatial) * size**2
     others = before.keys() - spatial.keys()
     assert weights(after, others) == weights(before, others)
@@ -110,7 +112,7 @@ def test_linen_conv_in_place_of_nn_conv_keeps_paths_and_function():
     assert _shapes_of(dropin) == _shapes(reference)
     assert "['params']['ResNetBlock_0']['Conv_0']['kernel']" in _shapes(reference)
     # Odd kernels and the explicit stem: nn.Conv's computation.
-    apply = lambda model: jax.jit(functools.partial(model.apply, train=False))(reference, X)  # noqa: E731
+    apply = lambda model: jax.jit(functools.partial(model.apply, train=False))(reference, X)
     np.testing.assert_array_equal(apply(dropin), apply(ResNet()))
 
 
@@ -252,7 +254,7 @@ def _eqx_net(key):
 def test_equinox_convert_converts_the_3x3_layers_only():
     original = _eqx_net(jax.random.key(0))
     model = speqx.convert(original, "C2sp", key=jax.random.key(1))
-    flax_layout = lambda m: {p: s[2:] + s[1::-1] for p, s in _shapes(eqx.filter(m, eqx.is_array)).items()  # noqa: E731
+    flax_layout = lambda m: {p: s[2:] + s[1::-1] for p, s in _shapes(eqx.filter(m, eqx.is_array)).items()
                              if len(s) == 4}
     _check_counts(flax_layout(original), flax_layout(model), 2)
     images = jnp.moveaxis(X, -1, 1)

@@ -33,7 +33,9 @@ try:
 except ImportError:  # the equinox extra is optional; its cases skip below
     eqx = speqx = None
 
-needs_equinox = pytest.mark.skipif(eqx is None, reason="the equinox extra is not installed (pip install -e '.[equinox]')")
+needs_equinox = pytest.mark.skipif(
+    eqx is None, reason="the equinox extra is not installed (pip install -e '.[equinox]')"
+)
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "your_model.rst"
 
 
@@ -193,7 +195,8 @@ def test_nnx_symmetric_path_takes_mask_and_preferred_element_type():
     lambda: spnnx.Conv(4, 4, (2, 2), input_dilation=(1, 2), rngs=nnx.Rngs(0)),
 ], ids=["linen", "nnx"])
 def test_input_dilation_with_symmetric_padding_is_refused(make):
-    with pytest.raises(ValueError, match=r"^input_dilation must be 1 with symmetric padding .*use nn(x)?\.ConvTranspose"):
+    refusal = r"^input_dilation must be 1 with symmetric padding .*use nn(x)?\.ConvTranspose"
+    with pytest.raises(ValueError, match=refusal):
         make()
 
 

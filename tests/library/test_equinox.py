@@ -91,7 +91,7 @@ def test_four_odd_axes_cancel_the_shift():
         y = np.asarray(layer(x)).sum(axis=0)
         return np.array([np.sum(g * y) / np.sum(y) for g in np.indices(y.shape)])
 
-    ones = lambda m: eqx.tree_at(lambda l: l.weight, m, jnp.ones_like(m.weight))  # noqa: E731
+    ones = lambda m: eqx.tree_at(lambda conv: conv.weight, m, jnp.ones_like(m.weight))
     sym = ones(speqx.SymPadConv(4, 16, 1, 2, use_bias=False, key=jax.random.key(0)))
     same = ones(eqx.nn.Conv(4, 16, 1, 2, padding="SAME", use_bias=False, key=jax.random.key(0)))
     np.testing.assert_allclose(centroid(sym), [2.0] * 4, atol=1e-5)

@@ -42,7 +42,8 @@ def test_importing_sympad_does_not_import_experimental():
 
 @pytest.mark.parametrize("implementation", EXPERIMENTAL)
 @pytest.mark.parametrize("k,stride,dilation,channels", [
-    (2, 1, 1, 5), (4, 2, 1, 13), (2, 2, 1, 8), (4, 1, 2, 3), (3, 1, 1, 4), (2, 1, (1, 2), 6), (2, 1, 3, 5), (4, 1, (3, 1), 4),
+    (2, 1, 1, 5), (4, 2, 1, 13), (2, 2, 1, 8), (4, 1, 2, 3), (3, 1, 1, 4), (2, 1, (1, 2), 6), (2, 1, 3, 5),
+    (4, 1, (3, 1), 4),
 ])
 def test_2d_matches_reference(implementation, k, stride, dilation, channels):
     x = random((2, 9, 8, channels), seed=3)
@@ -70,7 +71,9 @@ def test_grouped_and_depthwise_match_reference(implementation, channels, groups,
 
 def test_group_sum_rejects_feature_groups():
     with pytest.raises(ValueError, match="group_sum.*feature_group_count=1"):
-        sympad.sym_pad_conv(jnp.ones((1, 6, 6, 4)), jnp.ones((2, 2, 2, 4)), feature_group_count=2, implementation="group_sum")
+        sympad.sym_pad_conv(
+            jnp.ones((1, 6, 6, 4)), jnp.ones((2, 2, 2, 4)), feature_group_count=2, implementation="group_sum"
+        )
 
 
 @pytest.mark.parametrize("implementation", EXPERIMENTAL)
@@ -83,9 +86,9 @@ def test_hybrids_forward_mode(implementation):
     # custom_jvp: the tangent of the bilinear conv is conv(dx, w) + conv(x, dw).
     x, w = random((2, 7, 6, 8), seed=1), random((2, 2, 8, 4), seed=2)
     dx, dw = random(x.shape, seed=3), random(w.shape, seed=4)
-    f = lambda a, b: sympad.sym_pad_conv(a, b, implementation=implementation)  # noqa: E731
+    f = lambda a, b: sympad.sym_pad_conv(a, b, implementation=implementation)
     y, dy = jax.jvp(f, (x, w), (dx, dw))
-    ref = lambda a, b: reference_conv(a, b, (1, 1), (1, 1))  # noqa: E731
+    ref = lambda a, b: reference_conv(a, b, (1, 1), (1, 1))
     np.testing.assert_allclose(y, ref(x, w), atol=1e-4)
     np.testing.assert_allclose(dy, ref(dx, w) + ref(x, dw), atol=1e-4)
     _, dy_x_only = jax.jvp(f, (x, w), (dx, jnp.zeros_like(w)))

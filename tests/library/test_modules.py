@@ -58,12 +58,14 @@ def test_weights_move_between_c2_and_c2sp():
     assert y_sp.shape == y_c2.shape
     assert not np.allclose(y_sp, y_c2)
     pads = [[(0, 1), (0, 1)]] * 6  # XLA SAME: every channel padded bottom/right.
-    np.testing.assert_allclose(
-        y_c2, reference_conv(x, params["params"]["kernel"], (1, 1), (1, 1), pads=pads) + params["params"]["bias"], atol=1e-5
-    )
+    want = reference_conv(x, params["params"]["kernel"], (1, 1), (1, 1), pads=pads) + params["params"]["bias"]
+    np.testing.assert_allclose(y_c2, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind,module_type,size", [("C3", nn.Conv, 3), ("C2", nn.Conv, 2), ("C4", nn.Conv, 4), ("C2sp", splinen.SymPadConv, 2), ("C4sp", splinen.SymPadConv, 4), ("C5", nn.Conv, 5)])
+@pytest.mark.parametrize("kind,module_type,size", [
+    ("C3", nn.Conv, 3), ("C2", nn.Conv, 2), ("C4", nn.Conv, 4),
+    ("C2sp", splinen.SymPadConv, 2), ("C4sp", splinen.SymPadConv, 4), ("C5", nn.Conv, 5),
+])
 def test_factory_kinds(kind, module_type, size):
     module = splinen.conv(kind, 7, strides=2, use_bias=False)
     assert type(module) is module_type

@@ -27,7 +27,9 @@ try:
 except ImportError:  # the equinox extra is optional; its cases skip below
     eqx = speqx = None
 
-needs_equinox = pytest.mark.skipif(eqx is None, reason="the equinox extra is not installed (pip install -e '.[equinox]')")
+needs_equinox = pytest.mark.skipif(
+    eqx is None, reason="the equinox extra is not installed (pip install -e '.[equinox]')"
+)
 
 
 def _x(shape, seed=0):
@@ -38,7 +40,7 @@ def to_equinox(layer, kernel, bias):
     """Writes a flax-layout kernel (*k, I, O) and bias (O,) into an Equinox conv."""
     ndim = kernel.ndim - 2
     weight = jnp.transpose(kernel, (ndim + 1, ndim) + tuple(range(ndim)))
-    return eqx.tree_at(lambda l: (l.weight, l.bias), layer, (weight, jnp.reshape(bias, (-1,) + (1,) * ndim)))
+    return eqx.tree_at(lambda conv: (conv.weight, conv.bias), layer, (weight, jnp.reshape(bias, (-1,) + (1,) * ndim)))
 
 
 def from_equinox(layer):

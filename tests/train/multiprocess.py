@@ -87,7 +87,7 @@ def run(argv: Sequence[str], *, processes: int, devices_per_process: int, logdir
             p.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         kill(procs)
-        raise AssertionError(f"timed out after {timeout}s: {' '.join(argv)}\n{tails(logdir)}")
+        raise AssertionError(f"timed out after {timeout}s: {' '.join(argv)}\n{tails(logdir)}") from None
     finally:
         kill(procs)
     codes = [p.returncode for p in procs]

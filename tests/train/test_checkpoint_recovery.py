@@ -169,7 +169,8 @@ def _fail_commit(monkeypatch, error: OSError) -> None:
 @pytest.mark.parametrize(
     "error, cause, advice",
     [
-        (OSError(errno.ENOSPC, "No space left on device"), "No space left on device (errno 28)", "Free space on the file system"),
+        (OSError(errno.ENOSPC, "No space left on device"), "No space left on device (errno 28)",
+         "Free space on the file system"),
         (PermissionError(errno.EACCES, "Permission denied"), "Permission denied (errno 13)", "writable"),
     ],
     ids=["disk-full", "permission"],

@@ -56,7 +56,10 @@ def test_big_vision_style_arg_with_casting():
 
 @pytest.mark.parametrize(
     "text, value",
-    [("true", True), ("True", True), ("1", True), ("yes", True), ("false", False), ("FALSE", False), ("0", False), ("no", False)],
+    [
+        ("true", True), ("True", True), ("1", True), ("yes", True),
+        ("false", False), ("FALSE", False), ("0", False), ("no", False),
+    ],
 )
 def test_bool_values(text, value):
     assert parse_config_arg(f"runlocal={text}", {**DEFAULTS, "runlocal": not value}).runlocal is value
@@ -161,7 +164,9 @@ def test_lock_and_validate():
     config.train.steps = 5  # values stay editable
     with pytest.raises(AttributeError):
         config.train.stepz = 5  # but a misspelt key fails
-    for bad, needle in [(dict(kernel="C5"), "config.kernel='C5'"), (dict(runlocal="yes"), "runlocal"), (dict(data=""), "config.data")]:
+    for bad, needle in [
+        (dict(kernel="C5"), "config.kernel='C5'"), (dict(runlocal="yes"), "runlocal"), (dict(data=""), "config.data")
+    ]:
         with pytest.raises(ValueError, match=needle):
             lock_and_validate(ml_collections.ConfigDict(bad))
 
@@ -264,10 +269,11 @@ def test_run_main_with_args_and_overrides(tmp_path, config_file):
 
 
 def test_run_main_rejects_unknown_override_key(tmp_path, config_file):
+    argv = ["main", f"--config={config_file}", f"--workdir={tmp_path}"]
     with pytest.raises(ConfigError, match=r"--config.train.lrr: the config has no field 'train.lrr'"):
-        run_main(lambda c, w: None, argv=["main", f"--config={config_file}", f"--workdir={tmp_path}", "--config.train.lrr=1"])
+        run_main(lambda c, w: None, argv=[*argv, "--config.train.lrr=1"])
     with pytest.raises(flags.IllegalFlagValueError, match="abc"):
-        run_main(lambda c, w: None, argv=["main", f"--config={config_file}", f"--workdir={tmp_path}", "--config.train.lr=abc"])
+        run_main(lambda c, w: None, argv=[*argv, "--config.train.lr=abc"])
     # absl wraps errors raised inside get_config into its flag error, message intact.
     with pytest.raises(flags.IllegalFlagValueError, match="valid keys: data, kernel, runlocal"):
         run_main(lambda c, w: None, argv=["main", f"--config={config_file}:kernal=C2", f"--workdir={tmp_path}"])
@@ -294,7 +300,8 @@ def test_run_main_command_line(tmp_path, config_file):
     """The real path: absl app.run parsing sys.argv, as `python -m <suite>.main` does."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     ok = subprocess.run(
-        [sys.executable, "-c", _MAIN, f"--config={config_file}:kernel=C4sp", f"--workdir={tmp_path / 'w'}", "--config.train.steps=3"],
+        [sys.executable, "-c", _MAIN, f"--config={config_file}:kernel=C4sp", f"--workdir={tmp_path / 'w'}",
+         "--config.train.steps=3"],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert ok.returncode == 0, ok.stderr[-3000:]
@@ -302,7 +309,8 @@ def test_run_main_command_line(tmp_path, config_file):
     assert json.loads((tmp_path / "w" / "config.json").read_text())["train"]["steps"] == 3
 
     bad = subprocess.run(
-        [sys.executable, "-c", _MAIN, f"--config={config_file}", f"--workdir={tmp_path / 'bad'}", "--config.trian.steps=3"],
+        [sys.executable, "-c", _MAIN, f"--config={config_file}", f"--workdir={tmp_path / 'bad'}",
+         "--config.trian.steps=3"],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert bad.returncode != 0

@@ -101,7 +101,8 @@ def _run(script: Path, *args: str, traceback: bool = False) -> subprocess.Comple
     if traceback:
         env[errors.TRACEBACK_ENV] = "1"
     return subprocess.run(
-        [sys.executable, str(script), *args], check=False, capture_output=True, text=True, env=env, cwd=script.parent, timeout=120
+        [sys.executable, str(script), *args],
+        check=False, capture_output=True, text=True, env=env, cwd=script.parent, timeout=120,
     )
 
 
@@ -217,7 +218,9 @@ def test_absl_ok_ignores_a_non_int_return_value(clis):
         (["--config=config.py", "--config.batch_size=big"], ["batch_size", "big"]),
         (["--config=config.py", "--config.batch_sise=8"], ["batch_sise"]),
     ],
-    ids=["validation", "unknown-flag", "bad-flag-value", "usage-error", "missing-config", "override-type", "override-key"],
+    ids=[
+        "validation", "unknown-flag", "bad-flag-value", "usage-error", "missing-config", "override-type", "override-key"
+    ],
 )
 def test_absl_user_errors(clis, args, needles):
     result = _run(clis["absl"], *args)
@@ -244,7 +247,7 @@ def test_absl_env_var_shows_the_traceback(clis):
 def _raised(error: BaseException) -> BaseException:
     try:
         raise error
-    except BaseException as e:  # noqa: BLE001 - the point is to get a traceback
+    except BaseException as e:  # the point is to get a traceback
         return e
 
 
@@ -252,7 +255,8 @@ def test_project_errors_are_user_errors_and_keep_their_builtin_bases():
     assert issubclass(CheckpointError, errors.UserError) and issubclass(CheckpointError, RuntimeError)
     assert issubclass(CorruptCheckpointError, CheckpointError)
     assert issubclass(CorruptImageError, errors.UserError) and issubclass(CorruptImageError, ValueError)
-    assert issubclass(DatasetNotPreparedError, errors.UserError) and issubclass(DatasetNotPreparedError, FileNotFoundError)
+    assert issubclass(DatasetNotPreparedError, errors.UserError)
+    assert issubclass(DatasetNotPreparedError, FileNotFoundError)
     for error in (CheckpointError("x"), CorruptImageError("x", ["a"]), DatasetNotPreparedError("x")):
         assert errors.is_user_error(_raised(error))
 

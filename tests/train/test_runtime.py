@@ -1,4 +1,4 @@
-"""Tests for sympad.train (mesh, checkpoint, metrics, progress): devices, checkpoints, metrics, progress, divergence guard."""
+"""Tests for sympad.train (mesh, checkpoint, metrics, progress), the divergence guard included."""
 
 from __future__ import annotations
 
@@ -19,8 +19,15 @@ import numpy as np
 import optax
 import pytest
 
-from sympad.train.checkpoint import CheckpointError, Checkpointer
-from sympad.train.mesh import _distributed_init_kwargs, batch_sharded, make_mesh, maybe_initialize_distributed, replicate, shard_batch
+from sympad.train.checkpoint import Checkpointer, CheckpointError
+from sympad.train.mesh import (
+    _distributed_init_kwargs,
+    batch_sharded,
+    make_mesh,
+    maybe_initialize_distributed,
+    replicate,
+    shard_batch,
+)
 from sympad.train.metrics import DivergenceError, MetricWriter, check_finite, image_grid, save_image_grid
 from sympad.train.progress import Progress
 
@@ -36,7 +43,10 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np, optax
     import flax.linen as nn
     from sympad.train.checkpoint import Checkpointer
-    from sympad.train.mesh import _distributed_init_kwargs, batch_sharded, make_mesh, maybe_initialize_distributed, replicate, replicated, shard_batch
+    from sympad.train.mesh import (
+        _distributed_init_kwargs, batch_sharded, make_mesh, maybe_initialize_distributed, replicate, replicated,
+        shard_batch,
+    )
     from sympad.train.metrics import check_finite, image_grid, save_image_grid
 
     assert jax.device_count() == 4, jax.devices()
@@ -127,7 +137,7 @@ def test_four_devices_match_one_device():
         [sys.executable, "-c", _MULTI_DEVICE_SCRIPT], env=env, cwd=REPO, capture_output=True, text=True, timeout=180
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+    line = next(out for out in proc.stdout.splitlines() if out.startswith("RESULT "))
     r = json.loads(line[len("RESULT "):])
     assert r["mesh_shape"] == {"data": 4}
     # The global batch of 8 is split 2 per device and the state stays replicated.
@@ -213,10 +223,10 @@ def _train_step(state: dict) -> dict:
 
 
 def _as_numpy(tree):
-    return jax.tree.map(
-        lambda x: np.asarray(jax.random.key_data(x)) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else np.asarray(x),
-        tree,
-    )
+    def leaf(x):
+        return np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+
+    return jax.tree.map(leaf, tree)
 
 
 def test_kill_and_resume_is_exact(tmp_path):
@@ -334,7 +344,8 @@ def _truncate(path: Path) -> None:
         pytest.param(lambda d: _truncate(_largest_file(d / "state")), id="truncated-array-data"),
         pytest.param(lambda d: (d / "state" / "_METADATA").write_text("garbage"), id="garbage-metadata"),
         pytest.param(lambda d: (d / "manifest" / "metadata").write_text("{"), id="garbage-manifest"),
-        pytest.param(lambda d: [p.unlink() for p in (d / "state").rglob("*") if p.is_file()], id="partial-no-state-files"),
+        pytest.param(lambda d: [p.unlink() for p in (d / "state").rglob("*") if p.is_file()],
+                     id="partial-no-state-files"),
     ],
 )
 def test_corrupt_checkpoint_raises_naming_path_and_keeps_previous(tmp_path, damage):
@@ -411,7 +422,8 @@ def test_incompatible_template_raises(tmp_path, template, needle):
 def test_typed_and_raw_keys_are_not_confused(tmp_path):
     with Checkpointer(tmp_path) as ckpt:
         ckpt.save(1, {"key": jax.random.key(3)})
-        with pytest.raises(CheckpointError, match="typed PRNG key .* in the checkpoint, raw uint32 key data in the template"):
+        mismatch = "typed PRNG key .* in the checkpoint, raw uint32 key data in the template"
+        with pytest.raises(CheckpointError, match=mismatch):
             ckpt.restore({"key": jax.random.PRNGKey(0)})
         _, restored = ckpt.restore({"key": jax.random.key(0)})
         np.testing.assert_array_equal(jax.random.key_data(restored["key"]), jax.random.key_data(jax.random.key(3)))
@@ -460,7 +472,9 @@ def test_check_finite_message(tmp_path, value, kind):
         (tmp_path / name).mkdir()
     with pytest.raises(DivergenceError) as info:
         check_finite(17, {"loss": jnp.float32(1.0), "d_loss": jnp.asarray(value)}, checkpoint_dir=tmp_path)
-    assert str(info.value) == f"step 17: d_loss is {kind}; stopping. The last good checkpoint is at {tmp_path} (step 10)."
+    assert str(info.value) == (
+        f"step 17: d_loss is {kind}; stopping. The last good checkpoint is at {tmp_path} (step 10)."
+    )
 
 
 def test_check_finite_passes_and_other_messages(tmp_path):
@@ -504,7 +518,9 @@ def test_metric_writer_jsonl_and_tensorboard(tmp_path):
     events = [event_pb2.Event.FromString(r) for f in tmp_path.glob("events.out.tfevents.*") for r in _read_tfrecords(f)]
     scalars = {(e.step, v.tag): v.simple_value for e in events for v in e.summary.value if v.HasField("simple_value")}
     assert scalars == {(1, "loss"): 0.5, (1, "lr"): pytest.approx(0.1), (1, "n"): 3.0, (2, "loss"): 0.25}
-    images = [(e.step, v.tag, v.image.height, v.image.width) for e in events for v in e.summary.value if v.HasField("image")]
+    images = [
+        (e.step, v.tag, v.image.height, v.image.width) for e in events for v in e.summary.value if v.HasField("image")
+    ]
     assert images == [(2, "samples", 4, 5)]
 
 

@@ -55,7 +55,8 @@ loop.train(config, workdir, mesh=loop.checked_mesh(1), init_state=lambda: State(
 def _start(tmp_path: Path, slow: int) -> subprocess.Popen:
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(_RUN))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    pythonpath = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": pythonpath}
     return subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), str(slow)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
 

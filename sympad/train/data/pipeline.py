@@ -457,7 +457,7 @@ def mixup(
 def _device_memory_bytes(device: jax.Device) -> int:
     try:
         stats = device.memory_stats()
-    except Exception:  # noqa: BLE001 - unsupported on some backends.
+    except Exception:  # unsupported on some backends.
         stats = None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"])

@@ -457,7 +457,7 @@ def _prepare_instructions(name: str, data_dir: str) -> str:
     ]
     try:
         manual = tfds.builder_cls(base).MANUAL_DOWNLOAD_INSTRUCTIONS
-    except Exception:  # noqa: BLE001 - the instructions are a best effort.
+    except Exception:  # the instructions are a best effort.
         manual = None
     if manual:
         lines += [
