@@ -39,13 +39,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from paper.campaign import calibration, runner
 from paper.campaign import evaluate as evaluate_lib
 from paper.campaign import plan as plan_lib
-from paper.campaign import calibration
 from paper.campaign import preflight as preflight_lib
 from paper.campaign import report as report_lib
 from paper.campaign import results as results_lib
-from paper.campaign import runner
 from sympad.train import errors
 
 REPO = Path(__file__).resolve().parents[1]

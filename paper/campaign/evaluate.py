@@ -136,7 +136,7 @@ def evaluate_samples(records: RecordsLike, *, run_dir: Path, scorer: Scorer, net
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _evaluation_record(result: Result, report: Mapping[str, Any], *, network: str, device: str,

@@ -172,7 +172,8 @@ class Entry:
             raise ValueError(f"plan entry {d.get('id')!r}: unknown fields {unknown}; allowed {sorted(names)}")
         entry = cls(**{**d, "argv": tuple(d.get("argv", ()))})
         if entry.suite not in ("gan", "classify", "bench", "command"):
-            raise ValueError(f"plan entry {entry.id!r}: suite must be gan | classify | bench | command, got {entry.suite!r}")
+            raise ValueError(f"plan entry {entry.id!r}: suite must be gan | classify | bench | command, "
+                             f"got {entry.suite!r}")
         if entry.group and entry.suite != "gan":
             raise ValueError(f"plan entry {entry.id!r}: only gan entries are grouped (their step count is sized "
                              f"while they train), got suite {entry.suite!r}")

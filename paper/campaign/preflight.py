@@ -142,7 +142,8 @@ def probe(*, network: Callable[[], tuple[Callable[[np.ndarray], np.ndarray], Map
                                                        dtype=np.uint8)
             feats = np.asarray(features(images))
             if feats.shape[0] != batch or not np.isfinite(feats).all():
-                raise PreflightError(f"features of {batch} images are {feats.shape}, finite: {np.isfinite(feats).all()}")
+                finite = bool(np.isfinite(feats).all())
+                raise PreflightError(f"features of {batch} images are {feats.shape}, finite: {finite}")
             if np.ptp(feats, axis=0).max() == 0:
                 raise PreflightError(f"every one of {batch} random images has the same features: broken weights")
             summary["inception"] = {"images": batch, "form": identity.get("form"),

@@ -36,7 +36,8 @@ from typing import Any, ClassVar, TypeVar
 
 from sympad.train.errors import UserError
 
-__all__ = ["STATUSES", "Attempts", "Calibration", "Crosscheck", "Evaluation", "Other", "Record", "RecordError", "Records", "Result",
+__all__ = ["STATUSES", "Attempts", "Calibration", "Crosscheck", "Evaluation", "Other", "Record", "RecordError",
+           "Records", "Result",
            "Run", "Sizing", "Started", "append", "attempts", "done_ids", "load", "merge", "read"]
 
 #: A result's outcomes.

@@ -74,7 +74,7 @@ def environment(*, commit: str = "") -> dict[str, Any]:
     if not device:
         device = f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})"
     found = {k: v for k, v in renv.versions().items() if v}
-    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": device,
+    return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), "device": device,
             "cpu_count": os.cpu_count(), "versions": found, "commit": commit or renv.git_commit() or "unknown"}
 
 
@@ -562,7 +562,8 @@ def _start_training(trainer: Trainer, run: _Run, *, data: str, fixed: int | None
         run.write({"record": "started", "id": e.id, "run": run.run_id, "allotted_s": round(left, 1),
                    "estimate_s": estimate, "group": e.group, "packing": k,
                    **({"seeds": list(trainer.seeds)} if trainer.seeds else {})})
-    return _Training(trainer, workdir, commands, Process(commands[0], log=workdir / "log.txt", env=env, clock=run.clock))
+    proc = Process(commands[0], log=workdir / "log.txt", env=env, clock=run.clock)
+    return _Training(trainer, workdir, commands, proc)
 
 
 def _size(state: Mapping[str, _Training], run: _Run, *, reserve: float) -> int | None:
@@ -643,9 +644,9 @@ def _run_group(entries: Sequence[Entry], run: _Run, *, estimate: float, group: S
     left = run.left()
     procs = trainers(entries, seeds_per_process=run.seeds_per_process)
     k, reserve, env = len(procs), _reserve_s(run, procs), group_env(len(procs))
+    how = f"{fixed} steps as the group before" if fixed else "sized while training"
     print(f"[campaign] {', '.join(e.id for e in entries)}: start {len(entries)} in {k} processes (estimate "
-          f"{estimate:.0f} s, {left:.0f} s left{f', {fixed} steps as the group before' if fixed else ', sized while training'})",
-          flush=True)
+          f"{estimate:.0f} s, {left:.0f} s left, {how})", flush=True)
     state = {t.name: _start_training(t, run, data=data, fixed=fixed, env=env, estimate=estimate, left=left, k=k)
              for t in procs}
     sized = fixed

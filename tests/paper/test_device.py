@@ -29,7 +29,6 @@ import pytest
 from gan.metrics import inception_formats as inception
 from paper import reproduce, shared_data
 from paper.campaign import evaluate, plan, preflight, results, runner
-
 from tests.shared import COMPILE_CACHE_ENV, FAST_COMPILE_FLAG, build_once
 
 REPO = Path(__file__).resolve().parents[2]
@@ -716,7 +715,8 @@ def test_device_run_first_table4_group_as_on_the_gpu(prepared, tmp_path):
     recs = results.read(out / "results.jsonl")
     commit = (tree / "paper" / "device" / "carry" / "COMMIT").read_text().strip()
     (run,) = [r for r in recs if r["record"] == "run"]
-    assert run["commit"] == commit and run["cut"] == {"steps": 2, "batch_size": 2, "seed_batching": "vmap", "samples": 16}
+    assert run["commit"] == commit
+    assert run["cut"] == {"steps": 2, "batch_size": 2, "seed_batching": "vmap", "samples": 16}
     assert run["preflight"]["ok"] and run["preflight"]["entries"] == [e.id for e in group]
     assert run["preflight"]["trainers"] == [t.name for t in procs] and run["seeds_per_process"] == 2
     got = {r["id"]: r for r in recs if r["record"] == "result"}
@@ -725,7 +725,8 @@ def test_device_run_first_table4_group_as_on_the_gpu(prepared, tmp_path):
     assert {got[e.id]["steps"] for e in group} == {2} and {got[e.id]["packing"] for e in group} == {4}
     assert {got[e.id]["commit"] for e in group} == {commit}
     assert {tuple(got[e.id]["seeds"]) for e in group} == {(0, 1)}
-    assert [got[e.id]["samples_file"] for e in group] == [f"{t.name}/samples_seed{s}.npz" for t in procs for s in (0, 1)]
+    files = [f"{t.name}/samples_seed{s}.npz" for t in procs for s in (0, 1)]
+    assert [got[e.id]["samples_file"] for e in group] == files
     # Scored on the "device" with the carried float16 weights, named by their digests.
     state, meta = inception.load_state_dict(tree / "paper" / "device" / "carry" / "fid_inception_f16.npz")
     evs = {r["id"]: r for r in recs if r["record"] == "evaluation"}

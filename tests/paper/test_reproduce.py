@@ -271,10 +271,12 @@ def _gan_result(entry_id, run, artifacts):
 
 def test_evaluation_scores_each_returned_sample_set_once(tmp_path):
     rng = np.random.default_rng(1)
-    sets = {"g1": rng.integers(0, 256, (30, 4, 4, 3), dtype=np.uint8), "g2": rng.integers(0, 9, (12, 4, 4, 3), dtype=np.uint8)}
+    sets = {"g1": rng.integers(0, 256, (30, 4, 4, 3), dtype=np.uint8),
+            "g2": rng.integers(0, 9, (12, 4, 4, 3), dtype=np.uint8)}
     recs = []
     for name, images in sets.items():
-        recs.append(_gan_result(name, "r1", runner.write_samples(images, out=tmp_path, stem=name, max_bytes=4096 + 480)))
+        files = runner.write_samples(images, out=tmp_path, stem=name, max_bytes=4096 + 480)
+        recs.append(_gan_result(name, "r1", files))
     recs.append(_gan_result("gone", "r0", ["missing-0.npz"]))  # samples of an earlier run, not here
 
     def scorer(images):  # a stand-in network: its "FID" is the mean pixel, checked against NumPy
@@ -427,8 +429,9 @@ def test_committed_report_is_regenerated_from_the_committed_results():
 
 
 def test_evaluate_command_merges_and_labels_with_the_network(tmp_path, monkeypatch):
-    from gan.metrics import Evaluator, eval_settings
     import ml_collections
+
+    from gan.metrics import Evaluator, eval_settings
 
     monkeypatch.setenv("SYMPAD_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"
@@ -471,7 +474,8 @@ def test_evaluate_command_scores_conditional_entries_per_class(tmp_path, monkeyp
                     "--reference=synthetic", "--num_reference=64"])
     (ev,) = [r for r in results.read(committed) if r["record"] == "evaluation"]
     assert "i % 10" in ev["labels"] and ev["intra_class"]["classes"] == list(range(10))
-    config = ml_collections.ConfigDict({"data": "synthetic", "eval": {"feature_network": "offline", "num_reference": 64}})
+    config = ml_collections.ConfigDict(
+        {"data": "synthetic", "eval": {"feature_network": "offline", "num_reference": 64}})
     direct = Evaluator(eval_settings(config)).report(images, np.arange(40) % 10)["metrics"]
     for key in ("fid_offline_cifar10", "fid_intra_offline_cifar10", "fid_class3_offline_cifar10"):
         assert ev["metrics"][key] == pytest.approx(direct[key], rel=1e-6), key
