@@ -57,6 +57,10 @@ def test_ci_runs_the_full_suite_with_durations_and_a_timeout():
     # An empty -m after the addopts' one: nothing deselected.
     assert _mark_expression(args) == "" and _selects(_mark_expression(args), {"slow", "integration"})
     assert "--durations=25" in args
+    # The linter first (issue 32): its rules in pyproject, the tool in the test extra.
+    assert "ruff check ." in command.split("pytest", 1)[0]
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert "ruff" in " ".join(extras["test"])
     assert "pytest-timeout" in " ".join(tomllib.loads((REPO / "pyproject.toml").read_text())
                                         ["project"]["optional-dependencies"]["test"])
     assert int(PYTEST["timeout"]) > 0
