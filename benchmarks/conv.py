@@ -23,7 +23,7 @@ import argparse
 import dataclasses
 import sys
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -254,71 +254,119 @@ def run(
                 report.write({"record": "skipped", "bench": "conv", "group": group, "shape": shape.name, "dtype": dtype_name})
                 continue
             report.write({"record": "started", "bench": "conv", "group": group})
-            jobs, calls = {}, {}
-            for cand in cands:
-                groups = shape.channels if depthwise else 1
-                for pass_name, job in _layer_fns(shape, dtype, cand, via, key, passes, forward, groups).items():
-                    jobs[(cand.label, pass_name)] = job
-            t0 = time.perf_counter()
-            compiled = common.compile_all(jobs, max_workers=compile_workers)
-            compile_s = time.perf_counter() - t0
-            for name, exe in compiled.items():
-                args = jobs[name][1]
-                calls[name] = lambda exe=exe, args=args: exe(*args)
-            timings = common.time_round_robin(calls, warmup=warmup, repeats=repeats, inner=inner)
-            base = cands[0].label
-            base_mem = common.memory(compiled[(base, "fwdbwd")])["temp_bytes"]
-            for cand in cands:
-                t_fb = timings[(cand.label, "fwdbwd")]
-                t_f = timings.get((cand.label, "fwd"))
-                mem_f = common.memory(compiled[(cand.label, "fwd")])["temp_bytes"] if forward else None
-                mem_fb = common.memory(compiled[(cand.label, "fwdbwd")])["temp_bytes"]
-                sp = sympad.parse_kind(cand.kind).symmetric
-                rec = {
-                    "record": "conv",
-                    "group": group,
-                    "shape": shape.name,
-                    "N": shape.batch,
-                    "HW": shape.size,
-                    "C": shape.channels,
-                    "F": shape.features,
-                    "dtype": dtype_name,
-                    "label": cand.label,
-                    "kind": cand.kind,
-                    "implementation": cand.implementation or ("auto" if sp else None),
-                    "auto_choice": auto_choice(shape, dtype, cand.kind, groups) if sp else None,
-                    "via": via,
-                    "groups": groups,
-                    "fwd_ms": t_f.median * 1e3 if t_f else None,
-                    "fwd_min_ms": t_f.min * 1e3 if t_f else None,
-                    "fwdbwd_ms": t_fb.median * 1e3,
-                    "fwdbwd_min_ms": t_fb.min * 1e3,
-                    "fwd_vs_C3": common.ratio(timings[(base, "fwd")], t_f) if t_f else None,
-                    "fwd_cpu_vs_C3": common.ratio(timings[(base, "fwd")], t_f, cpu=True) if t_f else None,
-                    "fwdbwd_vs_C3": common.ratio(timings[(base, "fwdbwd")], t_fb),
-                    "fwdbwd_cpu_ms": t_fb.cpu_median * 1e3,
-                    "fwdbwd_cpu_vs_C3": common.ratio(timings[(base, "fwdbwd")], t_fb, cpu=True),
-                    "fwd_temp_bytes": mem_f,
-                    "fwdbwd_temp_bytes": mem_fb,
-                    "fwdbwd_temp_vs_C3": (mem_fb / base_mem) if (mem_fb is not None and base_mem) else None,
-                    **{
-                        f"{p}_{stat}": value
-                        for p in ("dx", "dw")
-                        if (cand.label, p) in timings
-                        for stat, value in (
-                            ("ms", timings[(cand.label, p)].median * 1e3),
-                            ("vs_C3", common.ratio(timings[(base, p)], timings[(cand.label, p)])),
-                            ("cpu_vs_C3", common.ratio(timings[(base, p)], timings[(cand.label, p)], cpu=True)),
-                        )
-                    },
-                    "warmup": warmup,
-                    "repeats": repeats,
-                    "inner": inner,
-                    "group_compile_s": compile_s,
-                }
+            measured = _group_records(
+                shape, dtype_name, dtype, cands, via=via, key=key, passes=passes, forward=forward,
+                groups=shape.channels if depthwise else 1, warmup=warmup, repeats=repeats, inner=inner,
+                compile_workers=compile_workers,
+            )
+            # Written as each is made, so that a group failing part-way keeps the records before.
+            for rec in measured:
                 report.write(rec)
                 records.append(rec)
     return records
+
+
+def _group_records(
+    shape: LayerShape,
+    dtype_name: str,
+    dtype: Any,
+    cands: Sequence[Candidate],
+    *,
+    via: str,
+    key: jax.Array,
+    passes: bool,
+    forward: bool,
+    groups: int,
+    warmup: int,
+    repeats: int,
+    inner: int,
+    compile_workers: int | None,
+) -> Iterator[dict[str, Any]]:
+    """One group's records (one shape and dtype), one per candidate, ``cands[0]`` the baseline:
+    every program of the group compiled first, then all timed round-robin."""
+    jobs = {}
+    for cand in cands:
+        for pass_name, job in _layer_fns(shape, dtype, cand, via, key, passes, forward, groups).items():
+            jobs[(cand.label, pass_name)] = job
+    t0 = time.perf_counter()
+    compiled = common.compile_all(jobs, max_workers=compile_workers)
+    compile_s = time.perf_counter() - t0
+    calls = {}
+    for name, exe in compiled.items():
+        args = jobs[name][1]
+        calls[name] = lambda exe=exe, args=args: exe(*args)
+    timings = common.time_round_robin(calls, warmup=warmup, repeats=repeats, inner=inner)
+    base = cands[0].label
+    base_mem = common.memory(compiled[(base, "fwdbwd")])["temp_bytes"]
+    settings = {"warmup": warmup, "repeats": repeats, "inner": inner, "group_compile_s": compile_s}
+    for cand in cands:
+        yield _record(
+            cand, shape=shape, dtype_name=dtype_name, dtype=dtype, via=via, groups=groups, forward=forward,
+            compiled=compiled, timings=timings, base=base, base_mem=base_mem, settings=settings,
+        )
+
+
+def _record(
+    cand: Candidate,
+    *,
+    shape: LayerShape,
+    dtype_name: str,
+    dtype: Any,
+    via: str,
+    groups: int,
+    forward: bool,
+    compiled: dict[tuple[str, str], Any],
+    timings: dict[tuple[str, str], Any],
+    base: str,
+    base_mem: int | None,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """One candidate's record: medians and minima in ms, ratios to the baseline ``base`` (C3) of
+    the group, compiled temp bytes, then the run's ``settings``."""
+    t_fb = timings[(cand.label, "fwdbwd")]
+    t_f = timings.get((cand.label, "fwd"))
+    mem_f = common.memory(compiled[(cand.label, "fwd")])["temp_bytes"] if forward else None
+    mem_fb = common.memory(compiled[(cand.label, "fwdbwd")])["temp_bytes"]
+    sp = sympad.parse_kind(cand.kind).symmetric
+    return {
+        "record": "conv",
+        "group": group_key(shape.name, dtype_name),
+        "shape": shape.name,
+        "N": shape.batch,
+        "HW": shape.size,
+        "C": shape.channels,
+        "F": shape.features,
+        "dtype": dtype_name,
+        "label": cand.label,
+        "kind": cand.kind,
+        "implementation": cand.implementation or ("auto" if sp else None),
+        "auto_choice": auto_choice(shape, dtype, cand.kind, groups) if sp else None,
+        "via": via,
+        "groups": groups,
+        "fwd_ms": t_f.median * 1e3 if t_f else None,
+        "fwd_min_ms": t_f.min * 1e3 if t_f else None,
+        "fwdbwd_ms": t_fb.median * 1e3,
+        "fwdbwd_min_ms": t_fb.min * 1e3,
+        "fwd_vs_C3": common.ratio(timings[(base, "fwd")], t_f) if t_f else None,
+        "fwd_cpu_vs_C3": common.ratio(timings[(base, "fwd")], t_f, cpu=True) if t_f else None,
+        "fwdbwd_vs_C3": common.ratio(timings[(base, "fwdbwd")], t_fb),
+        "fwdbwd_cpu_ms": t_fb.cpu_median * 1e3,
+        "fwdbwd_cpu_vs_C3": common.ratio(timings[(base, "fwdbwd")], t_fb, cpu=True),
+        "fwd_temp_bytes": mem_f,
+        "fwdbwd_temp_bytes": mem_fb,
+        "fwdbwd_temp_vs_C3": (mem_fb / base_mem) if (mem_fb is not None and base_mem) else None,
+        **{
+            f"{p}_{stat}": value
+            for p in ("dx", "dw")
+            if (cand.label, p) in timings
+            for stat, value in (
+                ("ms", timings[(cand.label, p)].median * 1e3),
+                ("vs_C3", common.ratio(timings[(base, p)], timings[(cand.label, p)])),
+                ("cpu_vs_C3", common.ratio(timings[(base, p)], timings[(cand.label, p)], cpu=True)),
+            )
+        },
+        **settings,
+    }
 
 
 def markdown(records: Sequence[dict[str, Any]]) -> str:

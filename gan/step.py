@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -219,104 +219,205 @@ def _train_step(state: TrainState, dataset: jax.Array, data_key: jax.Array | Non
                 generator: models.Generator, discriminator: models.Discriminator,
                 g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation, config: StepConfig,
                 batch_sharding: Any, host_batches: bool) -> StepResult:
-    # dataset/labels: the split on the device, or with host_batches this step's (n_critic, B, ...) batches.
-    batch_size, n_critic, z_dim = config.batch_size, config.n_critic, config.z_dim
-    loss, ema_decay, classes = config.loss, config.ema_decay, config.num_classes
-    step_key = jax.random.fold_in(state.key, state.step)
-    aux_key = jax.random.fold_in(step_key, _AUX_STREAM)
+    """One seed's train step: :func:`_d_updates` (``n_critic`` D updates), then :func:`_g_update`.
 
-    def constrain(x: jax.Array | None) -> jax.Array | None:
-        return x if batch_sharding is None or x is None else jax.lax.with_sharding_constraint(x, batch_sharding)
+    ``dataset``/``labels``: the split on the device, or with ``host_batches`` this step's
+    ``(n_critic, B, ...)`` batches. The parts are traced in the order the step has always been,
+    so the compiled program, and with it every result, stays the same.
+    """
+    ctx = _StepContext.create(state, generator=generator, discriminator=discriminator, config=config,
+                              batch_sharding=batch_sharding)
+    (d_params, d_stats, d_opt_state), d_metrics = _d_updates(ctx, d_tx, state, dataset, labels, data_key,
+                                                             host_batches=host_batches)
+    g = _g_update(ctx, g_tx, state, d_params=d_params, d_stats=d_stats)
+    ema_params = _ema(state.ema_params, g.params, decay=config.ema_decay)
+    new_state = state.replace(step=state.step + 1, g_params=g.params, g_stats=g.stats, d_params=d_params,
+                              d_stats=d_stats, g_opt_state=g.opt_state, d_opt_state=d_opt_state,
+                              ema_params=ema_params)
+    return new_state, _step_metrics(d_metrics, g)
 
-    def latents(i: jax.Array) -> jax.Array:
-        return constrain(jax.random.normal(jax.random.fold_in(step_key, i), (batch_size, z_dim)))
 
-    def fake_labels(i: jax.Array) -> jax.Array | None:
-        # The classes update i generates, uniform over the classes (None: unconditional).
+@dataclasses.dataclass(frozen=True)
+class _StepContext:
+    """What the parts of one seed's train step share: the models, the hyperparameters, the batch
+    sharding and the step's keys.
+
+    Update ``i`` of the step (D updates ``0 .. n_critic - 1``, the G update ``n_critic``) draws its
+    latents from ``fold_in(step_key, i)``, its fake labels from ``fold_in(aux_key, 2 * i)`` and its
+    DiffAugment parameters from ``fold_in(aux_key, 2 * i + 1)``.
+    """
+
+    generator: models.Generator
+    discriminator: models.Discriminator
+    config: StepConfig
+    batch_sharding: Any
+    step_key: jax.Array
+    aux_key: jax.Array
+
+    @classmethod
+    def create(cls, state: TrainState, *, generator: models.Generator, discriminator: models.Discriminator,
+               config: StepConfig, batch_sharding: Any) -> _StepContext:
+        """The context of train step ``state.step``: its key is ``fold_in(state.key, state.step)``."""
+        step_key = jax.random.fold_in(state.key, state.step)
+        return cls(generator=generator, discriminator=discriminator, config=config, batch_sharding=batch_sharding,
+                   step_key=step_key, aux_key=jax.random.fold_in(step_key, _AUX_STREAM))
+
+    def constrain(self, x: jax.Array | None) -> jax.Array | None:
+        """``x`` sharded over the batch axis of the mesh (unchanged without a mesh, or None)."""
+        if self.batch_sharding is None or x is None:
+            return x
+        return jax.lax.with_sharding_constraint(x, self.batch_sharding)
+
+    def latents(self, i: jax.Array) -> jax.Array:
+        """Update ``i``'s latents, ``(B, z_dim)``."""
+        return self.constrain(jax.random.normal(jax.random.fold_in(self.step_key, i),
+                                                (self.config.batch_size, self.config.z_dim)))
+
+    def fake_labels(self, i: jax.Array) -> jax.Array | None:
+        """The classes update ``i`` generates, ``(B,)`` uniform over the classes (None: unconditional)."""
+        classes = self.config.num_classes
         if not classes:
             return None
-        return constrain(jax.random.randint(jax.random.fold_in(aux_key, 2 * i), (batch_size,), 0, classes))
+        return self.constrain(jax.random.randint(jax.random.fold_in(self.aux_key, 2 * i), (self.config.batch_size,),
+                                                 0, classes))
 
-    def augment(images: jax.Array, i: jax.Array) -> jax.Array:
+    def augment(self, images: jax.Array, i: jax.Array) -> jax.Array:
+        """DiffAugment of update ``i``'s images ``(n, H, W, 3)`` (unchanged without a policy)."""
         # One draw per image: real and generated images of a D update get independent parameters.
-        if not config.diffaugment:
+        if not self.config.diffaugment:
             return images
-        return diffaugment.diff_augment(images, jax.random.fold_in(aux_key, 2 * i + 1), policy=config.diffaugment)
+        return diffaugment.diff_augment(images, jax.random.fold_in(self.aux_key, 2 * i + 1),
+                                        policy=self.config.diffaugment)
 
-    def join(a: jax.Array | None, b: jax.Array | None) -> jax.Array | None:
-        return None if a is None else jnp.concatenate([a, b])
-
-    def generate_train(g_params: Any, z: jax.Array, y: jax.Array | None) -> tuple[jax.Array, Any]:
+    def generate_train(self, g_params: Any, g_stats: Any, z: jax.Array, y: jax.Array | None) -> tuple[jax.Array, Any]:
+        """G in training mode on latents ``z`` ``(B, z_dim)`` (and classes ``y``): images and G's batch stats."""
         # Batch statistics in training mode; the updated BN averages are kept from G steps only.
-        if state.g_stats:
-            images, new = generator.apply({"params": g_params, "batch_stats": state.g_stats}, z, y, train=True,
-                                          mutable=["batch_stats"])
+        if g_stats:
+            images, new = self.generator.apply({"params": g_params, "batch_stats": g_stats}, z, y, train=True,
+                                               mutable=["batch_stats"])
             return images, new["batch_stats"]
-        return generator.apply({"params": g_params}, z, y, train=True), state.g_stats
+        return self.generator.apply({"params": g_params}, z, y, train=True), g_stats
 
-    def d_update(carry: tuple[Any, Any, Any], i: jax.Array) -> tuple[tuple[Any, Any, Any], dict[str, jax.Array]]:
-        d_params, d_stats, d_opt_state = carry
-        if host_batches:
-            real, real_y = sdata.to_float(dataset[i]), labels[i] if classes else None
-        else:
-            real, real_y = sdata.get_batch(dataset, labels if classes else None, data_key, state.step * n_critic + i,
-                                           batch_size=batch_size)
-        real, real_y, fake_y = constrain(real), constrain(real_y), fake_labels(i)
-        fake = jax.lax.stop_gradient(generate_train(state.g_params, latents(i), fake_y)[0])
-        images, images_y = augment(jnp.concatenate([real, fake]), i), join(real_y, fake_y)
 
-        def d_loss_fn(d_params: Any) -> tuple[jax.Array, tuple[Any, jax.Array, jax.Array]]:
-            # One D call on real+fake, so the power iteration advances once per D update.
-            logits, new = discriminator.apply({"params": d_params, "batch_stats": d_stats}, images, images_y,
+#: D's parameters, batch stats (the spectral-norm state) and optimizer state, carried through its updates.
+_DCarry = tuple[Any, Any, Any]
+
+
+def _join(a: jax.Array | None, b: jax.Array | None) -> jax.Array | None:
+    return None if a is None else jnp.concatenate([a, b])
+
+
+def _real_batch(ctx: _StepContext, dataset: jax.Array, labels: jax.Array | None, data_key: jax.Array | None,
+                step: jax.Array, i: jax.Array, *, host_batches: bool) -> tuple[jax.Array, jax.Array | None]:
+    """D update ``i``'s real images ``(B, H, W, 3)`` in [-1, 1] (and labels ``(B,)`` when conditional).
+
+    On the device: data step ``step * n_critic + i`` of the split; with ``host_batches``: batch ``i``
+    of the step's ``(n_critic, B, ...)`` host batches.
+    """
+    config = ctx.config
+    if host_batches:
+        real, real_y = sdata.to_float(dataset[i]), labels[i] if config.num_classes else None
+    else:
+        real, real_y = sdata.get_batch(dataset, labels if config.num_classes else None, data_key,
+                                       step * config.n_critic + i, batch_size=config.batch_size)
+    return ctx.constrain(real), ctx.constrain(real_y)
+
+
+def _d_update(ctx: _StepContext, d_tx: optax.GradientTransformation, carry: _DCarry, real: jax.Array,
+              real_y: jax.Array | None, i: jax.Array, *, g_params: Any, g_stats: Any
+              ) -> tuple[_DCarry, dict[str, jax.Array]]:
+    """D update ``i`` on a real batch and one generated by the step's G (no gradient reaches G).
+
+    Returns:
+      The new carry and the update's scalar metrics: d_loss, d_real, d_fake (mean sigmoid of D's
+      logits), d_real_logit, d_fake_logit, d_grad_norm.
+    """
+    batch_size = ctx.config.batch_size
+    d_params, d_stats, d_opt_state = carry
+    fake_y = ctx.fake_labels(i)
+    fake = jax.lax.stop_gradient(ctx.generate_train(g_params, g_stats, ctx.latents(i), fake_y)[0])
+    images, images_y = ctx.augment(jnp.concatenate([real, fake]), i), _join(real_y, fake_y)
+
+    def d_loss_fn(d_params: Any) -> tuple[jax.Array, tuple[Any, jax.Array, jax.Array]]:
+        # One D call on real+fake, so the power iteration advances once per D update.
+        logits, new = ctx.discriminator.apply({"params": d_params, "batch_stats": d_stats}, images, images_y,
                                               update_stats=True, mutable=["batch_stats"])
-            real_logits, fake_logits = logits[:batch_size], logits[batch_size:]
-            value = losses.discriminator_loss(real_logits, fake_logits, loss=loss)
-            return value, (new["batch_stats"], real_logits, fake_logits)
+        real_logits, fake_logits = logits[:batch_size], logits[batch_size:]
+        value = losses.discriminator_loss(real_logits, fake_logits, loss=ctx.config.loss)
+        return value, (new["batch_stats"], real_logits, fake_logits)
 
-        (d_loss, (d_stats, real_logits, fake_logits)), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params)
-        updates, d_opt_state = d_tx.update(grads, d_opt_state, d_params)
-        d_params = optax.apply_updates(d_params, updates)
-        metrics = dict(d_loss=d_loss, d_real=_sigmoid_mean(real_logits), d_fake=_sigmoid_mean(fake_logits),
-                       d_real_logit=jnp.mean(real_logits), d_fake_logit=jnp.mean(fake_logits),
-                       d_grad_norm=optax.tree.norm(grads))
-        return (d_params, d_stats, d_opt_state), metrics
+    (d_loss, (d_stats, real_logits, fake_logits)), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params)
+    updates, d_opt_state = d_tx.update(grads, d_opt_state, d_params)
+    d_params = optax.apply_updates(d_params, updates)
+    metrics = dict(d_loss=d_loss, d_real=_sigmoid_mean(real_logits), d_fake=_sigmoid_mean(fake_logits),
+                   d_real_logit=jnp.mean(real_logits), d_fake_logit=jnp.mean(fake_logits),
+                   d_grad_norm=optax.tree.norm(grads))
+    return (d_params, d_stats, d_opt_state), metrics
+
+
+def _d_updates(ctx: _StepContext, d_tx: optax.GradientTransformation, state: TrainState, dataset: jax.Array,
+               labels: jax.Array | None, data_key: jax.Array | None, *, host_batches: bool
+               ) -> tuple[_DCarry, dict[str, jax.Array]]:
+    """The step's ``n_critic`` D updates against the step's G: D's new carry and each metric ``(n_critic,)``."""
+    n_critic = ctx.config.n_critic
+
+    def update(carry: _DCarry, i: jax.Array) -> tuple[_DCarry, dict[str, jax.Array]]:
+        real, real_y = _real_batch(ctx, dataset, labels, data_key, state.step, i, host_batches=host_batches)
+        return _d_update(ctx, d_tx, carry, real, real_y, i, g_params=state.g_params, g_stats=state.g_stats)
 
     carry = (state.d_params, state.d_stats, state.d_opt_state)
-    if config.unroll:
-        # Unrolled by default: XLA:CPU runs convolutions inside a while loop (a rolled lax.scan) about
-        # 50x slower than the same code unrolled (24.8 s vs 0.47 s for the 5 D updates of the
-        # runlocal model on 2 cores). A Python loop rather than scan(unroll=True), which still emits
-        # a while loop when n_critic == 1.
-        per_update = []
-        for i in range(n_critic):
-            carry, metrics = d_update(carry, jnp.asarray(i))
-            per_update.append(metrics)
-        d_metrics = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per_update)
-    else:
-        carry, d_metrics = jax.lax.scan(d_update, carry, jnp.arange(n_critic))
-    d_params, d_stats, d_opt_state = carry
+    if not ctx.config.unroll:
+        return jax.lax.scan(update, carry, jnp.arange(n_critic))
+    # Unrolled by default: XLA:CPU runs convolutions inside a while loop (a rolled lax.scan) about
+    # 50x slower than the same code unrolled (24.8 s vs 0.47 s for the 5 D updates of the
+    # runlocal model on 2 cores). A Python loop rather than scan(unroll=True), which still emits
+    # a while loop when n_critic == 1.
+    per_update = []
+    for i in range(n_critic):
+        carry, metrics = update(carry, jnp.asarray(i))
+        per_update.append(metrics)
+    return carry, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per_update)
 
+
+class _GUpdate(NamedTuple):
+    """The G update's results: G's new parameters, batch stats and optimizer state; its loss, D's
+    logits on its samples ``(B, 1)`` and its gradients (for the metrics)."""
+
+    params: Any
+    stats: Any
+    opt_state: Any
+    loss: jax.Array
+    logits: jax.Array
+    grads: Any
+
+
+def _g_update(ctx: _StepContext, g_tx: optax.GradientTransformation, state: TrainState, *, d_params: Any,
+              d_stats: Any) -> _GUpdate:
+    """The step's G update (update index ``n_critic``) against D after its updates."""
     def g_loss_fn(g_params: Any) -> tuple[jax.Array, tuple[Any, jax.Array]]:
-        g_index = jnp.asarray(n_critic)
-        fake_y = fake_labels(g_index)
-        fake, g_stats = generate_train(g_params, latents(g_index), fake_y)
+        g_index = jnp.asarray(ctx.config.n_critic)
+        fake_y = ctx.fake_labels(g_index)
+        fake, g_stats = ctx.generate_train(g_params, state.g_stats, ctx.latents(g_index), fake_y)
         # update_stats=False: the spectral-norm state advances in D updates only.
-        logits = discriminator.apply({"params": d_params, "batch_stats": d_stats}, augment(fake, g_index), fake_y,
-                                     update_stats=False)
-        return losses.generator_loss(logits, loss=loss), (g_stats, logits)
+        logits = ctx.discriminator.apply({"params": d_params, "batch_stats": d_stats}, ctx.augment(fake, g_index),
+                                         fake_y, update_stats=False)
+        return losses.generator_loss(logits, loss=ctx.config.loss), (g_stats, logits)
 
     (g_loss, (g_stats, g_logits)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state.g_params)
     g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, state.g_params)
-    g_params = optax.apply_updates(state.g_params, g_updates)
-    ema_params = state.ema_params
-    if ema_params is not None:
-        ema_params = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema_params, g_params)
+    return _GUpdate(params=optax.apply_updates(state.g_params, g_updates), stats=g_stats, opt_state=g_opt_state,
+                    loss=g_loss, logits=g_logits, grads=g_grads)
 
-    new_state = state.replace(step=state.step + 1, g_params=g_params, g_stats=g_stats, d_params=d_params,
-                              d_stats=d_stats, g_opt_state=g_opt_state, d_opt_state=d_opt_state,
-                              ema_params=ema_params)
+
+def _ema(ema_params: Any, g_params: Any, *, decay: float) -> Any:
+    """The EMA of G's parameters after an update (None: the run keeps no EMA)."""
+    if ema_params is None:
+        return None
+    return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, g_params)
+
+
+def _step_metrics(d_metrics: dict[str, jax.Array], g: _GUpdate) -> dict[str, jax.Array]:
+    """The step's scalar metrics: each D metric's mean over the D updates, then the G update's."""
     metrics = {name: jnp.mean(values) for name, values in d_metrics.items()}
-    metrics.update(g_loss=g_loss, g_d_fake=_sigmoid_mean(g_logits), g_grad_norm=optax.tree.norm(g_grads))
-    return new_state, metrics
-
-
+    metrics.update(g_loss=g.loss, g_d_fake=_sigmoid_mean(g.logits), g_grad_norm=optax.tree.norm(g.grads))
+    return metrics

@@ -182,7 +182,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     workdir_path = Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
     seeds = run_seeds(config)
-    stacked = len(seeds) > 1
     sharded_seeds = seeds_sharded(len(seeds), mesh, config.seed_batching)
 
     # The training split (a conditional run learns its number of classes from it), stored once for all seeds.
@@ -191,87 +190,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     _resolve_classes(config, dataset, workdir_path)
     classes = num_classes(config)
 
-    # Models, optimizers, the step.
+    # Models, optimizers, the step, the input, the hooks.
     generator, discriminator = create_models(config)
-    summary = model_summary(config, generator, discriminator)
-    if jax.process_index() == 0:
-        (workdir_path / "model_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    logging.info("G %s params (widths %s), D %s params, seeds %s", f"{summary['generator']['params']:,}",
-                 summary["generator"]["widths"], f"{summary['discriminator']['params']:,}", list(seeds))
+    _write_model_summary(config, generator, discriminator, workdir_path)
     g_tx, d_tx = create_optimizers(config)
     step_on_device, step_on_batch = make_train_step(generator, discriminator, g_tx, d_tx, config, mesh=mesh)
-
-    # Input: data step s * n_critic + i feeds D update i of train step s, on the device or from the host;
-    # each seed draws its own batches (its data stream), from one copy of the split.
-    n_critic = int(config.n_critic)
-
-    def host_loader(start: int) -> _SeedLoaders:
-        return _SeedLoaders([
-            sdata.HostLoader(dataset.images, dataset.labels if classes else None, batch_size=config.batch_size,
-                             key=rng.stream(seed, "data", STREAMS), start_step=start * n_critic,
-                             # several processes: each loads its own rows
-                             sharding=batch_sharded(mesh) if jax.process_count() > 1 else None)
-            for seed in seeds])
-
-    def host_step(state: TrainState, loaders: _SeedLoaders) -> tuple[TrainState, dict[str, jax.Array]]:
-        images, labels = loaders.next_step(n_critic, stacked=stacked)
-        return step_on_batch(state, images, labels if classes else None)
-
-    data = loop.Input(
-        dataset=dataset,
-        arrays="images_labels" if classes else "images",
-        device_step=step_on_device,
-        host_loader=host_loader,
-        host_step=host_step,
-    )
-
-    # Hooks: sample grids (and the digits scores), FID/IS, per seed. A conditional grid has one row
-    # per class, the same latents in every row (so a column is one z across the classes).
-    grids = [_grid_inputs(config, seed, classes) for seed in seeds]
-    digits_scorer = _digits_scorer(config)
-    # Seed i's state as a single run's, on every device (the hooks sample with it).
-    one_seed = (jax.jit(select_seed, static_argnums=1, out_shardings=replicated(mesh)) if stacked
-                else lambda state, index: state)
-
-    def sample_labels(num: int) -> np.ndarray | None:
-        # The classes generate_samples gives a conditional G by default (sample i: i % classes).
-        return sampling.class_labels(num, classes) if classes else None
-
-    def save_samples(step: int, state: TrainState, writer: MetricWriter) -> dict[str, float]:
-        scores = []
-        for i, seed in enumerate(seeds):
-            variables = generator_variables(one_seed(state, i), use_ema=True)
-            grid_z, grid_labels, grid_cols = grids[i]
-            grid = np.asarray(sampling.generate_images(generator, variables, grid_z, grid_labels))
-            suffix, tag = (f"_seed{seed}", seed_prefix(seed) + "samples") if stacked else ("", "samples")
-            if jax.process_index() == 0:  # every process has the grid; one writes it
-                save_image_grid(grid, workdir_path / f"samples_{step:07d}{suffix}.png", ncols=grid_cols)
-            writer.write_image(step, tag, image_grid(grid, ncols=grid_cols))
-            if digits_scorer is not None:
-                num = config.digits_quality_samples
-                samples = sampling.generate_samples(generator, variables, num=num, seed=seed + 1, batch_size=256,
-                                                    mesh=mesh)
-                scores.append(digits_scorer(samples, sample_labels(num)))
-        return _over_seeds(seeds, scores) if scores else {}
-
-    hooks = [loop.Hook(config.sample_every, save_samples, "sample_every")]
-    evaluator = _build_evaluator(config)
-    if evaluator is not None:
-        def evaluate(step: int, state: TrainState, writer: MetricWriter) -> dict[str, float]:
-            num = _eval_num_samples(evaluator)
-            per_seed = []
-            for i, seed in enumerate(seeds):
-                samples = sampling.generate_samples(generator, generator_variables(one_seed(state, i), use_ema=True),
-                                                    num=num, seed=seed + 1, batch_size=256, mesh=mesh)
-                # Conditional runs: overall and intra-class (per class) scores through the same network.
-                scores = {f"eval/{k}": v for k, v in evaluator(samples, labels=sample_labels(num)).items()}
-                # One name for the best-checkpoint rule, whichever feature network computed the FID.
-                per_seed.append({**scores, "eval/fid": scores[f"eval/{evaluator.fid_key}"]})
-            return _over_seeds(seeds, per_seed)
-
-        hooks.append(loop.Hook(config.eval_every, evaluate, "eval_every"))
+    data = _input(config, dataset, step_on_device, step_on_batch, seeds=seeds, classes=classes, mesh=mesh)
+    hooks, evaluator = _hooks(config, generator, seeds=seeds, classes=classes, mesh=mesh, workdir=workdir_path)
 
     # An epoch: every training image seen once by D (n_critic batches per train step).
+    n_critic = int(config.n_critic)
     per_epoch = max(1, len(dataset) // (int(config.batch_size) * n_critic))
     state, _ = loop.train(
         config, workdir, mesh=mesh, data=data, total_steps=int(config.num_train_steps), steps_per_epoch=per_epoch,
@@ -286,6 +214,127 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         place=(lambda tree: place(tree, leading_sharded(tree, mesh))) if sharded_seeds else None,
         run_fields={"num_seeds": len(seeds)})
     return state
+
+
+def _write_model_summary(config: ml_collections.ConfigDict, generator: models.Generator,
+                         discriminator: models.Discriminator, workdir: Path) -> None:
+    """Writes :func:`model_summary` to ``workdir/model_summary.json`` (process 0) and logs its sizes."""
+    summary = model_summary(config, generator, discriminator)
+    if jax.process_index() == 0:
+        (workdir / "model_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    logging.info("G %s params (widths %s), D %s params, seeds %s", f"{summary['generator']['params']:,}",
+                 summary["generator"]["widths"], f"{summary['discriminator']['params']:,}", list(run_seeds(config)))
+
+
+#: A train step of the loop: the state and this step's input in, the new state and its metrics out.
+_Step = Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+#: A hook of the loop: (step, state, writer) -> the scores it adds to metrics.jsonl.
+_HookFn = Callable[[int, TrainState, MetricWriter], dict[str, float]]
+#: Seed ``i``'s state of a (stacked) run's state, as a single run's: ``(state, i) -> state``.
+_SeedSelector = Callable[[TrainState, int], TrainState]
+
+
+def _input(config: ml_collections.ConfigDict, dataset: sdata.Dataset, step_on_device: _Step, step_on_batch: _Step,
+           *, seeds: tuple[int, ...], classes: int, mesh: jax.sharding.Mesh | None) -> loop.Input:
+    """The loop's input: the split on the device (``step_on_device``), or one host loader per seed.
+
+    Data step ``s * n_critic + i`` feeds D update ``i`` of train step ``s``, on the device or from
+    the host; each seed draws its own batches (its data stream), from one copy of the split.
+    """
+    n_critic = int(config.n_critic)
+    stacked = len(seeds) > 1
+
+    def host_loader(start: int) -> _SeedLoaders:
+        return _SeedLoaders([
+            sdata.HostLoader(dataset.images, dataset.labels if classes else None, batch_size=config.batch_size,
+                             key=rng.stream(seed, "data", STREAMS), start_step=start * n_critic,
+                             # several processes: each loads its own rows
+                             sharding=batch_sharded(mesh) if jax.process_count() > 1 else None)
+            for seed in seeds])
+
+    def host_step(state: TrainState, loaders: _SeedLoaders) -> tuple[TrainState, dict[str, jax.Array]]:
+        images, labels = loaders.next_step(n_critic, stacked=stacked)
+        return step_on_batch(state, images, labels if classes else None)
+
+    return loop.Input(
+        dataset=dataset,
+        arrays="images_labels" if classes else "images",
+        device_step=step_on_device,
+        host_loader=host_loader,
+        host_step=host_step,
+    )
+
+
+def _hooks(config: ml_collections.ConfigDict, generator: models.Generator, *, seeds: tuple[int, ...], classes: int,
+           mesh: jax.sharding.Mesh | None, workdir: Path) -> tuple[list[loop.Hook], Evaluator | None]:
+    """The loop's hooks, per seed: sample grids (and the digits scores) every ``config.sample_every``
+    steps, FID/IS every ``config.eval_every`` steps when that is not 0; and the evaluator, or None."""
+    # Seed i's state as a single run's, on every device (the hooks sample with it).
+    one_seed = (jax.jit(select_seed, static_argnums=1, out_shardings=replicated(mesh)) if len(seeds) > 1
+                else lambda state, index: state)
+    hooks = [loop.Hook(config.sample_every, _sample_hook(config, generator, one_seed, seeds=seeds, classes=classes,
+                                                         mesh=mesh, workdir=workdir), "sample_every")]
+    evaluator = _build_evaluator(config)
+    if evaluator is not None:
+        hooks.append(loop.Hook(config.eval_every, _eval_hook(generator, evaluator, one_seed, seeds=seeds,
+                                                             classes=classes, mesh=mesh), "eval_every"))
+    return hooks, evaluator
+
+
+def _sample_labels(num: int, classes: int) -> np.ndarray | None:
+    """The classes generate_samples gives a conditional G by default (sample i: i % classes); None
+    for an unconditional one."""
+    return sampling.class_labels(num, classes) if classes else None
+
+
+def _sample_hook(config: ml_collections.ConfigDict, generator: models.Generator, one_seed: _SeedSelector, *,
+                 seeds: tuple[int, ...], classes: int, mesh: jax.sharding.Mesh | None, workdir: Path) -> _HookFn:
+    """The ``sample_every`` hook: each seed's sample grid (a PNG and an image summary) and, on the
+    digits, its scores (several seeds: :func:`_over_seeds`)."""
+    stacked = len(seeds) > 1
+    # A conditional grid has one row per class, the same latents in every row (so a column is one
+    # z across the classes).
+    grids = [_grid_inputs(config, seed, classes) for seed in seeds]
+    digits_scorer = _digits_scorer(config)
+
+    def save_samples(step: int, state: TrainState, writer: MetricWriter) -> dict[str, float]:
+        scores = []
+        for i, seed in enumerate(seeds):
+            variables = generator_variables(one_seed(state, i), use_ema=True)
+            grid_z, grid_labels, grid_cols = grids[i]
+            grid = np.asarray(sampling.generate_images(generator, variables, grid_z, grid_labels))
+            suffix, tag = (f"_seed{seed}", seed_prefix(seed) + "samples") if stacked else ("", "samples")
+            if jax.process_index() == 0:  # every process has the grid; one writes it
+                save_image_grid(grid, workdir / f"samples_{step:07d}{suffix}.png", ncols=grid_cols)
+            writer.write_image(step, tag, image_grid(grid, ncols=grid_cols))
+            if digits_scorer is not None:
+                num = config.digits_quality_samples
+                samples = sampling.generate_samples(generator, variables, num=num, seed=seed + 1, batch_size=256,
+                                                    mesh=mesh)
+                scores.append(digits_scorer(samples, _sample_labels(num, classes)))
+        return _over_seeds(seeds, scores) if scores else {}
+
+    return save_samples
+
+
+def _eval_hook(generator: models.Generator, evaluator: Evaluator, one_seed: _SeedSelector, *,
+               seeds: tuple[int, ...], classes: int, mesh: jax.sharding.Mesh | None) -> _HookFn:
+    """The ``eval_every`` hook: each seed's FID/IS (``eval/<name>``; ``eval/fid`` is the one the
+    best-checkpoint rule reads), over the seeds by :func:`_over_seeds`."""
+
+    def evaluate(step: int, state: TrainState, writer: MetricWriter) -> dict[str, float]:
+        num = _eval_num_samples(evaluator)
+        per_seed = []
+        for i, seed in enumerate(seeds):
+            samples = sampling.generate_samples(generator, generator_variables(one_seed(state, i), use_ema=True),
+                                                num=num, seed=seed + 1, batch_size=256, mesh=mesh)
+            # Conditional runs: overall and intra-class (per class) scores through the same network.
+            scores = {f"eval/{k}": v for k, v in evaluator(samples, labels=_sample_labels(num, classes)).items()}
+            # One name for the best-checkpoint rule, whichever feature network computed the FID.
+            per_seed.append({**scores, "eval/fid": scores[f"eval/{evaluator.fid_key}"]})
+        return _over_seeds(seeds, per_seed)
+
+    return evaluate
 
 
 class _SeedLoaders:

@@ -90,13 +90,24 @@ import dataclasses
 import functools
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from sympad._arguments import (
+    CHANNELS_LAST,
+    as_tuple,
+    canonical_specs,
+    check_channels,
+    check_groups,
+    is_int,
+    parse_dimension_numbers,
+    parse_kernel_size,
+    to_layout,
+)
 from sympad._auto import auto_choice, work_dtype
 from sympad._formulations import CORE, Formulation, Geometry, concat_pad, pads_from, select_pad
 
@@ -131,76 +142,10 @@ IMPLEMENTATIONS: tuple[str, ...] = (
     "im2col",
 )
 
-_CHANNELS_LAST = {
-    1: ("NWC", "WIO", "NWC"),
-    2: ("NHWC", "HWIO", "NHWC"),
-    3: ("NDHWC", "DHWIO", "NDHWC"),
-}
-
 
 # ----------------------------------------------------------------------------
-# Argument handling.
+# Shift directions.
 # ----------------------------------------------------------------------------
-
-
-def _is_int(value: Any) -> bool:
-    """An int or numpy integer, not a bool (``True`` would silently mean 1)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _int_entries(value: Any) -> tuple[int, ...] | None:
-    """The entries of a sequence of ints as a tuple, or None if ``value`` is not one.
-
-    A string is not a sequence of ints here ('22' is not (2, 2)), nor is a sequence
-    of floats (``int(1.5)`` would silently be 1).
-    """
-    if isinstance(value, (str, bytes)):
-        return None
-    try:
-        entries = tuple(value)
-    except TypeError:
-        return None
-    return tuple(int(v) for v in entries) if all(_is_int(v) for v in entries) else None
-
-
-def _as_tuple(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
-    """Broadcasts an int to ``ndim`` positive ints and validates a sequence."""
-    values = (int(value),) * ndim if _is_int(value) else _int_entries(value)
-    if values is None:
-        # sym_pad_conv(x, kernel, 'SAME') as for lax.conv_general_dilated: there is no padding argument.
-        hint = " (the padding is always the symmetric 'SAME'; there is no padding argument)" if isinstance(value, str) else ""
-        raise ValueError(f"{name} must be an int or a sequence of {ndim} ints, got {value!r}{hint}")
-    if len(values) != ndim:
-        raise ValueError(f"{name} must have one entry per spatial dimension ({ndim}), got {value!r}")
-    if any(v < 1 for v in values):
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return values
-
-
-def _kernel_size(value: int | Sequence[int], ndim: int | None = None) -> tuple[int, ...]:
-    """``kernel_size`` as one positive int per spatial axis.
-
-    An int means the same extent on every axis, as ``strides`` and
-    ``kernel_dilation`` do, where the number of axes ``ndim`` comes from an
-    input; without an input (``ndim=None``) an int cannot say how many axes
-    there are, and a silent 1D reading would be wrong for the common 2D case.
-    """
-    if _is_int(value) and ndim is not None:
-        return _as_tuple(value, ndim, "kernel_size")
-    values = _int_entries(value)
-    if values is None or not values or any(v < 1 for v in values):
-        allowed = "a non-empty sequence of positive ints, one per spatial axis, e.g. (2, 2)"
-        if ndim is not None:
-            allowed += f", or a positive int (the same on all {ndim} axes)"
-        elif _is_int(value):
-            allowed += f" (an int does not say how many axes: ({value},) for 1D, ({value}, {value}) for 2D)"
-        raise ValueError(f"kernel_size must be {allowed}; got {value!r}")
-    return values
-
-
-def _check_channels(channels: Any) -> None:
-    if not _is_int(channels) or channels < 1:
-        raise ValueError(f"channels must be a positive int (the number of input channels), got {channels!r}")
 
 
 def _total_pads(kernel_size: Sequence[int], dilation: Sequence[int]) -> tuple[int, ...]:
@@ -276,10 +221,10 @@ def shift_directions(
       ValueError: on a bad ``channels``, ``kernel_size``, ``kernel_dilation`` or
         ``feature_group_count``; the message names the argument and what is allowed.
     """
-    _check_channels(channels)
-    kernel_size = _kernel_size(kernel_size)
-    dilation = _as_tuple(kernel_dilation, len(kernel_size), "kernel_dilation")
-    _check_groups(channels, feature_group_count)
+    check_channels(channels)
+    kernel_size = parse_kernel_size(kernel_size)
+    dilation = as_tuple(kernel_dilation, len(kernel_size), "kernel_dilation")
+    check_groups(channels, feature_group_count)
     return _shift_directions_cached(int(channels), _total_pads(kernel_size, dilation), int(feature_group_count))
 
 
@@ -294,22 +239,13 @@ def channel_pads(
 
     Arguments and errors as for :func:`shift_directions`.
     """
-    _check_channels(channels)
-    kernel_size = _kernel_size(kernel_size)
-    dilation = _as_tuple(kernel_dilation, len(kernel_size), "kernel_dilation")
+    check_channels(channels)
+    kernel_size = parse_kernel_size(kernel_size)
+    dilation = as_tuple(kernel_dilation, len(kernel_size), "kernel_dilation")
     dirs = shift_directions(channels, kernel_size, kernel_dilation=dilation, feature_group_count=feature_group_count)
     return pads_from(_total_pads(kernel_size, dilation), dirs)
 
 
-def _check_groups(channels: int, feature_group_count: int) -> None:
-    if not _is_int(feature_group_count) or feature_group_count < 1:
-        raise ValueError(f"feature_group_count must be a positive int, got {feature_group_count!r}")
-    if channels < 1:
-        raise ValueError(f"the input must have at least one channel, got {channels}")
-    if channels % feature_group_count:
-        raise ValueError(
-            f"input channels ({channels}) must be divisible by feature_group_count ({feature_group_count})"
-        )
 
 
 # ----------------------------------------------------------------------------
@@ -345,12 +281,12 @@ def symmetric_pad(
         ``feature_group_count``; the message names the argument.
     """
     x = jnp.asarray(x)
-    if _is_int(kernel_size):
+    if is_int(kernel_size):
         if x.ndim < 3:
             raise ValueError(f"x must have shape (N, *spatial, C) with at least one spatial dim, got shape {x.shape}")
-        kernel_size = _kernel_size(kernel_size, x.ndim - 2)
+        kernel_size = parse_kernel_size(kernel_size, x.ndim - 2)
     else:
-        kernel_size = _kernel_size(kernel_size)
+        kernel_size = parse_kernel_size(kernel_size)
     ndim = len(kernel_size)
     if x.ndim != ndim + 2:
         raise ValueError(
@@ -359,7 +295,7 @@ def symmetric_pad(
         )
     if x.shape[-1] < 1:
         raise ValueError(f"x must have at least one channel, got shape {x.shape}")
-    return _pad_select(x, kernel_size, _as_tuple(kernel_dilation, ndim, "kernel_dilation"), feature_group_count)
+    return _pad_select(x, kernel_size, as_tuple(kernel_dilation, ndim, "kernel_dilation"), feature_group_count)
 
 
 def _pad_select(x: jax.Array, kernel_size, dilation, feature_group_count) -> jax.Array:
@@ -374,42 +310,6 @@ def _pad_select(x: jax.Array, kernel_size, dilation, feature_group_count) -> jax
 # ----------------------------------------------------------------------------
 # The op.
 # ----------------------------------------------------------------------------
-
-
-def _parse_dimension_numbers(dimension_numbers, ndim: int) -> tuple[str, str, str]:
-    if dimension_numbers is None:
-        return _CHANNELS_LAST[ndim]
-    if (
-        not isinstance(dimension_numbers, (tuple, list))
-        or len(dimension_numbers) != 3
-        or not all(isinstance(s, str) for s in dimension_numbers)
-    ):
-        raise ValueError(
-            "dimension_numbers must be None (channels-last) or a tuple of three layout "
-            f"strings such as ('NCHW', 'OIHW', 'NCHW'), got {dimension_numbers!r}"
-        )
-    lhs, rhs, out = dimension_numbers
-    if not (len(lhs) == len(rhs) == len(out) == ndim + 2):
-        raise ValueError(
-            f"dimension_numbers strings must have {ndim + 2} letters for rank-{ndim + 2} "
-            f"inputs, got {dimension_numbers!r}"
-        )
-    try:
-        lax.conv_dimension_numbers((1,) * (ndim + 2), (1,) * (ndim + 2), (lhs, rhs, out))
-    except Exception as err:  # lax raises TypeError/AssertionError with terse text.
-        raise ValueError(f"unsupported dimension_numbers {dimension_numbers!r}: {err}") from None
-    spatial = [c for c in lhs if c not in "NC"]
-    if sorted(spatial) != sorted(c for c in rhs if c not in "IO") or sorted(spatial) != sorted(
-        c for c in out if c not in "NC"
-    ):
-        raise ValueError(f"dimension_numbers must use the same spatial letters in all three strings, got {dimension_numbers!r}")
-    return lhs, rhs, out
-
-
-def _to_layout(a: jax.Array, src: str, dst: str) -> jax.Array:
-    if src == dst:
-        return a
-    return jnp.transpose(a, [src.index(c) for c in dst])
 
 
 def sym_pad_conv(
@@ -458,6 +358,33 @@ def sym_pad_conv(
         unknown ``implementation`` or unsupported ``dimension_numbers``; the
         message names the argument, the bad value and what is allowed.
     """
+    call = _checked_call(x, kernel, strides, kernel_dilation=kernel_dilation, feature_group_count=feature_group_count,
+                         dimension_numbers=dimension_numbers, implementation=implementation)
+    y = _conv_channels_last(call, feature_group_count=feature_group_count, precision=precision,
+                            preferred_element_type=preferred_element_type, implementation=implementation)
+    return to_layout(y, call.specs[2], call.out_spec)
+
+
+class _ConvCall(NamedTuple):
+    """A :func:`sym_pad_conv` call after its checks: channels-last operands, one int per spatial axis."""
+
+    x: jax.Array  # (N, *spatial, C)
+    kernel: jax.Array  # (*k, C // feature_group_count, F)
+    strides: tuple[int, ...]
+    dilation: tuple[int, ...]
+    specs: tuple[str, str, str]  # the channels-last layouts of x, kernel and the output
+    out_spec: str  # the caller's output layout, dimension_numbers[2]
+
+
+def _checked_call(x: jax.typing.ArrayLike, kernel: jax.typing.ArrayLike, strides: int | Sequence[int], *,
+                  kernel_dilation: int | Sequence[int], feature_group_count: int, dimension_numbers: Any,
+                  implementation: str) -> _ConvCall:
+    """Checks the arguments of :func:`sym_pad_conv` (its errors, in its order) and brings the
+    operands channels-last.
+
+    Raises:
+      ValueError: as documented for :func:`sym_pad_conv`.
+    """
     x = jnp.asarray(x)
     kernel = jnp.asarray(kernel)
     if x.ndim not in (3, 4, 5):
@@ -465,20 +392,20 @@ def sym_pad_conv(
     if kernel.ndim != x.ndim:
         raise ValueError(f"kernel must have the rank of x ({x.ndim}), got kernel shape {kernel.shape} for x shape {x.shape}")
     ndim = x.ndim - 2
-    lhs, rhs, out_spec = _parse_dimension_numbers(dimension_numbers, ndim)
-    strides = _as_tuple(strides, ndim, "strides")
-    dilation = _as_tuple(kernel_dilation, ndim, "kernel_dilation")
+    lhs, rhs, out_spec = parse_dimension_numbers(dimension_numbers, ndim)
+    strides = as_tuple(strides, ndim, "strides")
+    dilation = as_tuple(kernel_dilation, ndim, "kernel_dilation")
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
 
     # Work channels-last; XLA folds these transposes into the conv.
-    canon_lhs, canon_rhs, canon_out = _canonical_specs(lhs, rhs, out_spec)
-    x = _to_layout(x, lhs, canon_lhs)
-    kernel = _to_layout(kernel, rhs, canon_rhs)
+    specs = canonical_specs(lhs, rhs, out_spec)
+    x = to_layout(x, lhs, specs[0])
+    kernel = to_layout(kernel, rhs, specs[1])
     channels = x.shape[-1]
     if channels < 1:
         raise ValueError(f"x must have at least one channel, got shape {x.shape} (layout {lhs})")
-    _check_groups(channels, feature_group_count)
+    check_groups(channels, feature_group_count)
     if kernel.shape[-2] * feature_group_count != channels:
         raise ValueError(
             f"kernel input channels ({kernel.shape[-2]}) times feature_group_count "
@@ -489,43 +416,46 @@ def sym_pad_conv(
             f"kernel output features ({kernel.shape[-1]}) must be divisible by "
             f"feature_group_count ({feature_group_count})"
         )
-    kernel_size = kernel.shape[:-2]
-    if any(k < 1 for k in kernel_size):
+    if any(k < 1 for k in kernel.shape[:-2]):
         raise ValueError(f"kernel spatial size must be positive, got {kernel.shape}")
+    return _ConvCall(x=x, kernel=kernel, strides=strides, dilation=dilation, specs=specs, out_spec=out_spec)
 
+
+def _conv_channels_last(call: _ConvCall, *, feature_group_count: int, precision: lax.PrecisionLike,
+                        preferred_element_type: jax.typing.DTypeLike | None, implementation: str) -> jax.Array:
+    """The conv of a checked call, channels-last ``(N, *ceil(spatial / strides), F)``: plain symmetric
+    padding where the total is even on every axis, else the formulation :func:`_choose` picks."""
+    x, kernel, strides, dilation = call.x, call.kernel, call.strides, call.dilation
+    kernel_size = kernel.shape[:-2]
     conv = functools.partial(
         lax.conv_general_dilated,
         window_strides=strides,
         rhs_dilation=dilation,
-        dimension_numbers=(canon_lhs, canon_rhs, canon_out),
+        dimension_numbers=call.specs,
         precision=precision,
         preferred_element_type=preferred_element_type,
     )
     totals = _total_pads(kernel_size, dilation)
     if all(t % 2 == 0 for t in totals):
-        y = conv(x, kernel, padding=[(t // 2, t // 2) for t in totals], feature_group_count=feature_group_count)
-    else:
-        impl = _choose(implementation, x, kernel, feature_group_count)
-        geometry = Geometry(
-            totals=totals,
-            strides=strides,
-            dirs=shift_directions(
-                channels, kernel_size, kernel_dilation=dilation, feature_group_count=feature_group_count
-            ),
-            feature_group_count=feature_group_count,
-            preferred_element_type=preferred_element_type,
-        )
-        compute_dtype = work_dtype(implementation, x, kernel)
-        if compute_dtype is None:
-            y = _formulation(impl)(x, kernel, geometry, conv)
-        else:
-            out_dtype = preferred_element_type or x.dtype
-            geometry = dataclasses.replace(geometry, preferred_element_type=None)
-            y = _formulation(impl)(
-                x.astype(compute_dtype), kernel.astype(compute_dtype), geometry,
-                functools.partial(conv, preferred_element_type=None),
-            ).astype(out_dtype)
-    return _to_layout(y, canon_out, out_spec)
+        return conv(x, kernel, padding=[(t // 2, t // 2) for t in totals], feature_group_count=feature_group_count)
+    impl = _choose(implementation, x, kernel, feature_group_count)
+    geometry = Geometry(
+        totals=totals,
+        strides=strides,
+        dirs=shift_directions(x.shape[-1], kernel_size, kernel_dilation=dilation,
+                              feature_group_count=feature_group_count),
+        feature_group_count=feature_group_count,
+        preferred_element_type=preferred_element_type,
+    )
+    compute_dtype = work_dtype(implementation, x, kernel)
+    if compute_dtype is None:
+        return _formulation(impl)(x, kernel, geometry, conv)
+    out_dtype = preferred_element_type or x.dtype
+    geometry = dataclasses.replace(geometry, preferred_element_type=None)
+    return _formulation(impl)(
+        x.astype(compute_dtype), kernel.astype(compute_dtype), geometry,
+        functools.partial(conv, preferred_element_type=None),
+    ).astype(out_dtype)
 
 
 def padded_conv(
@@ -603,9 +533,9 @@ def _xla_same_conv(x, kernel, strides, *, kernel_dilation, feature_group_count, 
         raise ValueError(f"x and kernel must have the same rank, 3 to 5, got shapes {x.shape} and {kernel.shape}")
     ndim = x.ndim - 2
     return lax.conv_general_dilated(
-        x, kernel, _as_tuple(strides, ndim, "strides"), "SAME",
-        rhs_dilation=_as_tuple(kernel_dilation, ndim, "kernel_dilation"),
-        dimension_numbers=_parse_dimension_numbers(dimension_numbers, ndim),
+        x, kernel, as_tuple(strides, ndim, "strides"), "SAME",
+        rhs_dilation=as_tuple(kernel_dilation, ndim, "kernel_dilation"),
+        dimension_numbers=parse_dimension_numbers(dimension_numbers, ndim),
         feature_group_count=feature_group_count, precision=precision,
         preferred_element_type=preferred_element_type,
     )
@@ -615,10 +545,10 @@ def _symmetric_conv(x, kernel, strides, *, kernel_dilation, dimension_numbers, *
     """Symmetric where the padding is odd on some axis; XLA's 'SAME' (the same at stride 1) elsewhere."""
     kernel = jnp.asarray(kernel)
     ndim = kernel.ndim - 2
-    if ndim in _CHANNELS_LAST:
-        lhs, rhs, _ = _parse_dimension_numbers(dimension_numbers, ndim)
+    if ndim in CHANNELS_LAST:
+        lhs, rhs, _ = parse_dimension_numbers(dimension_numbers, ndim)
         sizes = [kernel.shape[rhs.index(c)] for c in lhs if c not in "NC"]  # in the order dilation is
-        dilation = _as_tuple(kernel_dilation, ndim, "kernel_dilation")
+        dilation = as_tuple(kernel_dilation, ndim, "kernel_dilation")
         if all(t % 2 == 0 for t in _total_pads(sizes, dilation)):
             return _xla_same_conv(x, kernel, strides, kernel_dilation=kernel_dilation,
                                   dimension_numbers=dimension_numbers, **kwargs)
@@ -631,10 +561,6 @@ def _symmetric_conv(x, kernel, strides, *, kernel_dilation, dimension_numbers, *
 _PADDING_RULES = {"SAME": _xla_same_conv, "SYMMETRIC": _symmetric_conv}
 
 
-def _canonical_specs(lhs: str, rhs: str, out: str) -> tuple[str, str, str]:
-    """Channels-last specs with the spatial letters in the order of ``lhs``."""
-    spatial = "".join(c for c in lhs if c not in "NC")
-    return "N" + spatial + "C", spatial + "IO", "N" + spatial + "C"
 
 
 # ----------------------------------------------------------------------------
@@ -721,7 +647,7 @@ def choose_implementation(x: Any, kernel: Any, *, feature_group_count: int = 1) 
         raise ValueError(f"kernel must have the rank of x ({len(x_shape)}), got {got}")
     if x_shape[-1] < 1:
         raise ValueError(f"x must have at least one channel, got shape {tuple(x_shape)}")
-    _check_groups(x_shape[-1], feature_group_count)
+    check_groups(x_shape[-1], feature_group_count)
     return _choose("auto", x, kernel, feature_group_count)
 
 
