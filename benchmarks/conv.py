@@ -159,9 +159,8 @@ def _layer_fns(
             return module.apply(p, a)
 
     elif via == "op":
-        params = (jax.random.normal(kw, (k.size, k.size, shape.channels // groups, shape.features), jnp.float32) * 0.05).astype(
-            dtype
-        )
+        kernel_shape = (k.size, k.size, shape.channels // groups, shape.features)
+        params = (jax.random.normal(kw, kernel_shape, jnp.float32) * 0.05).astype(dtype)
 
         def apply(p, a):
             if k.symmetric:
@@ -251,7 +250,8 @@ def run(
             if group in done:
                 continue
             if deadline.expired():
-                report.write({"record": "skipped", "bench": "conv", "group": group, "shape": shape.name, "dtype": dtype_name})
+                report.write({"record": "skipped", "bench": "conv", "group": group, "shape": shape.name,
+                              "dtype": dtype_name})
                 continue
             report.write({"record": "started", "bench": "conv", "group": group})
             measured = _group_records(
@@ -389,7 +389,8 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
     if all(r.get("fwd_vs_C3") is None for r in recs):
         tables = [t for t in tables if t[1] != "fwd_vs_C3"]
     if any("dx_vs_C3" in r for r in recs):
-        tables += [("input gradient alone, speed vs C3 (x)", "dx_vs_C3"), ("kernel gradient alone, speed vs C3 (x)", "dw_vs_C3")]
+        tables += [("input gradient alone, speed vs C3 (x)", "dx_vs_C3"),
+                   ("kernel gradient alone, speed vs C3 (x)", "dw_vs_C3")]
     base_col = {
         "fwdbwd_vs_C3": ("C3 fwd+bwd ms", "fwdbwd_ms"),
         "fwdbwd_cpu_vs_C3": ("C3 fwd+bwd CPU ms", "fwdbwd_cpu_ms"),
@@ -415,8 +416,8 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = common.size_parser(
-        "benchmarks.conv", __doc__, gpu="the suites' shapes and batch sizes (H100/H200-class)", tiny="one tiny shape (smoke test)"
-    )
+        "benchmarks.conv", __doc__, gpu="the suites' shapes and batch sizes (H100/H200-class)",
+        tiny="one tiny shape (smoke test)")
     p.add_argument("--shapes", default=None, help="comma-separated shape names to keep (see GPU_SHAPES/CPU_SHAPES)")
     p.add_argument("--kinds", default=",".join(sympad.KINDS), help="comma-separated kinds; C3 is always included")
     p.add_argument("--dtypes", default="float32,bfloat16")

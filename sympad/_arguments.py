@@ -50,7 +50,8 @@ def as_tuple(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...
     values = (int(value),) * ndim if is_int(value) else int_entries(value)
     if values is None:
         # sym_pad_conv(x, kernel, 'SAME') as for lax.conv_general_dilated: there is no padding argument.
-        hint = " (the padding is always the symmetric 'SAME'; there is no padding argument)" if isinstance(value, str) else ""
+        hint = (" (the padding is always the symmetric 'SAME'; there is no padding argument)"
+                if isinstance(value, str) else "")
         raise ValueError(f"{name} must be an int or a sequence of {ndim} ints, got {value!r}{hint}")
     if len(values) != ndim:
         raise ValueError(f"{name} must have one entry per spatial dimension ({ndim}), got {value!r}")
@@ -130,7 +131,8 @@ def parse_dimension_numbers(dimension_numbers: Any, ndim: int) -> tuple[str, str
     if sorted(spatial) != sorted(c for c in rhs if c not in "IO") or sorted(spatial) != sorted(
         c for c in out if c not in "NC"
     ):
-        raise ValueError(f"dimension_numbers must use the same spatial letters in all three strings, got {dimension_numbers!r}")
+        raise ValueError("dimension_numbers must use the same spatial letters in all three strings, "
+                         f"got {dimension_numbers!r}")
     return lhs, rhs, out
 
 

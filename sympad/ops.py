@@ -182,7 +182,7 @@ def _group_of_channel(channels: int, num_groups: int, feature_group_count: int) 
     return np.arange(channels) % num_groups
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shift_directions_cached(
     channels: int, total_pads: tuple[int, ...], feature_group_count: int
 ) -> np.ndarray:
@@ -390,7 +390,8 @@ def _checked_call(x: jax.typing.ArrayLike, kernel: jax.typing.ArrayLike, strides
     if x.ndim not in (3, 4, 5):
         raise ValueError(f"x must have 1, 2 or 3 spatial dims (rank 3-5), got shape {x.shape}")
     if kernel.ndim != x.ndim:
-        raise ValueError(f"kernel must have the rank of x ({x.ndim}), got kernel shape {kernel.shape} for x shape {x.shape}")
+        raise ValueError(f"kernel must have the rank of x ({x.ndim}), got kernel shape {kernel.shape} "
+                         f"for x shape {x.shape}")
     ndim = x.ndim - 2
     lhs, rhs, out_spec = parse_dimension_numbers(dimension_numbers, ndim)
     strides = as_tuple(strides, ndim, "strides")
@@ -643,7 +644,8 @@ def choose_implementation(x: Any, kernel: Any, *, feature_group_count: int = 1) 
         got = f"shape {tuple(x_shape)}" if x_shape is not None else f"{type(x).__name__!r} object without .shape"
         raise ValueError(f"x must be channels-last (N, *spatial, C) with 1, 2 or 3 spatial dims, got {got}")
     if kernel_shape is None or len(kernel_shape) != len(x_shape):
-        got = f"shape {tuple(kernel_shape)}" if kernel_shape is not None else f"{type(kernel).__name__!r} object without .shape"
+        got = (f"shape {tuple(kernel_shape)}" if kernel_shape is not None
+               else f"{type(kernel).__name__!r} object without .shape")
         raise ValueError(f"kernel must have the rank of x ({len(x_shape)}), got {got}")
     if x_shape[-1] < 1:
         raise ValueError(f"x must have at least one channel, got shape {tuple(x_shape)}")

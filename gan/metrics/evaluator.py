@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import ml_collections
 import numpy as np
 
-from gan.metrics import offline
+from gan.metrics import offline, scores
 from gan.metrics.features import (
     FEATURE_NETWORKS,
     FeatureNetwork,
@@ -37,13 +37,6 @@ from gan.metrics.features import (
     reference_features,
 )
 from gan.metrics.inception import RESIZE_MODES
-from gan.metrics.scores import (
-    feature_statistics,
-    frechet_distance,
-    inception_score,
-    kernel_inception_distance,
-    precision_recall,
-)
 
 __all__ = [
     "FID_KEY", "METRICS", "PROTOCOLS", "EvalSettings", "Evaluator", "Features", "Metric", "MetricResult", "Protocol",
@@ -226,18 +219,20 @@ FID_KEY = "fid_{net}"
 
 
 def _fid(f: Features, s: EvalSettings) -> MetricResult:
-    return MetricResult({FID_KEY: frechet_distance(*feature_statistics(f.fake), f.real_mu, f.real_sigma)})
+    fake_mu, fake_sigma = scores.feature_statistics(f.fake)
+    return MetricResult({FID_KEY: scores.frechet_distance(fake_mu, fake_sigma, f.real_mu, f.real_sigma)})
 
 
 def _kid(f: Features, s: EvalSettings) -> MetricResult:
-    kid, kid_std = kernel_inception_distance(f.real, f.fake, num_subsets=s.kid_subsets, subset_size=s.kid_subset_size)
+    kid, kid_std = scores.kernel_inception_distance(f.real, f.fake, num_subsets=s.kid_subsets,
+                                                    subset_size=s.kid_subset_size)
     return MetricResult({"kid_{net}": kid, "kid_{net}_std": kid_std})
 
 
 def _inception_score(f: Features, s: EvalSettings) -> MetricResult:
-    mean, std = inception_score(f.logits, splits=min(s.is_splits, len(f.logits)))
+    mean, std = scores.inception_score(f.logits, splits=min(s.is_splits, len(f.logits)))
     return MetricResult({"is_{net}": mean, "is_{net}_std": std,
-                         "is_{net}_1split": inception_score(f.logits, splits=1)[0]})
+                         "is_{net}_1split": scores.inception_score(f.logits, splits=1)[0]})
 
 
 def _precision_recall(f: Features, s: EvalSettings) -> MetricResult:
@@ -245,7 +240,7 @@ def _precision_recall(f: Features, s: EvalSettings) -> MetricResult:
     m = min(s.pr_num_samples, len(f.fake), len(f.real))
     real_sub = f.real[rng.choice(len(f.real), m, replace=False)]
     fake_sub = f.fake[rng.choice(len(f.fake), m, replace=False)]
-    precision, recall = precision_recall(real_sub, fake_sub, k=s.pr_k)
+    precision, recall = scores.precision_recall(real_sub, fake_sub, k=s.pr_k)
     return MetricResult({"precision_{net}": precision, "recall_{net}": recall})
 
 
@@ -425,10 +420,10 @@ def intra_class_scores(
         if len(x) < 2:
             raise ValueError(f"labels: class {c} has {len(x)} reference images (classes in the reference: "
                              f"{sorted(set(real_labels.tolist()))}); intra-class FID needs at least 2")
-        fid[c] = frechet_distance(*feature_statistics(y), *feature_statistics(x))
+        fid[c] = scores.frechet_distance(*scores.feature_statistics(y), *scores.feature_statistics(x))
         m = min(kid_subset_size, len(x), len(y))
         subsets[c] = 1 if m == len(x) == len(y) else kid_subsets
-        kid[c] = kernel_inception_distance(x, y, num_subsets=subsets[c], subset_size=kid_subset_size)[0]
+        kid[c] = scores.kernel_inception_distance(x, y, num_subsets=subsets[c], subset_size=kid_subset_size)[0]
         n_fake[c], n_real[c] = len(y), len(x)
     return {"classes": classes, "fid": fid, "kid": kid, "fid_intra": float(np.mean(list(fid.values()))),
             "kid_intra": float(np.mean(list(kid.values()))), "num_samples": n_fake, "num_reference": n_real,

@@ -27,9 +27,16 @@ def _color(kind: str) -> str | None:
     return _COLORS.get(kind)
 
 
-def _stage_boundaries(ends: Sequence[int]) -> list[float]:
-    """x positions of the lines between stages (``ends``: each stage's last layer)."""
-    return [e + 0.5 for e in ends[:-1]]
+def _layer_axes(axes: Sequence, ends: Sequence[int], *, zero_line: bool) -> None:
+    """Per-layer axes: dashed lines between stages (``ends``: each stage's last layer), optionally
+    a line at 0, the x label and a light grid."""
+    for ax in axes:
+        for e in ends[:-1]:
+            ax.axvline(e + 0.5, color="gray", ls="--", lw=0.8)
+        if zero_line:
+            ax.axhline(0, color="black", lw=0.6)
+        ax.set_xlabel("layer")
+        ax.grid(alpha=0.3)
 
 
 def plot_q_curves(path: Path, q_runs: dict[str, np.ndarray], ends: Sequence[int], *, title: str) -> None:
@@ -44,11 +51,7 @@ def plot_q_curves(path: Path, q_runs: dict[str, np.ndarray], ends: Sequence[int]
         scale = 1.0 / mean[0]
         axes[1].plot(layers, mean * scale, label=kind, color=_color(kind))
         axes[1].fill_between(layers, runs.min(axis=0) * scale, runs.max(axis=0) * scale, color=_color(kind), alpha=0.15)
-    for ax in axes:
-        for b in _stage_boundaries(ends):
-            ax.axvline(b, color="gray", ls="--", lw=0.8)
-        ax.set_xlabel("layer")
-        ax.grid(alpha=0.3)
+    _layer_axes(axes, ends, zero_line=False)
     axes[0].set_ylabel("Q = mean |F|")
     axes[1].set_ylabel("Q / Q(layer 0) (band: min-max over inits)")
     axes[1].set_yscale("log")
@@ -101,12 +104,7 @@ def plot_offsets(path: Path, offsets: dict[str, np.ndarray], ends: Sequence[int]
         if extents is not None:
             axes[2].plot(layers, extents[kind].mean(axis=1), label=kind, color=_color(kind), marker=".")
             axes[2].set_title("RMS radius (input px)")
-    for ax in axes:
-        for b in _stage_boundaries(ends):
-            ax.axvline(b, color="gray", ls="--", lw=0.8)
-        ax.axhline(0, color="black", lw=0.6)
-        ax.set_xlabel("layer")
-        ax.grid(alpha=0.3)
+    _layer_axes(axes, ends, zero_line=True)
     axes[0].set_ylabel(ylabel)
     axes[0].legend()
     fig.suptitle(title, fontsize=9)
@@ -128,12 +126,7 @@ def plot_rf(path: Path, per_kind: dict[str, Any], ends: Sequence[int], *, title:
     axes[0].set_title("receptive-field offset, mean of (dy, dx) (input px)")
     axes[1].set_title("impulse-response offset, mean of (dy, dx) (input px)")
     axes[2].set_title("receptive-field RMS radius (input px)")
-    for ax in axes:
-        for b in _stage_boundaries(ends):
-            ax.axvline(b, color="gray", ls="--", lw=0.8)
-        ax.axhline(0, color="black", lw=0.6)
-        ax.set_xlabel("layer")
-        ax.grid(alpha=0.3)
+    _layer_axes(axes, ends, zero_line=True)
     axes[0].legend()
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
