@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import common
-from paper.shared_data import CHECKOUT_SHARED_DATA
+from paper import shared_data
 from sympad.train import data, errors
 
 __all__ = ["main", "pytorch_fid_network", "torch_weights"]
@@ -112,9 +112,7 @@ def _patched_pytorch_fid(weights: dict[str, Any], device: str) -> Iterator[None]
 
 
 def _cifar_test_jpegs(cache: Path) -> list[Path]:
-    if not os.environ.get(data.SHARED_DATA_ENV) and CHECKOUT_SHARED_DATA.is_dir():
-        os.environ[data.SHARED_DATA_ENV] = str(CHECKOUT_SHARED_DATA)
-    root = data.cifar10_folder("test", cache_dir=cache)
+    root = shared_data.cifar10_folder("test", cache_dir=cache)  # its one resolver finds the archive
     return sorted((root / "test").rglob("*.jpg"))
 
 

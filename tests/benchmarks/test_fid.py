@@ -39,3 +39,14 @@ def test_pytorch_fid_side_runs_the_given_weights():
     variables = fmt.variables_from_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")})
     ours = np.asarray(inc.inception_apply_fn(variables)(jnp.asarray(images))["pool"])
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.max(np.abs(theirs)))
+
+
+@pytest.mark.slow  # extracts the 10k test JPEGs
+def test_both_sides_read_the_shared_cifar10_test_jpegs(tmp_path):
+    from paper import shared_data
+
+    if shared_data.shared_data_file("cifar10-test.tar.gz") is None:
+        pytest.skip("no shared CIFAR-10 archives (../shared/data or $SYMPAD_SHARED_DATA)")
+    files = fid._cifar_test_jpegs(tmp_path)
+    assert len(files) == 10_000 and {f.suffix for f in files} == {".jpg"}
+    assert len({f.parent.name for f in files}) == 10  # the classes' folders
