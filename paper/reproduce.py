@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import statistics
 import sys
@@ -307,9 +308,14 @@ def _preflight(args: argparse.Namespace, entries: Sequence[plan_lib.Entry], *, r
 
 
 def _seeds_per_process(args: argparse.Namespace, entries: Sequence[plan_lib.Entry], records: Sequence[dict], *,
-                       smoke: bool, calibrate: bool) -> int:
+                       smoke: bool, calibrate: bool, spare_s: float = math.inf) -> int:
     """Seeds of a kind one process trains: ``--seeds_per_process``, else this device's calibration
-    record, else (``calibrate``, on a GPU never calibrated) a calibration now, else the plan's."""
+    record, else (``calibrate``, on a GPU never calibrated) a calibration now, else the plan's.
+
+    A calibration takes at most ``--calibrate_s`` and ``spare_s`` (the seconds the run can give it:
+    before the plan, what its first group leaves; after it, what is left), and none below
+    :data:`paper.campaign.calibration.MIN_S`.
+    """
     default = plan_lib.SEEDS_PER_PROCESS if smoke else plan_lib.load_seeds_per_process(args.plan)
     if args.seeds_per_process:
         return args.seeds_per_process
@@ -319,8 +325,13 @@ def _seeds_per_process(args: argparse.Namespace, entries: Sequence[plan_lib.Entr
         return int(found["seeds_per_process"])
     if not calibrate or smoke or args.no_calibrate or not runner.gpus() or calibration.max_seeds_per_kind(entries) < 2:
         return default
+    limit = min(args.calibrate_s, spare_s)
+    if limit < calibration.MIN_S:
+        print(f"[calibration] not now: {max(0.0, spare_s):.0f} s to spare; {default} seeds per process (the plan's)",
+              flush=True)
+        return default
     record = calibration.calibrate(entries, out=args.out, workroot=args.workroot or runner.WORKROOT, device=device,
-                                   default=default, limit_s=args.calibrate_s)
+                                   default=default, limit_s=limit)
     rates = ", ".join(f"{m['num_seeds']}: {m['images_per_s']:.0f}" for m in record["measured"]) or "none"
     print(f"[calibration] {record['status']} in {record['seconds']:.0f} s: images/s by seeds per process {rates}; "
           f"{record['seeds_per_process']} per process", flush=True)
@@ -353,13 +364,20 @@ def _run_budget(args: argparse.Namespace, command: str, started: float) -> int:
                              data=data, score=score)
         if summary is not None and not summary["ok"]:
             return PREFLIGHT_FAILED
-    seeds = _seeds_per_process(args, entries, records, smoke=smoke, calibrate=True)
+    # Calibrate now only if the first group still fits after it; else with the time the plan leaves.
+    first = runner.first_batch(entries, records, retry=retry, packing=packing, seeds_per_process=seeds)
+    left = args.deadline - (time.monotonic() - started)
+    seeds = _seeds_per_process(args, entries, records, smoke=smoke, calibrate=True,
+                               spare_s=left - max((e.estimate_s for e in first), default=0.0))
     written = runner.run_plan(
         entries, out=args.out, deadline_s=max(1.0, args.deadline - (time.monotonic() - started)), committed=committed,
         workroot=args.workroot, data=data, commit=args.commit, command=command, retry=retry, budget=args.budget,
         packing=packing, seeds_per_process=seeds, overhead=plan_lib.OVERHEAD_S, return_samples=args.return_samples,
         score=score, cut=cut, preflight={k: v for k, v in summary.items() if k != "verdict"} if summary else None)
-    why = _unfinished(entries, written, [*committed, *results_lib.read(args.out / "results.jsonl")])
+    records = [*committed, *results_lib.read(args.out / "results.jsonl")]
+    _seeds_per_process(args, entries, records, smoke=smoke, calibrate=True,
+                       spare_s=args.deadline - (time.monotonic() - started) - calibration.END_MARGIN_S)
+    why = _unfinished(entries, written, records)
     if why:
         print(f"[reproduce] {why}", file=sys.stderr, flush=True)
         return NOTHING_FINISHED

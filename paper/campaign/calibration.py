@@ -3,7 +3,8 @@
 A packed group trains a kind's consecutive seeds in one process (``seeds=N``: one vmapped program,
 :func:`paper.campaign.runner.trainers`). How many pay off depends on the device: a big GPU runs two
 SNGAN seeds in about the time of one, a small one may not hold them. So the first device run on a
-device without a ``calibration`` record measures it before its plan: ``benchmarks.seeds`` (the
+device without a ``calibration`` record measures it: before its plan when the first group still
+fits after it, else with the time the plan leaves at the end. It runs ``benchmarks.seeds`` (the
 GAN suite's real train step at the plan's size, vmapped, timed round-robin) for 1 .. N seeds of the
 first group's first kind, N the most seeds of one kind the plan's groups hold, within
 :data:`CALIBRATION_S`. It keeps the count with the highest images/s summed over seeds (the total
@@ -24,10 +25,15 @@ from paper.campaign import results as results_lib
 from paper.campaign import runner
 from paper.campaign.plan import Entry
 
-__all__ = ["CALIBRATION_S", "calibrate", "calibration_command", "choose", "max_seeds_per_kind", "recorded"]
+__all__ = ["CALIBRATION_S", "END_MARGIN_S", "MIN_S", "calibrate", "calibration_command", "choose",
+           "max_seeds_per_kind", "recorded"]
 
 #: Seconds the calibration may take: two compiles of the paper's SNGAN and a few timed rounds.
 CALIBRATION_S = 60.0
+#: Fewer seconds than this to spare: no calibration in this run (the next one on the device tries).
+MIN_S = 30.0
+#: Seconds kept free after a calibration at the end of a run (the runner's own exit).
+END_MARGIN_S = 10.0
 
 
 def max_seeds_per_kind(entries: Sequence[Entry]) -> int:

@@ -103,3 +103,32 @@ def test_a_run_uses_the_flag_else_the_devices_record_else_the_plan(tmp_path, mon
 
     assert pick([]) == plan.load_seeds_per_process(REPO / "paper" / "plan.json") == 2
     assert pick([other]) == 2 and pick([other, mine]) == 1 and pick([mine], flag=3) == 3
+
+
+def test_a_gpu_never_calibrated_measures_with_the_time_the_run_can_spare(tmp_path, monkeypatch, capsys):
+    from paper.campaign import runner
+
+    monkeypatch.setattr(runner, "environment", lambda commit="": {"device": "1 x GPU (h)"})
+    monkeypatch.setattr(runner, "gpus", lambda: [runner.Gpu("h", 80_000, 81_000)])
+    calls = []
+
+    def measured(entries, **kwargs):
+        calls.append(kwargs)
+        return {"status": "done", "seconds": 40.0, "measured": [_measured(1, 900.0), _measured(2, 1500.0)],
+                "seeds_per_process": 1}
+
+    monkeypatch.setattr(calibration, "calibrate", measured)
+    entries = plan.load_plan(REPO / "paper" / "plan.json")
+    args = reproduce._parser().parse_args(["--budget=device", f"--out={tmp_path}", "--calibrate_s=60"])
+
+    def pick(spare_s):
+        return reproduce._seeds_per_process(args, entries, [], smoke=False, calibrate=True, spare_s=spare_s)
+
+    # Before the plan, the spare time is what the first group leaves; at the end, what is left.
+    assert pick(20.0) == 2 and not calls  # below calibration.MIN_S: the plan's, nothing measured
+    assert "[calibration] not now: 20 s to spare; 2 seeds per process (the plan's)" in capsys.readouterr().out
+    assert pick(45.0) == 1 and calls[-1]["limit_s"] == 45.0 and calls[-1]["default"] == 2
+    assert "[calibration] done in 40 s: images/s by seeds per process 1: 900, 2: 1500" in capsys.readouterr().out
+    assert pick(1000.0) == 1 and calls[-1]["limit_s"] == 60.0 and calls[-1]["device"] == "1 x GPU (h)"
+    args.no_calibrate = True
+    assert pick(1000.0) == 2 and len(calls) == 2

@@ -66,8 +66,10 @@ def test_plan_follows_the_issue_order_and_every_entry_fits_one_run():
     # A packed group's steps are sized on the device; the plan caps them at the paper's 200k D steps
     # and starts the group when its fixed costs and some training fit.
     assert {e.set["steps"] for e in entries[:8]} == {200_000 // 5}
-    # Scoring 8 entries' samples takes twice the 4 the overhead's figure covers.
-    assert {e.estimate_s for e in entries[:8]} == {round(sum(plan.OVERHEAD_S.values()) + plan.OVERHEAD_S["score"]
+    # Scoring 8 entries' samples: the overhead's fixed part once, its per-entry part for each.
+    score = plan.OVERHEAD_S["score"]
+    assert plan.score_s(8) == pytest.approx(score * 4 / 3) and plan.score_s(4) == plan.score_s(2) == score
+    assert {e.estimate_s for e in entries[:8]} == {round(sum(plan.OVERHEAD_S.values()) - score + plan.score_s(8)
                                                          + plan.GROUP_MIN_TRAIN_S)}
     assert all(e.fraction is None and "sized on the device" in e.budget for e in entries[:8])
 
