@@ -56,8 +56,11 @@ def choose(measured: Sequence[Mapping[str, Any]], *, default: int) -> int:
 
 
 def recorded(records: Sequence[Mapping[str, Any]], device: str) -> Mapping[str, Any] | None:
-    """The latest calibration record of ``device`` (None: the device was never calibrated)."""
-    found = [r for r in records if r.get("record") == "calibration" and r.get("device") == device]
+    """The latest calibration record of ``device`` that settled it (None: never calibrated). One
+    that ran out of time does not count, so a later run with more time to spare measures again;
+    one that failed does (a count that does not compile or fit fails the same way next time)."""
+    found = [r for r in records if r.get("record") == "calibration" and r.get("device") == device
+             and r.get("status", "done") != "killed"]
     return found[-1] if found else None
 
 

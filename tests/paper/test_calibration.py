@@ -103,6 +103,10 @@ def test_a_run_uses_the_flag_else_the_devices_record_else_the_plan(tmp_path, mon
 
     assert pick([]) == plan.load_seeds_per_process(REPO / "paper" / "plan.json") == 2
     assert pick([other]) == 2 and pick([other, mine]) == 1 and pick([mine], flag=3) == 3
+    # A calibration that ran out of time settles nothing; a failed one keeps the plan's count it recorded.
+    assert pick([mine, {**other, "device": "1 x GPU (h)", "status": "killed"}]) == 1
+    assert calibration.recorded([{**mine, "status": "killed"}], "1 x GPU (h)") is None
+    assert pick([{**mine, "status": "failed", "seeds_per_process": 2}]) == 2
 
 
 def test_a_gpu_never_calibrated_measures_with_the_time_the_run_can_spare(tmp_path, monkeypatch, capsys):
